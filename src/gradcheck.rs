@@ -1,0 +1,155 @@
+//! Central finite differences in f64, for any loss built on a fresh tape.
+//!
+//! Use it on your own cells: write the loss as a closure from [`Params`] to a 1×1
+//! [`Var`], and compare the tape's gradient with
+//! `(L(θ + h e_i) − L(θ − h e_i)) / 2h` entry by entry.
+//!
+//! ```
+//! use ndarray::array;
+//! use timetape::gradcheck::{gradcheck, GradcheckOptions};
+//! use timetape::Params;
+//!
+//! let mut params = Params::<f64>::new();
+//! let w = params.add("w", array![[0.3, -0.2], [0.1, 0.5]])?;
+//! let report = gradcheck(&params, GradcheckOptions::default(), |tape, p| {
+//!     let x = tape.constant(array![[1.0, 2.0]])?;
+//!     let wv = tape.param(p, w)?;
+//!     let y = tape.matmul(x, wv)?;
+//!     let y = tape.tanh(y)?;
+//!     tape.sum(y)
+//! })?;
+//! assert!(report.max_rel_err() < 1e-8, "{report}");
+//! # Ok::<(), timetape::Error>(())
+//! ```
+
+use crate::error::{invalid, Result};
+use crate::params::{ParamId, Params};
+use crate::tape::{Tape, Var};
+use std::fmt;
+
+/// Settings of [`gradcheck`].
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct GradcheckOptions {
+    /// Relative step: entry θ is moved by `h = eps · max(1, |θ|)` each way.
+    pub eps: f64,
+}
+
+impl Default for GradcheckOptions {
+    /// `eps = 1e-5`: the truncation error of the central difference is O(h²) ≈ 1e-10
+    /// times the third derivative, the rounding error ≈ 1e-16 |L| / h ≈ 1e-11 |L|.
+    fn default() -> Self {
+        GradcheckOptions { eps: 1e-5 }
+    }
+}
+
+/// The comparison for one parameter.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ParamCheck {
+    /// The parameter.
+    pub id: ParamId,
+    /// Its name in the store.
+    pub name: String,
+    /// Largest `|tape − finite difference|` over its entries.
+    pub max_abs_err: f64,
+    /// `max_abs_err` divided by the largest finite-difference entry in magnitude (or by
+    /// 1e-12 if all are smaller): an error relative to the gradient's scale, so that
+    /// entries near zero are not judged by their own tiny size.
+    pub max_rel_err: f64,
+    /// Largest magnitude among the finite-difference entries.
+    pub scale: f64,
+}
+
+/// What [`gradcheck`] found, per parameter.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GradcheckReport {
+    /// One entry per parameter of the store, in order.
+    pub params: Vec<ParamCheck>,
+}
+
+impl GradcheckReport {
+    /// The largest relative error over all parameters.
+    pub fn max_rel_err(&self) -> f64 {
+        self.params.iter().fold(0.0, |m, p| m.max(p.max_rel_err))
+    }
+
+    /// The largest absolute error over all parameters.
+    pub fn max_abs_err(&self) -> f64 {
+        self.params.iter().fold(0.0, |m, p| m.max(p.max_abs_err))
+    }
+}
+
+impl fmt::Display for GradcheckReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for p in &self.params {
+            writeln!(
+                f,
+                "{:>12}: max abs err {:.3e}, max rel err {:.3e} (scale {:.3e})",
+                p.name, p.max_abs_err, p.max_rel_err, p.scale
+            )?;
+        }
+        Ok(())
+    }
+}
+
+/// Compares the tape's gradient of `loss` with central finite differences, for every
+/// entry of every parameter in `params`.
+///
+/// `loss` is called on a fresh (cleared) tape with a perturbed copy of the parameters
+/// and must return a 1×1 `Var`; it is called `2 · params.num_scalars() + 1` times.
+///
+/// Errors: whatever `loss` returns; [`crate::Error::InvalidArgument`] for a step that is
+/// not positive and finite, or a loss that is not finite.
+pub fn gradcheck<L>(
+    params: &Params<f64>,
+    opts: GradcheckOptions,
+    mut loss: L,
+) -> Result<GradcheckReport>
+where
+    L: FnMut(&mut Tape<f64>, &Params<f64>) -> Result<Var>,
+{
+    if !(opts.eps > 0.0 && opts.eps.is_finite()) {
+        return Err(invalid("gradcheck", "eps must be positive and finite"));
+    }
+    let mut tape = Tape::new();
+    let l = loss(&mut tape, params)?;
+    let grads = tape.backward(l)?;
+    let mut work = params.clone();
+    let mut eval = |tape: &mut Tape<f64>, p: &Params<f64>| -> Result<f64> {
+        tape.clear();
+        let v = loss(tape, p)?;
+        let x = tape.scalar(v)?;
+        if !x.is_finite() {
+            return Err(invalid("gradcheck", "the loss is not finite"));
+        }
+        Ok(x)
+    };
+    let mut report = GradcheckReport { params: Vec::new() };
+    for id in params.ids() {
+        let shape = params.get(id)?.dim();
+        let mut max_abs: f64 = 0.0;
+        let mut scale: f64 = 0.0;
+        for r in 0..shape.0 {
+            for c in 0..shape.1 {
+                let theta = params.get(id)?[[r, c]];
+                let h = opts.eps * theta.abs().max(1.0);
+                work.get_mut(id)?[[r, c]] = theta + h;
+                let up = eval(&mut tape, &work)?;
+                work.get_mut(id)?[[r, c]] = theta - h;
+                let down = eval(&mut tape, &work)?;
+                work.get_mut(id)?[[r, c]] = theta;
+                let fd = (up - down) / (2.0 * h);
+                let an = grads.get(id).map_or(0.0, |g| g[[r, c]]);
+                max_abs = max_abs.max((an - fd).abs());
+                scale = scale.max(fd.abs());
+            }
+        }
+        report.params.push(ParamCheck {
+            id,
+            name: params.name(id)?.to_string(),
+            max_abs_err: max_abs,
+            max_rel_err: max_abs / scale.max(1e-12),
+            scale,
+        });
+    }
+    Ok(report)
+}

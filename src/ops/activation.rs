@@ -1,0 +1,168 @@
+//! Elementwise unary ops as (f, f′) pairs, the derivative written from the saved output
+//! `y` where it can be.
+//!
+//! | op | forward `y = f(x)` | backward `x̄ += ȳ · f′` |
+//! |---|---|---|
+//! | `neg` | `−x` | `−ȳ` |
+//! | `scale(c)` | `c x` | `c ȳ` |
+//! | `tanh` | `tanh x` | `ȳ (1 − y²)` |
+//! | `relu` | `max(x, 0)` | `ȳ · 1[y > 0]` (0 at x = 0, the notes' `1[h > 0]`) |
+//! | `sigmoid` | `1 / (1 + e^{−x})` | `ȳ y (1 − y)` |
+//! | `exp` | `e^x` | `ȳ y` |
+//! | `log` | `ln x` | `ȳ / x` |
+
+use super::{put1, put2, put3, Ctx, Op};
+use crate::error::{invalid, Result};
+use crate::scalar::Scalar;
+use crate::tape::{Tape, Var};
+use ndarray::{ArrayView2, Zip};
+
+/// The elementwise unary ops.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Unary<F> {
+    /// `−x`
+    Neg,
+    /// `c x`
+    Scale(F),
+    /// `tanh x` ([`Scalar::tanh_kernel`]: exact for f64, Eigen's rational form for f32)
+    Tanh,
+    /// `max(x, 0)`
+    Relu,
+    /// the logistic sigmoid, computed stably for both signs of x
+    Sigmoid,
+    /// `e^x`
+    Exp,
+    /// `ln x` (x > 0)
+    Log,
+}
+
+/// Stable logistic sigmoid.
+#[inline]
+pub(crate) fn sigmoid<F: Scalar>(x: F) -> F {
+    if x >= F::zero() {
+        F::one() / (F::one() + (-x).exp())
+    } else {
+        let e = x.exp();
+        e / (F::one() + e)
+    }
+}
+
+impl<F: Scalar> Unary<F> {
+    fn name(self) -> &'static str {
+        match self {
+            Unary::Neg => "neg",
+            Unary::Scale(_) => "scale",
+            Unary::Tanh => "tanh",
+            Unary::Relu => "relu",
+            Unary::Sigmoid => "sigmoid",
+            Unary::Exp => "exp",
+            Unary::Log => "log",
+        }
+    }
+}
+
+impl<F: Scalar> Tape<F> {
+    fn unary(&mut self, kind: Unary<F>, a: Var) -> Result<Var> {
+        let ia = self.idx(kind.name(), a)?;
+        match kind {
+            Unary::Log if self.values[ia].iter().any(|&x| x <= F::zero()) => {
+                return Err(invalid("log", "log of a non-positive value"));
+            }
+            Unary::Scale(c) if !c.is_finite() => {
+                return Err(invalid("scale", "non-finite factor"));
+            }
+            _ => {}
+        }
+        let mut out = self.pool.take(self.values[ia].dim());
+        let z = Zip::from(&mut out).and(&self.values[ia]);
+        match kind {
+            Unary::Neg => z.for_each(|y, &x| *y = -x),
+            Unary::Scale(c) => z.for_each(|y, &x| *y = c * x),
+            Unary::Tanh => z.for_each(|y, &x| *y = x.tanh_kernel()),
+            Unary::Relu => z.for_each(|y, &x| *y = x.max(F::zero())),
+            Unary::Sigmoid => z.for_each(|y, &x| *y = sigmoid(x)),
+            Unary::Exp => z.for_each(|y, &x| *y = x.exp()),
+            Unary::Log => z.for_each(|y, &x| *y = x.ln()),
+        }
+        let ng = self.needs_grad[ia];
+        Ok(self.push(Op::Unary(kind, ia as u32), out, ng))
+    }
+
+    /// `−a`.
+    pub fn neg(&mut self, a: Var) -> Result<Var> {
+        self.unary(Unary::Neg, a)
+    }
+
+    /// `c a` for a constant `c`.
+    ///
+    /// Errors: [`crate::Error::InvalidArgument`] if `c` is not finite.
+    pub fn scale(&mut self, a: Var, c: F) -> Result<Var> {
+        self.unary(Unary::Scale(c), a)
+    }
+
+    /// `tanh a`, elementwise.
+    pub fn tanh(&mut self, a: Var) -> Result<Var> {
+        self.unary(Unary::Tanh, a)
+    }
+
+    /// `max(a, 0)`, elementwise; its derivative at 0 is taken as 0.
+    pub fn relu(&mut self, a: Var) -> Result<Var> {
+        self.unary(Unary::Relu, a)
+    }
+
+    /// The logistic sigmoid `1 / (1 + e^{−a})`, elementwise.
+    pub fn sigmoid(&mut self, a: Var) -> Result<Var> {
+        self.unary(Unary::Sigmoid, a)
+    }
+
+    /// `e^a`, elementwise.
+    pub fn exp(&mut self, a: Var) -> Result<Var> {
+        self.unary(Unary::Exp, a)
+    }
+
+    /// `ln a`, elementwise.
+    ///
+    /// Errors: [`crate::Error::InvalidArgument`] if an entry is ≤ 0 (instead of a NaN
+    /// or −∞ on the tape).
+    pub fn log(&mut self, a: Var) -> Result<Var> {
+        self.unary(Unary::Log, a)
+    }
+}
+
+pub(crate) fn unary_vjp<F: Scalar>(
+    cx: &mut Ctx<'_, F>,
+    g: ArrayView2<'_, F>,
+    y: ArrayView2<'_, F>,
+    kind: Unary<F>,
+    a: u32,
+) {
+    let values = cx.values;
+    let Some((acc, fresh)) = cx.slot(a) else {
+        return;
+    };
+    let one = F::one();
+    match kind {
+        Unary::Neg => put1(acc, fresh, g, |g| -g),
+        Unary::Scale(c) => put1(acc, fresh, g, |g| c * g),
+        Unary::Tanh => put2(acc, fresh, g, y, |g, y| g * (one - y * y)),
+        Unary::Relu => put2(
+            acc,
+            fresh,
+            g,
+            y,
+            |g, y| {
+                if y > F::zero() {
+                    g
+                } else {
+                    F::zero()
+                }
+            },
+        ),
+        Unary::Sigmoid => put2(acc, fresh, g, y, |g, y| g * y * (one - y)),
+        Unary::Exp => put2(acc, fresh, g, y, |g, y| g * y),
+        Unary::Log => {
+            let x = values[a as usize].view();
+            put3(acc, fresh, g, y, x, |g, _y, x| g / x)
+        }
+    }
+}

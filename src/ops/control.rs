@@ -1,0 +1,63 @@
+//! The two gradient-control ops that truncation is built from.
+//!
+//! | op | forward | backward |
+//! |---|---|---|
+//! | `detach(a)` | `a` | nothing reaches `a`; the node's own adjoint is kept (∂L/∂h at a cut) |
+//! | `scale_grad(a, c)` | `a` | `ā += c ȳ` |
+//!
+//! With ξ_t drawn per step, the edge from h_{t−1} into step t is `detach(h_{t−1})` when
+//! ξ_t = 0 and `scale_grad(h_{t−1}, 1/π_t)` otherwise: the randomized truncation of the
+//! notes.
+
+use super::{put1, Ctx, Op};
+use crate::error::{invalid, Result};
+use crate::scalar::Scalar;
+use crate::tape::{Tape, Var};
+use ndarray::ArrayView2;
+
+impl<F: Scalar> Tape<F> {
+    /// The value of `a`, through which no gradient flows back. The adjoint of the new
+    /// node itself is computed and can be read with [`Tape::adjoint`].
+    ///
+    /// ```
+    /// use ndarray::array;
+    /// use timetape::{Params, Tape};
+    ///
+    /// let mut params = Params::<f64>::new();
+    /// let w = params.add("w", array![[2.0]])?;
+    /// let mut tape = Tape::new();
+    /// let wv = tape.param(&params, w)?;
+    /// let d = tape.detach(wv)?;
+    /// let y = tape.mul(d, wv)?; // only the second factor carries gradient
+    /// let grads = tape.backward(y)?;
+    /// assert_eq!(grads.get(w).unwrap()[[0, 0]], 2.0);
+    /// assert_eq!(tape.adjoint(d)?.unwrap()[[0, 0]], 2.0);
+    /// # Ok::<(), timetape::Error>(())
+    /// ```
+    pub fn detach(&mut self, a: Var) -> Result<Var> {
+        let ia = self.idx("detach", a)?;
+        let mut out = self.pool.take(self.values[ia].dim());
+        out.assign(&self.values[ia]);
+        Ok(self.push(Op::Detach, out, true))
+    }
+
+    /// Identity forward; backward multiplies the gradient by `c`.
+    ///
+    /// Errors: [`crate::Error::InvalidArgument`] if `c` is not finite.
+    pub fn scale_grad(&mut self, a: Var, c: F) -> Result<Var> {
+        let ia = self.idx("scale_grad", a)?;
+        if !c.is_finite() {
+            return Err(invalid("scale_grad", "non-finite factor"));
+        }
+        let mut out = self.pool.take(self.values[ia].dim());
+        out.assign(&self.values[ia]);
+        let ng = self.needs_grad[ia];
+        Ok(self.push(Op::ScaleGrad(ia as u32, c), out, ng))
+    }
+}
+
+pub(crate) fn scale_grad_vjp<F: Scalar>(cx: &mut Ctx<'_, F>, g: ArrayView2<'_, F>, a: u32, c: F) {
+    if let Some((acc, fresh)) = cx.slot(a) {
+        put1(acc, fresh, g, |g| c * g);
+    }
+}

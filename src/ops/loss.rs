@@ -1,0 +1,280 @@
+//! Fused, numerically stable losses, each returning a 1×1 value.
+//!
+//! | op | forward (per row r / entry) | backward |
+//! |---|---|---|
+//! | `softmax_cross_entropy(z, y, w)` | `w_r (logsumexp(z_r) − z_{r,y_r})` | `z̄_r += ḡ s w_r (softmax(z_r) − onehot(y_r))` |
+//! | `bce_with_logits(z, t)` | `max(z,0) − z t + ln(1 + e^{−\|z\|})` | `z̄ += ḡ s (σ(z) − t)`, `t̄ += −ḡ s z` |
+//! | `squared_error(p, t)` | `(p − t)²` | `p̄ += 2 ḡ s (p − t)`, `t̄ −= the same` |
+//!
+//! `s` is the reduction factor: 1 for [`Reduction::Sum`]; for [`Reduction::Mean`], 1/B
+//! for the cross-entropy (per row) and 1/(number of entries) for the others.
+
+use super::{put2, put3, Ctx, Op};
+use crate::error::{invalid, Error, Result};
+use crate::ops::activation::sigmoid;
+use crate::scalar::Scalar;
+use crate::tape::{Tape, Var};
+use ndarray::{ArrayView2, Zip};
+
+/// How a loss reduces over rows (or entries).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Reduction {
+    /// The mean: divide the sum by the number of rows (cross-entropy) or entries
+    /// (binary cross-entropy, squared error). Per-row weights do not change the divisor.
+    #[default]
+    Mean,
+    /// The plain sum.
+    Sum,
+}
+
+impl<F: Scalar> Tape<F> {
+    /// Softmax cross-entropy of B×C logits against B integer labels, with optional
+    /// per-row weights, fused and stable (log-sum-exp with the row maximum subtracted).
+    ///
+    /// Errors: [`Error::LabelOutOfRange`] for a label ≥ C; [`Error::ShapeMismatch`] if
+    /// the number of labels or weights is not B; [`Error::InvalidArgument`] for a
+    /// non-finite weight.
+    ///
+    /// ```
+    /// use ndarray::array;
+    /// use timetape::{Reduction, Tape};
+    ///
+    /// let mut tape = Tape::<f64>::new();
+    /// let z = tape.constant(array![[0.0, 0.0]])?;
+    /// let l = tape.softmax_cross_entropy(z, &[1], None, Reduction::Mean)?;
+    /// assert!((tape.scalar(l)? - 2f64.ln()).abs() < 1e-15);
+    /// # Ok::<(), timetape::Error>(())
+    /// ```
+    pub fn softmax_cross_entropy(
+        &mut self,
+        logits: Var,
+        labels: &[usize],
+        weights: Option<&[F]>,
+        reduction: Reduction,
+    ) -> Result<Var> {
+        let op = "softmax_cross_entropy";
+        let iz = self.idx(op, logits)?;
+        let (rows, classes) = self.values[iz].dim();
+        if labels.len() != rows {
+            return Err(Error::ShapeMismatch {
+                op,
+                lhs: (rows, classes),
+                rhs: (labels.len(), 1),
+            });
+        }
+        if let Some(&label) = labels.iter().find(|&&l| l >= classes) {
+            return Err(Error::LabelOutOfRange { op, label, classes });
+        }
+        if let Some(w) = weights {
+            if w.len() != rows {
+                return Err(Error::ShapeMismatch {
+                    op,
+                    lhs: (rows, classes),
+                    rhs: (w.len(), 1),
+                });
+            }
+            if w.iter().any(|x| !x.is_finite()) {
+                return Err(invalid(op, "non-finite weight"));
+            }
+        }
+        let scale = match reduction {
+            Reduction::Mean => F::one() / F::of(rows as f64),
+            Reduction::Sum => F::one(),
+        };
+        let mut probs = self.pool.take((rows, classes));
+        let z = &self.values[iz];
+        let mut total = F::zero();
+        for r in 0..rows {
+            let zr = z.row(r);
+            let m = zr.iter().fold(F::neg_infinity(), |m, &x| m.max(x));
+            let mut pr = probs.row_mut(r);
+            Zip::from(&mut pr)
+                .and(&zr)
+                .for_each(|p, &x| *p = (x - m).exp());
+            let s = pr.iter().fold(F::zero(), |s, &x| s + x);
+            let inv = F::one() / s;
+            pr.mapv_inplace(|p| p * inv);
+            let w = weights.map_or(F::one(), |w| w[r]);
+            total = total + w * (m + s.ln() - zr[labels[r]]);
+        }
+        let mut out = self.pool.take((1, 1));
+        out[[0, 0]] = total * scale;
+        let lab = self.labels.len() as u32;
+        self.labels.extend_from_slice(labels);
+        let wts = weights.map(|w| {
+            let at = self.weights.len() as u32;
+            self.weights.extend_from_slice(w);
+            at
+        });
+        let saved = self.saved.len() as u32;
+        self.saved.push(probs);
+        let ng = self.needs_grad[iz];
+        Ok(self.push(
+            Op::SoftmaxXent {
+                logits: iz as u32,
+                labels: lab,
+                weights: wts,
+                saved,
+                scale,
+            },
+            out,
+            ng,
+        ))
+    }
+
+    fn pair(&self, op: &'static str, a: Var, b: Var) -> Result<(usize, usize)> {
+        let (ia, ib) = (self.idx(op, a)?, self.idx(op, b)?);
+        let (sa, sb) = (self.values[ia].dim(), self.values[ib].dim());
+        if sa != sb {
+            return Err(Error::ShapeMismatch {
+                op,
+                lhs: sa,
+                rhs: sb,
+            });
+        }
+        Ok((ia, ib))
+    }
+
+    fn entry_scale(&self, i: usize, reduction: Reduction) -> F {
+        match reduction {
+            Reduction::Mean => F::one() / F::of(self.values[i].len() as f64),
+            Reduction::Sum => F::one(),
+        }
+    }
+
+    /// Binary cross-entropy of logits `z` against targets `t ∈ [0, 1]` of the same
+    /// shape, computed stably as `max(z, 0) − z t + ln(1 + e^{−|z|})`.
+    ///
+    /// Errors: [`Error::ShapeMismatch`] for different shapes; [`Error::InvalidArgument`]
+    /// for a target outside [0, 1].
+    pub fn bce_with_logits(
+        &mut self,
+        logits: Var,
+        targets: Var,
+        reduction: Reduction,
+    ) -> Result<Var> {
+        let op = "bce_with_logits";
+        let (iz, it) = self.pair(op, logits, targets)?;
+        let t = &self.values[it];
+        if t.iter().any(|&x| !(x >= F::zero() && x <= F::one())) {
+            return Err(invalid(op, "target outside [0, 1]"));
+        }
+        let z = &self.values[iz];
+        let scale = self.entry_scale(iz, reduction);
+        let mut total = F::zero();
+        Zip::from(z).and(t).for_each(|&z, &t| {
+            total = total + z.max(F::zero()) - z * t + (-z.abs()).exp().ln_1p();
+        });
+        let mut out = self.pool.take((1, 1));
+        out[[0, 0]] = total * scale;
+        let ng = self.needs_grad[iz] || self.needs_grad[it];
+        Ok(self.push(
+            Op::BceWithLogits {
+                logits: iz as u32,
+                targets: it as u32,
+                scale,
+            },
+            out,
+            ng,
+        ))
+    }
+
+    /// Squared error `Σ (p − t)²` over all entries (divided by their number for
+    /// [`Reduction::Mean`]: the mean squared error).
+    ///
+    /// Errors: [`Error::ShapeMismatch`] for different shapes.
+    pub fn squared_error(&mut self, pred: Var, target: Var, reduction: Reduction) -> Result<Var> {
+        let op = "squared_error";
+        let (ip, it) = self.pair(op, pred, target)?;
+        let scale = self.entry_scale(ip, reduction);
+        let mut total = F::zero();
+        Zip::from(&self.values[ip])
+            .and(&self.values[it])
+            .for_each(|&p, &t| total = total + (p - t) * (p - t));
+        let mut out = self.pool.take((1, 1));
+        out[[0, 0]] = total * scale;
+        let ng = self.needs_grad[ip] || self.needs_grad[it];
+        Ok(self.push(
+            Op::SquaredError {
+                pred: ip as u32,
+                target: it as u32,
+                scale,
+            },
+            out,
+            ng,
+        ))
+    }
+
+    /// Mean squared error: [`Tape::squared_error`] with [`Reduction::Mean`].
+    pub fn mse(&mut self, pred: Var, target: Var) -> Result<Var> {
+        self.squared_error(pred, target, Reduction::Mean)
+    }
+}
+
+pub(crate) fn softmax_xent_vjp<F: Scalar>(
+    cx: &mut Ctx<'_, F>,
+    g: ArrayView2<'_, F>,
+    logits: u32,
+    labels: &[usize],
+    weights: Option<&[F]>,
+    probs: ArrayView2<'_, F>,
+    scale: F,
+) {
+    let gs = g[[0, 0]] * scale;
+    let Some((acc, fresh)) = cx.slot(logits) else {
+        return;
+    };
+    for (r, &label) in labels.iter().enumerate() {
+        let c = gs * weights.map_or(F::one(), |w| w[r]);
+        let mut ar = acc.row_mut(r);
+        let pr = probs.row(r);
+        if fresh {
+            Zip::from(&mut ar).and(&pr).for_each(|a, &p| *a = c * p);
+            ar[label] = ar[label] - c;
+        } else {
+            Zip::from(&mut ar)
+                .and(&pr)
+                .for_each(|a, &p| *a = *a + c * p);
+            ar[label] = ar[label] - c;
+        }
+    }
+}
+
+pub(crate) fn bce_vjp<F: Scalar>(
+    cx: &mut Ctx<'_, F>,
+    g: ArrayView2<'_, F>,
+    logits: u32,
+    targets: u32,
+    scale: F,
+) {
+    let gs = g[[0, 0]] * scale;
+    let values = cx.values;
+    let (z, t) = (
+        values[logits as usize].view(),
+        values[targets as usize].view(),
+    );
+    if let Some((acc, fresh)) = cx.slot(logits) {
+        put2(acc, fresh, z, t, |z, t| gs * (sigmoid(z) - t));
+    }
+    if let Some((acc, fresh)) = cx.slot(targets) {
+        put3(acc, fresh, z, t, t, |z, _, _| -gs * z);
+    }
+}
+
+pub(crate) fn squared_error_vjp<F: Scalar>(
+    cx: &mut Ctx<'_, F>,
+    g: ArrayView2<'_, F>,
+    pred: u32,
+    target: u32,
+    scale: F,
+) {
+    let two_gs = (F::one() + F::one()) * g[[0, 0]] * scale;
+    let values = cx.values;
+    let (p, t) = (values[pred as usize].view(), values[target as usize].view());
+    if let Some((acc, fresh)) = cx.slot(pred) {
+        put2(acc, fresh, p, t, |p, t| two_gs * (p - t));
+    }
+    if let Some((acc, fresh)) = cx.slot(target) {
+        put2(acc, fresh, p, t, |p, t| -two_gs * (p - t));
+    }
+}

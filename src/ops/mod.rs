@@ -1,0 +1,218 @@
+//! The ops of the tape, one file per family, each op's forward and backward rule side
+//! by side.
+//!
+//! [`Op`] is plain data (parent indices and constants); [`backward_node`] is the one
+//! exhaustive `match` that dispatches to the rules. There is no wildcard arm: an op
+//! without a backward rule does not compile.
+//!
+//! Accumulation convention: the first contribution to a parent's adjoint *writes* the
+//! buffer (which comes from the free list with arbitrary contents), later ones *add*.
+//! Every rule receives `fresh` to tell which; nothing is zero-filled only to be added to.
+
+pub(crate) mod activation;
+pub(crate) mod control;
+pub(crate) mod elementwise;
+pub(crate) mod linalg;
+pub(crate) mod loss;
+pub(crate) mod reduce;
+pub(crate) mod shape;
+
+pub use activation::Unary;
+pub use elementwise::Binary;
+pub use loss::Reduction;
+pub use shape::Axis;
+
+use crate::params::ParamId;
+use crate::scalar::Scalar;
+use crate::tape::{Pool, Tape};
+use ndarray::{Array2, ArrayView2, Zip};
+
+/// One recorded operation: what it was and which nodes it read (indices into the tape).
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Op<F> {
+    /// A constant or a variable: nothing to propagate to.
+    Leaf,
+    /// A registered parameter: its adjoint goes into `Grads`.
+    Param(ParamId),
+    MatMul(u32, u32),
+    Transpose(u32),
+    Binary(Binary, u32, u32),
+    Unary(Unary<F>, u32),
+    /// Sum of all entries times a factor (1 for `sum`, 1/n for `mean`).
+    Sum(u32, F),
+    /// Concatenation of `lists[start..start + len]` along `axis`.
+    Concat {
+        axis: Axis,
+        start: u32,
+        len: u32,
+    },
+    /// Rows or columns `start..start + (output extent)` of the parent.
+    Slice {
+        axis: Axis,
+        parent: u32,
+        start: usize,
+    },
+    SoftmaxXent {
+        logits: u32,
+        /// Start of this op's labels (and weights, if any) in the tape's side lists.
+        labels: u32,
+        weights: Option<u32>,
+        /// Index of the saved softmax probabilities.
+        saved: u32,
+        /// 1/B for a mean, 1 for a sum.
+        scale: F,
+    },
+    BceWithLogits {
+        logits: u32,
+        targets: u32,
+        scale: F,
+    },
+    SquaredError {
+        pred: u32,
+        target: u32,
+        scale: F,
+    },
+    /// A detached copy: backward stops here.
+    Detach,
+    ScaleGrad(u32, F),
+}
+
+/// What a backward rule sees: all values, and the adjoints of the nodes before it.
+pub(crate) struct Ctx<'a, F: Scalar> {
+    pub(crate) values: &'a [Array2<F>],
+    needs_grad: &'a [bool],
+    parents: &'a mut [Option<Array2<F>>],
+    pool: &'a mut Pool<F>,
+}
+
+impl<F: Scalar> Ctx<'_, F> {
+    /// The adjoint buffer of parent `p` and whether it is fresh (arbitrary contents: the
+    /// rule must write, not add). `None` if `p` needs no gradient.
+    pub(crate) fn slot(&mut self, p: u32) -> Option<(&mut Array2<F>, bool)> {
+        let p = p as usize;
+        if !self.needs_grad[p] {
+            return None;
+        }
+        let fresh = self.parents[p].is_none();
+        if fresh {
+            self.parents[p] = Some(self.pool.take(self.values[p].dim()));
+        }
+        self.parents[p].as_mut().map(|a| (a, fresh))
+    }
+}
+
+/// `acc = f(a)` if fresh, else `acc += f(a)`.
+pub(crate) fn put1<F: Scalar>(
+    acc: &mut Array2<F>,
+    fresh: bool,
+    a: ArrayView2<'_, F>,
+    f: impl Fn(F) -> F,
+) {
+    let z = Zip::from(acc).and(&a);
+    if fresh {
+        z.for_each(|o, &a| *o = f(a));
+    } else {
+        z.for_each(|o, &a| *o = *o + f(a));
+    }
+}
+
+/// `acc = f(a, b)` if fresh, else `acc += f(a, b)`.
+pub(crate) fn put2<F: Scalar>(
+    acc: &mut Array2<F>,
+    fresh: bool,
+    a: ArrayView2<'_, F>,
+    b: ArrayView2<'_, F>,
+    f: impl Fn(F, F) -> F,
+) {
+    let z = Zip::from(acc).and(&a).and(&b);
+    if fresh {
+        z.for_each(|o, &a, &b| *o = f(a, b));
+    } else {
+        z.for_each(|o, &a, &b| *o = *o + f(a, b));
+    }
+}
+
+/// `acc = f(a, b, c)` if fresh, else `acc += f(a, b, c)`.
+pub(crate) fn put3<F: Scalar>(
+    acc: &mut Array2<F>,
+    fresh: bool,
+    a: ArrayView2<'_, F>,
+    b: ArrayView2<'_, F>,
+    c: ArrayView2<'_, F>,
+    f: impl Fn(F, F, F) -> F,
+) {
+    let z = Zip::from(acc).and(&a).and(&b).and(&c);
+    if fresh {
+        z.for_each(|o, &a, &b, &c| *o = f(a, b, c));
+    } else {
+        z.for_each(|o, &a, &b, &c| *o = *o + f(a, b, c));
+    }
+}
+
+/// Propagates the adjoint of node `i` to its parents: the one exhaustive match.
+pub(crate) fn backward_node<F: Scalar>(tape: &mut Tape<F>, i: usize) {
+    let Tape {
+        ops,
+        values,
+        needs_grad,
+        adjoints,
+        lists,
+        labels,
+        weights,
+        saved,
+        pool,
+        ..
+    } = tape;
+    let (parents, rest) = adjoints.split_at_mut(i);
+    let Some(g) = rest[0].as_ref() else {
+        return;
+    };
+    let g = g.view();
+    let y = values[i].view();
+    let mut cx = Ctx {
+        values,
+        needs_grad,
+        parents,
+        pool,
+    };
+    match ops[i] {
+        Op::Leaf | Op::Param(_) | Op::Detach => {}
+        Op::MatMul(a, b) => linalg::matmul_vjp(&mut cx, g, a, b),
+        Op::Transpose(a) => linalg::transpose_vjp(&mut cx, g, a),
+        Op::Binary(kind, a, b) => elementwise::binary_vjp(&mut cx, g, kind, a, b),
+        Op::Unary(kind, a) => activation::unary_vjp(&mut cx, g, y, kind, a),
+        Op::Sum(a, c) => reduce::sum_vjp(&mut cx, g, a, c),
+        Op::Concat { axis, start, len } => {
+            let parents = &lists[start as usize..(start + len) as usize];
+            shape::concat_vjp(&mut cx, g, axis, parents)
+        }
+        Op::Slice {
+            axis,
+            parent,
+            start,
+        } => shape::slice_vjp(&mut cx, g, axis, parent, start),
+        Op::SoftmaxXent {
+            logits,
+            labels: l,
+            weights: w,
+            saved: s,
+            scale,
+        } => {
+            let rows = cx.values[logits as usize].nrows();
+            let l = &labels[l as usize..l as usize + rows];
+            let w = w.map(|w| &weights[w as usize..w as usize + rows]);
+            loss::softmax_xent_vjp(&mut cx, g, logits, l, w, saved[s as usize].view(), scale)
+        }
+        Op::BceWithLogits {
+            logits,
+            targets,
+            scale,
+        } => loss::bce_vjp(&mut cx, g, logits, targets, scale),
+        Op::SquaredError {
+            pred,
+            target,
+            scale,
+        } => loss::squared_error_vjp(&mut cx, g, pred, target, scale),
+        Op::ScaleGrad(a, c) => control::scale_grad_vjp(&mut cx, g, a, c),
+    }
+}

@@ -1,0 +1,182 @@
+//! Concatenation and slicing along rows or columns (gates of GRU/LSTM cells; stacking
+//! the steps of a segment so that a projection is one matrix product).
+//!
+//! | op | forward | backward |
+//! |---|---|---|
+//! | `concat_cols([a, b, …])` | `[a b …]` | each parent += its block of `ȳ` |
+//! | `slice_cols(a, r)` | `a[:, r]` | `ā[:, r] += ȳ` |
+//!
+//! and the same along rows.
+
+use super::{put1, Ctx, Op};
+use crate::error::{Error, Result};
+use crate::scalar::Scalar;
+use crate::tape::{Tape, Var};
+use ndarray::{ArrayView2, Axis as NdAxis, Slice};
+use std::ops::Range;
+
+/// The axis of a concatenation or a slice.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Axis {
+    /// Along rows (stacking vertically; a batch or time dimension).
+    Rows,
+    /// Along columns (stacking horizontally; features, gates).
+    Cols,
+}
+
+impl Axis {
+    fn nd(self) -> NdAxis {
+        match self {
+            Axis::Rows => NdAxis(0),
+            Axis::Cols => NdAxis(1),
+        }
+    }
+}
+
+impl<F: Scalar> Tape<F> {
+    /// Concatenation of `parts` along `axis`.
+    ///
+    /// Errors: [`Error::EmptyInput`] for no parts; [`Error::ShapeMismatch`] if the other
+    /// dimension differs between parts.
+    pub fn concat(&mut self, parts: &[Var], axis: Axis) -> Result<Var> {
+        let op = "concat";
+        let Some(&first) = parts.first() else {
+            return Err(Error::EmptyInput {
+                op,
+                what: "no parts",
+            });
+        };
+        let s0 = self.shape(first)?;
+        let ax = axis.nd();
+        let mut extent = 0;
+        let mut ng = false;
+        let start = self.lists.len();
+        for &p in parts {
+            let i = self.idx(op, p)?;
+            let s = self.values[i].dim();
+            let same_other = match axis {
+                Axis::Rows => s.1 == s0.1,
+                Axis::Cols => s.0 == s0.0,
+            };
+            if !same_other {
+                self.lists.truncate(start);
+                return Err(Error::ShapeMismatch {
+                    op,
+                    lhs: s0,
+                    rhs: s,
+                });
+            }
+            extent += self.values[i].len_of(ax);
+            ng |= self.needs_grad[i];
+            self.lists.push(i as u32);
+        }
+        let shape = match axis {
+            Axis::Rows => (extent, s0.1),
+            Axis::Cols => (s0.0, extent),
+        };
+        let mut out = self.pool.take(shape);
+        let mut at = 0;
+        for &p in &self.lists[start..] {
+            let v = &self.values[p as usize];
+            let n = v.len_of(ax);
+            out.slice_axis_mut(ax, Slice::from(at..at + n)).assign(v);
+            at += n;
+        }
+        let len = parts.len() as u32;
+        Ok(self.push(
+            Op::Concat {
+                axis,
+                start: start as u32,
+                len,
+            },
+            out,
+            ng,
+        ))
+    }
+
+    /// `[a b …]`: concatenation along columns.
+    pub fn concat_cols(&mut self, parts: &[Var]) -> Result<Var> {
+        self.concat(parts, Axis::Cols)
+    }
+
+    /// Concatenation along rows (stacking).
+    pub fn concat_rows(&mut self, parts: &[Var]) -> Result<Var> {
+        self.concat(parts, Axis::Rows)
+    }
+
+    /// The rows or columns `range` of `a` (a copy).
+    ///
+    /// Errors: [`Error::InvalidArgument`] for an empty or out-of-bounds range.
+    pub fn slice(&mut self, a: Var, axis: Axis, range: Range<usize>) -> Result<Var> {
+        let op = "slice";
+        let ia = self.idx(op, a)?;
+        let ax = axis.nd();
+        let n = self.values[ia].len_of(ax);
+        if range.start >= range.end || range.end > n {
+            return Err(crate::error::invalid(
+                op,
+                format!("range {range:?} does not fit an extent of {n}"),
+            ));
+        }
+        let src = self.values[ia].slice_axis(ax, Slice::from(range.clone()));
+        let mut out = self.pool.take(src.dim());
+        out.assign(&src);
+        let ng = self.needs_grad[ia];
+        Ok(self.push(
+            Op::Slice {
+                axis,
+                parent: ia as u32,
+                start: range.start,
+            },
+            out,
+            ng,
+        ))
+    }
+
+    /// Columns `range` of `a`.
+    pub fn slice_cols(&mut self, a: Var, range: Range<usize>) -> Result<Var> {
+        self.slice(a, Axis::Cols, range)
+    }
+
+    /// Rows `range` of `a`.
+    pub fn slice_rows(&mut self, a: Var, range: Range<usize>) -> Result<Var> {
+        self.slice(a, Axis::Rows, range)
+    }
+}
+
+pub(crate) fn concat_vjp<F: Scalar>(
+    cx: &mut Ctx<'_, F>,
+    g: ArrayView2<'_, F>,
+    axis: Axis,
+    parents: &[u32],
+) {
+    let ax = axis.nd();
+    let mut at = 0;
+    for &p in parents {
+        let n = cx.values[p as usize].len_of(ax);
+        if let Some((acc, fresh)) = cx.slot(p) {
+            put1(acc, fresh, g.slice_axis(ax, Slice::from(at..at + n)), |g| g);
+        }
+        at += n;
+    }
+}
+
+pub(crate) fn slice_vjp<F: Scalar>(
+    cx: &mut Ctx<'_, F>,
+    g: ArrayView2<'_, F>,
+    axis: Axis,
+    parent: u32,
+    start: usize,
+) {
+    let ax = axis.nd();
+    if let Some((acc, fresh)) = cx.slot(parent) {
+        if fresh {
+            acc.fill(F::zero());
+        }
+        let n = g.len_of(ax);
+        let part = acc.slice_axis_mut(ax, Slice::from(start..start + n));
+        ndarray::Zip::from(part)
+            .and(&g)
+            .for_each(|a, &g| *a = *a + g);
+    }
+}

@@ -1,0 +1,448 @@
+//! The tape: a Wengert list of nodes in creation order, and the one reverse loop.
+//!
+//! A node is an [`Op`](crate::ops) (plain data: parent indices and constants), its value,
+//! and a `needs_grad` bit set at record time. Parents always have smaller indices than
+//! their children, so creation order is a topological order: backward is a single loop
+//! from the last node to the first, with no sort, no hash map and no recursion. A long
+//! unroll is a deep graph; this loop does not care how deep.
+//!
+//! Buffers are recycled: [`Tape::clear`] moves every value and adjoint into a free list
+//! keyed by shape, and the next forward pass takes its buffers from there, so a training
+//! loop reaches a steady state in which the tape allocates nothing.
+
+use crate::error::{Error, Result};
+use crate::ops::Op;
+use crate::params::{Grads, ParamId, Params};
+use crate::scalar::Scalar;
+use ndarray::{Array2, ArrayView2, Zip};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+static NEXT_TAPE: AtomicU32 = AtomicU32::new(1);
+
+/// A handle to a node of a [`Tape`]: small and `Copy`.
+///
+/// It records which tape made it and in which generation (the tape's generation moves
+/// on at every [`Tape::clear`]), so a `Var` from another tape, or from before a clear,
+/// is rejected with [`Error::ForeignVar`] or [`Error::StaleVar`] instead of silently
+/// pointing at the wrong node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Var {
+    pub(crate) tape: u32,
+    pub(crate) generation: u32,
+    pub(crate) index: u32,
+}
+
+impl Var {
+    /// Position of the node on its tape (creation order).
+    pub fn index(self) -> usize {
+        self.index as usize
+    }
+}
+
+/// Size statistics of a tape, for memory benchmarks and tests of streaming.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TapeStats {
+    /// Nodes on the tape now.
+    pub nodes: usize,
+    /// The largest number of nodes the tape has held since it was made (or since
+    /// [`Tape::reset_peak`]).
+    pub peak_nodes: usize,
+    /// Bytes of matrix data the tape holds now: values, adjoints, saved intermediates and
+    /// the free list of recycled buffers.
+    pub bytes: usize,
+    /// The largest value of `bytes` seen at the end of a backward pass or a clear.
+    pub peak_bytes: usize,
+}
+
+/// Free list of matrix buffers keyed by shape.
+#[derive(Debug, Default)]
+pub(crate) struct Pool<F> {
+    free: HashMap<(usize, usize), Vec<Array2<F>>>,
+    bytes: usize,
+}
+
+impl<F: Scalar> Pool<F> {
+    /// A buffer of the given shape; its contents are arbitrary (the caller overwrites it).
+    pub(crate) fn take(&mut self, shape: (usize, usize)) -> Array2<F> {
+        match self.free.get_mut(&shape).and_then(|v| v.pop()) {
+            Some(a) => {
+                self.bytes -= a.len() * std::mem::size_of::<F>();
+                a
+            }
+            None => Array2::zeros(shape),
+        }
+    }
+
+    pub(crate) fn give(&mut self, a: Array2<F>) {
+        if a.is_empty() {
+            return;
+        }
+        self.bytes += a.len() * std::mem::size_of::<F>();
+        self.free.entry(a.dim()).or_default().push(a);
+    }
+}
+
+/// A reverse-mode autodiff tape over 2-D `ndarray` matrices (a Wengert list).
+///
+/// Values are batch-major: a batch of B vectors of width n is a B×n matrix, a single
+/// vector a 1×n row. Every op checks its operands and returns a [`Result`]; none panics
+/// on user input.
+///
+/// ```
+/// use ndarray::array;
+/// use timetape::{Params, Tape};
+///
+/// // y = tanh(x W), loss = Σ y
+/// let mut params = Params::<f64>::new();
+/// let w = params.add("W", array![[0.1, 0.2], [0.3, 0.4]])?;
+/// let mut tape = Tape::new();
+/// let x = tape.constant(array![[1.0, -1.0]])?;
+/// let wv = tape.param(&params, w)?;
+/// let xw = tape.matmul(x, wv)?;
+/// let y = tape.tanh(xw)?;
+/// let loss = tape.sum(y)?;
+/// let grads = tape.backward(loss)?;
+/// // ∂loss/∂W_ij = x_i (1 − y_j²)
+/// let yv = tape.value(y)?.to_owned();
+/// let g = grads.get(w).unwrap();
+/// assert!((g[[1, 0]] - (-1.0) * (1.0 - yv[[0, 0]].powi(2))).abs() < 1e-15);
+/// # Ok::<(), timetape::Error>(())
+/// ```
+#[derive(Debug)]
+pub struct Tape<F: Scalar> {
+    pub(crate) id: u32,
+    pub(crate) generation: u32,
+    pub(crate) ops: Vec<Op<F>>,
+    pub(crate) values: Vec<Array2<F>>,
+    pub(crate) needs_grad: Vec<bool>,
+    pub(crate) adjoints: Vec<Option<Array2<F>>>,
+    /// Parent lists of n-ary ops (concat).
+    pub(crate) lists: Vec<u32>,
+    /// Integer labels of the cross-entropy ops.
+    pub(crate) labels: Vec<usize>,
+    /// Per-row weights of the cross-entropy ops.
+    pub(crate) weights: Vec<F>,
+    /// Intermediates saved for backward (softmax probabilities).
+    pub(crate) saved: Vec<Array2<F>>,
+    pub(crate) pool: Pool<F>,
+    peak_nodes: usize,
+    peak_bytes: usize,
+}
+
+impl<F: Scalar> Default for Tape<F> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<F: Scalar> Tape<F> {
+    /// An empty tape.
+    pub fn new() -> Self {
+        Tape {
+            id: NEXT_TAPE.fetch_add(1, Ordering::Relaxed),
+            generation: 0,
+            ops: Vec::new(),
+            values: Vec::new(),
+            needs_grad: Vec::new(),
+            adjoints: Vec::new(),
+            lists: Vec::new(),
+            labels: Vec::new(),
+            weights: Vec::new(),
+            saved: Vec::new(),
+            pool: Pool::default(),
+            peak_nodes: 0,
+            peak_bytes: 0,
+        }
+    }
+
+    /// Empties the tape but keeps its allocations: node storage keeps its capacity and
+    /// every matrix buffer goes to a free list that later ops draw from. Every `Var` of
+    /// the tape becomes stale.
+    pub fn clear(&mut self) {
+        self.note_peak_bytes();
+        self.ops.clear();
+        self.needs_grad.clear();
+        for v in self.values.drain(..) {
+            self.pool.give(v);
+        }
+        for a in self.adjoints.drain(..).flatten() {
+            self.pool.give(a);
+        }
+        for s in self.saved.drain(..) {
+            self.pool.give(s);
+        }
+        self.lists.clear();
+        self.labels.clear();
+        self.weights.clear();
+        self.generation = self.generation.wrapping_add(1);
+    }
+
+    /// Number of nodes on the tape.
+    pub fn len(&self) -> usize {
+        self.ops.len()
+    }
+
+    /// True if the tape has no node.
+    pub fn is_empty(&self) -> bool {
+        self.ops.is_empty()
+    }
+
+    /// Size statistics: nodes now and at peak, bytes held now and at peak.
+    pub fn stats(&self) -> TapeStats {
+        TapeStats {
+            nodes: self.ops.len(),
+            peak_nodes: self.peak_nodes,
+            bytes: self.bytes(),
+            peak_bytes: self.peak_bytes.max(self.bytes()),
+        }
+    }
+
+    /// Forgets the peaks recorded in [`TapeStats`].
+    pub fn reset_peak(&mut self) {
+        self.peak_nodes = self.ops.len();
+        self.peak_bytes = self.bytes();
+    }
+
+    fn bytes(&self) -> usize {
+        let sz = std::mem::size_of::<F>();
+        let held: usize = self.values.iter().map(|a| a.len()).sum::<usize>()
+            + self
+                .adjoints
+                .iter()
+                .flatten()
+                .map(|a| a.len())
+                .sum::<usize>()
+            + self.saved.iter().map(|a| a.len()).sum::<usize>();
+        held * sz + self.pool.bytes
+    }
+
+    fn note_peak_bytes(&mut self) {
+        self.peak_bytes = self.peak_bytes.max(self.bytes());
+    }
+
+    /// Checks that `v` belongs to this tape and this generation; gives its index.
+    pub(crate) fn idx(&self, op: &'static str, v: Var) -> Result<usize> {
+        if v.tape != self.id {
+            return Err(Error::ForeignVar { op });
+        }
+        if v.generation != self.generation || v.index() >= self.ops.len() {
+            return Err(Error::StaleVar { op });
+        }
+        Ok(v.index())
+    }
+
+    /// Records a node. `needs_grad` says whether an adjoint is computed for it.
+    pub(crate) fn push(&mut self, op: Op<F>, value: Array2<F>, needs_grad: bool) -> Var {
+        let index = self.ops.len() as u32;
+        self.ops.push(op);
+        self.values.push(value);
+        self.needs_grad.push(needs_grad);
+        self.peak_nodes = self.peak_nodes.max(self.ops.len());
+        Var {
+            tape: self.id,
+            generation: self.generation,
+            index,
+        }
+    }
+
+    /// The value of a node.
+    pub fn value(&self, v: Var) -> Result<ArrayView2<'_, F>> {
+        let i = self.idx("value", v)?;
+        Ok(self.values[i].view())
+    }
+
+    /// The value of a 1×1 node as a scalar (a loss).
+    pub fn scalar(&self, v: Var) -> Result<F> {
+        let i = self.idx("scalar", v)?;
+        let a = &self.values[i];
+        if a.dim() != (1, 1) {
+            return Err(Error::NonScalarLoss { shape: a.dim() });
+        }
+        Ok(a[[0, 0]])
+    }
+
+    /// The shape (rows, cols) of a node's value.
+    pub fn shape(&self, v: Var) -> Result<(usize, usize)> {
+        let i = self.idx("shape", v)?;
+        Ok(self.values[i].dim())
+    }
+
+    fn check_input(op: &'static str, a: &ArrayView2<'_, F>) -> Result<()> {
+        if a.is_empty() {
+            return Err(Error::EmptyInput {
+                op,
+                what: "matrix with no elements",
+            });
+        }
+        if a.iter().any(|x| !x.is_finite()) {
+            return Err(crate::error::invalid(op, "non-finite entry"));
+        }
+        Ok(())
+    }
+
+    /// An input: a leaf that gradients do not flow into.
+    ///
+    /// Errors: [`Error::EmptyInput`] for a matrix with no elements,
+    /// [`Error::InvalidArgument`] for a NaN or infinite entry.
+    pub fn constant(&mut self, value: Array2<F>) -> Result<Var> {
+        Self::check_input("constant", &value.view())?;
+        Ok(self.push(Op::Leaf, value, false))
+    }
+
+    /// An input copied from a view into a recycled buffer (no allocation in steady state).
+    pub fn constant_view(&mut self, value: ArrayView2<'_, F>) -> Result<Var> {
+        Self::check_input("constant_view", &value)?;
+        let mut buf = self.pool.take(value.dim());
+        buf.assign(&value);
+        Ok(self.push(Op::Leaf, buf, false))
+    }
+
+    /// A leaf whose adjoint is computed and can be read with [`Tape::adjoint`] after a
+    /// backward pass, though it is not a parameter (for instance the hidden state at the
+    /// start of a segment, whose ∂L/∂h is passed on to the previous segment).
+    pub fn variable(&mut self, value: ArrayView2<'_, F>) -> Result<Var> {
+        Self::check_input("variable", &value)?;
+        let mut buf = self.pool.take(value.dim());
+        buf.assign(&value);
+        Ok(self.push(Op::Leaf, buf, true))
+    }
+
+    /// Registers a parameter of `params` on the tape (its value is copied into a recycled
+    /// buffer). Its gradient is reported by [`Tape::backward`] under `id`; registering it
+    /// several times, or using it many times, sums the contributions.
+    ///
+    /// Errors: [`Error::ForeignParam`] if `id` is not from `params`.
+    pub fn param(&mut self, params: &Params<F>, id: ParamId) -> Result<Var> {
+        let p = params
+            .get(id)
+            .map_err(|_| Error::ForeignParam { op: "param" })?;
+        let mut buf = self.pool.take(p.dim());
+        buf.assign(p);
+        Ok(self.push(Op::Param(id), buf, true))
+    }
+
+    /// Reverse pass from a 1×1 loss (seed 1). Returns the gradient of every parameter the
+    /// loss reaches.
+    ///
+    /// Errors: [`Error::NonScalarLoss`] if `loss` is not 1×1; foreign or stale `Var`.
+    pub fn backward(&mut self, loss: Var) -> Result<Grads<F>> {
+        let mut grads = Grads::empty_for_store(0);
+        self.backward_into(loss, &mut grads)?;
+        Ok(grads)
+    }
+
+    /// Like [`Tape::backward`], but adds the gradients into `grads` (which keeps its
+    /// allocations across steps).
+    pub fn backward_into(&mut self, loss: Var, grads: &mut Grads<F>) -> Result<()> {
+        let i = self.idx("backward", loss)?;
+        if self.values[i].dim() != (1, 1) {
+            return Err(Error::NonScalarLoss {
+                shape: self.values[i].dim(),
+            });
+        }
+        let one = ndarray::arr2(&[[F::one()]]);
+        self.backward_with_into(&[(loss, one.view())], grads)
+    }
+
+    /// Reverse pass seeded with arbitrary output adjoints: a vector–Jacobian product.
+    /// Seeds on the same node add up. Used to pass ∂L/∂h from one segment to the next
+    /// (checkpointing, streaming).
+    ///
+    /// ```
+    /// use ndarray::array;
+    /// use timetape::{Params, Tape};
+    ///
+    /// let mut params = Params::<f64>::new();
+    /// let w = params.add("w", array![[2.0, 0.0], [0.0, 3.0]])?;
+    /// let mut tape = Tape::new();
+    /// let h = tape.variable(array![[1.0, 1.0]].view())?;
+    /// let wv = tape.param(&params, w)?;
+    /// let y = tape.matmul(h, wv)?;
+    /// // seed ∂L/∂y = [1, 10]: ∂L/∂h = [1, 10] Wᵀ = [2, 30]
+    /// let grads = tape.backward_with(&[(y, array![[1.0, 10.0]])])?;
+    /// assert_eq!(tape.adjoint(h)?.unwrap(), array![[2.0, 30.0]]);
+    /// assert_eq!(grads.get(w).unwrap(), array![[1.0, 10.0], [1.0, 10.0]]);
+    /// # Ok::<(), timetape::Error>(())
+    /// ```
+    pub fn backward_with(&mut self, seeds: &[(Var, Array2<F>)]) -> Result<Grads<F>> {
+        let views: Vec<(Var, ArrayView2<'_, F>)> =
+            seeds.iter().map(|(v, a)| (*v, a.view())).collect();
+        let mut grads = Grads::empty_for_store(0);
+        self.backward_with_into(&views, &mut grads)?;
+        Ok(grads)
+    }
+
+    /// Like [`Tape::backward_with`], adding into `grads`.
+    pub fn backward_with_into(
+        &mut self,
+        seeds: &[(Var, ArrayView2<'_, F>)],
+        grads: &mut Grads<F>,
+    ) -> Result<()> {
+        if seeds.is_empty() {
+            return Err(Error::EmptyInput {
+                op: "backward_with",
+                what: "no seeds",
+            });
+        }
+        let mut top = 0;
+        for (v, a) in seeds {
+            let i = self.idx("backward_with", *v)?;
+            if self.values[i].dim() != a.dim() {
+                return Err(Error::ShapeMismatch {
+                    op: "backward_with",
+                    lhs: self.values[i].dim(),
+                    rhs: a.dim(),
+                });
+            }
+            if a.iter().any(|x| !x.is_finite()) {
+                return Err(crate::error::invalid("backward_with", "non-finite adjoint"));
+            }
+            top = top.max(i);
+        }
+        // Recycle the adjoints of an earlier pass.
+        for a in self.adjoints.drain(..).flatten() {
+            self.pool.give(a);
+        }
+        self.adjoints.resize_with(self.ops.len(), || None);
+        for (v, a) in seeds {
+            let i = v.index();
+            if !self.needs_grad[i] {
+                continue;
+            }
+            match &mut self.adjoints[i] {
+                Some(acc) => Zip::from(acc).and(a).for_each(|x, &y| *x = *x + y),
+                slot @ None => {
+                    let mut buf = self.pool.take(a.dim());
+                    buf.assign(a);
+                    *slot = Some(buf);
+                }
+            }
+        }
+        for i in (0..=top).rev() {
+            if !self.needs_grad[i] || self.adjoints[i].is_none() {
+                continue;
+            }
+            if let Op::Param(id) = self.ops[i] {
+                if let Some(g) = &self.adjoints[i] {
+                    grads.accumulate(id, g.view())?;
+                }
+                continue;
+            }
+            crate::ops::backward_node(self, i);
+        }
+        self.note_peak_bytes();
+        Ok(())
+    }
+
+    /// The adjoint ∂L/∂v of a node after the last backward pass; `None` if the loss does
+    /// not reach it (or it is a constant).
+    pub fn adjoint(&self, v: Var) -> Result<Option<ArrayView2<'_, F>>> {
+        let i = self.idx("adjoint", v)?;
+        Ok(self
+            .adjoints
+            .get(i)
+            .and_then(|a| a.as_ref())
+            .map(|a| a.view()))
+    }
+}
