@@ -16,3 +16,5 @@ pub use ops::{Axis, Binary, Reduction, Unary};
 pub use params::{Grads, ParamId, Params};
 pub use scalar::Scalar;
 pub use tape::{Tape, TapeStats, Var};
+pub mod init;
+pub mod rnn;

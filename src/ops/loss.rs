@@ -4,7 +4,7 @@
 //! |---|---|---|
 //! | `softmax_cross_entropy(z, y, w)` | `w_r (logsumexp(z_r) − z_{r,y_r})` | `z̄_r += ḡ s w_r (softmax(z_r) − onehot(y_r))` |
 //! | `bce_with_logits(z, t)` | `max(z,0) − z t + ln(1 + e^{−\|z\|})` | `z̄ += ḡ s (σ(z) − t)`, `t̄ += −ḡ s z` |
-//! | `squared_error(p, t)` | `(p − t)²` | `p̄ += 2 ḡ s (p − t)`, `t̄ −= the same` |
+//! | `squared_error(p, t, w)` | `w_r (p − t)²` | `p̄ += 2 ḡ s w_r (p − t)`, `t̄ −= the same` |
 //!
 //! `s` is the reduction factor: 1 for [`Reduction::Sum`]; for [`Reduction::Mean`], 1/B
 //! for the cross-entropy (per row) and 1/(number of entries) for the others.
@@ -179,25 +179,55 @@ impl<F: Scalar> Tape<F> {
         ))
     }
 
-    /// Squared error `Σ (p − t)²` over all entries (divided by their number for
-    /// [`Reduction::Mean`]: the mean squared error).
+    /// Squared error `Σ_r w_r Σ_c (p_rc − t_rc)²` with optional per-row weights `w`
+    /// (1 if `None`), divided by the number of entries for [`Reduction::Mean`].
     ///
-    /// Errors: [`Error::ShapeMismatch`] for different shapes.
-    pub fn squared_error(&mut self, pred: Var, target: Var, reduction: Reduction) -> Result<Var> {
+    /// Errors: [`Error::ShapeMismatch`] for different shapes or a number of weights other
+    /// than the number of rows; [`Error::InvalidArgument`] for a non-finite weight.
+    pub fn squared_error(
+        &mut self,
+        pred: Var,
+        target: Var,
+        weights: Option<&[F]>,
+        reduction: Reduction,
+    ) -> Result<Var> {
         let op = "squared_error";
         let (ip, it) = self.pair(op, pred, target)?;
+        let rows = self.values[ip].nrows();
+        if let Some(w) = weights {
+            if w.len() != rows {
+                return Err(Error::ShapeMismatch {
+                    op,
+                    lhs: self.values[ip].dim(),
+                    rhs: (w.len(), 1),
+                });
+            }
+            if w.iter().any(|x| !x.is_finite()) {
+                return Err(invalid(op, "non-finite weight"));
+            }
+        }
         let scale = self.entry_scale(ip, reduction);
         let mut total = F::zero();
-        Zip::from(&self.values[ip])
-            .and(&self.values[it])
-            .for_each(|&p, &t| total = total + (p - t) * (p - t));
+        for r in 0..rows {
+            let w = weights.map_or(F::one(), |w| w[r]);
+            let s = Zip::from(self.values[ip].row(r))
+                .and(self.values[it].row(r))
+                .fold(F::zero(), |s, &p, &t| s + (p - t) * (p - t));
+            total = total + w * s;
+        }
         let mut out = self.pool.take((1, 1));
         out[[0, 0]] = total * scale;
+        let wts = weights.map(|w| {
+            let at = self.weights.len() as u32;
+            self.weights.extend_from_slice(w);
+            at
+        });
         let ng = self.needs_grad[ip] || self.needs_grad[it];
         Ok(self.push(
             Op::SquaredError {
                 pred: ip as u32,
                 target: it as u32,
+                weights: wts,
                 scale,
             },
             out,
@@ -207,7 +237,7 @@ impl<F: Scalar> Tape<F> {
 
     /// Mean squared error: [`Tape::squared_error`] with [`Reduction::Mean`].
     pub fn mse(&mut self, pred: Var, target: Var) -> Result<Var> {
-        self.squared_error(pred, target, Reduction::Mean)
+        self.squared_error(pred, target, None, Reduction::Mean)
     }
 }
 
@@ -266,15 +296,29 @@ pub(crate) fn squared_error_vjp<F: Scalar>(
     g: ArrayView2<'_, F>,
     pred: u32,
     target: u32,
+    weights: Option<&[F]>,
     scale: F,
 ) {
     let two_gs = (F::one() + F::one()) * g[[0, 0]] * scale;
     let values = cx.values;
     let (p, t) = (values[pred as usize].view(), values[target as usize].view());
-    if let Some((acc, fresh)) = cx.slot(pred) {
-        put2(acc, fresh, p, t, |p, t| two_gs * (p - t));
-    }
-    if let Some((acc, fresh)) = cx.slot(target) {
-        put2(acc, fresh, p, t, |p, t| -two_gs * (p - t));
+    for (who, sign) in [(pred, F::one()), (target, -F::one())] {
+        let Some((acc, fresh)) = cx.slot(who) else {
+            continue;
+        };
+        match weights {
+            None => put2(acc, fresh, p, t, |p, t| sign * two_gs * (p - t)),
+            Some(w) => {
+                for (r, &w) in w.iter().enumerate() {
+                    let c = sign * two_gs * w;
+                    let z = Zip::from(acc.row_mut(r)).and(p.row(r)).and(t.row(r));
+                    if fresh {
+                        z.for_each(|a, &p, &t| *a = c * (p - t));
+                    } else {
+                        z.for_each(|a, &p, &t| *a = *a + c * (p - t));
+                    }
+                }
+            }
+        }
     }
 }

@@ -70,6 +70,7 @@ pub(crate) enum Op<F> {
     SquaredError {
         pred: u32,
         target: u32,
+        weights: Option<u32>,
         scale: F,
     },
     /// A detached copy: backward stops here.
@@ -211,8 +212,13 @@ pub(crate) fn backward_node<F: Scalar>(tape: &mut Tape<F>, i: usize) {
         Op::SquaredError {
             pred,
             target,
+            weights: w,
             scale,
-        } => loss::squared_error_vjp(&mut cx, g, pred, target, scale),
+        } => {
+            let rows = cx.values[pred as usize].nrows();
+            let w = w.map(|w| &weights[w as usize..w as usize + rows]);
+            loss::squared_error_vjp(&mut cx, g, pred, target, w, scale)
+        }
         Op::ScaleGrad(a, c) => control::scale_grad_vjp(&mut cx, g, a, c),
     }
 }

@@ -1,0 +1,138 @@
+//! Gated recurrent unit.
+
+use super::Recurrent;
+use crate::error::{invalid, Result};
+use crate::init;
+use crate::params::{ParamId, Params};
+use crate::scalar::Scalar;
+use crate::tape::{Tape, Var};
+use ndarray::Array2;
+
+/// A GRU cell (Cho et al. 2014, in the form PyTorch uses), batch-major:
+///
+/// ```text
+/// r_t = σ(x_t W_xr + b_xr + h_{t−1} W_hr + b_hr)
+/// z_t = σ(x_t W_xz + b_xz + h_{t−1} W_hz + b_hz)
+/// n_t = tanh(x_t W_xn + b_xn + r_t ⊙ (h_{t−1} W_hn + b_hn))
+/// h_t = (1 − z_t) ⊙ n_t + z_t ⊙ h_{t−1}  =  n_t + z_t ⊙ (h_{t−1} − n_t)
+/// o_t = h_t W_hq + b_q
+/// ```
+///
+/// The three gates are stored side by side: `W_x = [W_xr W_xz W_xn]` (D×3H),
+/// `W_h = [W_hr W_hz W_hn]` (H×3H), biases `b_x`, `b_h` (1×3H); then `W_hq` (H×Q),
+/// `b_q` (1×Q). Names: `gru.W_x`, `gru.W_h`, `gru.b_x`, `gru.b_h`, `gru.W_hq`, `gru.b_q`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Gru {
+    input: usize,
+    hidden: usize,
+    output: usize,
+    /// `[W_xr W_xz W_xn]`, D×3H.
+    pub w_x: ParamId,
+    /// `[W_hr W_hz W_hn]`, H×3H.
+    pub w_h: ParamId,
+    /// Input-side gate biases, 1×3H.
+    pub b_x: ParamId,
+    /// State-side gate biases, 1×3H.
+    pub b_h: ParamId,
+    /// Output weights, H×Q.
+    pub w_hq: ParamId,
+    /// Output bias, 1×Q.
+    pub b_q: ParamId,
+}
+
+/// The parameters of a [`Gru`] on one tape.
+#[derive(Debug, Clone, Copy)]
+pub struct GruBound {
+    w_x: Var,
+    w_h: Var,
+    b_x: Var,
+    b_h: Var,
+    w_hq: Var,
+    b_q: Var,
+}
+
+impl Gru {
+    /// Adds a GRU's parameters to `params`, uniform in `±1/√H` from `seed`.
+    pub fn new<F: Scalar>(
+        params: &mut Params<F>,
+        input: usize,
+        hidden: usize,
+        output: usize,
+        seed: u64,
+    ) -> Result<Gru> {
+        if input == 0 || hidden == 0 || output == 0 {
+            return Err(invalid("Gru::new", "sizes must be positive"));
+        }
+        let mut rng = init::rng(seed);
+        let s = 1.0 / (hidden as f64).sqrt();
+        let h3 = 3 * hidden;
+        Ok(Gru {
+            input,
+            hidden,
+            output,
+            w_x: params.add("gru.W_x", init::uniform((input, h3), s, &mut rng))?,
+            w_h: params.add("gru.W_h", init::uniform((hidden, h3), s, &mut rng))?,
+            b_x: params.add("gru.b_x", init::uniform((1, h3), s, &mut rng))?,
+            b_h: params.add("gru.b_h", init::uniform((1, h3), s, &mut rng))?,
+            w_hq: params.add("gru.W_hq", init::uniform((hidden, output), s, &mut rng))?,
+            b_q: params.add("gru.b_q", Array2::zeros((1, output)))?,
+        })
+    }
+}
+
+impl<F: Scalar> Recurrent<F> for Gru {
+    type Bound = GruBound;
+
+    fn input_width(&self) -> usize {
+        self.input
+    }
+
+    fn state_width(&self) -> usize {
+        self.hidden
+    }
+
+    fn output_width(&self) -> usize {
+        self.output
+    }
+
+    fn bind(&self, tape: &mut Tape<F>, params: &Params<F>) -> Result<GruBound> {
+        Ok(GruBound {
+            w_x: tape.param(params, self.w_x)?,
+            w_h: tape.param(params, self.w_h)?,
+            b_x: tape.param(params, self.b_x)?,
+            b_h: tape.param(params, self.b_h)?,
+            w_hq: tape.param(params, self.w_hq)?,
+            b_q: tape.param(params, self.b_q)?,
+        })
+    }
+
+    fn project_inputs(&self, tape: &mut Tape<F>, b: &GruBound, xs: Var) -> Result<Var> {
+        let u = tape.matmul(xs, b.w_x)?;
+        tape.add(u, b.b_x)
+    }
+
+    fn step(&self, tape: &mut Tape<F>, b: &GruBound, u: Var, h: Var) -> Result<Var> {
+        let n = self.hidden;
+        let g = tape.matmul(h, b.w_h)?;
+        let g = tape.add(g, b.b_h)?;
+        let rz_u = tape.slice_cols(u, 0..2 * n)?;
+        let rz_g = tape.slice_cols(g, 0..2 * n)?;
+        let rz = tape.add(rz_u, rz_g)?;
+        let rz = tape.sigmoid(rz)?;
+        let r = tape.slice_cols(rz, 0..n)?;
+        let z = tape.slice_cols(rz, n..2 * n)?;
+        let n_u = tape.slice_cols(u, 2 * n..3 * n)?;
+        let n_g = tape.slice_cols(g, 2 * n..3 * n)?;
+        let rn = tape.mul(r, n_g)?;
+        let cand = tape.add(n_u, rn)?;
+        let cand = tape.tanh(cand)?;
+        let diff = tape.sub(h, cand)?;
+        let zd = tape.mul(z, diff)?;
+        tape.add(cand, zd)
+    }
+
+    fn output(&self, tape: &mut Tape<F>, b: &GruBound, hs: Var) -> Result<Var> {
+        let o = tape.matmul(hs, b.w_hq)?;
+        tape.add(o, b.b_q)
+    }
+}

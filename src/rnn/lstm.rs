@@ -1,0 +1,141 @@
+//! Long short-term memory.
+
+use super::Recurrent;
+use crate::error::{invalid, Result};
+use crate::init;
+use crate::params::{ParamId, Params};
+use crate::scalar::Scalar;
+use crate::tape::{Tape, Var};
+use ndarray::Array2;
+
+/// An LSTM cell (Hochreiter & Schmidhuber 1997, with a forget gate), batch-major:
+///
+/// ```text
+/// [a_i a_f a_g a_o] = x_t W_x + h_{t−1} W_h + b          (each B×H)
+/// i_t = σ(a_i),  f_t = σ(a_f),  g_t = tanh(a_g),  o_t = σ(a_o)
+/// c_t = f_t ⊙ c_{t−1} + i_t ⊙ g_t
+/// h_t = o_t ⊙ tanh(c_t)
+/// y_t = h_t W_hq + b_q
+/// ```
+///
+/// The state the BPTT strategies carry is `[h_t c_t]` (B×2H), so that one edge per step
+/// carries both. Parameters: `lstm.W_x` (D×4H), `lstm.W_h` (H×4H), `lstm.b` (1×4H; the
+/// forget-gate quarter starts at 1), `lstm.W_hq` (H×Q), `lstm.b_q` (1×Q).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Lstm {
+    input: usize,
+    hidden: usize,
+    output: usize,
+    /// `[W_xi W_xf W_xg W_xo]`, D×4H.
+    pub w_x: ParamId,
+    /// `[W_hi W_hf W_hg W_ho]`, H×4H.
+    pub w_h: ParamId,
+    /// Gate biases, 1×4H.
+    pub b: ParamId,
+    /// Output weights, H×Q.
+    pub w_hq: ParamId,
+    /// Output bias, 1×Q.
+    pub b_q: ParamId,
+}
+
+/// The parameters of an [`Lstm`] on one tape.
+#[derive(Debug, Clone, Copy)]
+pub struct LstmBound {
+    w_x: Var,
+    w_h: Var,
+    b: Var,
+    w_hq: Var,
+    b_q: Var,
+}
+
+impl Lstm {
+    /// Adds an LSTM's parameters to `params`, uniform in `±1/√H` from `seed`, with the
+    /// forget-gate bias at 1.
+    pub fn new<F: Scalar>(
+        params: &mut Params<F>,
+        input: usize,
+        hidden: usize,
+        output: usize,
+        seed: u64,
+    ) -> Result<Lstm> {
+        if input == 0 || hidden == 0 || output == 0 {
+            return Err(invalid("Lstm::new", "sizes must be positive"));
+        }
+        let mut rng = init::rng(seed);
+        let s = 1.0 / (hidden as f64).sqrt();
+        let h4 = 4 * hidden;
+        let mut b = Array2::<F>::zeros((1, h4));
+        b.slice_axis_mut(ndarray::Axis(1), ndarray::Slice::from(hidden..2 * hidden))
+            .fill(F::one());
+        Ok(Lstm {
+            input,
+            hidden,
+            output,
+            w_x: params.add("lstm.W_x", init::uniform((input, h4), s, &mut rng))?,
+            w_h: params.add("lstm.W_h", init::uniform((hidden, h4), s, &mut rng))?,
+            b: params.add("lstm.b", b)?,
+            w_hq: params.add("lstm.W_hq", init::uniform((hidden, output), s, &mut rng))?,
+            b_q: params.add("lstm.b_q", Array2::zeros((1, output)))?,
+        })
+    }
+}
+
+impl<F: Scalar> Recurrent<F> for Lstm {
+    type Bound = LstmBound;
+
+    fn input_width(&self) -> usize {
+        self.input
+    }
+
+    /// `[h c]`: 2H.
+    fn state_width(&self) -> usize {
+        2 * self.hidden
+    }
+
+    fn output_width(&self) -> usize {
+        self.output
+    }
+
+    fn bind(&self, tape: &mut Tape<F>, params: &Params<F>) -> Result<LstmBound> {
+        Ok(LstmBound {
+            w_x: tape.param(params, self.w_x)?,
+            w_h: tape.param(params, self.w_h)?,
+            b: tape.param(params, self.b)?,
+            w_hq: tape.param(params, self.w_hq)?,
+            b_q: tape.param(params, self.b_q)?,
+        })
+    }
+
+    fn project_inputs(&self, tape: &mut Tape<F>, b: &LstmBound, xs: Var) -> Result<Var> {
+        let u = tape.matmul(xs, b.w_x)?;
+        tape.add(u, b.b)
+    }
+
+    fn step(&self, tape: &mut Tape<F>, b: &LstmBound, u: Var, state: Var) -> Result<Var> {
+        let n = self.hidden;
+        let h = tape.slice_cols(state, 0..n)?;
+        let c = tape.slice_cols(state, n..2 * n)?;
+        let a = tape.matmul(h, b.w_h)?;
+        let a = tape.add(u, a)?;
+        let if_ = tape.slice_cols(a, 0..2 * n)?;
+        let if_ = tape.sigmoid(if_)?;
+        let i = tape.slice_cols(if_, 0..n)?;
+        let f = tape.slice_cols(if_, n..2 * n)?;
+        let g = tape.slice_cols(a, 2 * n..3 * n)?;
+        let g = tape.tanh(g)?;
+        let o = tape.slice_cols(a, 3 * n..4 * n)?;
+        let o = tape.sigmoid(o)?;
+        let fc = tape.mul(f, c)?;
+        let ig = tape.mul(i, g)?;
+        let c_new = tape.add(fc, ig)?;
+        let tc = tape.tanh(c_new)?;
+        let h_new = tape.mul(o, tc)?;
+        tape.concat_cols(&[h_new, c_new])
+    }
+
+    fn output(&self, tape: &mut Tape<F>, b: &LstmBound, states: Var) -> Result<Var> {
+        let h = tape.slice_cols(states, 0..self.hidden)?;
+        let y = tape.matmul(h, b.w_hq)?;
+        tape.add(y, b.b_q)
+    }
+}

@@ -1,0 +1,203 @@
+//! The notes' vanilla RNN cell.
+
+use super::Recurrent;
+use crate::error::{invalid, Result};
+use crate::init;
+use crate::params::{ParamId, Params};
+use crate::scalar::Scalar;
+use crate::tape::{Tape, Var};
+
+/// The activation φ of the vanilla RNN.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Activation {
+    /// `φ(a) = a` (the linear RNN of M1).
+    Identity,
+    /// `φ(a) = tanh a` (M3).
+    Tanh,
+    /// `φ(a) = max(a, 0)` (M2), derivative `1[a > 0]`.
+    Relu,
+    /// `φ(a) = σ(a)`.
+    Sigmoid,
+}
+
+/// Sizes and options of an [`Rnn`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct RnnConfig {
+    /// Input width D.
+    pub input: usize,
+    /// Hidden width H.
+    pub hidden: usize,
+    /// Output width Q.
+    pub output: usize,
+    /// The activation φ.
+    pub activation: Activation,
+    /// Whether the hidden update has a bias `b_h`.
+    pub hidden_bias: bool,
+    /// Whether the output head has a bias `b_q`.
+    pub output_bias: bool,
+    /// Prefix of the parameter names (to keep several models in one store).
+    pub prefix: String,
+}
+
+impl RnnConfig {
+    /// A tanh RNN with both biases and no name prefix.
+    pub fn new(input: usize, hidden: usize, output: usize) -> Self {
+        RnnConfig {
+            input,
+            hidden,
+            output,
+            activation: Activation::Tanh,
+            hidden_bias: true,
+            output_bias: true,
+            prefix: String::new(),
+        }
+    }
+
+    /// The same configuration with another activation.
+    pub fn activation(mut self, activation: Activation) -> Self {
+        self.activation = activation;
+        self
+    }
+
+    /// The same configuration with or without the two biases.
+    pub fn biases(mut self, hidden_bias: bool, output_bias: bool) -> Self {
+        self.hidden_bias = hidden_bias;
+        self.output_bias = output_bias;
+        self
+    }
+}
+
+/// The vanilla RNN of the notes, batch-major:
+///
+/// ```text
+/// h_t = φ(x_t W_xh + h_{t−1} W_hh + b_h),    o_t = h_t W_hq + b_q
+/// ```
+///
+/// with `W_xh` D×H, `W_hh` H×H, `b_h` 1×H, `W_hq` H×Q, `b_q` 1×Q, stored in a
+/// [`Params`] store under the names `W_xh`, `W_hh`, `b_h`, `W_hq`, `b_q` (after the
+/// configured prefix). The notes write column vectors (`W_hx x_t`); `W_xh` here is the
+/// transpose of their `W_hx`, and likewise for the others.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Rnn {
+    /// The configuration it was built with.
+    pub config: RnnConfig,
+    /// Input weights, D×H.
+    pub w_xh: ParamId,
+    /// Recurrent weights, H×H.
+    pub w_hh: ParamId,
+    /// Hidden bias, 1×H.
+    pub b_h: Option<ParamId>,
+    /// Output weights, H×Q.
+    pub w_hq: ParamId,
+    /// Output bias, 1×Q.
+    pub b_q: Option<ParamId>,
+}
+
+/// The parameters of an [`Rnn`] registered on one tape.
+#[derive(Debug, Clone, Copy)]
+pub struct RnnBound {
+    /// `W_xh` on the tape.
+    pub w_xh: Var,
+    /// `W_hh` on the tape.
+    pub w_hh: Var,
+    /// `b_h` on the tape.
+    pub b_h: Option<Var>,
+    /// `W_hq` on the tape.
+    pub w_hq: Var,
+    /// `b_q` on the tape.
+    pub b_q: Option<Var>,
+}
+
+impl Rnn {
+    /// Adds the parameters of a new RNN to `params`, initialized uniformly in
+    /// `±1/√H` (biases zero) from `seed`.
+    ///
+    /// Errors: [`crate::Error::InvalidArgument`] for a zero size; a name clash in the
+    /// store.
+    pub fn new<F: Scalar>(params: &mut Params<F>, config: RnnConfig, seed: u64) -> Result<Rnn> {
+        if config.input == 0 || config.hidden == 0 || config.output == 0 {
+            return Err(invalid("Rnn::new", "sizes must be positive"));
+        }
+        let (d, h, q) = (config.input, config.hidden, config.output);
+        let mut rng = init::rng(seed);
+        let s = 1.0 / (h as f64).sqrt();
+        let p = config.prefix.clone();
+        let w_xh = params.add(format!("{p}W_xh"), init::uniform((d, h), s, &mut rng))?;
+        let w_hh = params.add(format!("{p}W_hh"), init::uniform((h, h), s, &mut rng))?;
+        let b_h = if config.hidden_bias {
+            Some(params.add(format!("{p}b_h"), ndarray::Array2::zeros((1, h)))?)
+        } else {
+            None
+        };
+        let w_hq = params.add(format!("{p}W_hq"), init::uniform((h, q), s, &mut rng))?;
+        let b_q = if config.output_bias {
+            Some(params.add(format!("{p}b_q"), ndarray::Array2::zeros((1, q)))?)
+        } else {
+            None
+        };
+        Ok(Rnn {
+            config,
+            w_xh,
+            w_hh,
+            b_h,
+            w_hq,
+            b_q,
+        })
+    }
+}
+
+impl<F: Scalar> Recurrent<F> for Rnn {
+    type Bound = RnnBound;
+
+    fn input_width(&self) -> usize {
+        self.config.input
+    }
+
+    fn state_width(&self) -> usize {
+        self.config.hidden
+    }
+
+    fn output_width(&self) -> usize {
+        self.config.output
+    }
+
+    fn bind(&self, tape: &mut Tape<F>, params: &Params<F>) -> Result<RnnBound> {
+        Ok(RnnBound {
+            w_xh: tape.param(params, self.w_xh)?,
+            w_hh: tape.param(params, self.w_hh)?,
+            b_h: self.b_h.map(|b| tape.param(params, b)).transpose()?,
+            w_hq: tape.param(params, self.w_hq)?,
+            b_q: self.b_q.map(|b| tape.param(params, b)).transpose()?,
+        })
+    }
+
+    /// `X W_xh + b_h` for all steps at once.
+    fn project_inputs(&self, tape: &mut Tape<F>, bound: &RnnBound, xs: Var) -> Result<Var> {
+        let u = tape.matmul(xs, bound.w_xh)?;
+        match bound.b_h {
+            Some(b) => tape.add(u, b),
+            None => Ok(u),
+        }
+    }
+
+    /// `φ(u_t + h_{t−1} W_hh)`.
+    fn step(&self, tape: &mut Tape<F>, bound: &RnnBound, u_t: Var, h_prev: Var) -> Result<Var> {
+        let r = tape.matmul(h_prev, bound.w_hh)?;
+        let a = tape.add(u_t, r)?;
+        match self.config.activation {
+            Activation::Identity => Ok(a),
+            Activation::Tanh => tape.tanh(a),
+            Activation::Relu => tape.relu(a),
+            Activation::Sigmoid => tape.sigmoid(a),
+        }
+    }
+
+    /// `H W_hq + b_q`.
+    fn output(&self, tape: &mut Tape<F>, bound: &RnnBound, hs: Var) -> Result<Var> {
+        let o = tape.matmul(hs, bound.w_hq)?;
+        match bound.b_q {
+            Some(b) => tape.add(o, b),
+            None => Ok(o),
+        }
+    }
+}
