@@ -12,10 +12,13 @@ use thiserror::Error;
 /// use timetape::{Error, Tape};
 ///
 /// let mut tape = Tape::<f64>::new();
-/// let a = tape.constant(Array2::zeros((2, 3)));
-/// let b = tape.constant(Array2::zeros((2, 3)));
+/// let a = tape.constant(Array2::zeros((2, 3)))?;
+/// let b = tape.constant(Array2::zeros((2, 3)))?;
 /// // (2×3)·(2×3) is not a matrix product.
-/// assert!(matches!(tape.matmul(a, b), Err(Error::ShapeMismatch { .. })));
+/// let err = tape.matmul(a, b).unwrap_err();
+/// assert!(matches!(err, Error::ShapeMismatch { op: "matmul", .. }));
+/// assert_eq!(err.to_string(), "shape mismatch in matmul: (2, 3) and (2, 3)");
+/// # Ok::<(), Error>(())
 /// ```
 #[derive(Debug, Clone, PartialEq, Error)]
 pub enum Error {

@@ -16,5 +16,6 @@ pub use ops::{Axis, Binary, Reduction, Unary};
 pub use params::{Grads, ParamId, Params};
 pub use scalar::Scalar;
 pub use tape::{Tape, TapeStats, Var};
+pub mod bptt;
 pub mod init;
 pub mod rnn;

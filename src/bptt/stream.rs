@@ -1,0 +1,333 @@
+//! Streaming BPTT over sequences that arrive step by step.
+
+use super::xi::XiSampler;
+use super::{fixed_pattern, Engine, Report, RunOptions, Truncation};
+use crate::error::{invalid, Error, Result};
+use crate::ops::Reduction;
+use crate::params::Params;
+use crate::rnn::{Edge, Recurrent, SequenceLoss, Targets};
+use crate::scalar::Scalar;
+use ndarray::{Array2, ArrayView2, ArrayView3};
+
+/// The target of one step of a [`Stream`].
+#[derive(Debug, Clone, Copy)]
+pub enum StepTarget<'a, F> {
+    /// No loss at this step.
+    None,
+    /// One class label per batch row: softmax cross-entropy.
+    Classes(&'a [usize]),
+    /// A B×Q target: squared error.
+    Values(ArrayView2<'a, F>),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Unknown,
+    Classes,
+    Values,
+}
+
+/// BPTT over a sequence fed one step at a time, for sequences that do not fit in
+/// memory. Steps are buffered until the current segment is known to be complete (the
+/// next ξ is 0), then the segment is recorded, backpropagated into the gradient and
+/// dropped: memory follows the segment length, not T.
+///
+/// The loss is `Σ_t α_t (1/B) Σ_b l(o_{t,b}, y_{t,b})` (a sum over time; give
+/// `α_t = 1/T` for a mean). Strategies: `Full`, `Fixed`, `Tbptt { k, k }`,
+/// `Randomized` and `Pattern`; TBPTT with k2 ≠ k1 needs the sequence at hand, see
+/// [`super::run`].
+///
+/// ```
+/// use ndarray::Array2;
+/// use timetape::bptt::{Stream, StepTarget, Truncation, RunOptions};
+/// use timetape::rnn::models;
+/// use timetape::Params;
+///
+/// let mut params = Params::<f32>::new();
+/// let cell = models::m3(&mut params, 2, 8, 2, 0)?;
+/// let mut stream = Stream::new(&cell, &params, 1, Truncation::Fixed { k: 32 }, RunOptions::default())?;
+/// for t in 0..10_000 {
+///     let x = Array2::from_elem((1, 2), (t as f32 * 0.1).sin());
+///     stream.push(x.view(), StepTarget::Classes(&[t % 2]), 1.0)?;
+/// }
+/// let report = stream.finish()?;
+/// assert_eq!(report.backward_steps, 10_000);
+/// assert!(report.peak_tape_nodes < 32 * 8); // one block on the tape, whatever T
+/// # Ok::<(), timetape::Error>(())
+/// ```
+pub struct Stream<'a, F: Scalar, C: Recurrent<F>> {
+    engine: Engine<'a, F, C>,
+    truncation: Truncation,
+    sampler: Option<XiSampler>,
+    batch: usize,
+    kind: Kind,
+    t: usize,
+    h: Array2<F>,
+    // The buffered segment.
+    xs: Vec<F>,
+    labels: Vec<usize>,
+    values: Vec<F>,
+    alphas: Vec<F>,
+    xi: Vec<f64>,
+    edges: Vec<Edge<F>>,
+    all_xi: Option<Vec<f64>>,
+    q: usize,
+}
+
+impl<'a, F: Scalar, C: Recurrent<F>> Stream<'a, F, C> {
+    /// A stream for batches of `batch` rows, starting from h_0 = 0.
+    ///
+    /// Errors: [`Error::InvalidArgument`] for a bad truncation or TBPTT with k2 ≠ k1;
+    /// [`Error::EmptyInput`] for `batch = 0`.
+    pub fn new(
+        cell: &'a C,
+        params: &'a Params<F>,
+        batch: usize,
+        truncation: Truncation,
+        opts: RunOptions,
+    ) -> Result<Self> {
+        if batch == 0 {
+            return Err(Error::EmptyInput {
+                op: "Stream::new",
+                what: "batch of 0 rows",
+            });
+        }
+        truncation.validate(None)?;
+        if let Truncation::Tbptt { k1, k2 } = truncation {
+            if k1 != k2 {
+                return Err(invalid(
+                    "Stream::new",
+                    "TBPTT with k2 ≠ k1 is not streamed; use bptt::run",
+                ));
+            }
+        }
+        let sampler = match &truncation {
+            Truncation::Randomized { pi, seed } => Some(XiSampler::new(pi.clone(), *seed)),
+            _ => None,
+        };
+        let all_xi = matches!(
+            truncation,
+            Truncation::Randomized { .. } | Truncation::Pattern(_)
+        )
+        .then(Vec::new);
+        Ok(Stream {
+            engine: Engine::new(cell, params, opts),
+            truncation,
+            sampler,
+            batch,
+            kind: Kind::Unknown,
+            t: 0,
+            h: Array2::zeros((batch, cell.state_width())),
+            xs: Vec::new(),
+            labels: Vec::new(),
+            values: Vec::new(),
+            alphas: Vec::new(),
+            xi: Vec::new(),
+            edges: Vec::new(),
+            all_xi,
+            q: cell.output_width(),
+        })
+    }
+
+    /// Starts from a given state instead of zeros (only before the first step).
+    pub fn with_initial_state(mut self, h0: ArrayView2<'_, F>) -> Result<Self> {
+        if h0.dim() != self.h.dim() {
+            return Err(Error::ShapeMismatch {
+                op: "Stream::with_initial_state",
+                lhs: self.h.dim(),
+                rhs: h0.dim(),
+            });
+        }
+        self.h.assign(&h0);
+        Ok(self)
+    }
+
+    fn next_xi(&mut self) -> Result<f64> {
+        let t = self.t;
+        Ok(match &self.truncation {
+            Truncation::Full => 1.0,
+            Truncation::Fixed { k } | Truncation::Tbptt { k1: k, .. } => {
+                fixed_pattern(t + 1, *k)[t]
+            }
+            Truncation::Randomized { .. } => match self.sampler.as_mut() {
+                Some(s) => s.next_xi()?,
+                None => return Err(invalid("Stream", "no sampler")),
+            },
+            Truncation::Pattern(p) => *p.get(t).ok_or_else(|| {
+                invalid(
+                    "Stream::push",
+                    format!("the pattern has only {} entries", p.len()),
+                )
+            })?,
+        })
+    }
+
+    /// Feeds step t: its input `x` (B×D), its target, and its loss weight α_t.
+    ///
+    /// Errors: [`Error::ShapeMismatch`] for an input or target of the wrong shape, or a
+    /// target kind that differs from earlier steps; [`Error::LabelOutOfRange`];
+    /// [`Error::InvalidArgument`] for a non-finite α or input.
+    pub fn push(
+        &mut self,
+        x: ArrayView2<'_, F>,
+        target: StepTarget<'_, F>,
+        alpha: F,
+    ) -> Result<()> {
+        let op = "Stream::push";
+        let d = self.engine.cell.input_width();
+        if x.dim() != (self.batch, d) {
+            return Err(Error::ShapeMismatch {
+                op,
+                lhs: (self.batch, d),
+                rhs: x.dim(),
+            });
+        }
+        if !alpha.is_finite() || x.iter().any(|v| !v.is_finite()) {
+            return Err(invalid(op, "non-finite input or weight"));
+        }
+        let kind = match target {
+            StepTarget::None => self.kind,
+            StepTarget::Classes(l) => {
+                if l.len() != self.batch {
+                    return Err(Error::ShapeMismatch {
+                        op,
+                        lhs: (self.batch, 1),
+                        rhs: (l.len(), 1),
+                    });
+                }
+                if let Some(&label) = l.iter().find(|&&c| c >= self.q) {
+                    return Err(Error::LabelOutOfRange {
+                        op,
+                        label,
+                        classes: self.q,
+                    });
+                }
+                Kind::Classes
+            }
+            StepTarget::Values(v) => {
+                if v.dim() != (self.batch, self.q) {
+                    return Err(Error::ShapeMismatch {
+                        op,
+                        lhs: (self.batch, self.q),
+                        rhs: v.dim(),
+                    });
+                }
+                Kind::Values
+            }
+        };
+        if self.kind != Kind::Unknown && kind != self.kind {
+            return Err(invalid(op, "targets must all be classes or all be values"));
+        }
+        if self.kind == Kind::Unknown && kind != Kind::Unknown {
+            // Earlier steps had no target: give them dummy entries of the new kind.
+            let n = self.alphas.len();
+            match kind {
+                Kind::Classes => self.labels.resize(n * self.batch, 0),
+                Kind::Values => self.values.resize(n * self.batch * self.q, F::zero()),
+                Kind::Unknown => {}
+            }
+        }
+        self.kind = kind;
+        let xi = self.next_xi()?;
+        if xi == 0.0 && !self.alphas.is_empty() {
+            self.flush()?;
+        }
+        if let Some(all) = self.all_xi.as_mut() {
+            all.push(xi);
+        }
+        self.xi.push(xi);
+        self.xs.extend(x.iter().copied());
+        match (target, kind) {
+            (StepTarget::Classes(l), _) => self.labels.extend_from_slice(l),
+            (StepTarget::Values(v), _) => self.values.extend(v.iter().copied()),
+            (StepTarget::None, Kind::Classes) => {
+                self.labels.extend(std::iter::repeat_n(0, self.batch))
+            }
+            (StepTarget::None, Kind::Values) => self
+                .values
+                .extend(std::iter::repeat_n(F::zero(), self.batch * self.q)),
+            (StepTarget::None, Kind::Unknown) => {}
+        }
+        let has_loss = !matches!(target, StepTarget::None);
+        self.alphas.push(if has_loss { alpha } else { F::zero() });
+        self.t += 1;
+        Ok(())
+    }
+
+    /// Records and backpropagates the buffered segment, then empties the buffer.
+    fn flush(&mut self) -> Result<()> {
+        let k = self.alphas.len();
+        if k == 0 {
+            return Ok(());
+        }
+        let (b, d) = (self.batch, self.engine.cell.input_width());
+        let xs = ArrayView3::from_shape((k, b, d), &self.xs)
+            .map_err(|e| invalid("Stream", e.to_string()))?;
+        self.edges.clear();
+        let first_segment = self.t == k;
+        self.edges.push(if first_segment {
+            Edge::from_xi(F::of(self.xi[0]))
+        } else {
+            Edge::Keep
+        });
+        self.edges
+            .extend(self.xi[1..].iter().map(|&x| Edge::from_xi(F::of(x))));
+        let loss = match self.kind {
+            Kind::Unknown => None,
+            Kind::Classes => Some(SequenceLoss {
+                targets: Targets::Classes(
+                    ArrayView2::from_shape((k, b), &self.labels)
+                        .map_err(|e| invalid("Stream", e.to_string()))?,
+                ),
+                step_weights: Some(&self.alphas),
+                time: Reduction::Sum,
+            }),
+            Kind::Values => Some(SequenceLoss {
+                targets: Targets::Values(
+                    ArrayView3::from_shape((k, b, self.q), &self.values)
+                        .map_err(|e| invalid("Stream", e.to_string()))?,
+                ),
+                step_weights: Some(&self.alphas),
+                time: Reduction::Sum,
+            }),
+        };
+        self.engine.segment(
+            xs,
+            self.h.view(),
+            &self.edges,
+            0,
+            loss.as_ref(),
+            None,
+            true,
+            true,
+        )?;
+        self.engine.record_dh_norms(0)?;
+        self.h.assign(&self.engine.state(k - 1)?);
+        self.xs.clear();
+        self.labels.clear();
+        self.values.clear();
+        self.alphas.clear();
+        self.xi.clear();
+        Ok(())
+    }
+
+    /// Steps fed so far.
+    pub fn steps(&self) -> usize {
+        self.t
+    }
+
+    /// Backpropagates the last segment and reports.
+    ///
+    /// Errors: [`Error::EmptyInput`] if no step was fed.
+    pub fn finish(mut self) -> Result<Report<F>> {
+        if self.t == 0 {
+            return Err(Error::EmptyInput {
+                op: "Stream::finish",
+                what: "no steps",
+            });
+        }
+        self.flush()?;
+        let h = self.h.clone();
+        Ok(self.engine.report(self.all_xi.take(), h))
+    }
+}
