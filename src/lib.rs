@@ -19,3 +19,5 @@ pub use tape::{Tape, TapeStats, Var};
 pub mod bptt;
 pub mod init;
 pub mod rnn;
+pub mod diagnostics;
+pub mod optim;

@@ -1,0 +1,198 @@
+//! Optimizers and gradient clipping.
+//!
+//! ```
+//! use ndarray::array;
+//! use timetape::optim::{clip_global_norm, Sgd};
+//! use timetape::{Params, Tape};
+//!
+//! let mut params = Params::<f64>::new();
+//! let w = params.add("w", array![[3.0, 4.0]])?;
+//! let mut sgd = Sgd::new(0.1)?;
+//! let mut tape = Tape::new();
+//! let wv = tape.param(&params, w)?;
+//! let sq = tape.mul(wv, wv)?;
+//! let loss = tape.sum(sq)?;               // ‖w‖², gradient 2w = [6, 8], norm 10
+//! let mut grads = tape.backward(loss)?;
+//! let norm = clip_global_norm(&mut grads, 1.0)?;
+//! assert_eq!(norm, 10.0);
+//! sgd.step(&mut params, &grads)?;         // w − 0.1 · [0.6, 0.8]
+//! assert!((params.get(w)?[[0, 0]] - 2.94).abs() < 1e-12);
+//! # Ok::<(), timetape::Error>(())
+//! ```
+
+use crate::error::{invalid, Error, Result};
+use crate::params::{Grads, Params};
+use crate::scalar::Scalar;
+use ndarray::{Array2, Zip};
+
+/// Scales `grads` so that its global norm is at most `theta`, and returns the norm it
+/// had. The convention of D2L and Pascanu et al. (2013):
+/// `g ← min(1, θ/‖g‖) g` with `‖g‖ = sqrt(Σ_p Σ g²)` over all parameters, scaled only if
+/// `‖g‖ > θ`, with no ε (PyTorch's `clip_grad_norm_` divides by `‖g‖ + 1e-6`, which
+/// differs from this in the sixth digit near the threshold).
+///
+/// Errors: [`Error::InvalidArgument`] if `theta` is not positive and finite, or the
+/// gradient is not finite.
+pub fn clip_global_norm<F: Scalar>(grads: &mut Grads<F>, theta: F) -> Result<F> {
+    if !(theta > F::zero() && theta.is_finite()) {
+        return Err(invalid("clip_global_norm", "theta must be positive and finite"));
+    }
+    let norm = grads.global_norm();
+    if !norm.is_finite() {
+        return Err(invalid("clip_global_norm", "the gradient is not finite"));
+    }
+    if norm > theta {
+        grads.scale(theta / norm);
+    }
+    Ok(norm)
+}
+
+fn check_lr<F: Scalar>(op: &'static str, lr: F) -> Result<()> {
+    if lr > F::zero() && lr.is_finite() {
+        Ok(())
+    } else {
+        Err(invalid(op, "the learning rate must be positive and finite"))
+    }
+}
+
+fn shapes_match<F: Scalar>(op: &'static str, p: &Array2<F>, g: &Array2<F>) -> Result<()> {
+    if p.dim() != g.dim() {
+        return Err(Error::ShapeMismatch {
+            op,
+            lhs: p.dim(),
+            rhs: g.dim(),
+        });
+    }
+    Ok(())
+}
+
+/// Stochastic gradient descent, optionally with (heavy-ball) momentum:
+/// `v ← μ v + g`, `θ ← θ − η v`.
+#[derive(Debug, Clone)]
+pub struct Sgd<F> {
+    lr: F,
+    momentum: F,
+    velocity: Vec<Option<Array2<F>>>,
+}
+
+impl<F: Scalar> Sgd<F> {
+    /// Plain SGD with learning rate `lr`.
+    pub fn new(lr: F) -> Result<Self> {
+        check_lr("Sgd::new", lr)?;
+        Ok(Sgd {
+            lr,
+            momentum: F::zero(),
+            velocity: Vec::new(),
+        })
+    }
+
+    /// The same with momentum μ ∈ [0, 1).
+    pub fn with_momentum(mut self, momentum: F) -> Result<Self> {
+        if !(momentum >= F::zero() && momentum < F::one()) {
+            return Err(invalid("Sgd::with_momentum", "momentum must be in [0, 1)"));
+        }
+        self.momentum = momentum;
+        Ok(self)
+    }
+
+    /// The learning rate.
+    pub fn lr(&self) -> F {
+        self.lr
+    }
+
+    /// Changes the learning rate (a schedule).
+    pub fn set_lr(&mut self, lr: F) -> Result<()> {
+        check_lr("Sgd::set_lr", lr)?;
+        self.lr = lr;
+        Ok(())
+    }
+
+    /// One step on every parameter that has a gradient.
+    pub fn step(&mut self, params: &mut Params<F>, grads: &Grads<F>) -> Result<()> {
+        for (id, g) in grads.iter() {
+            let p = params.get_mut(id)?;
+            shapes_match("Sgd::step", p, g)?;
+            let (lr, mu) = (self.lr, self.momentum);
+            if mu == F::zero() {
+                Zip::from(p).and(g).for_each(|p, &g| *p = *p - lr * g);
+                continue;
+            }
+            let i = id.index();
+            if self.velocity.len() <= i {
+                self.velocity.resize(i + 1, None);
+            }
+            let v = self.velocity[i].get_or_insert_with(|| Array2::zeros(g.raw_dim()));
+            Zip::from(p).and(v).and(g).for_each(|p, v, &g| {
+                *v = mu * *v + g;
+                *p = *p - lr * *v;
+            });
+        }
+        Ok(())
+    }
+}
+
+/// Adam (Kingma & Ba 2015) with bias correction:
+/// `m ← β₁ m + (1 − β₁) g`, `v ← β₂ v + (1 − β₂) g²`,
+/// `θ ← θ − η m̂ / (sqrt(v̂) + ε)`.
+#[derive(Debug, Clone)]
+pub struct Adam<F> {
+    lr: F,
+    beta1: F,
+    beta2: F,
+    eps: F,
+    t: i32,
+    moments: Vec<Option<(Array2<F>, Array2<F>)>>,
+}
+
+impl<F: Scalar> Adam<F> {
+    /// Adam with learning rate `lr` and the usual β₁ = 0.9, β₂ = 0.999, ε = 1e-8.
+    pub fn new(lr: F) -> Result<Self> {
+        check_lr("Adam::new", lr)?;
+        Ok(Adam {
+            lr,
+            beta1: F::of(0.9),
+            beta2: F::of(0.999),
+            eps: F::of(1e-8),
+            t: 0,
+            moments: Vec::new(),
+        })
+    }
+
+    /// The same with other β₁, β₂ ∈ [0, 1) and ε > 0.
+    pub fn with_betas(mut self, beta1: F, beta2: F, eps: F) -> Result<Self> {
+        let unit = |b: F| b >= F::zero() && b < F::one();
+        if !(unit(beta1) && unit(beta2) && eps > F::zero()) {
+            return Err(invalid("Adam::with_betas", "need β in [0, 1) and ε > 0"));
+        }
+        self.beta1 = beta1;
+        self.beta2 = beta2;
+        self.eps = eps;
+        Ok(self)
+    }
+
+    /// One step on every parameter that has a gradient.
+    pub fn step(&mut self, params: &mut Params<F>, grads: &Grads<F>) -> Result<()> {
+        self.t += 1;
+        let (b1, b2, eps, lr) = (self.beta1, self.beta2, self.eps, self.lr);
+        let c1 = F::one() - b1.powi(self.t);
+        let c2 = F::one() - b2.powi(self.t);
+        for (id, g) in grads.iter() {
+            let p = params.get_mut(id)?;
+            shapes_match("Adam::step", p, g)?;
+            let i = id.index();
+            if self.moments.len() <= i {
+                self.moments.resize(i + 1, None);
+            }
+            let (m, v) = self.moments[i]
+                .get_or_insert_with(|| (Array2::zeros(g.raw_dim()), Array2::zeros(g.raw_dim())));
+            Zip::from(p).and(m).and(v).and(g).for_each(|p, m, v, &g| {
+                *m = b1 * *m + (F::one() - b1) * g;
+                *v = b2 * *v + (F::one() - b2) * g * g;
+                let mh = *m / c1;
+                let vh = *v / c2;
+                *p = *p - lr * mh / (vh.sqrt() + eps);
+            });
+        }
+        Ok(())
+    }
+}
