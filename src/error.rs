@@ -85,7 +85,7 @@ pub enum Error {
     },
 }
 
-/// `Result` with [`Error`].
+/// `Result` with [`Error`](enum@Error).
 pub type Result<T> = std::result::Result<T, Error>;
 
 pub(crate) fn invalid(op: &'static str, msg: impl Into<String>) -> Error {

@@ -1,6 +1,73 @@
 //! # timetape
 //!
-//! Backpropagation through time on a small, fast tape.
+//! Backpropagation through time (BPTT) on a small, fast tape, with gradients you can
+//! trust: every op is checked against finite differences, every model of the notes
+//! against its hand-derived closed form, and the randomized truncation estimator against
+//! its exact expectation by enumeration.
+//!
+//! ## The engine
+//!
+//! A [`Tape`] is a Wengert list over 2-D `ndarray` matrices (batch-major: B×n), generic
+//! over `f32` and `f64`. Parameters live outside it in [`Params`]; each forward pass
+//! registers them with [`Tape::param`], and [`Tape::backward`] returns their [`Grads`].
+//! A [`Var`] is a `Copy` handle; ops return [`Result`] and never panic on user input.
+//!
+//! ```
+//! use ndarray::array;
+//! use timetape::{Params, Reduction, Tape};
+//!
+//! let mut params = Params::<f64>::new();
+//! let w = params.add("W", array![[0.5, -0.3], [0.2, 0.1]])?;
+//! let mut tape = Tape::new();
+//! let x = tape.constant(array![[1.0, 2.0]])?;
+//! let wv = tape.param(&params, w)?;
+//! let logits = tape.matmul(x, wv)?;
+//! let loss = tape.softmax_cross_entropy(logits, &[1], None, Reduction::Mean)?;
+//! let grads = tape.backward(loss)?;
+//! println!("∂L/∂W = {}", grads.get(w).unwrap());
+//! # Ok::<(), timetape::Error>(())
+//! ```
+//!
+//! ## BPTT and its three strategies
+//!
+//! With `h_t = f(x_t, h_{t−1}, w)` and a loss summed over steps, the derivative of the
+//! state with respect to a weight obeys (notes, eqs (3)–(5))
+//!
+//! ```text
+//! a_t = ∂h_t/∂w = b_t + c_t a_{t−1} = b_t + Σ_{i<t} (Π_{j=i+1..t} c_j) b_i,
+//! b_t = ∂f(x_t, h_{t−1}, w)/∂w,   c_t = ∂f(x_t, h_{t−1}, w)/∂h_{t−1}.
+//! ```
+//!
+//! In a linear RNN the adjoint is a power sum, `δ_t = Σ_{j≥t} (W_hhᵀ)^{j−t} W_qhᵀ ∂L/∂o_j`
+//! (eq (9)): eigenvalues of `W_hh` below 1 in modulus vanish, above 1 explode.
+//!
+//! 1. **Full BPTT** keeps the whole sum.
+//! 2. **Regular truncation** detaches `h` at block starts: the sum runs over the block only.
+//! 3. **Randomized truncation** (Tallec & Ollivier 2017) uses `z_t = b_t + ξ_t c_t z_{t−1}`
+//!    with independent `ξ_t`, `P(ξ_t = 0) = 1 − π_t`, `P(ξ_t = 1/π_t) = π_t`. Since
+//!    `E[ξ_t] = 1` and the estimate is affine in each ξ_t, `E[z_t] = a_t`: it is unbiased.
+//!
+//! On the tape, the edge `h_{t−1} → step t` is [`Tape::detach`] where ξ_t = 0 and
+//! [`Tape::scale_grad`]`(·, 1/π_t)` elsewhere; every strategy is a pattern of edges, run
+//! by [`bptt::run`] one segment at a time.
+//!
+//! | strategy | gradient | backward steps | tape memory |
+//! |---|---|---|---|
+//! | [`bptt::Truncation::Full`] | exact | T | T steps |
+//! | [`bptt::checkpointed`] | exact | T (2T forward) | ≈ 2√T steps (√T states + one segment) |
+//! | [`bptt::Truncation::Fixed`] `{ k }` | biased (short horizon) | T | k steps |
+//! | [`bptt::Truncation::Tbptt`] `{ k1, k2 }` | biased | ≈ T k2/k1 | k2 steps |
+//! | [`bptt::Truncation::Randomized`] `{ π }` | unbiased, with variance | T | one segment, mean 1/(1 − π) |
+//!
+//! ## Modules
+//!
+//! - [`tape`], [`ops`]: the engine and its ops (forward and backward side by side).
+//! - [`params`]: parameters and gradients; [`gradcheck`]: central finite differences.
+//! - [`rnn`]: the notes' RNN (M1–M4), GRU and LSTM cells, sequence losses.
+//! - [`bptt`]: the strategies, streaming, checkpointing, exact enumeration.
+//! - [`optim`]: SGD, Adam, clipping; [`diagnostics`]: ‖∂L/∂h_t‖, spectral radius.
+//!
+//! Out of scope: higher-order gradients, GPUs, f16/bf16, tensors beyond matrices.
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 

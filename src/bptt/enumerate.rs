@@ -63,9 +63,9 @@ pub fn patterns(pi: &Pi, t_len: usize) -> Result<Vec<(Vec<f64>, f64)>> {
 /// Exact moments of the randomized estimator.
 #[derive(Debug, Clone)]
 pub struct Moments<F> {
-    /// E[Ĝ], entry by entry.
+    /// E\[Ĝ\], entry by entry.
     pub mean: Grads<F>,
-    /// Var[Ĝ], entry by entry (computed as Σ p (Ĝ − E Ĝ)², not by a difference of
+    /// Var\[Ĝ\], entry by entry (computed as Σ p (Ĝ − E Ĝ)², not by a difference of
     /// second moments).
     pub variance: Grads<F>,
     /// Patterns with non-zero probability.

@@ -1,7 +1,7 @@
 //! The ops of the tape, one file per family, each op's forward and backward rule side
 //! by side.
 //!
-//! [`Op`] is plain data (parent indices and constants); [`backward_node`] is the one
+//! `Op` is plain data (parent indices and constants); `backward_node` is the one
 //! exhaustive `match` that dispatches to the rules. There is no wildcard arm: an op
 //! without a backward rule does not compile.
 //!
