@@ -118,7 +118,8 @@ fn matmul_chain(c: &mut Criterion) {
                 x = tape.matmul(x, w).unwrap();
             }
             grads.zero();
-            tape.backward_with_into(&[(x, ones.view())], &mut grads).unwrap();
+            tape.backward_with_into(&[(x, ones.view())], &mut grads)
+                .unwrap();
             black_box(grads.get(ids[0]).unwrap()[[0, 0]])
         })
     });

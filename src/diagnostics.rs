@@ -31,16 +31,19 @@ pub fn dh_norms<F: Scalar>(tape: &Tape<F>, states: &[Var]) -> Result<Vec<F>> {
     states
         .iter()
         .map(|&s| {
-            Ok(tape
-                .adjoint(s)?
-                .map_or(F::zero(), |a| a.iter().fold(F::zero(), |m, &x| m + x * x).sqrt()))
+            Ok(tape.adjoint(s)?.map_or(F::zero(), |a| {
+                a.iter().fold(F::zero(), |m, &x| m + x * x).sqrt()
+            }))
         })
         .collect()
 }
 
 fn check_square<F: Scalar>(op: &'static str, w: &ArrayView2<'_, F>, iters: usize) -> Result<()> {
     if w.is_empty() {
-        return Err(Error::EmptyInput { op, what: "empty matrix" });
+        return Err(Error::EmptyInput {
+            op,
+            what: "empty matrix",
+        });
     }
     if w.nrows() != w.ncols() {
         return Err(Error::ShapeMismatch {

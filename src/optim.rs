@@ -35,7 +35,10 @@ use ndarray::{Array2, Zip};
 /// gradient is not finite.
 pub fn clip_global_norm<F: Scalar>(grads: &mut Grads<F>, theta: F) -> Result<F> {
     if !(theta > F::zero() && theta.is_finite()) {
-        return Err(invalid("clip_global_norm", "theta must be positive and finite"));
+        return Err(invalid(
+            "clip_global_norm",
+            "theta must be positive and finite",
+        ));
     }
     let norm = grads.global_norm();
     if !norm.is_finite() {
