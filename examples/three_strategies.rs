@@ -150,13 +150,12 @@ impl Source {
             }
         }
         let rate = mu.iter().zip(&h).map(|(m, h)| m * h).sum();
-        (rate, self.bigram_entropy(&(mu, next)))
+        (rate, self.bigram_entropy(&mu, &next))
     }
 
     /// The entropy of the next symbol given only the last one (a model without memory
     /// of the topic): `H(next | last)` under the stationary distribution, in nats.
-    fn bigram_entropy(&self, mu_h: &(Vec<f64>, Vec<Vec<(usize, f64)>>)) -> f64 {
-        let (mu, next) = mu_h;
+    fn bigram_entropy(&self, mu: &[f64], next: &[Vec<(usize, f64)>]) -> f64 {
         let per = LETTERS + 2;
         // Joint P(last symbol, next state) summed over topics; the observed last symbol
         // of state (k, c) is the letter c, the topic symbol k ("start"), or '.'.

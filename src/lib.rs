@@ -84,7 +84,13 @@ pub use params::{Grads, ParamId, Params};
 pub use scalar::Scalar;
 pub use tape::{Tape, TapeStats, Var};
 pub mod bptt;
-pub mod init;
-pub mod rnn;
+pub mod closed_form;
 pub mod diagnostics;
+pub mod init;
 pub mod optim;
+pub mod rnn;
+
+/// The README's example, compiled and run as a doctest.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;

@@ -362,7 +362,7 @@ impl<'a, F: Scalar> Problem<'a, F> {
     }
 
     pub(crate) fn steps(&self, from: usize, to: usize) -> ArrayView3<'a, F> {
-        let mut v = self.xs.clone();
+        let mut v = self.xs;
         v.slice_axis_inplace(Axis(0), Slice::from(from..to));
         v
     }

@@ -1,0 +1,597 @@
+//! M3, the tanh RNN with a softmax output at every step (FORMULAS.md §M3, seed 004), as
+//! the hand-written speed reference; and M4, the general form (FORMULAS.md §M4, seed 003).
+
+use super::{
+    check, initial_state, output_adjoints, require_activation, row_sum, sigmoid, softmax_xent_row,
+    step_coefficients, ClosedForm, Dims,
+};
+use crate::error::{invalid, Error, Result};
+use crate::params::{Grads, ParamId, Params};
+use crate::rnn::{Activation, Rnn, SequenceLoss, Targets};
+use crate::scalar::Scalar;
+use ndarray::linalg::general_mat_mul;
+use ndarray::{Array2, ArrayView2, ArrayView3, ArrayViewMut2, Axis, Slice, Zip};
+use std::ops::Range;
+
+/// Rows `span` of `a` (ndarray's `s!` macro cannot be used under `forbid(unsafe_code)`).
+fn rows<F>(a: &Array2<F>, span: Range<usize>) -> ArrayView2<'_, F> {
+    a.slice_axis(Axis(0), Slice::from(span))
+}
+
+/// Rows `span` of `a`, mutably.
+fn rows_mut<F>(a: &mut Array2<F>, span: Range<usize>) -> ArrayViewMut2<'_, F> {
+    a.slice_axis_mut(Axis(0), Slice::from(span))
+}
+
+/// The parameter ids of the RNN a workspace last ran.
+#[derive(Debug, Clone, Copy)]
+struct Ids {
+    w_xh: ParamId,
+    w_hh: ParamId,
+    b_h: Option<ParamId>,
+    w_hq: ParamId,
+    b_q: Option<ParamId>,
+}
+
+/// Reusable buffers for M3's closed-form gradient, the hand-written BPTT the benchmarks
+/// compare the tape with.
+///
+/// [`M3Workspace::run`] computes the loss
+/// `L = Σ_t α_t (1/B) Σ_b CE(softmax(o_{t,b}), label_{t,b})` of a tanh [`Rnn`] and its
+/// gradient (FORMULAS.md §M3, batch-major):
+///
+/// ```text
+/// forward:   A = X W_xh + b_h                       one (T·B)×D · D×H product for all steps
+///            h_t = tanh(A_t + h_{t−1} W_hh)         per step: one B×H · H×H product (β = 1)
+///            O = H W_hq + b_q                        one (T·B)×H · H×Q product
+///            E = α_t (1/B) (softmax(O) − onehot)     in place
+/// backward:  ∂L/∂W_hq = Hᵀ E,   ∂L/∂b_q = Σ_rows E   one product
+///            Δ = E W_hqᵀ                             one product for all steps
+///            δ_t = Δ_t + r_{t+1} W_hhᵀ,  r_t = (1 − h_t ⊙ h_t) ⊙ δ_t     per step
+///            ∂L/∂W_xh = Xᵀ R,  ∂L/∂W_hh = H_prevᵀ R,  ∂L/∂b_h = Σ_rows R   one product each
+///            ∂L/∂h_0 = r_1 W_hhᵀ
+/// ```
+///
+/// (the notes' `e_t = α_t (y_t − onehot(label_t))`, `δ_t = Vᵀ e_t + Wᵀ r_{t+1}`,
+/// `r_t = (1 − S_t ⊙ S_t) ⊙ δ_t`, `∂L/∂U = Σ_t r_t x_tᵀ`, `∂L/∂W = Σ_t r_t S_{t−1}ᵀ`,
+/// `∂L/∂V = Σ_t e_t S_tᵀ`, transposed). `tanh` is [`Scalar::tanh_kernel`], the kernel the
+/// tape uses. All buffers are kept between calls and reallocated only when a size
+/// changes: a run on a standard-layout `xs` of unchanged sizes allocates no array of its
+/// own (a non-contiguous `xs` is copied once per run; the matrix-product kernel,
+/// matrixmultiply, still allocates its packing buffers inside each product, as it does
+/// for the tape).
+///
+/// ```
+/// use ndarray::{Array2, Array3};
+/// use timetape::closed_form::M3Workspace;
+/// use timetape::rnn::models;
+/// use timetape::{Grads, Params};
+///
+/// let mut params = Params::<f64>::new();
+/// let cell = models::m3(&mut params, 3, 4, 2, 0)?;
+/// let xs = Array3::from_elem((3, 1, 3), 0.5);
+/// let labels = Array2::from_elem((3, 1), 1usize);
+/// let mut ws = M3Workspace::new();
+/// let mut grads = Grads::new(&params);
+/// // The note's L = 0.1 L_1 + 0.1 L_2 + 0.8 L_3.
+/// let loss = ws.run(&params, &cell, xs.view(), labels.view(), &[0.1, 0.1, 0.8])?;
+/// ws.grads_into(&mut grads)?;
+/// assert!(loss > 0.0);
+/// assert_eq!(grads.iter().count(), 5);
+/// # Ok::<(), timetape::Error>(())
+/// ```
+#[derive(Debug, Clone)]
+pub struct M3Workspace<F> {
+    ids: Option<Ids>,
+    dims: (usize, usize, usize, usize, usize),
+    loss: F,
+    /// h_0, h_1 … h_T stacked: (T+1)·B × H. Rows B.. first hold `X W_xh + b_h`.
+    hs: Array2<F>,
+    /// Logits, then `E = ∂L/∂O`: (T·B) × Q.
+    e: Array2<F>,
+    /// `δ_t = ∂L/∂h_t` stacked: (T·B) × H.
+    delta: Array2<F>,
+    /// `r_t = (1 − h_t²) ⊙ δ_t` stacked: (T·B) × H.
+    r: Array2<F>,
+    dh0: Array2<F>,
+    g_xh: Array2<F>,
+    g_hh: Array2<F>,
+    g_bh: Array2<F>,
+    g_hq: Array2<F>,
+    g_bq: Array2<F>,
+}
+
+impl<F: Scalar> Default for M3Workspace<F> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+fn ensure<F: Scalar>(buf: &mut Array2<F>, shape: (usize, usize)) {
+    if buf.dim() != shape {
+        *buf = Array2::zeros(shape);
+    }
+}
+
+impl<F: Scalar> M3Workspace<F> {
+    /// An empty workspace; buffers are allocated by the first run.
+    pub fn new() -> Self {
+        let e = || Array2::zeros((0, 0));
+        M3Workspace {
+            ids: None,
+            dims: (0, 0, 0, 0, 0),
+            loss: F::zero(),
+            hs: e(),
+            e: e(),
+            delta: e(),
+            r: e(),
+            dh0: e(),
+            g_xh: e(),
+            g_hh: e(),
+            g_bh: e(),
+            g_hq: e(),
+            g_bq: e(),
+        }
+    }
+
+    /// Runs M3 forward and backward from `h_0 = 0` and returns the loss
+    /// `L = Σ_t alphas[t] · (1/B) Σ_b CE(o_{t,b}, labels[t, b])`.
+    ///
+    /// `xs` is (T, B, D), `labels` (T, B), `alphas` the T per-step coefficients (the
+    /// note's α_t for a sum over time; pass α_t / T for a mean). The gradients are then
+    /// read with [`M3Workspace::grads_into`] or [`M3Workspace::grads`], the adjoints with
+    /// [`M3Workspace::dh`] and [`M3Workspace::dh0`].
+    ///
+    /// Errors: [`Error::InvalidArgument`] if the RNN is not tanh or an α is not finite;
+    /// [`Error::EmptyInput`] for T = 0 or B = 0; [`Error::ShapeMismatch`] for inputs,
+    /// labels, α or parameters of the wrong size; [`Error::LabelOutOfRange`].
+    pub fn run(
+        &mut self,
+        params: &Params<F>,
+        rnn: &Rnn,
+        xs: ArrayView3<'_, F>,
+        labels: ArrayView2<'_, usize>,
+        alphas: &[F],
+    ) -> Result<F> {
+        self.run_with_h0(params, rnn, xs, None, labels, alphas)
+    }
+
+    /// [`M3Workspace::run`] from a given initial state `h0` (B×H; zeros if `None`).
+    pub fn run_with_h0(
+        &mut self,
+        params: &Params<F>,
+        rnn: &Rnn,
+        xs: ArrayView3<'_, F>,
+        h0: Option<ArrayView2<'_, F>>,
+        labels: ArrayView2<'_, usize>,
+        alphas: &[F],
+    ) -> Result<F> {
+        let op = "M3Workspace::run";
+        self.ids = None;
+        require_activation(op, rnn, Activation::Tanh)?;
+        let (dims, w) = check(op, params, rnn, xs, h0)?;
+        let Dims { t, b, d, h, q } = dims;
+        if labels.dim() != (t, b) {
+            return Err(Error::ShapeMismatch {
+                op,
+                lhs: (t, b),
+                rhs: labels.dim(),
+            });
+        }
+        if let Some(&label) = labels.iter().find(|&&l| l >= q) {
+            return Err(Error::LabelOutOfRange {
+                op,
+                label,
+                classes: q,
+            });
+        }
+        if alphas.len() != t {
+            return Err(Error::ShapeMismatch {
+                op,
+                lhs: (t, 1),
+                rhs: (alphas.len(), 1),
+            });
+        }
+        if alphas.iter().any(|a| !a.is_finite()) {
+            return Err(invalid(op, "non-finite step weight"));
+        }
+        let tb = t * b;
+        ensure(&mut self.hs, ((t + 1) * b, h));
+        ensure(&mut self.e, (tb, q));
+        ensure(&mut self.delta, (tb, h));
+        ensure(&mut self.r, (tb, h));
+        ensure(&mut self.dh0, (b, h));
+        ensure(&mut self.g_xh, (d, h));
+        ensure(&mut self.g_hh, (h, h));
+        ensure(&mut self.g_bh, (1, h));
+        ensure(&mut self.g_hq, (h, q));
+        ensure(&mut self.g_bq, (1, q));
+        self.dims = (t, b, d, h, q);
+
+        let x = xs
+            .to_shape((tb, d))
+            .map_err(|e| invalid(op, e.to_string()))?;
+        let one = F::one();
+        let zero = F::zero();
+
+        // ---- forward ----
+        match h0 {
+            Some(h0) => rows_mut(&mut self.hs, 0..b).assign(&h0),
+            None => rows_mut(&mut self.hs, 0..b).fill(zero),
+        }
+        {
+            // A = X W_xh + b_h for all steps, in the rows of h_1 … h_T.
+            let mut a = rows_mut(&mut self.hs, b..(t + 1) * b);
+            general_mat_mul(one, &x, w.w_xh, zero, &mut a);
+            if let Some(bh) = w.b_h {
+                add_row(&mut a, bh);
+            }
+        }
+        for step in 0..t {
+            // h_t = tanh(A_t + h_{t−1} W_hh)
+            let (prev, mut rest) = self.hs.view_mut().split_at(Axis(0), (step + 1) * b);
+            let h_prev = prev.slice_axis(Axis(0), Slice::from(step * b..));
+            let mut cur = rest.slice_axis_mut(Axis(0), Slice::from(..b));
+            general_mat_mul(one, &h_prev, w.w_hh, one, &mut cur);
+            cur.mapv_inplace(|v| v.tanh_kernel());
+        }
+        // O = H W_hq + b_q, then E = α_t/B (softmax(O) − onehot) in place.
+        general_mat_mul(
+            one,
+            &rows(&self.hs, b..(t + 1) * b),
+            w.w_hq,
+            zero,
+            &mut self.e,
+        );
+        if let Some(bq) = w.b_q {
+            add_row(&mut self.e.view_mut(), bq);
+        }
+        let inv_b = one / F::of(b as f64);
+        let mut loss = zero;
+        for (row, z) in self.e.axis_iter_mut(Axis(0)).enumerate() {
+            let (step, r) = (row / b, row % b);
+            let c = alphas[step] * inv_b;
+            loss = loss + c * softmax_xent_row(z, labels[[step, r]], c);
+        }
+        self.loss = loss;
+
+        // ---- backward ----
+        // ∂L/∂W_hq = Hᵀ E, ∂L/∂b_q = Σ_rows E
+        general_mat_mul(
+            one,
+            &rows(&self.hs, b..(t + 1) * b).t(),
+            &self.e,
+            zero,
+            &mut self.g_hq,
+        );
+        column_sums(&self.e, &mut self.g_bq);
+        // Δ = E W_hqᵀ for all steps, then δ_t += r_{t+1} W_hhᵀ and r_t = (1 − h_t²) ⊙ δ_t.
+        general_mat_mul(one, &self.e, &w.w_hq.t(), zero, &mut self.delta);
+        for step in (0..t).rev() {
+            let span = step * b..(step + 1) * b;
+            if step + 1 < t {
+                let r_next = rows(&self.r, (step + 1) * b..(step + 2) * b);
+                let mut dl = rows_mut(&mut self.delta, span.clone());
+                general_mat_mul(one, &r_next, &w.w_hh.t(), one, &mut dl);
+            }
+            Zip::from(rows_mut(&mut self.r, span.clone()))
+                .and(rows(&self.delta, span.clone()))
+                .and(rows(&self.hs, span.start + b..span.end + b))
+                .for_each(|r, &dl, &h| *r = (one - h * h) * dl);
+        }
+        // ∂L/∂h_0 = r_1 W_hhᵀ
+        general_mat_mul(one, &rows(&self.r, 0..b), &w.w_hh.t(), zero, &mut self.dh0);
+        // ∂L/∂W_xh = Xᵀ R, ∂L/∂W_hh = H_prevᵀ R, ∂L/∂b_h = Σ_rows R
+        general_mat_mul(one, &x.t(), &self.r, zero, &mut self.g_xh);
+        general_mat_mul(
+            one,
+            &rows(&self.hs, 0..tb).t(),
+            &self.r,
+            zero,
+            &mut self.g_hh,
+        );
+        column_sums(&self.r, &mut self.g_bh);
+
+        self.ids = Some(Ids {
+            w_xh: rnn.w_xh,
+            w_hh: rnn.w_hh,
+            b_h: rnn.b_h,
+            w_hq: rnn.w_hq,
+            b_q: rnn.b_q,
+        });
+        Ok(loss)
+    }
+
+    /// The loss of the last successful run.
+    pub fn loss(&self) -> F {
+        self.loss
+    }
+
+    fn entries(&self) -> Result<[(Option<ParamId>, &Array2<F>); 5]> {
+        let ids = self.ids.ok_or_else(|| {
+            invalid(
+                "M3Workspace::grads",
+                "no successful run to read gradients from",
+            )
+        })?;
+        Ok([
+            (Some(ids.w_xh), &self.g_xh),
+            (Some(ids.w_hh), &self.g_hh),
+            (ids.b_h, &self.g_bh),
+            (Some(ids.w_hq), &self.g_hq),
+            (ids.b_q, &self.g_bq),
+        ])
+    }
+
+    /// Writes (overwrites, not adds) the gradients of the last run into `grads`,
+    /// reusing its allocations: one entry per parameter of the RNN.
+    ///
+    /// Errors: [`Error::InvalidArgument`] before a successful run;
+    /// [`Error::ForeignParam`] if `grads` belongs to another store;
+    /// [`Error::ShapeMismatch`] if an existing entry has another shape.
+    pub fn grads_into(&self, grads: &mut Grads<F>) -> Result<()> {
+        for (id, g) in self.entries()? {
+            let Some(id) = id else { continue };
+            match grads.get_mut(id) {
+                Some(dst) if dst.dim() == g.dim() => dst.assign(g),
+                Some(dst) => {
+                    return Err(Error::ShapeMismatch {
+                        op: "M3Workspace::grads_into",
+                        lhs: dst.dim(),
+                        rhs: g.dim(),
+                    })
+                }
+                None => grads.accumulate(id, g.view())?,
+            }
+        }
+        Ok(())
+    }
+
+    /// The gradients of the last run as a new [`Grads`] for `params`.
+    ///
+    /// Errors: as [`M3Workspace::grads_into`].
+    pub fn grads(&self, params: &Params<F>) -> Result<Grads<F>> {
+        let mut grads = Grads::new(params);
+        self.grads_into(&mut grads)?;
+        Ok(grads)
+    }
+
+    /// `∂L/∂h_t` of the last run for t = 1..T stacked step after step: (T·B) × H, rows
+    /// `(t−1)·B .. t·B` for step t.
+    pub fn dh(&self) -> ArrayView2<'_, F> {
+        self.delta.view()
+    }
+
+    /// `∂L/∂h_0` of the last run, B×H.
+    pub fn dh0(&self) -> ArrayView2<'_, F> {
+        self.dh0.view()
+    }
+
+    /// The states `h_1 … h_T` of the last run stacked step after step: (T·B) × H.
+    pub fn states(&self) -> ArrayView2<'_, F> {
+        rows(&self.hs, self.dims.1..self.hs.nrows())
+    }
+}
+
+/// `out (1×n) = Σ_rows a` without allocating.
+fn column_sums<F: Scalar>(a: &Array2<F>, out: &mut Array2<F>) {
+    out.fill(F::zero());
+    let mut o = out.row_mut(0);
+    for row in a.rows() {
+        Zip::from(&mut o).and(&row).for_each(|o, &x| *o = *o + x);
+    }
+}
+
+/// `a += bias` on every row (bias 1×n).
+fn add_row<F: Scalar>(a: &mut ArrayViewMut2<'_, F>, bias: &Array2<F>) {
+    let bias = bias.row(0);
+    for mut row in a.rows_mut() {
+        Zip::from(&mut row).and(&bias).for_each(|x, &c| *x = *x + c);
+    }
+}
+
+/// M3, the tanh RNN with softmax cross-entropy at every step and step weights α_t
+/// (FORMULAS.md §M3), through [`M3Workspace`].
+///
+/// ```text
+/// S_t = tanh(U x_t + W S_{t−1} + b_a),   y_t = softmax(V S_t + b_y),   L = Σ_t α_t L_t
+/// e_t = α_t (y_t − onehot(label_t))
+/// ∂L/∂V = Σ_t e_t S_tᵀ,   ∂L/∂b_y = Σ_t e_t
+/// δ_T = Vᵀ e_T,   δ_t = Vᵀ e_t + Wᵀ r_{t+1},   r_t = (1 − S_t ⊙ S_t) ⊙ δ_t
+/// ∂L/∂U = Σ_t r_t x_tᵀ,   ∂L/∂W = Σ_t r_t S_{t−1}ᵀ,   ∂L/∂b_a = Σ_t r_t
+/// ```
+///
+/// in the notes' columns; batch-major here (see [`M3Workspace`]), with `α_t` the
+/// coefficients `c_t` of the [`SequenceLoss`] (α_t or α_t / T) and each step's
+/// cross-entropy averaged over the batch. The note's `L = 0.1 L_1 + 0.1 L_2 + 0.8 L_3`
+/// is `SequenceLoss::classes(labels).weighted(&[0.1, 0.1, 0.8])`. Biases are optional.
+///
+/// Errors: [`Error::InvalidArgument`] unless the RNN is tanh and the targets are
+/// [`Targets::Classes`]; otherwise as [`M3Workspace::run`].
+pub fn m3<F: Scalar>(
+    params: &Params<F>,
+    rnn: &Rnn,
+    xs: ArrayView3<'_, F>,
+    h0: Option<ArrayView2<'_, F>>,
+    loss: &SequenceLoss<'_, F>,
+) -> Result<ClosedForm<F>> {
+    let op = "closed_form::m3";
+    let Targets::Classes(labels) = loss.targets else {
+        return Err(invalid(op, "M3 needs Targets::Classes"));
+    };
+    let (t, b, _) = xs.dim();
+    loss.validate(t, b, rnn.config.output)?;
+    let alphas = step_coefficients(loss, t);
+    let mut ws = M3Workspace::new();
+    let value = ws.run_with_h0(params, rnn, xs, h0, labels, &alphas)?;
+    let dh = (0..t)
+        .map(|k| rows(&ws.delta, k * b..(k + 1) * b).to_owned())
+        .collect();
+    Ok(ClosedForm {
+        loss: value,
+        grads: ws.grads(params)?,
+        dh,
+        dh0: ws.dh0.clone(),
+    })
+}
+
+/// `φ(a)` of an activation.
+fn activate<F: Scalar>(phi: Activation, a: F) -> F {
+    match phi {
+        Activation::Identity => a,
+        Activation::Tanh => a.tanh_kernel(),
+        Activation::Relu => a.max(F::zero()),
+        Activation::Sigmoid => sigmoid(a),
+    }
+}
+
+/// `φ′(a)` written from `h = φ(a)`: 1, `1 − h²`, `1[h > 0]` (0 at 0), `h (1 − h)`.
+fn derivative<F: Scalar>(phi: Activation, h: F) -> F {
+    match phi {
+        Activation::Identity => F::one(),
+        Activation::Tanh => F::one() - h * h,
+        Activation::Relu => {
+            if h > F::zero() {
+                F::one()
+            } else {
+                F::zero()
+            }
+        }
+        Activation::Sigmoid => h * (F::one() - h),
+    }
+}
+
+/// The general reverse recursion of FORMULAS.md §M4, with the edge `h_{t−1} → step t`
+/// cut wherever `cuts[t − 1]` (0-based) is true.
+pub(crate) fn general<F: Scalar>(
+    op: &'static str,
+    params: &Params<F>,
+    rnn: &Rnn,
+    xs: ArrayView3<'_, F>,
+    h0: Option<ArrayView2<'_, F>>,
+    loss: &SequenceLoss<'_, F>,
+    cuts: Option<&[bool]>,
+) -> Result<ClosedForm<F>> {
+    let (dims, w) = check(op, params, rnn, xs, h0)?;
+    let Dims { t: t_len, b, h, .. } = dims;
+    loss.validate(t_len, b, dims.q)?;
+    if let Some(c) = cuts {
+        if c.len() != t_len {
+            return Err(Error::ShapeMismatch {
+                op,
+                lhs: (t_len, 1),
+                rhs: (c.len(), 1),
+            });
+        }
+    }
+    let cut = |step: usize| cuts.is_some_and(|c| c[step]);
+    let phi = rnn.config.activation;
+
+    // Forward: a_t = x_t W_xh + h_{t−1} W_hh + b_h, h_t = φ(a_t), o_t = h_t W_hq + b_q.
+    let mut hs: Vec<Array2<F>> = Vec::with_capacity(t_len + 1);
+    hs.push(initial_state(h0, dims));
+    for x_t in xs.axis_iter(Axis(0)) {
+        let mut a = x_t.dot(w.w_xh) + hs[hs.len() - 1].dot(w.w_hh);
+        if let Some(bh) = w.b_h {
+            a = a + bh;
+        }
+        a.mapv_inplace(|v| activate(phi, v));
+        hs.push(a);
+    }
+    let outs: Vec<Array2<F>> = hs[1..]
+        .iter()
+        .map(|h_t| {
+            let o = h_t.dot(w.w_hq);
+            match w.b_q {
+                Some(bq) => o + bq,
+                None => o,
+            }
+        })
+        .collect();
+    let (value, e) = output_adjoints(loss, &outs);
+
+    // Backward: δ_t = e_t W_hqᵀ + r_{t+1} W_hhᵀ (unless step t+1 is cut off from h_t),
+    // r_t = φ′(a_t) ⊙ δ_t.
+    let mut g_xh = Array2::<F>::zeros(w.w_xh.raw_dim());
+    let mut g_hh = Array2::<F>::zeros(w.w_hh.raw_dim());
+    let mut g_bh = Array2::<F>::zeros((1, h));
+    let mut g_hq = Array2::<F>::zeros(w.w_hq.raw_dim());
+    let mut g_bq = Array2::<F>::zeros((1, dims.q));
+    let mut dh: Vec<Array2<F>> = Vec::with_capacity(t_len);
+    let mut r_next: Option<Array2<F>> = None;
+    for step in (0..t_len).rev() {
+        // hs[step + 1] is h_t for t = step + 1; step `step + 1` (0-based) consumes it.
+        let mut delta = e[step].dot(&w.w_hq.t());
+        if let Some(r1) = &r_next {
+            if !cut(step + 1) {
+                delta = delta + r1.dot(&w.w_hh.t());
+            }
+        }
+        let mut r_t = delta.clone();
+        Zip::from(&mut r_t)
+            .and(&hs[step + 1])
+            .for_each(|r, &h_t| *r = *r * derivative(phi, h_t));
+        g_hq = g_hq + hs[step + 1].t().dot(&e[step]);
+        g_bq = g_bq + row_sum(&e[step]);
+        g_xh = g_xh + xs.index_axis(Axis(0), step).t().dot(&r_t);
+        g_hh = g_hh + hs[step].t().dot(&r_t);
+        g_bh = g_bh + row_sum(&r_t);
+        dh.push(delta);
+        r_next = Some(r_t);
+    }
+    dh.reverse();
+    let dh0 = match r_next {
+        Some(r1) if !cut(0) => r1.dot(&w.w_hh.t()),
+        _ => Array2::zeros((b, h)),
+    };
+    let mut grads = Grads::new(params);
+    grads.accumulate(rnn.w_xh, g_xh.view())?;
+    grads.accumulate(rnn.w_hh, g_hh.view())?;
+    if let Some(id) = rnn.b_h {
+        grads.accumulate(id, g_bh.view())?;
+    }
+    grads.accumulate(rnn.w_hq, g_hq.view())?;
+    if let Some(id) = rnn.b_q {
+        grads.accumulate(id, g_bq.view())?;
+    }
+    Ok(ClosedForm {
+        loss: value,
+        grads,
+        dh,
+        dh0,
+    })
+}
+
+/// M4, the general RNN (FORMULAS.md §M4, seed 003): any activation φ ([`Activation`]),
+/// both biases optional, any [`Targets`] (softmax or identity output `g`).
+///
+/// ```text
+/// a_t = x_t W_xh + h_{t−1} W_hh + b_h,   h_t = φ(a_t),   o_t = h_t W_hq + b_q
+/// e_t = ∂L/∂o_t                               (see the module docs for each target)
+/// δ_t = e_t W_hqᵀ + r_{t+1} W_hhᵀ,   r_t = φ′(a_t) ⊙ δ_t       (δ_T = e_T W_hqᵀ)
+/// ∂L/∂W_hh = Σ_t h_{t−1}ᵀ r_t,   ∂L/∂W_xh = Σ_t x_tᵀ r_t,   ∂L/∂b_h = Σ_t Σ_rows r_t
+/// ∂L/∂W_hq = Σ_t h_tᵀ e_t,       ∂L/∂b_q = Σ_t Σ_rows e_t,  ∂L/∂h_0 = r_1 W_hhᵀ
+/// ```
+///
+/// (the notes' `δ_t = W_yᵀ ∂L_t/∂(W_y h_t + b_y) + W_hᵀ r_{t+1}`, `∂L/∂W_h = Σ_t r_t
+/// h_{t−1}ᵀ`, transposed), with `φ′` written from `h_t`: 1 (identity), `1 − h_t²` (tanh),
+/// `1[h_t > 0]` (ReLU, 0 at 0), `h_t (1 − h_t)` (sigmoid).
+///
+/// Erratum (FORMULAS.md §M4): seed 003 §4.2 writes
+/// `∂L/∂W_h = Σ_t (Π_{k=t..T} ∂h_k/∂h_{k−1}) ∂L_t/∂h_t`, which drops the local factor
+/// `∂h_t/∂W_h` and runs the product the wrong way in time; the recursion above is the
+/// correct one (a loss at step t reaches the parameters used at steps i ≤ t through
+/// `Π_{k=i+1..t} ∂h_k/∂h_{k−1}`).
+///
+/// Errors: [`Error::EmptyInput`], [`Error::ShapeMismatch`],
+/// [`Error::LabelOutOfRange`], [`Error::InvalidArgument`] for bad inputs (as
+/// [`SequenceLoss::validate`]).
+pub fn m4<F: Scalar>(
+    params: &Params<F>,
+    rnn: &Rnn,
+    xs: ArrayView3<'_, F>,
+    h0: Option<ArrayView2<'_, F>>,
+    loss: &SequenceLoss<'_, F>,
+) -> Result<ClosedForm<F>> {
+    general("closed_form::m4", params, rnn, xs, h0, loss, None)
+}

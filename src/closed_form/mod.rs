@@ -1,0 +1,337 @@
+//! The notes' hand-derived BPTT gradients (FORMULAS.md, M1–M4 and eq. (5) truncated),
+//! written on ndarray alone.
+//!
+//! This module never records anything on a [`Tape`](crate::Tape) and never calls the
+//! [`ops`](crate::ops) or the [`rnn`](crate::rnn) unrolls: it reads the [`Rnn`] struct
+//! for its [`ParamId`](crate::ParamId)s and sizes, the values in a [`Params`] store, and
+//! takes a [`SequenceLoss`] as a plain description of the loss. It is the independent
+//! oracle the tape is tested against, and [`M3Workspace`] is the hand-written speed
+//! reference the benchmarks compare the tape with.
+//!
+//! # Conventions
+//!
+//! Batch-major, exactly as [`Rnn`] on the tape: inputs `xs` are `(T, B, D)`, states are
+//! B×H with one row per sequence,
+//!
+//! ```text
+//! h_t = φ(x_t W_xh + h_{t−1} W_hh + b_h),    o_t = h_t W_hq + b_q,    h_0 = 0 or given,
+//! ```
+//!
+//! and the loss is the one of [`SequenceLoss`]: with per-step targets
+//! `L = Σ_t c_t · (1/B) Σ_b l(o_{t,b}, y_{t,b})`, `c_t = α_t` (1 without weights) for
+//! [`Reduction::Sum`] and `α_t / T` for
+//! [`Reduction::Mean`], `l` the softmax cross-entropy with an
+//! integer label or the squared error `‖o − y‖²` (no ½); with last-step targets
+//! `L = (1/B) Σ_b l(o_{T,b}, y_b)`, `l` the softmax cross-entropy
+//! ([`Targets::LastClass`]) or the binary cross-entropy
+//! of `σ(o_T)` ([`Targets::LastBinary`], Q = 1).
+//!
+//! The notes write column vectors; their matrices are the transposes of the crate's:
+//!
+//! | notes | crate |
+//! |---|---|
+//! | `W_hx` (M1), `U` (M2, M3), `W_x` (M4) | `W_xhᵀ` |
+//! | `W_hh` (M1), `W` (M2, M3), `W_h` (M4) | `W_hhᵀ` |
+//! | `W_qh` (M1), `V` (M2, M3), `W_y` (M4) | `W_hqᵀ` |
+//! | `b` (M2), `b_a` (M3), `b_h` (M4) | `b_hᵀ` |
+//! | `d` (M2), `b_y` (M3, M4) | `b_qᵀ` |
+//!
+//! so that a column equation `δ_t = W_hhᵀ δ_{t+1} + …` of the notes reads, one row per
+//! sequence, `δ_t = δ_{t+1} W_hhᵀ + …` here (with the crate's `W_hh`).
+//!
+//! # What is returned
+//!
+//! Every function returns a [`ClosedForm`]: the loss, the parameter gradients (an entry
+//! for every parameter the model has), and the adjoints `∂L/∂h_t` (total derivatives,
+//! t = 1..T) and `∂L/∂h_0`, which the tape gives as
+//! [`Tape::adjoint`](crate::Tape::adjoint) of the unrolled states.
+//!
+//! | function | model | evaluation |
+//! |---|---|---|
+//! | [`m1_recursion`] | M1, eqs (6)–(8) | reverse recursion |
+//! | [`m1_power_sum`] | M1, eq (9) | explicit powers of `W_hh`, O(T²) |
+//! | [`m2()`] | M2 | per sequence, explicit products `D_l W ⋯ D_{t+1} W` and the Kronecker form of `∂L/∂W` |
+//! | [`m2_outer`] | M2 | batched recursion and outer products `Σ_t g_t h_{t−1}ᵀ` |
+//! | [`m3()`], [`M3Workspace`] | M3 | the speed reference: whole-sequence matrix products |
+//! | [`m4()`] | M4, any φ and targets | reverse recursion |
+//! | [`truncated()`], [`truncated_fixed`] | M4 with `h` detached at cuts, eq (5) restricted | reverse recursion stopped at the cuts |
+//!
+//! ```
+//! use ndarray::{Array2, Array3};
+//! use timetape::closed_form;
+//! use timetape::rnn::{self, models, SequenceLoss};
+//! use timetape::{Params, Tape};
+//!
+//! let mut params = Params::<f64>::new();
+//! let cell = models::m3(&mut params, 3, 4, 2, 0)?;
+//! let xs = Array3::from_shape_fn((5, 2, 3), |(t, b, d)| 0.1 * (t + b + d) as f64 - 0.3);
+//! let labels = Array2::from_shape_fn((5, 2), |(t, b)| (t + b) % 2);
+//! let loss = SequenceLoss::classes(labels.view());
+//!
+//! let cf = closed_form::m3(&params, &cell, xs.view(), None, &loss)?;
+//!
+//! let mut tape = Tape::new();
+//! let run = rnn::unroll(&cell, &mut tape, &params, xs.view(), None, &loss)?;
+//! let grads = tape.backward(run.loss)?;
+//! assert!(cf.grads.max_rel_diff(&grads) < 1e-12);
+//! assert!((cf.loss - tape.scalar(run.loss)?).abs() < 1e-12);
+//! # Ok::<(), timetape::Error>(())
+//! ```
+
+mod m1;
+mod m2;
+mod m3;
+mod truncated;
+
+pub use self::m1::{m1_power_sum, m1_recursion};
+pub use self::m2::{m2, m2_outer};
+pub use self::m3::{m3, m4, M3Workspace};
+pub use self::truncated::{block_starts, truncated, truncated_fixed};
+
+use crate::error::{Error, Result};
+use crate::params::{Grads, Params};
+use crate::rnn::{Activation, Rnn, SequenceLoss, Targets};
+use crate::scalar::Scalar;
+use crate::Reduction;
+use ndarray::{Array2, ArrayView2, ArrayView3, Axis};
+
+/// The result of a closed-form gradient.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ClosedForm<F> {
+    /// The loss L.
+    pub loss: F,
+    /// `∂L/∂θ` for every parameter of the model (built with [`Grads::new`]).
+    pub grads: Grads<F>,
+    /// `∂L/∂h_t` for t = 1..T (`dh[t − 1]`), each B×H: the total derivative, through
+    /// the output at step t and through every later step (for [`truncated()`]: only
+    /// through the later steps of the same block).
+    pub dh: Vec<Array2<F>>,
+    /// `∂L/∂h_0`, B×H (zeros if the edge `h_0 → step 1` is cut).
+    pub dh0: Array2<F>,
+}
+
+/// Sizes of one problem: T steps, B rows, D inputs, H hidden units, Q outputs.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Dims {
+    pub t: usize,
+    pub b: usize,
+    pub d: usize,
+    pub h: usize,
+    pub q: usize,
+}
+
+/// The parameter values of an [`Rnn`], borrowed from the store.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Weights<'p, F> {
+    pub w_xh: &'p Array2<F>,
+    pub w_hh: &'p Array2<F>,
+    pub b_h: Option<&'p Array2<F>>,
+    pub w_hq: &'p Array2<F>,
+    pub b_q: Option<&'p Array2<F>>,
+}
+
+fn expect_shape<F>(op: &'static str, got: &Array2<F>, want: (usize, usize)) -> Result<()> {
+    if got.dim() != want {
+        return Err(Error::ShapeMismatch {
+            op,
+            lhs: want,
+            rhs: got.dim(),
+        });
+    }
+    Ok(())
+}
+
+/// Checks the sizes of the sequence, the initial state and every parameter of `rnn`
+/// against its configuration, and borrows the parameter values.
+pub(crate) fn check<'p, F: Scalar>(
+    op: &'static str,
+    params: &'p Params<F>,
+    rnn: &Rnn,
+    xs: ArrayView3<'_, F>,
+    h0: Option<ArrayView2<'_, F>>,
+) -> Result<(Dims, Weights<'p, F>)> {
+    let (t, b, d) = xs.dim();
+    if t == 0 || b == 0 {
+        return Err(Error::EmptyInput {
+            op,
+            what: "sequence with no steps or no batch rows",
+        });
+    }
+    let c = &rnn.config;
+    let (h, q) = (c.hidden, c.output);
+    if c.input == 0 || h == 0 || q == 0 {
+        return Err(crate::error::invalid(op, "RNN sizes must be positive"));
+    }
+    if d != c.input {
+        return Err(Error::ShapeMismatch {
+            op,
+            lhs: (b, d),
+            rhs: (c.input, h),
+        });
+    }
+    if let Some(h0) = h0 {
+        if h0.dim() != (b, h) {
+            return Err(Error::ShapeMismatch {
+                op,
+                lhs: (b, h),
+                rhs: h0.dim(),
+            });
+        }
+    }
+    let w = Weights {
+        w_xh: params.get(rnn.w_xh)?,
+        w_hh: params.get(rnn.w_hh)?,
+        b_h: rnn.b_h.map(|id| params.get(id)).transpose()?,
+        w_hq: params.get(rnn.w_hq)?,
+        b_q: rnn.b_q.map(|id| params.get(id)).transpose()?,
+    };
+    expect_shape(op, w.w_xh, (d, h))?;
+    expect_shape(op, w.w_hh, (h, h))?;
+    if let Some(bh) = w.b_h {
+        expect_shape(op, bh, (1, h))?;
+    }
+    expect_shape(op, w.w_hq, (h, q))?;
+    if let Some(bq) = w.b_q {
+        expect_shape(op, bq, (1, q))?;
+    }
+    Ok((Dims { t, b, d, h, q }, w))
+}
+
+/// Errors unless the RNN has activation `want`.
+pub(crate) fn require_activation(op: &'static str, rnn: &Rnn, want: Activation) -> Result<()> {
+    if rnn.config.activation != want {
+        return Err(crate::error::invalid(
+            op,
+            format!(
+                "this closed form needs activation {want:?}, the RNN has {:?}",
+                rnn.config.activation
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// The initial state: the given one, or zeros.
+pub(crate) fn initial_state<F: Scalar>(h0: Option<ArrayView2<'_, F>>, dims: Dims) -> Array2<F> {
+    match h0 {
+        Some(h) => h.to_owned(),
+        None => Array2::zeros((dims.b, dims.h)),
+    }
+}
+
+/// The stable logistic sigmoid (the same case split as the tape's).
+pub(crate) fn sigmoid<F: Scalar>(x: F) -> F {
+    if x >= F::zero() {
+        F::one() / (F::one() + (-x).exp())
+    } else {
+        let e = x.exp();
+        e / (F::one() + e)
+    }
+}
+
+/// The binary cross-entropy of `σ(z)` against `y`, in the stable logit form
+/// `max(z, 0) − z y + ln(1 + e^{−|z|})` (equal to `−(y ln σ(z) + (1 − y) ln(1 − σ(z)))`).
+pub(crate) fn bce_logit<F: Scalar>(z: F, y: F) -> F {
+    z.max(F::zero()) - z * y + (-z.abs()).exp().ln_1p()
+}
+
+/// Softmax cross-entropy of one row of logits against `label`: returns the loss
+/// `logsumexp(z) − z_label` and overwrites `z` with `softmax(z) − onehot(label)` times
+/// `scale`.
+pub(crate) fn softmax_xent_row<F: Scalar>(
+    mut z: ndarray::ArrayViewMut1<'_, F>,
+    label: usize,
+    scale: F,
+) -> F {
+    let m = z.iter().fold(F::neg_infinity(), |m, &x| m.max(x));
+    let zy = z[label];
+    z.mapv_inplace(|x| (x - m).exp());
+    let s = z.iter().fold(F::zero(), |s, &x| s + x);
+    let c = scale / s;
+    z.mapv_inplace(|p| p * c);
+    z[label] = z[label] - scale;
+    m + s.ln() - zy
+}
+
+/// The step coefficients `c_t` of a per-step loss (α_t, or α_t / T for a mean over time).
+pub(crate) fn step_coefficients<F: Scalar>(loss: &SequenceLoss<'_, F>, t_len: usize) -> Vec<F> {
+    let time = match loss.time {
+        Reduction::Sum => F::one(),
+        Reduction::Mean => F::one() / F::of(t_len as f64),
+    };
+    (0..t_len)
+        .map(|t| loss.step_weights.map_or(F::one(), |w| w[t]) * time)
+        .collect()
+}
+
+/// The loss and `e_t = ∂L/∂o_t` (each B×Q) for the outputs `outs` (o_1..o_T, each B×Q)
+/// of a validated loss: per-step terms `c_t (1/B) l(o_t, y_t)`, or the last-step term
+/// alone (then `e_t = 0` for t < T).
+///
+/// | target | `l(o, y)` | `∂l/∂o` |
+/// |---|---|---|
+/// | class | `logsumexp(o) − o_y` | `softmax(o) − onehot(y)` |
+/// | value | `‖o − y‖²` | `2 (o − y)` |
+/// | binary | `max(o, 0) − o y + ln(1 + e^{−\|o\|})` | `σ(o) − y` |
+pub(crate) fn output_adjoints<F: Scalar>(
+    loss: &SequenceLoss<'_, F>,
+    outs: &[Array2<F>],
+) -> (F, Vec<Array2<F>>) {
+    let t_len = outs.len();
+    let b = outs[0].nrows();
+    let inv_b = F::one() / F::of(b as f64);
+    let mut total = F::zero();
+    let mut es: Vec<Array2<F>> = outs.iter().map(|o| Array2::zeros(o.raw_dim())).collect();
+    let coef = step_coefficients(loss, t_len);
+    match loss.targets {
+        Targets::Classes(labels) => {
+            for (t, (o, e)) in outs.iter().zip(es.iter_mut()).enumerate() {
+                let w = coef[t] * inv_b;
+                e.assign(o);
+                let mut step = F::zero();
+                for (r, row) in e.axis_iter_mut(Axis(0)).enumerate() {
+                    step = step + softmax_xent_row(row, labels[[t, r]], w);
+                }
+                total = total + w * step;
+            }
+        }
+        Targets::Values(y) => {
+            let two = F::one() + F::one();
+            for (t, (o, e)) in outs.iter().zip(es.iter_mut()).enumerate() {
+                let w = coef[t] * inv_b;
+                let yt = y.index_axis(Axis(0), t);
+                let mut step = F::zero();
+                ndarray::Zip::from(e).and(o).and(&yt).for_each(|e, &o, &y| {
+                    let d = o - y;
+                    step = step + d * d;
+                    *e = two * w * d;
+                });
+                total = total + w * step;
+            }
+        }
+        Targets::LastClass(labels) => {
+            let e = &mut es[t_len - 1];
+            e.assign(&outs[t_len - 1]);
+            for (r, row) in e.axis_iter_mut(Axis(0)).enumerate() {
+                total = total + softmax_xent_row(row, labels[r], inv_b);
+            }
+            total = total * inv_b;
+        }
+        Targets::LastBinary(y) => {
+            let e = &mut es[t_len - 1];
+            let o = &outs[t_len - 1];
+            for r in 0..b {
+                let z = o[[r, 0]];
+                total = total + bce_logit(z, y[r]);
+                e[[r, 0]] = (sigmoid(z) - y[r]) * inv_b;
+            }
+            total = total * inv_b;
+        }
+    }
+    (total, es)
+}
+
+/// `Σ` of the rows of `a` as a 1×n matrix.
+pub(crate) fn row_sum<F: Scalar>(a: &Array2<F>) -> Array2<F> {
+    a.sum_axis(Axis(0)).insert_axis(Axis(0))
+}

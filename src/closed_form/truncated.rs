@@ -1,0 +1,90 @@
+//! Regular truncation: the gradient with `h` detached at given steps (FORMULAS.md, "The
+//! scalar chain and the three strategies", eq (5) with the inner sum restricted).
+
+use super::m3::general;
+use super::ClosedForm;
+use crate::error::{invalid, Result};
+use crate::params::Params;
+use crate::rnn::{Rnn, SequenceLoss};
+use crate::scalar::Scalar;
+use ndarray::{ArrayView2, ArrayView3};
+
+/// The block starts of fixed truncation with blocks of `k` steps over `t_len` steps:
+/// `cuts[t] = (t mod k == 0)` for 0-based t, i.e. steps 1, k+1, 2k+1, … in the notes'
+/// 1-based count (t ≡ 1 mod k). `cuts[0]` is always true: `h_0` is detached as well.
+///
+/// ```
+/// use timetape::closed_form::block_starts;
+/// assert_eq!(block_starts(5, 2)?, vec![true, false, true, false, true]);
+/// # Ok::<(), timetape::Error>(())
+/// ```
+///
+/// Errors: [`Error::InvalidArgument`](crate::Error::InvalidArgument) for k = 0.
+pub fn block_starts(t_len: usize, k: usize) -> Result<Vec<bool>> {
+    if k == 0 {
+        return Err(invalid("closed_form::block_starts", "k must be ≥ 1"));
+    }
+    Ok((0..t_len).map(|t| t % k == 0).collect())
+}
+
+/// The gradient of an [`Rnn`] (any activation, biases and targets, as
+/// [`m4`](super::m4())) with the hidden state detached on the edges marked in `cuts`:
+/// `cuts[t]` (0-based t) true means the edge `h_t → step t + 1` (the notes'
+/// `h_{t−1} → step t` in 1-based steps) carries no gradient.
+///
+/// This is eq (5) with the inner sum restricted to the current block,
+///
+/// ```text
+/// (5)  ∂h_t/∂w_h = b_t + Σ_{i=s(t)..t−1} (Π_{j=i+1..t} c_j) b_i
+/// ```
+///
+/// where `s(t)` is the first step of t's block (the last cut at or before t). In the
+/// reverse recursion of M4 this means: `r_{t+1}` does not flow into `δ_t` across a cut,
+///
+/// ```text
+/// δ_t = e_t W_hqᵀ + [edge into step t+1 kept] r_{t+1} W_hhᵀ,   r_t = φ′(a_t) ⊙ δ_t
+/// ```
+///
+/// while the parameter sums (`∂L/∂W_hh = Σ_t h_{t−1}ᵀ r_t` and the others) still run over
+/// every step: the value of a detached `h_{t−1}` is still used at step t. The `dh` of the
+/// result are the truncated adjoints (what flows within the block), exactly the tape's
+/// adjoints of the states before the detach; `dh0` is zero if `cuts[0]`. With no cut
+/// this is the full gradient, [`m4`](super::m4()).
+///
+/// Errors: [`Error::ShapeMismatch`](crate::Error::ShapeMismatch) if `cuts.len() != T`;
+/// otherwise as [`m4`](super::m4()).
+pub fn truncated<F: Scalar>(
+    params: &Params<F>,
+    rnn: &Rnn,
+    xs: ArrayView3<'_, F>,
+    h0: Option<ArrayView2<'_, F>>,
+    loss: &SequenceLoss<'_, F>,
+    cuts: &[bool],
+) -> Result<ClosedForm<F>> {
+    general(
+        "closed_form::truncated",
+        params,
+        rnn,
+        xs,
+        h0,
+        loss,
+        Some(cuts),
+    )
+}
+
+/// [`truncated()`] with blocks of `k` steps: cuts at [`block_starts`]`(T, k)` (the
+/// notes' regular truncation, `Truncation::Fixed { k }`).
+///
+/// Errors: [`Error::InvalidArgument`](crate::Error::InvalidArgument) for k = 0;
+/// otherwise as [`truncated()`].
+pub fn truncated_fixed<F: Scalar>(
+    params: &Params<F>,
+    rnn: &Rnn,
+    xs: ArrayView3<'_, F>,
+    h0: Option<ArrayView2<'_, F>>,
+    loss: &SequenceLoss<'_, F>,
+    k: usize,
+) -> Result<ClosedForm<F>> {
+    let cuts = block_starts(xs.dim().0, k)?;
+    truncated(params, rnn, xs, h0, loss, &cuts)
+}
