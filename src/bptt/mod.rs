@@ -168,6 +168,48 @@ pub struct Report<F> {
     pub h_final: Array2<F>,
 }
 
+/// Buffers reused from one run to the next: the tape (with its free list of matrices)
+/// and the scratch vectors of the unroll. A training loop that passes the same
+/// `Workspace` to [`run_with`] reaches a steady state in which the tape allocates no
+/// matrix.
+///
+/// ```
+/// use ndarray::{Array2, Array3};
+/// use timetape::bptt::{run_with, RunOptions, Truncation, Workspace};
+/// use timetape::rnn::{models, SequenceLoss};
+/// use timetape::Params;
+///
+/// let mut params = Params::<f32>::new();
+/// let cell = models::m3(&mut params, 2, 8, 3, 0)?;
+/// let xs = Array3::<f32>::zeros((30, 4, 2));
+/// let labels = Array2::<usize>::zeros((30, 4));
+/// let loss = SequenceLoss::classes(labels.view());
+/// let mut ws = Workspace::new();
+/// for _ in 0..3 {
+///     let r = run_with(&mut ws, &cell, &params, xs.view(), None, &loss, &Truncation::Full, RunOptions::default())?;
+///     assert_eq!(r.backward_steps, 30);
+/// }
+/// # Ok::<(), timetape::Error>(())
+/// ```
+#[derive(Debug, Default)]
+pub struct Workspace<F: Scalar> {
+    tape: Tape<F>,
+    states: Vec<Var>,
+    scratch: LossScratch<F>,
+}
+
+impl<F: Scalar> Workspace<F> {
+    /// An empty workspace.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The tape's statistics after the last run.
+    pub fn tape_stats(&self) -> crate::tape::TapeStats {
+        self.tape.stats()
+    }
+}
+
 /// The machinery shared by every strategy: one tape, reused segment after segment.
 pub(crate) struct Engine<'a, F: Scalar, C: Recurrent<F>> {
     pub(crate) cell: &'a C,
@@ -186,14 +228,30 @@ pub(crate) struct Engine<'a, F: Scalar, C: Recurrent<F>> {
 
 impl<'a, F: Scalar, C: Recurrent<F>> Engine<'a, F, C> {
     pub(crate) fn new(cell: &'a C, params: &'a Params<F>, opts: RunOptions) -> Self {
+        Self::with_workspace(Workspace::new(), cell, params, opts)
+    }
+
+    pub(crate) fn with_workspace(
+        ws: Workspace<F>,
+        cell: &'a C,
+        params: &'a Params<F>,
+        opts: RunOptions,
+    ) -> Self {
+        let Workspace {
+            mut tape,
+            states,
+            scratch,
+        } = ws;
+        tape.clear();
+        tape.reset_peak();
         Engine {
             cell,
             params,
-            tape: Tape::new(),
+            tape,
             grads: Grads::zeros_like(params),
-            states: Vec::new(),
+            states,
             h_in: None,
-            scratch: LossScratch::default(),
+            scratch,
             loss: F::zero(),
             backward_steps: 0,
             forward_steps: 0,
@@ -288,9 +346,14 @@ impl<'a, F: Scalar, C: Recurrent<F>> Engine<'a, F, C> {
         self.tape.value(self.states[i])
     }
 
-    pub(crate) fn report(self, xi: Option<Vec<f64>>, h_final: Array2<F>) -> Report<F> {
+    /// The report, and the workspace back for the next run.
+    pub(crate) fn finish(
+        self,
+        xi: Option<Vec<f64>>,
+        h_final: Array2<F>,
+    ) -> (Report<F>, Workspace<F>) {
         let stats = self.tape.stats();
-        Report {
+        let report = Report {
             loss: self.loss,
             grads: self.grads,
             backward_steps: self.backward_steps,
@@ -301,7 +364,17 @@ impl<'a, F: Scalar, C: Recurrent<F>> Engine<'a, F, C> {
             peak_tape_nodes: stats.peak_nodes,
             peak_tape_bytes: stats.peak_bytes,
             h_final,
-        }
+        };
+        let ws = Workspace {
+            tape: self.tape,
+            states: self.states,
+            scratch: self.scratch,
+        };
+        (report, ws)
+    }
+
+    pub(crate) fn report(self, xi: Option<Vec<f64>>, h_final: Array2<F>) -> Report<F> {
+        self.finish(xi, h_final).0
     }
 }
 
@@ -429,25 +502,58 @@ pub fn run<'a, F: Scalar, C: Recurrent<F>>(
     truncation: &Truncation,
     opts: RunOptions,
 ) -> Result<Report<F>> {
+    run_with(
+        &mut Workspace::new(),
+        cell,
+        params,
+        xs,
+        h0,
+        loss,
+        truncation,
+        opts,
+    )
+}
+
+/// [`run`] with a [`Workspace`] whose buffers are reused from one call to the next.
+#[allow(clippy::too_many_arguments)]
+pub fn run_with<'a, F: Scalar, C: Recurrent<F>>(
+    ws: &mut Workspace<F>,
+    cell: &C,
+    params: &Params<F>,
+    xs: ArrayView3<'a, F>,
+    h0: Option<ArrayView2<'_, F>>,
+    loss: &SequenceLoss<'a, F>,
+    truncation: &Truncation,
+    opts: RunOptions,
+) -> Result<Report<F>> {
     let problem = Problem::new(cell, xs, h0, loss)?;
     let t_len = problem.len();
     truncation.validate(Some(t_len))?;
-    let mut engine = Engine::new(cell, params, opts);
-    if let Truncation::Tbptt { k1, k2 } = *truncation {
-        if k1 != k2 {
-            let h_final = run_tbptt(&mut engine, &problem, k1, k2)?;
-            return Ok(engine.report(None, h_final));
+    let mut engine = Engine::with_workspace(std::mem::take(ws), cell, params, opts);
+    let outcome = match *truncation {
+        Truncation::Tbptt { k1, k2 } if k1 != k2 => {
+            run_tbptt(&mut engine, &problem, k1, k2).map(|h| (h, None))
         }
-    }
-    let xi = truncation
-        .xi(t_len)?
-        .ok_or_else(|| invalid("bptt", "no ξ pattern"))?;
-    let h_final = run_pattern(&mut engine, &problem, &xi)?;
+        _ => truncation
+            .xi(t_len)
+            .and_then(|xi| xi.ok_or_else(|| invalid("bptt", "no ξ pattern")))
+            .and_then(|xi| run_pattern(&mut engine, &problem, &xi).map(|h| (h, Some(xi)))),
+    };
     let keep_xi = matches!(
         truncation,
         Truncation::Randomized { .. } | Truncation::Pattern(_)
     );
-    Ok(engine.report(keep_xi.then_some(xi), h_final))
+    match outcome {
+        Ok((h_final, xi)) => {
+            let (report, back) = engine.finish(xi.filter(|_| keep_xi), h_final);
+            *ws = back;
+            Ok(report)
+        }
+        Err(e) => {
+            *ws = engine.finish(None, Array2::zeros((0, 0))).1;
+            Err(e)
+        }
+    }
 }
 
 /// Runs a cut-based strategy given its ξ: one segment between consecutive zeros.

@@ -371,6 +371,26 @@ impl<F: Scalar> M3Workspace<F> {
     pub fn states(&self) -> ArrayView2<'_, F> {
         rows(&self.hs, self.dims.1..self.hs.nrows())
     }
+
+    /// Bytes of matrix data the workspace holds (activations, adjoints and gradients).
+    pub fn bytes(&self) -> usize {
+        let n: usize = [
+            &self.hs,
+            &self.e,
+            &self.delta,
+            &self.r,
+            &self.dh0,
+            &self.g_xh,
+            &self.g_hh,
+            &self.g_bh,
+            &self.g_hq,
+            &self.g_bq,
+        ]
+        .iter()
+        .map(|a| a.len())
+        .sum();
+        n * std::mem::size_of::<F>()
+    }
 }
 
 /// `out (1×n) = Σ_rows a` without allocating.
