@@ -15,7 +15,7 @@ use crate::ops::Op;
 use crate::params::{Grads, ParamId, Params};
 use crate::scalar::Scalar;
 use ndarray::{Array2, ArrayView2, Zip};
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU32, Ordering};
 
 static NEXT_TAPE: AtomicU32 = AtomicU32::new(1);
@@ -55,31 +55,53 @@ pub struct TapeStats {
     pub peak_bytes: usize,
 }
 
-/// Free list of matrix buffers keyed by shape.
-#[derive(Debug, Default)]
+/// Free list of matrix storage keyed by capacity.
+///
+/// A request for r×c entries takes the smallest free buffer that holds at least r·c
+/// (best fit) and reshapes it, so segments of varying length (randomized truncation)
+/// reuse each other's storage instead of keeping one set of buffers per length.
+#[derive(Debug)]
 pub(crate) struct Pool<F> {
-    free: HashMap<(usize, usize), Vec<Array2<F>>>,
+    free: BTreeMap<usize, Vec<Vec<F>>>,
     bytes: usize,
+}
+
+impl<F> Default for Pool<F> {
+    fn default() -> Self {
+        Pool {
+            free: BTreeMap::new(),
+            bytes: 0,
+        }
+    }
 }
 
 impl<F: Scalar> Pool<F> {
     /// A buffer of the given shape; its contents are arbitrary (the caller overwrites it).
     pub(crate) fn take(&mut self, shape: (usize, usize)) -> Array2<F> {
-        match self.free.get_mut(&shape).and_then(|v| v.pop()) {
-            Some(a) => {
-                self.bytes -= a.len() * std::mem::size_of::<F>();
-                a
-            }
-            None => Array2::zeros(shape),
+        self.try_take(shape).unwrap_or_else(|| Array2::zeros(shape))
+    }
+
+    /// A free buffer of the given shape, if one is large enough (no allocation).
+    pub(crate) fn try_take(&mut self, shape: (usize, usize)) -> Option<Array2<F>> {
+        let n = shape.0 * shape.1;
+        let (&cap, list) = self.free.range_mut(n..).next()?;
+        let mut v = list.pop()?;
+        if list.is_empty() {
+            self.free.remove(&cap);
         }
+        self.bytes -= cap * std::mem::size_of::<F>();
+        v.resize(n, F::zero());
+        Array2::from_shape_vec(shape, v).ok()
     }
 
     pub(crate) fn give(&mut self, a: Array2<F>) {
         if a.is_empty() {
             return;
         }
-        self.bytes += a.len() * std::mem::size_of::<F>();
-        self.free.entry(a.dim()).or_default().push(a);
+        let (v, _) = a.into_raw_vec_and_offset();
+        let cap = v.capacity();
+        self.bytes += cap * std::mem::size_of::<F>();
+        self.free.entry(cap).or_default().push(v);
     }
 }
 
@@ -287,6 +309,9 @@ impl<F: Scalar> Tape<F> {
     /// [`Error::InvalidArgument`] for a NaN or infinite entry.
     pub fn constant(&mut self, value: Array2<F>) -> Result<Var> {
         Self::check_input("constant", &value.view())?;
+        // The caller's buffer joins the free list at the next clear: retire a free one of
+        // the same shape in exchange, or a loop of `constant` calls grows the pool forever.
+        drop(self.pool.try_take(value.dim()));
         Ok(self.push(Op::Leaf, value, false))
     }
 

@@ -46,7 +46,7 @@ impl<F: Scalar> Tape<F> {
                 what: "no parts",
             });
         };
-        let s0 = self.shape(first)?;
+        let s0 = self.values[self.idx(op, first)?].dim();
         let ax = axis.nd();
         let mut extent = 0;
         let mut ng = false;
