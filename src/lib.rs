@@ -79,7 +79,7 @@ pub mod scalar;
 pub mod tape;
 
 pub use error::{Error, Result};
-pub use ops::{Axis, Binary, Reduction, Unary};
+pub use ops::{Activation, Axis, Binary, Reduction, Unary};
 pub use params::{Grads, ParamId, Params};
 pub use scalar::Scalar;
 pub use tape::{Tape, TapeStats, Var};

@@ -138,6 +138,9 @@ pub struct Tape<F: Scalar> {
     pub(crate) ops: Vec<Op<F>>,
     pub(crate) values: Vec<Array2<F>>,
     pub(crate) needs_grad: Vec<bool>,
+    /// Nodes whose adjoint is kept when adjoints are released.
+    retained: Vec<bool>,
+    release: bool,
     pub(crate) adjoints: Vec<Option<Array2<F>>>,
     /// Parent lists of n-ary ops (concat).
     pub(crate) lists: Vec<u32>,
@@ -167,6 +170,8 @@ impl<F: Scalar> Tape<F> {
             ops: Vec::new(),
             values: Vec::new(),
             needs_grad: Vec::new(),
+            retained: Vec::new(),
+            release: false,
             adjoints: Vec::new(),
             lists: Vec::new(),
             labels: Vec::new(),
@@ -185,6 +190,7 @@ impl<F: Scalar> Tape<F> {
         self.note_peak_bytes();
         self.ops.clear();
         self.needs_grad.clear();
+        self.retained.clear();
         for v in self.values.drain(..) {
             self.pool.give(v);
         }
@@ -198,6 +204,12 @@ impl<F: Scalar> Tape<F> {
         self.labels.clear();
         self.weights.clear();
         self.generation = self.generation.wrapping_add(1);
+    }
+
+    /// Drops the free list of recycled buffers (after a run with unusually long segments,
+    /// say), returning their memory; later ops allocate again as needed.
+    pub fn free_buffers(&mut self) {
+        self.pool = Pool::default();
     }
 
     /// Number of nodes on the tape.
@@ -260,6 +272,7 @@ impl<F: Scalar> Tape<F> {
         self.ops.push(op);
         self.values.push(value);
         self.needs_grad.push(needs_grad);
+        self.retained.push(false);
         self.peak_nodes = self.peak_nodes.max(self.ops.len());
         Var {
             tape: self.id,
@@ -455,13 +468,38 @@ impl<F: Scalar> Tape<F> {
                 continue;
             }
             crate::ops::backward_node(self, i);
+            let keep = !self.release
+                || self.retained[i]
+                || matches!(self.ops[i], Op::Leaf | Op::Param(_) | Op::Detach);
+            if !keep {
+                if let Some(a) = self.adjoints[i].take() {
+                    self.pool.give(a);
+                }
+            }
         }
         self.note_peak_bytes();
         Ok(())
     }
 
+    /// Frees the adjoint of every intermediate node as soon as its backward rule has run
+    /// (`true`), or keeps them all for [`Tape::adjoint`] (`false`, the default). Leaves,
+    /// parameters, [`Tape::detach`] nodes and nodes marked with [`Tape::retain_grad`]
+    /// always keep theirs. Releasing lowers the peak memory of a backward pass: only the
+    /// adjoints on the current frontier of the reverse sweep are alive.
+    pub fn set_release_adjoints(&mut self, release: bool) {
+        self.release = release;
+    }
+
+    /// Keeps the adjoint of `v` after a backward pass even when adjoints are released.
+    pub fn retain_grad(&mut self, v: Var) -> Result<()> {
+        let i = self.idx("retain_grad", v)?;
+        self.retained[i] = true;
+        Ok(())
+    }
+
     /// The adjoint ∂L/∂v of a node after the last backward pass; `None` if the loss does
-    /// not reach it (or it is a constant).
+    /// not reach it, it is a constant, or its adjoint was released
+    /// ([`Tape::set_release_adjoints`]).
     pub fn adjoint(&self, v: Var) -> Result<Option<ArrayView2<'_, F>>> {
         let i = self.idx("adjoint", v)?;
         Ok(self

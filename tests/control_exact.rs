@@ -633,3 +633,70 @@ fn stats_count_nodes_and_bytes_and_clear_keeps_the_allocations() {
     assert!(s5.bytes > s4.bytes);
     assert!(s5.peak_bytes >= s5.bytes);
 }
+
+/// Releasing adjoints changes which adjoints can be read after a backward pass, never the
+/// gradients: the same graph gives bit-identical `Grads` either way, leaves, detach nodes
+/// and retained nodes keep their adjoints, other intermediates lose theirs, and the
+/// tape's footprint is no larger.
+#[test]
+fn released_adjoints_give_identical_gradients_and_keep_only_retained_ones() {
+    let mut params = Params::<f64>::new();
+    let w = params
+        .add("w", array![[0.5, -0.25], [0.125, 0.75]])
+        .unwrap();
+    let build = |tape: &mut Tape<f64>, retain: bool| {
+        let h0 = tape.variable(array![[1.0, -2.0]].view()).unwrap();
+        let wv = tape.param(&params, w).unwrap();
+        let mut h = h0;
+        let mut states = Vec::new();
+        for _ in 0..6 {
+            h = tape
+                .affine(h, wv, None, timetape::Activation::Tanh)
+                .unwrap();
+            if retain {
+                tape.retain_grad(h).unwrap();
+            }
+            states.push(h);
+        }
+        let d = tape.detach(h).unwrap();
+        let y = tape.mul(d, h).unwrap();
+        let loss = tape.sum(y).unwrap();
+        (h0, d, states, loss)
+    };
+    let mut keep = Tape::new();
+    let (_, _, kept_states, loss) = build(&mut keep, false);
+    let g_keep = keep.backward(loss).unwrap();
+
+    let mut rel = Tape::new();
+    rel.set_release_adjoints(true);
+    let (h0, d, states, loss) = build(&mut rel, false);
+    let g_rel = rel.backward(loss).unwrap();
+    assert_eq!(g_keep, g_rel);
+    assert!(
+        rel.adjoint(h0).unwrap().is_some(),
+        "a leaf keeps its adjoint"
+    );
+    assert!(
+        rel.adjoint(d).unwrap().is_some(),
+        "a detach node keeps its adjoint"
+    );
+    assert!(
+        rel.adjoint(states[2]).unwrap().is_none(),
+        "an intermediate is released"
+    );
+    assert!(keep.adjoint(kept_states[2]).unwrap().is_some());
+    assert!(rel.stats().bytes <= keep.stats().bytes);
+
+    let mut ret = Tape::new();
+    ret.set_release_adjoints(true);
+    let (_, _, states, loss) = build(&mut ret, true);
+    let g_ret = ret.backward(loss).unwrap();
+    assert_eq!(g_keep, g_ret);
+    for (a, b) in states.iter().zip(&kept_states) {
+        assert_eq!(
+            ret.adjoint(*a).unwrap().unwrap(),
+            keep.adjoint(*b).unwrap().unwrap(),
+            "a retained node keeps its exact adjoint"
+        );
+    }
+}

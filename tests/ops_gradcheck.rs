@@ -31,7 +31,7 @@ use ndarray::Array2;
 use proptest::prelude::*;
 use std::ops::Range;
 use timetape::gradcheck::{gradcheck, GradcheckOptions};
-use timetape::{Error, Params, Reduction, Result, Tape, Var};
+use timetape::{Activation, Error, Params, Reduction, Result, Tape, Var};
 
 /// Relative tolerance of the finite-difference comparison (see the module comment).
 const TOL: f64 = 1e-6;
@@ -292,6 +292,81 @@ proptest! {
             t.matmul(av, bv)
         });
         assert_close(&got, &a.dot(&b))?;
+    }
+
+    #[test]
+    fn affine_gradient_matches_finite_differences(
+        (a, b, c, mode, act, r, acc) in (dim(), dim(), dim(), 0usize..3, 0usize..4, any::<bool>())
+            .prop_flat_map(|(m, k, n, mode, act, acc)| {
+                // mode 0: no addend, 1: full m×n addend, 2: a 1×n bias row.
+                let rows = if mode == 2 { 1 } else { m };
+                (mat(m, k, val()), mat(k, n, val()), mat(rows, n, val()), Just(mode), Just(act),
+                 mat(m, n, rd()), Just(acc))
+            })
+    ) {
+        let act = [Activation::Identity, Activation::Tanh, Activation::Sigmoid, Activation::Relu][act];
+        let mut pre = a.dot(&b);
+        if mode > 0 {
+            pre = &pre + &c;
+        }
+        // Keep relu away from its kink: the difference must not straddle 0.
+        prop_assume!(act != Activation::Relu || pre.iter().all(|x| x.abs() > 1e-3));
+        let mut params = Params::new();
+        let ia = params.add("a", a.clone()).unwrap();
+        let ib = params.add("b", b.clone()).unwrap();
+        let ic = params.add("c", c.clone()).unwrap();
+        assert_gradcheck(&params, |tape, p| {
+            let av = tape.param(p, ia)?;
+            let bv = tape.param(p, ib)?;
+            let cv = tape.param(p, ic)?;
+            let y = tape.affine(av, bv, (mode > 0).then_some(cv), act)?;
+            finish(tape, y, &r, &[av, bv, cv], acc)
+        })?;
+        let got = forward(|t| {
+            let (av, bv, cv) = (t.constant(a.clone())?, t.constant(b.clone())?, t.constant(c.clone())?);
+            t.affine(av, bv, (mode > 0).then_some(cv), act)
+        });
+        let want = pre.mapv(|x| match act {
+            Activation::Identity => x,
+            Activation::Tanh => x.tanh(),
+            Activation::Sigmoid => 1.0 / (1.0 + (-x).exp()),
+            Activation::Relu => x.max(0.0),
+        });
+        assert_close(&got, &want)?;
+    }
+
+    #[test]
+    fn affine_rows_gradient_matches_finite_differences(
+        (a, b, c, start, act, r, acc) in (dim(), dim(), dim(), 0usize..4, 0usize..3, any::<bool>())
+            .prop_flat_map(|(m, k, n, extra, act, acc)| {
+                (mat(m, k, val()), mat(k, n, val()), mat(m + extra, n, val()), 0..=extra, Just(act),
+                 mat(m, n, rd()), Just(acc))
+            })
+    ) {
+        let act = [Activation::Identity, Activation::Tanh, Activation::Sigmoid][act];
+        let m = a.nrows();
+        let mut params = Params::new();
+        let ia = params.add("a", a.clone()).unwrap();
+        let ib = params.add("b", b.clone()).unwrap();
+        let ic = params.add("c", c.clone()).unwrap();
+        assert_gradcheck(&params, |tape, p| {
+            let av = tape.param(p, ia)?;
+            let bv = tape.param(p, ib)?;
+            let cv = tape.param(p, ic)?;
+            let y = tape.affine_rows(av, bv, cv, start..start + m, act)?;
+            finish(tape, y, &r, &[av, bv, cv], acc)
+        })?;
+        let got = forward(|t| {
+            let (av, bv, cv) = (t.constant(a.clone())?, t.constant(b.clone())?, t.constant(c.clone())?);
+            t.affine_rows(av, bv, cv, start..start + m, act)
+        });
+        let pre = &a.dot(&b) + &c.slice_axis(ndarray::Axis(0), ndarray::Slice::from(start..start + m));
+        let want = pre.mapv(|x| match act {
+            Activation::Tanh => x.tanh(),
+            Activation::Sigmoid => 1.0 / (1.0 + (-x).exp()),
+            _ => x,
+        });
+        assert_close(&got, &want)?;
     }
 
     #[test]

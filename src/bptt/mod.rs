@@ -149,7 +149,9 @@ pub struct Report<F> {
     /// The gradient estimate.
     pub grads: Grads<F>,
     /// Backward steps taken: steps recorded on a tape and backpropagated (T for Full,
-    /// Fixed and Randomized; Σ_u min(k2, u) for TBPTT).
+    /// Fixed and Randomized with a loss at every step; for TBPTT the sum of its window
+    /// lengths, ≈ T k2/k1). Segments that hold no loss term (a last-step loss) run no
+    /// backward pass and are not counted.
     pub backward_steps: usize,
     /// Forward steps computed (T, or more when windows are recomputed: TBPTT,
     /// checkpointing).
@@ -162,7 +164,8 @@ pub struct Report<F> {
     pub dh_norms: Option<Vec<F>>,
     /// The most nodes the tape held at once.
     pub peak_tape_nodes: usize,
-    /// The most bytes the tape held at once (values, adjoints and recycled buffers).
+    /// The most bytes the tape held at once (values, adjoints and recycled buffers; with
+    /// [`run_with`], buffers kept from earlier runs of the same [`Workspace`] count too).
     pub peak_tape_bytes: usize,
     /// The last state h_T (to carry into the next sequence).
     pub h_final: Array2<F>,
@@ -322,9 +325,9 @@ impl<'a, F: Scalar, C: Recurrent<F>> Engine<'a, F, C> {
         }
         if !seeds.is_empty() {
             self.tape.backward_with_into(&seeds, &mut self.grads)?;
+            self.backward_steps += k;
+            self.segments += 1;
         }
-        self.backward_steps += k;
-        self.segments += 1;
         Ok(())
     }
 
@@ -595,7 +598,10 @@ fn run_pattern<F: Scalar, C: Recurrent<F>>(
     Ok(h)
 }
 
-/// TBPTT(k1, k2) with k2 > k1: windows `[u − k2, u)` ending at every update u.
+/// TBPTT(k1, k2): an update after every k1 steps (and at T) injects the losses since
+/// the previous update u′ and backpropagates them through the window
+/// `[u′ − (k2 − k1), u)`: every loss travels back between k2 − k1 + 1 and k2 steps, and
+/// with k1 = k2 the windows are the blocks of `Fixed { k }`, including a short last one.
 fn run_tbptt<F: Scalar, C: Recurrent<F>>(
     engine: &mut Engine<'_, F, C>,
     problem: &Problem<'_, F>,
@@ -603,12 +609,12 @@ fn run_tbptt<F: Scalar, C: Recurrent<F>>(
     k2: usize,
 ) -> Result<Array2<F>> {
     let t_len = problem.len();
+    let reach = k2 - k1;
     let mut h_a = problem.h0.clone();
     let mut edges: Vec<Edge<F>> = Vec::new();
     let (mut a, mut u_prev) = (0, 0);
     while u_prev < t_len {
-        let u = (u_prev + k1).min(t_len);
-        debug_assert_eq!(a, u.saturating_sub(k2));
+        let u = u_prev + k1.min(t_len - u_prev);
         edges.clear();
         edges.resize(u - a, Edge::Keep);
         let loss = problem.local_loss(u_prev, u);
@@ -623,8 +629,8 @@ fn run_tbptt<F: Scalar, C: Recurrent<F>>(
             true,
         )?;
         engine.record_dh_norms(u_prev - a)?;
-        let next_u = (u + k1).min(t_len);
-        let next_a = next_u.saturating_sub(k2);
+        // The next window starts `reach` steps before this update (never before a).
+        let next_a = u.saturating_sub(reach).max(a);
         if u == t_len {
             h_a.assign(&engine.state(u - a - 1)?);
         } else if next_a > a {

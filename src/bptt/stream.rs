@@ -1,7 +1,7 @@
 //! Streaming BPTT over sequences that arrive step by step.
 
 use super::xi::XiSampler;
-use super::{fixed_pattern, Engine, Report, RunOptions, Truncation};
+use super::{Engine, Report, RunOptions, Truncation};
 use crate::error::{invalid, Error, Result};
 use crate::ops::Reduction;
 use crate::params::Params;
@@ -147,7 +147,11 @@ impl<'a, F: Scalar, C: Recurrent<F>> Stream<'a, F, C> {
         Ok(match &self.truncation {
             Truncation::Full => 1.0,
             Truncation::Fixed { k } | Truncation::Tbptt { k1: k, .. } => {
-                fixed_pattern(t + 1, *k)[t]
+                if t % *k == 0 {
+                    0.0
+                } else {
+                    1.0
+                }
             }
             Truncation::Randomized { .. } => match self.sampler.as_mut() {
                 Some(s) => s.next_xi()?,
@@ -325,6 +329,15 @@ impl<'a, F: Scalar, C: Recurrent<F>> Stream<'a, F, C> {
                 op: "Stream::finish",
                 what: "no steps",
             });
+        }
+        if let Truncation::Pattern(p) = &self.truncation {
+            if p.len() != self.t {
+                return Err(Error::ShapeMismatch {
+                    op: "Stream::finish",
+                    lhs: (self.t, 1),
+                    rhs: (p.len(), 1),
+                });
+            }
         }
         self.flush()?;
         let h = self.h.clone();

@@ -36,6 +36,49 @@ pub enum Unary<F> {
     Log,
 }
 
+/// An activation φ applied by the fused [`Tape::affine`] op (and the vanilla RNN).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Activation {
+    /// `φ(a) = a` (the linear RNN of M1).
+    Identity,
+    /// `φ(a) = tanh a` (M3).
+    Tanh,
+    /// `φ(a) = max(a, 0)` (M2), derivative `1[a > 0]`.
+    Relu,
+    /// `φ(a) = σ(a)`.
+    Sigmoid,
+}
+
+impl Activation {
+    /// `φ(x)`.
+    #[inline]
+    pub(crate) fn apply<F: Scalar>(self, x: F) -> F {
+        match self {
+            Activation::Identity => x,
+            Activation::Tanh => x.tanh_kernel(),
+            Activation::Relu => x.max(F::zero()),
+            Activation::Sigmoid => sigmoid(x),
+        }
+    }
+
+    /// `φ′` written from the output `y = φ(x)`: 1, 1 − y², 1[y > 0], y (1 − y).
+    #[inline]
+    pub(crate) fn derivative_at_output<F: Scalar>(self, y: F) -> F {
+        match self {
+            Activation::Identity => F::one(),
+            Activation::Tanh => F::one() - y * y,
+            Activation::Relu => {
+                if y > F::zero() {
+                    F::one()
+                } else {
+                    F::zero()
+                }
+            }
+            Activation::Sigmoid => y * (F::one() - y),
+        }
+    }
+}
+
 /// Stable logistic sigmoid.
 #[inline]
 pub(crate) fn sigmoid<F: Scalar>(x: F) -> F {

@@ -76,3 +76,232 @@ pub(crate) fn transpose_vjp<F: Scalar>(cx: &mut Ctx<'_, F>, g: ArrayView2<'_, F>
         put1(acc, fresh, g.t(), |g| g);
     }
 }
+
+/// How the addend `c` of [`Tape::affine`] enters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Addend {
+    /// Same shape as `a b`.
+    Full,
+    /// A 1×n row broadcast over the rows of `a b` (a bias).
+    Row,
+    /// Rows `start .. start + m` of a taller matrix (one step of a segment's projection).
+    Rows(usize),
+}
+
+impl<F: Scalar> Tape<F> {
+    /// The fused affine op `y = φ(a b + c)`: one matrix product accumulated onto the
+    /// addend, then the activation in place. `c` may have the shape of `a b` or be a 1×n
+    /// row broadcast over its rows (a bias); `None` means no addend.
+    ///
+    /// | forward | backward, with `r = ȳ ⊙ φ′(y)` |
+    /// |---|---|
+    /// | `y = φ(a b + c)` | `ā += r bᵀ`, `b̄ += aᵀ r`, `c̄ += r` (column sums for a row) |
+    ///
+    /// It records one node where `matmul`, `add` and an activation would record three,
+    /// and keeps one buffer where they would keep three.
+    ///
+    /// ```
+    /// use ndarray::array;
+    /// use timetape::{Activation, Tape};
+    ///
+    /// let mut tape = Tape::<f64>::new();
+    /// let x = tape.constant(array![[1.0, 2.0]])?;
+    /// let w = tape.constant(array![[1.0], [-1.0]])?;
+    /// let b = tape.constant(array![[0.5]])?;
+    /// let y = tape.affine(x, w, Some(b), Activation::Relu)?; // max(1 − 2 + 0.5, 0)
+    /// assert_eq!(tape.value(y)?[[0, 0]], 0.0);
+    /// # Ok::<(), timetape::Error>(())
+    /// ```
+    ///
+    /// Errors: [`Error::ShapeMismatch`] if `a b` is not defined or `c` fits neither way.
+    pub fn affine(
+        &mut self,
+        a: Var,
+        b: Var,
+        c: Option<Var>,
+        act: super::Activation,
+    ) -> Result<Var> {
+        let addend = match c {
+            None => None,
+            Some(c) => {
+                let ic = self.idx("affine", c)?;
+                let (ia, ib) = (self.idx("affine", a)?, self.idx("affine", b)?);
+                let shape = (self.values[ia].nrows(), self.values[ib].ncols());
+                let sc = self.values[ic].dim();
+                let mode = if sc == shape {
+                    Addend::Full
+                } else if sc == (1, shape.1) {
+                    Addend::Row
+                } else {
+                    return Err(Error::ShapeMismatch {
+                        op: "affine",
+                        lhs: shape,
+                        rhs: sc,
+                    });
+                };
+                Some((ic as u32, mode))
+            }
+        };
+        self.affine_impl(a, b, addend, act)
+    }
+
+    /// `y = φ(a b + c[rows])`: [`Tape::affine`] with the addend read from the given rows
+    /// of a taller matrix, without copying them out first. This is one step of a
+    /// recurrent layer whose input projection was computed for a whole segment at once.
+    ///
+    /// Errors: [`Error::ShapeMismatch`] if `a b` is not defined, the range does not have
+    /// `a`'s number of rows, or `c` has the wrong width; [`Error::InvalidArgument`] for a
+    /// range outside `c`.
+    pub fn affine_rows(
+        &mut self,
+        a: Var,
+        b: Var,
+        c: Var,
+        rows: std::ops::Range<usize>,
+        act: super::Activation,
+    ) -> Result<Var> {
+        let op = "affine_rows";
+        let (ia, ib, ic) = (self.idx(op, a)?, self.idx(op, b)?, self.idx(op, c)?);
+        let shape = (self.values[ia].nrows(), self.values[ib].ncols());
+        let sc = self.values[ic].dim();
+        if rows.end > sc.0 || rows.start > rows.end {
+            return Err(crate::error::invalid(
+                op,
+                format!("rows {rows:?} outside a matrix of {} rows", sc.0),
+            ));
+        }
+        if (rows.end - rows.start, sc.1) != shape {
+            return Err(Error::ShapeMismatch {
+                op,
+                lhs: shape,
+                rhs: (rows.end - rows.start, sc.1),
+            });
+        }
+        self.affine_impl(a, b, Some((ic as u32, Addend::Rows(rows.start))), act)
+    }
+
+    fn affine_impl(
+        &mut self,
+        a: Var,
+        b: Var,
+        c: Option<(u32, Addend)>,
+        act: super::Activation,
+    ) -> Result<Var> {
+        let (ia, ib) = (self.idx("affine", a)?, self.idx("affine", b)?);
+        let ((m, k), (k2, n)) = (self.values[ia].dim(), self.values[ib].dim());
+        if k != k2 {
+            return Err(Error::ShapeMismatch {
+                op: "affine",
+                lhs: (m, k),
+                rhs: (k2, n),
+            });
+        }
+        let mut out = self.pool.take((m, n));
+        if let Some((ic, mode)) = c {
+            let vc = &self.values[ic as usize];
+            match mode {
+                Addend::Full => out.assign(vc),
+                Addend::Row => out.assign(&vc.row(0)),
+                Addend::Rows(s) => {
+                    out.assign(&vc.slice_axis(ndarray::Axis(0), ndarray::Slice::from(s..s + m)))
+                }
+            }
+        }
+        general_mat_mul(
+            F::one(),
+            &self.values[ia],
+            &self.values[ib],
+            beta(c.is_none()),
+            &mut out,
+        );
+        if act != super::Activation::Identity {
+            out.mapv_inplace(|x| act.apply(x));
+        }
+        let ng = self.needs_grad[ia]
+            || self.needs_grad[ib]
+            || c.is_some_and(|(ic, _)| self.needs_grad[ic as usize]);
+        Ok(self.push(
+            Op::Affine {
+                a: ia as u32,
+                b: ib as u32,
+                c,
+                act,
+            },
+            out,
+            ng,
+        ))
+    }
+}
+
+pub(crate) fn affine_vjp<F: Scalar>(
+    cx: &mut Ctx<'_, F>,
+    g: ArrayView2<'_, F>,
+    y: ArrayView2<'_, F>,
+    a: u32,
+    b: u32,
+    c: Option<(u32, Addend)>,
+    act: super::Activation,
+) {
+    // r = ȳ ⊙ φ′(y), in a scratch buffer unless φ is the identity.
+    let scratch = (act != super::Activation::Identity).then(|| {
+        let mut r = cx.scratch(g.dim());
+        ndarray::Zip::from(&mut r)
+            .and(&g)
+            .and(&y)
+            .for_each(|r, &g, &y| *r = g * act.derivative_at_output(y));
+        r
+    });
+    match scratch {
+        Some(r) => {
+            affine_contributions(cx, r.view(), a, b, c);
+            cx.recycle(r);
+        }
+        None => affine_contributions(cx, g, a, b, c),
+    }
+}
+
+/// The three contributions of the affine rule, given `r = ȳ ⊙ φ′(y)`.
+fn affine_contributions<F: Scalar>(
+    cx: &mut Ctx<'_, F>,
+    r: ArrayView2<'_, F>,
+    a: u32,
+    b: u32,
+    c: Option<(u32, Addend)>,
+) {
+    if let Some((ic, mode)) = c {
+        if let Some((acc, fresh)) = cx.slot(ic) {
+            match mode {
+                Addend::Full => put1(acc, fresh, r, |r| r),
+                Addend::Row => {
+                    if fresh {
+                        acc.fill(F::zero());
+                    }
+                    let mut row = acc.row_mut(0);
+                    for rr in r.rows() {
+                        ndarray::Zip::from(&mut row)
+                            .and(rr)
+                            .for_each(|a, &x| *a = *a + x);
+                    }
+                }
+                Addend::Rows(s) => {
+                    if fresh {
+                        acc.fill(F::zero());
+                    }
+                    let part = acc
+                        .slice_axis_mut(ndarray::Axis(0), ndarray::Slice::from(s..s + r.nrows()));
+                    ndarray::Zip::from(part)
+                        .and(r)
+                        .for_each(|a, &x| *a = *a + x);
+                }
+            }
+        }
+    }
+    let values = cx.values;
+    let (va, vb) = (&values[a as usize], &values[b as usize]);
+    if let Some((acc, fresh)) = cx.slot(a) {
+        general_mat_mul(F::one(), &r, &vb.t(), beta(fresh), acc);
+    }
+    if let Some((acc, fresh)) = cx.slot(b) {
+        general_mat_mul(F::one(), &va.t(), &r, beta(fresh), acc);
+    }
+}

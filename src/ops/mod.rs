@@ -17,7 +17,7 @@ pub(crate) mod loss;
 pub(crate) mod reduce;
 pub(crate) mod shape;
 
-pub use activation::Unary;
+pub use activation::{Activation, Unary};
 pub use elementwise::Binary;
 pub use loss::Reduction;
 pub use shape::Axis;
@@ -35,6 +35,13 @@ pub(crate) enum Op<F> {
     /// A registered parameter: its adjoint goes into `Grads`.
     Param(ParamId),
     MatMul(u32, u32),
+    /// `φ(a b + c)`: the fused affine op.
+    Affine {
+        a: u32,
+        b: u32,
+        c: Option<(u32, linalg::Addend)>,
+        act: Activation,
+    },
     Transpose(u32),
     Binary(Binary, u32, u32),
     Unary(Unary<F>, u32),
@@ -87,6 +94,16 @@ pub(crate) struct Ctx<'a, F: Scalar> {
 }
 
 impl<F: Scalar> Ctx<'_, F> {
+    /// A scratch buffer for a rule's intermediate (give it back with [`Ctx::recycle`]).
+    pub(crate) fn scratch(&mut self, shape: (usize, usize)) -> Array2<F> {
+        self.pool.take(shape)
+    }
+
+    /// Returns a scratch buffer to the free list.
+    pub(crate) fn recycle(&mut self, a: Array2<F>) {
+        self.pool.give(a);
+    }
+
     /// The adjoint buffer of parent `p` and whether it is fresh (arbitrary contents: the
     /// rule must write, not add). `None` if `p` needs no gradient.
     pub(crate) fn slot(&mut self, p: u32) -> Option<(&mut Array2<F>, bool)> {
@@ -179,6 +196,7 @@ pub(crate) fn backward_node<F: Scalar>(tape: &mut Tape<F>, i: usize) {
     match ops[i] {
         Op::Leaf | Op::Param(_) | Op::Detach => {}
         Op::MatMul(a, b) => linalg::matmul_vjp(&mut cx, g, a, b),
+        Op::Affine { a, b, c, act } => linalg::affine_vjp(&mut cx, g, y, a, b, c, act),
         Op::Transpose(a) => linalg::transpose_vjp(&mut cx, g, a),
         Op::Binary(kind, a, b) => elementwise::binary_vjp(&mut cx, g, kind, a, b),
         Op::Unary(kind, a) => activation::unary_vjp(&mut cx, g, y, kind, a),

@@ -1,24 +1,13 @@
 //! The notes' vanilla RNN cell.
 
 use super::Recurrent;
+pub use crate::ops::Activation;
+
 use crate::error::{invalid, Result};
 use crate::init;
 use crate::params::{ParamId, Params};
 use crate::scalar::Scalar;
 use crate::tape::{Tape, Var};
-
-/// The activation φ of the vanilla RNN.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Activation {
-    /// `φ(a) = a` (the linear RNN of M1).
-    Identity,
-    /// `φ(a) = tanh a` (M3).
-    Tanh,
-    /// `φ(a) = max(a, 0)` (M2), derivative `1[a > 0]`.
-    Relu,
-    /// `φ(a) = σ(a)`.
-    Sigmoid,
-}
 
 /// Sizes and options of an [`Rnn`].
 #[derive(Debug, Clone, PartialEq)]

@@ -1,0 +1,232 @@
+//! f32 smoke tests: every strategy runs in f32, gives finite results, and agrees with the
+//! same computation in f64 (same weights, inputs and ξ).
+//!
+//! Tolerance `TOL = 1e-4`, relative per parameter (`max |g32 − g64| / max |g64|`). The
+//! f32 unit roundoff is 2⁻²⁴ ≈ 6e-8 and the f32 `tanh` kernel is within a few ulp; each
+//! gradient entry is a sum over ≤ T = 20 steps of products through ≤ 20 contractive
+//! Jacobians (‖W_hh‖ ≲ 0.5), with ~10 roundings per step on each path, so the relative
+//! error is ≲ 20·10·6e-8 ≈ 1.2e-5 for the largest entries (observed: 1e-7 to 9e-7). 1e-4 leaves
+//! a margin for cancellation while any real difference between the f32 and f64 paths (a
+//! different ξ, a missed cut, a buffer of the wrong type reused) is O(1).
+
+use ndarray::{Array2, Array3, Axis};
+use rand::Rng;
+use timetape::bptt::{self, enumerate, Pi, Report, RunOptions, StepTarget, Stream, Truncation};
+use timetape::rnn::{models, Rnn, SequenceLoss};
+use timetape::{init, Grads, Params, Scalar};
+
+const TOL: f64 = 1e-4;
+
+struct Pair {
+    p64: Params<f64>,
+    p32: Params<f32>,
+    cell: Rnn,
+    cell32: Rnn,
+    xs64: Array3<f64>,
+    xs32: Array3<f32>,
+    labels: Array2<usize>,
+    alphas64: Vec<f64>,
+    alphas32: Vec<f32>,
+}
+
+/// M3 with B = 2, D = 3, H = 4, Q = 3, `W_hh` in ±0.45; the f32 model holds the f64
+/// values rounded to f32, and the f64 model is then reset to exactly those values, so
+/// both evaluate the same function.
+fn pair(t: usize) -> Pair {
+    let (b, d, h, q) = (2, 3, 4, 3);
+    let mut p64 = Params::<f64>::new();
+    let cell = models::m3(&mut p64, d, h, q, 4).unwrap();
+    let mut rng = init::rng(404);
+    *p64.get_mut(cell.w_hh).unwrap() = init::uniform((h, h), 0.45, &mut rng);
+    *p64.get_mut(cell.b_h.unwrap()).unwrap() = init::uniform((1, h), 0.3, &mut rng);
+    *p64.get_mut(cell.b_q.unwrap()).unwrap() = init::uniform((1, q), 0.3, &mut rng);
+    let mut p32 = Params::<f32>::new();
+    let cell32 = models::m3(&mut p32, d, h, q, 4).unwrap();
+    assert_eq!(cell32.config, cell.config);
+    for (i32_, i64_) in p32
+        .ids()
+        .collect::<Vec<_>>()
+        .into_iter()
+        .zip(p64.ids().collect::<Vec<_>>())
+    {
+        let v = p64.get(i64_).unwrap().mapv(|x| x as f32);
+        *p64.get_mut(i64_).unwrap() = v.mapv(f64::from);
+        *p32.get_mut(i32_).unwrap() = v;
+    }
+    let xs32 = Array3::from_shape_simple_fn((t, b, d), || rng.random_range(-1.0f32..1.0));
+    let xs64 = xs32.mapv(f64::from);
+    let labels = Array2::from_shape_simple_fn((t, b), || rng.random_range(0..q));
+    let alphas32: Vec<f32> = (0..t).map(|_| rng.random_range(0.2f32..1.2)).collect();
+    let alphas64 = alphas32.iter().map(|&a| f64::from(a)).collect();
+    Pair {
+        p64,
+        p32,
+        cell,
+        cell32,
+        xs64,
+        xs32,
+        labels,
+        alphas64,
+        alphas32,
+    }
+}
+
+/// Per-parameter relative difference between f32 and f64 gradients (parameters matched
+/// by position: the two stores issue different ids). Also checks the f32 ones are finite.
+fn rel_diff(g32: &Grads<f32>, p32: &Params<f32>, g64: &Grads<f64>, p64: &Params<f64>) -> f64 {
+    let mut worst = 0.0f64;
+    for (i32_, i64_) in p32.ids().zip(p64.ids()) {
+        let a = g32.get(i32_).expect("f32 gradient");
+        let b = g64.get(i64_).expect("f64 gradient");
+        assert!(a.iter().all(|x| x.is_finite()), "non-finite f32 gradient");
+        let scale = b.iter().fold(0.0f64, |m, x| m.max(x.abs()));
+        assert!(scale > 0.0);
+        let d = a
+            .iter()
+            .zip(b.iter())
+            .fold(0.0f64, |m, (x, y)| m.max((x.as_f64() - y).abs()));
+        worst = worst.max(d / scale);
+    }
+    worst
+}
+
+impl Pair {
+    fn run64(&self, tr: &Truncation) -> Report<f64> {
+        let loss = SequenceLoss::classes(self.labels.view()).weighted(&self.alphas64);
+        bptt::run(
+            &self.cell,
+            &self.p64,
+            self.xs64.view(),
+            None,
+            &loss,
+            tr,
+            RunOptions::default(),
+        )
+        .unwrap()
+    }
+
+    fn run32(&self, tr: &Truncation) -> Report<f32> {
+        let loss = SequenceLoss::classes(self.labels.view()).weighted(&self.alphas32);
+        bptt::run(
+            &self.cell32,
+            &self.p32,
+            self.xs32.view(),
+            None,
+            &loss,
+            tr,
+            RunOptions::default(),
+        )
+        .unwrap()
+    }
+
+    fn check(&self, r32: &Report<f32>, r64: &Report<f64>, what: &str) {
+        let d = rel_diff(&r32.grads, &self.p32, &r64.grads, &self.p64);
+        assert!(d <= TOL, "{what}: f32 vs f64 {d:e}");
+        assert!(r32.loss.is_finite(), "{what}: loss");
+        let dl = (r32.loss.as_f64() - r64.loss).abs() / r64.loss.abs();
+        assert!(dl <= TOL, "{what}: loss {} vs {}", r32.loss, r64.loss);
+        assert_eq!(r32.backward_steps, r64.backward_steps, "{what}");
+        assert_eq!(r32.segments, r64.segments, "{what}");
+    }
+}
+
+#[test]
+fn f32_full() {
+    let p = pair(20);
+    p.check(
+        &p.run32(&Truncation::Full),
+        &p.run64(&Truncation::Full),
+        "Full",
+    );
+}
+
+#[test]
+fn f32_fixed() {
+    let p = pair(20);
+    let tr = Truncation::Fixed { k: 4 };
+    p.check(&p.run32(&tr), &p.run64(&tr), "Fixed");
+}
+
+#[test]
+fn f32_tbptt() {
+    let p = pair(20);
+    let tr = Truncation::Tbptt { k1: 3, k2: 7 };
+    p.check(&p.run32(&tr), &p.run64(&tr), "Tbptt");
+}
+
+#[test]
+fn f32_randomized() {
+    let p = pair(20);
+    let tr = Truncation::Randomized {
+        pi: Pi::Constant(0.7),
+        seed: 3,
+    };
+    let (r32, r64) = (p.run32(&tr), p.run64(&tr));
+    assert_eq!(r32.xi, r64.xi, "same seed, same ξ in f32 and f64");
+    p.check(&r32, &r64, "Randomized");
+}
+
+#[test]
+fn f32_pattern() {
+    let p = pair(20);
+    let xi: Vec<f64> = (0..20).map(|t| [1.0, 1.5, 0.0, 0.8, 1.25][t % 5]).collect();
+    let tr = Truncation::Pattern(xi);
+    p.check(&p.run32(&tr), &p.run64(&tr), "Pattern");
+}
+
+#[test]
+fn f32_checkpointed() {
+    let p = pair(20);
+    let l32 = SequenceLoss::classes(p.labels.view()).weighted(&p.alphas32);
+    let r32 = bptt::checkpointed(
+        &p.cell32,
+        &p.p32,
+        p.xs32.view(),
+        None,
+        &l32,
+        None,
+        RunOptions::default(),
+    )
+    .unwrap();
+    let r64 = p.run64(&Truncation::Full);
+    let d = rel_diff(&r32.grads, &p.p32, &r64.grads, &p.p64);
+    assert!(d <= TOL, "checkpointed f32 vs Full f64 {d:e}");
+    assert_eq!(r32.forward_steps, 40);
+}
+
+#[test]
+fn f32_stream() {
+    let p = pair(20);
+    let tr = Truncation::Fixed { k: 6 };
+    let mut s = Stream::new(&p.cell32, &p.p32, 2, tr.clone(), RunOptions::default()).unwrap();
+    for t in 0..20 {
+        s.push(
+            p.xs32.index_axis(Axis(0), t),
+            StepTarget::Classes(p.labels.row(t).to_slice().unwrap()),
+            p.alphas32[t],
+        )
+        .unwrap();
+    }
+    p.check(&s.finish().unwrap(), &p.run64(&tr), "Stream");
+}
+
+/// Enumeration in f32 (T = 6): E[Ĝ] is `Full` up to f32 rounding; the probability
+/// weights are applied in f32 (1e-4 as above: 64 patterns, weights ≤ 0.5^{−6} = 64).
+#[test]
+fn f32_enumerated_mean() {
+    let p = pair(6);
+    let l32 = SequenceLoss::classes(p.labels.view()).weighted(&p.alphas32);
+    let m = enumerate::randomized_moments(
+        &p.cell32,
+        &p.p32,
+        p.xs32.view(),
+        None,
+        &l32,
+        &Pi::Constant(0.5),
+    )
+    .unwrap();
+    let full = p.run64(&Truncation::Full);
+    let d = rel_diff(&m.mean, &p.p32, &full.grads, &p.p64);
+    assert!(d <= TOL, "E[Ĝ] f32 vs Full f64 {d:e}");
+    assert_eq!(m.patterns, 64);
+}
