@@ -106,7 +106,15 @@ impl Recurrent<f64> for Balance {
         tape.matmul(xs, ts)
     }
 
-    fn step(&self, tape: &mut Tape<f64>, b: &Bound, u_t: Var, h_prev: Var) -> Result<Var> {
+    fn step(
+        &self,
+        tape: &mut Tape<f64>,
+        b: &Bound,
+        u: Var,
+        rows: std::ops::Range<usize>,
+        h_prev: Var,
+    ) -> Result<Var> {
+        let u_t = tape.slice_rows(u, rows)?;
         let r = tape.matmul(h_prev, b.a_t)?;
         tape.add(r, u_t)
     }

@@ -36,7 +36,7 @@ use crate::error::{invalid, Error, Result};
 use crate::ops::Reduction;
 use crate::params::{Grads, Params};
 use crate::rnn::{
-    segment_loss, unroll_segment_into, Edge, LossScratch, Recurrent, SequenceLoss, Targets,
+    unroll_segment_into, Edge, LossScratch, Recurrent, SequenceLoss, StepLosses, Targets,
 };
 use crate::scalar::Scalar;
 use crate::tape::{Tape, Var};
@@ -247,6 +247,9 @@ impl<'a, F: Scalar, C: Recurrent<F>> Engine<'a, F, C> {
         } = ws;
         tape.clear();
         tape.reset_peak();
+        // Only ∂L/∂h at the segment start (a leaf) and, for the ‖∂L/∂h_t‖ report, the
+        // states are read after a backward pass: release every other adjoint.
+        tape.set_release_adjoints(true);
         Engine {
             cell,
             params,
@@ -282,7 +285,9 @@ impl<'a, F: Scalar, C: Recurrent<F>> Engine<'a, F, C> {
         let h_in = self.tape.variable(h)?;
         self.h_in = Some(h_in);
         let bound = self.cell.bind(&mut self.tape, self.params)?;
-        unroll_segment_into(
+        let k = xs.len_of(Axis(0));
+        let terms = loss.map(|l| StepLosses::new(*l, loss_from, k, &mut self.scratch));
+        let l = unroll_segment_into(
             self.cell,
             &mut self.tape,
             &bound,
@@ -290,25 +295,14 @@ impl<'a, F: Scalar, C: Recurrent<F>> Engine<'a, F, C> {
             h_in,
             edges,
             &mut self.states,
+            terms,
         )?;
-        let k = self.states.len();
-        self.forward_steps += k;
-        let l = match loss {
-            Some(loss) => {
-                let n = k - loss_from;
-                segment_loss(
-                    self.cell,
-                    &mut self.tape,
-                    &bound,
-                    &self.states[loss_from..],
-                    0,
-                    n,
-                    loss,
-                    &mut self.scratch,
-                )?
+        if self.dh_norms.is_some() {
+            for &s in &self.states {
+                self.tape.retain_grad(s)?;
             }
-            None => None,
-        };
+        }
+        self.forward_steps += k;
         if let (Some(l), true) = (l, count_loss) {
             self.loss = self.loss + self.tape.scalar(l)?;
         }

@@ -107,14 +107,20 @@ impl<F: Scalar> Recurrent<F> for Gru {
     }
 
     fn project_inputs(&self, tape: &mut Tape<F>, b: &GruBound, xs: Var) -> Result<Var> {
-        let u = tape.matmul(xs, b.w_x)?;
-        tape.add(u, b.b_x)
+        tape.affine(xs, b.w_x, Some(b.b_x), crate::Activation::Identity)
     }
 
-    fn step(&self, tape: &mut Tape<F>, b: &GruBound, u: Var, h: Var) -> Result<Var> {
+    fn step(
+        &self,
+        tape: &mut Tape<F>,
+        b: &GruBound,
+        u: Var,
+        rows: std::ops::Range<usize>,
+        h: Var,
+    ) -> Result<Var> {
         let n = self.hidden;
-        let g = tape.matmul(h, b.w_h)?;
-        let g = tape.add(g, b.b_h)?;
+        let u = tape.slice_rows(u, rows)?;
+        let g = tape.affine(h, b.w_h, Some(b.b_h), crate::Activation::Identity)?;
         let rz_u = tape.slice_cols(u, 0..2 * n)?;
         let rz_g = tape.slice_cols(g, 0..2 * n)?;
         let rz = tape.add(rz_u, rz_g)?;
@@ -132,7 +138,6 @@ impl<F: Scalar> Recurrent<F> for Gru {
     }
 
     fn output(&self, tape: &mut Tape<F>, b: &GruBound, hs: Var) -> Result<Var> {
-        let o = tape.matmul(hs, b.w_hq)?;
-        tape.add(o, b.b_q)
+        tape.affine(hs, b.w_hq, Some(b.b_q), crate::Activation::Identity)
     }
 }

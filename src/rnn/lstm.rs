@@ -107,16 +107,21 @@ impl<F: Scalar> Recurrent<F> for Lstm {
     }
 
     fn project_inputs(&self, tape: &mut Tape<F>, b: &LstmBound, xs: Var) -> Result<Var> {
-        let u = tape.matmul(xs, b.w_x)?;
-        tape.add(u, b.b)
+        tape.affine(xs, b.w_x, Some(b.b), crate::Activation::Identity)
     }
 
-    fn step(&self, tape: &mut Tape<F>, b: &LstmBound, u: Var, state: Var) -> Result<Var> {
+    fn step(
+        &self,
+        tape: &mut Tape<F>,
+        b: &LstmBound,
+        u: Var,
+        rows: std::ops::Range<usize>,
+        state: Var,
+    ) -> Result<Var> {
         let n = self.hidden;
         let h = tape.slice_cols(state, 0..n)?;
         let c = tape.slice_cols(state, n..2 * n)?;
-        let a = tape.matmul(h, b.w_h)?;
-        let a = tape.add(u, a)?;
+        let a = tape.affine_rows(h, b.w_h, u, rows, crate::Activation::Identity)?;
         let if_ = tape.slice_cols(a, 0..2 * n)?;
         let if_ = tape.sigmoid(if_)?;
         let i = tape.slice_cols(if_, 0..n)?;
@@ -135,7 +140,6 @@ impl<F: Scalar> Recurrent<F> for Lstm {
 
     fn output(&self, tape: &mut Tape<F>, b: &LstmBound, states: Var) -> Result<Var> {
         let h = tape.slice_cols(states, 0..self.hidden)?;
-        let y = tape.matmul(h, b.w_hq)?;
-        tape.add(y, b.b_q)
+        tape.affine(h, b.w_hq, Some(b.b_q), crate::Activation::Identity)
     }
 }

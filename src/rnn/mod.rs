@@ -48,9 +48,17 @@ pub trait Recurrent<F: Scalar> {
     /// The part of every step that does not depend on the state, for the k steps of a
     /// segment at once: `(k·B) × D` inputs, stacked step after step, to `(k·B) × P`.
     fn project_inputs(&self, tape: &mut Tape<F>, bound: &Self::Bound, xs: Var) -> Result<Var>;
-    /// One step: `u_t` (B×P, this step's rows of [`Recurrent::project_inputs`]) and
-    /// `h_{t−1}` (B×S) to `h_t` (B×S).
-    fn step(&self, tape: &mut Tape<F>, bound: &Self::Bound, u_t: Var, h_prev: Var) -> Result<Var>;
+    /// One step: `h_{t−1}` (B×S) to `h_t` (B×S), given the segment's projected inputs
+    /// `u` ((k·B)×P, from [`Recurrent::project_inputs`]) and the rows of `u` that belong
+    /// to this step (read them with [`Tape::affine_rows`] or [`Tape::slice_rows`]).
+    fn step(
+        &self,
+        tape: &mut Tape<F>,
+        bound: &Self::Bound,
+        u: Var,
+        rows: std::ops::Range<usize>,
+        h_prev: Var,
+    ) -> Result<Var>;
     /// The output head on states stacked over steps: n×S to n×Q (logits or predictions).
     fn output(&self, tape: &mut Tape<F>, bound: &Self::Bound, hs: Var) -> Result<Var>;
 }
@@ -97,11 +105,17 @@ pub fn unroll_segment<F: Scalar, C: Recurrent<F>>(
     edges: &[Edge<F>],
 ) -> Result<Vec<Var>> {
     let mut states = Vec::with_capacity(xs.len_of(Axis(0)));
-    unroll_segment_into(cell, tape, bound, xs, h_in, edges, &mut states)?;
+    unroll_segment_into(cell, tape, bound, xs, h_in, edges, &mut states, None)?;
     Ok(states)
 }
 
-/// [`unroll_segment`] writing the states into a reused `Vec` (cleared first).
+/// [`unroll_segment`] writing the states into a reused `Vec` (cleared first), and, with
+/// `loss`, recording each step's loss term right after the step: the output head and
+/// the loss of step t sit next to step t on the tape, so the reverse sweep meets them
+/// just before it needs ∂L/∂h_t, and with released adjoints
+/// ([`Tape::set_release_adjoints`]) only a few B×S adjoints are alive at a time.
+/// Returns the segment's loss (`None` if it holds no term).
+#[allow(clippy::too_many_arguments)]
 pub fn unroll_segment_into<F: Scalar, C: Recurrent<F>>(
     cell: &C,
     tape: &mut Tape<F>,
@@ -110,7 +124,9 @@ pub fn unroll_segment_into<F: Scalar, C: Recurrent<F>>(
     h_in: Var,
     edges: &[Edge<F>],
     states: &mut Vec<Var>,
-) -> Result<()> {
+    loss: Option<StepLosses<'_, '_, F>>,
+) -> Result<Option<Var>> {
+    let mut loss = loss;
     let op = "unroll";
     let (k, b, d) = xs.dim();
     if k == 0 || b == 0 {
@@ -154,11 +170,16 @@ pub fn unroll_segment_into<F: Scalar, C: Recurrent<F>>(
             Edge::Detach => tape.detach(h)?,
             Edge::Scale(c) => tape.scale_grad(h, c)?,
         };
-        let u_t = tape.slice_rows(u, t * b..(t + 1) * b)?;
-        h = cell.step(tape, bound, u_t, h_prev)?;
+        h = cell.step(tape, bound, u, t * b..(t + 1) * b, h_prev)?;
         states.push(h);
+        if let Some(loss) = loss.as_mut() {
+            loss.step(cell, tape, bound, t, h)?;
+        }
     }
-    Ok(())
+    match loss {
+        Some(loss) => loss.total(tape),
+        None => Ok(None),
+    }
 }
 
 /// Targets of a sequence loss.
@@ -307,87 +328,112 @@ impl<'a, F: Scalar> SequenceLoss<'a, F> {
     }
 }
 
-/// Reusable scratch for [`segment_loss`] (labels and weights of a segment's rows).
+/// Reusable scratch for the loss terms of a segment.
 #[derive(Debug, Default)]
 pub struct LossScratch<F> {
     labels: Vec<usize>,
     weights: Vec<F>,
+    terms: Vec<Var>,
 }
 
-/// The loss terms of steps `t0 .. t0 + states.len()` of a sequence of `t_len` steps, on
-/// the tape: one output head over the stacked states and one fused loss. `None` if the
-/// segment holds no loss term (a last-step loss and a segment before the end).
-///
-/// `loss` must have been validated with [`SequenceLoss::validate`].
-#[allow(clippy::too_many_arguments)]
-pub fn segment_loss<F: Scalar, C: Recurrent<F>>(
-    cell: &C,
-    tape: &mut Tape<F>,
-    bound: &C::Bound,
-    states: &[Var],
-    t0: usize,
-    t_len: usize,
-    loss: &SequenceLoss<'_, F>,
-    scratch: &mut LossScratch<F>,
-) -> Result<Option<Var>> {
-    let k = states.len();
-    if k == 0 {
-        return Ok(None);
-    }
-    let b = tape.shape(states[0])?.0;
-    if loss.is_last_step() {
-        if t0 + k != t_len {
-            return Ok(None);
+/// The loss terms of a segment, recorded step by step during the unroll
+/// ([`unroll_segment_into`]).
+#[derive(Debug)]
+pub struct StepLosses<'l, 's, F> {
+    loss: SequenceLoss<'l, F>,
+    /// Local index of the first step whose loss this segment holds (`loss` is local to
+    /// the steps from there on).
+    from: usize,
+    /// Steps in the segment.
+    len: usize,
+    scratch: &'s mut LossScratch<F>,
+}
+
+impl<'l, 's, F: Scalar> StepLosses<'l, 's, F> {
+    /// The terms of `loss` (local to steps `from..len` of a segment of `len` steps);
+    /// `loss` must have been validated with [`SequenceLoss::validate`].
+    pub fn new(
+        loss: SequenceLoss<'l, F>,
+        from: usize,
+        len: usize,
+        scratch: &'s mut LossScratch<F>,
+    ) -> Self {
+        scratch.terms.clear();
+        StepLosses {
+            loss,
+            from,
+            len,
+            scratch,
         }
-        let o = cell.output(tape, bound, states[k - 1])?;
-        return match loss.targets {
+    }
+
+    /// Records the loss term of local step `t` with state `h` (if it has one).
+    fn step<C: Recurrent<F>>(
+        &mut self,
+        cell: &C,
+        tape: &mut Tape<F>,
+        bound: &C::Bound,
+        t: usize,
+        h: Var,
+    ) -> Result<()> {
+        if t < self.from {
+            return Ok(());
+        }
+        let j = t - self.from;
+        let n = self.len - self.from;
+        let b = tape.shape(h)?.0;
+        let sc = &mut *self.scratch;
+        let term = match self.loss.targets {
             Targets::LastClass(l) => {
-                scratch.labels.clear();
-                scratch.labels.extend(l.iter().copied());
-                tape.softmax_cross_entropy(o, &scratch.labels, None, Reduction::Mean)
-                    .map(Some)
+                if j + 1 != n {
+                    return Ok(());
+                }
+                let o = cell.output(tape, bound, h)?;
+                sc.labels.clear();
+                sc.labels.extend(l.iter().copied());
+                tape.softmax_cross_entropy(o, &sc.labels, None, Reduction::Mean)?
             }
             Targets::LastBinary(y) => {
+                if j + 1 != n {
+                    return Ok(());
+                }
+                let o = cell.output(tape, bound, h)?;
                 let yv = y
                     .to_shape((b, 1))
-                    .map_err(|e| invalid("segment_loss", e.to_string()))?;
+                    .map_err(|e| invalid("SequenceLoss", e.to_string()))?;
                 let yt = tape.constant_view(yv.view())?;
-                tape.bce_with_logits(o, yt, Reduction::Mean).map(Some)
+                tape.bce_with_logits(o, yt, Reduction::Mean)?
             }
-            _ => unreachable!("is_last_step"),
+            Targets::Classes(l) => {
+                let o = cell.output(tape, bound, h)?;
+                sc.labels.clear();
+                sc.labels.extend(l.row(j).iter().copied());
+                sc.weights.clear();
+                sc.weights.resize(b, self.loss.row_weight(j, n, b));
+                tape.softmax_cross_entropy(o, &sc.labels, Some(&sc.weights), Reduction::Sum)?
+            }
+            Targets::Values(v) => {
+                let o = cell.output(tape, bound, h)?;
+                let yt = tape.constant_view(v.index_axis(Axis(0), j))?;
+                sc.weights.clear();
+                sc.weights.resize(b, self.loss.row_weight(j, n, b));
+                tape.squared_error(o, yt, Some(&sc.weights), Reduction::Sum)?
+            }
         };
+        sc.terms.push(term);
+        Ok(())
     }
-    let hs = if k == 1 {
-        states[0]
-    } else {
-        tape.concat_rows(states)?
-    };
-    let o = cell.output(tape, bound, hs)?;
-    scratch.weights.clear();
-    for t in t0..t0 + k {
-        let w = loss.row_weight(t, t_len, b);
-        scratch.weights.extend(std::iter::repeat_n(w, b));
-    }
-    match loss.targets {
-        Targets::Classes(l) => {
-            scratch.labels.clear();
-            for t in t0..t0 + k {
-                scratch.labels.extend(l.row(t).iter().copied());
+
+    /// The sum of the recorded terms.
+    fn total(self, tape: &mut Tape<F>) -> Result<Option<Var>> {
+        match self.scratch.terms.as_slice() {
+            [] => Ok(None),
+            [one] => Ok(Some(*one)),
+            terms => {
+                let stacked = tape.concat_rows(terms)?;
+                tape.sum(stacked).map(Some)
             }
-            tape.softmax_cross_entropy(o, &scratch.labels, Some(&scratch.weights), Reduction::Sum)
-                .map(Some)
         }
-        Targets::Values(v) => {
-            let q = v.len_of(Axis(2));
-            let seg = v.slice_axis(Axis(0), ndarray::Slice::from(t0..t0 + k));
-            let flat = seg
-                .to_shape((k * b, q))
-                .map_err(|e| invalid("segment_loss", e.to_string()))?;
-            let yt = tape.constant_view(flat.view())?;
-            tape.squared_error(o, yt, Some(&scratch.weights), Reduction::Sum)
-                .map(Some)
-        }
-        Targets::LastClass(_) | Targets::LastBinary(_) => unreachable!("handled above"),
     }
 }
 
@@ -456,9 +502,10 @@ pub fn unroll_with_edges<F: Scalar, C: Recurrent<F>>(
     let bound = cell.bind(tape, params)?;
     let keep = vec![Edge::Keep; t_len];
     let edges = edges.unwrap_or(&keep);
-    let states = unroll_segment(cell, tape, &bound, xs, h0, edges)?;
     let mut scratch = LossScratch::default();
-    let loss = segment_loss(cell, tape, &bound, &states, 0, t_len, loss, &mut scratch)?
+    let mut states = Vec::with_capacity(t_len);
+    let terms = StepLosses::new(*loss, 0, t_len, &mut scratch);
+    let loss = unroll_segment_into(cell, tape, &bound, xs, h0, edges, &mut states, Some(terms))?
         .ok_or_else(|| invalid("unroll", "the loss has no term"))?;
     Ok(Unrolled { h0, states, loss })
 }

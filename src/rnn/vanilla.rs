@@ -160,33 +160,26 @@ impl<F: Scalar> Recurrent<F> for Rnn {
         })
     }
 
-    /// `X W_xh + b_h` for all steps at once.
+    /// `X W_xh + b_h` for all steps at once (one [`Tape::affine`]).
     fn project_inputs(&self, tape: &mut Tape<F>, bound: &RnnBound, xs: Var) -> Result<Var> {
-        let u = tape.matmul(xs, bound.w_xh)?;
-        match bound.b_h {
-            Some(b) => tape.add(u, b),
-            None => Ok(u),
-        }
+        tape.affine(xs, bound.w_xh, bound.b_h, Activation::Identity)
     }
 
-    /// `φ(u_t + h_{t−1} W_hh)`.
-    fn step(&self, tape: &mut Tape<F>, bound: &RnnBound, u_t: Var, h_prev: Var) -> Result<Var> {
-        let r = tape.matmul(h_prev, bound.w_hh)?;
-        let a = tape.add(u_t, r)?;
-        match self.config.activation {
-            Activation::Identity => Ok(a),
-            Activation::Tanh => tape.tanh(a),
-            Activation::Relu => tape.relu(a),
-            Activation::Sigmoid => tape.sigmoid(a),
-        }
+    /// `φ(h_{t−1} W_hh + u_t)`, reading `u_t` from its rows of the projection (one
+    /// [`Tape::affine_rows`]).
+    fn step(
+        &self,
+        tape: &mut Tape<F>,
+        bound: &RnnBound,
+        u: Var,
+        rows: std::ops::Range<usize>,
+        h_prev: Var,
+    ) -> Result<Var> {
+        tape.affine_rows(h_prev, bound.w_hh, u, rows, self.config.activation)
     }
 
-    /// `H W_hq + b_q`.
+    /// `H W_hq + b_q` (one [`Tape::affine`]).
     fn output(&self, tape: &mut Tape<F>, bound: &RnnBound, hs: Var) -> Result<Var> {
-        let o = tape.matmul(hs, bound.w_hq)?;
-        match bound.b_q {
-            Some(b) => tape.add(o, b),
-            None => Ok(o),
-        }
+        tape.affine(hs, bound.w_hq, bound.b_q, Activation::Identity)
     }
 }
