@@ -8,7 +8,7 @@
 //! is the minimum over repeated runs (the least disturbed by other load). Takes about
 //! 30 seconds.
 //!
-//! `cargo run --release --example bench_overhead`
+//! `cargo run --release --example bench_overhead` (or `… -- S1 S3` for some sizes only).
 
 use ndarray::linalg::general_mat_mul;
 use ndarray::{Array2, Array3};
@@ -70,8 +70,12 @@ fn time_min(reps: usize, mut f: impl FnMut()) -> f64 {
 }
 
 fn main() -> Result<(), timetape::Error> {
+    let only: Vec<String> = std::env::args().skip(1).collect();
     let mut peak = None;
-    for s in &SIZES {
+    for s in SIZES
+        .iter()
+        .filter(|s| only.is_empty() || only.iter().any(|o| o == s.name))
+    {
         let q = s.d;
         let mut params = Params::<f32>::new();
         let cell = models::m3(&mut params, s.d, s.h, q, 1)?;

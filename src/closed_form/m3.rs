@@ -232,7 +232,8 @@ impl<F: Scalar> M3Workspace<F> {
             let (prev, mut rest) = self.hs.view_mut().split_at(Axis(0), (step + 1) * b);
             let h_prev = prev.slice_axis(Axis(0), Slice::from(step * b..));
             let mut cur = rest.slice_axis_mut(Axis(0), Slice::from(..b));
-            general_mat_mul(one, &h_prev, w.w_hh, one, &mut cur);
+            // The same matrix-product kernel as the tape (a plain loop for B = 1).
+            crate::kernels::gemm(one, &h_prev, &w.w_hh.view(), one, &mut cur);
             cur.mapv_inplace(|v| v.tanh_kernel());
         }
         // O = H W_hq + b_q, then E = α_t/B (softmax(O) − onehot) in place.
@@ -272,7 +273,7 @@ impl<F: Scalar> M3Workspace<F> {
             if step + 1 < t {
                 let r_next = rows(&self.r, (step + 1) * b..(step + 2) * b);
                 let mut dl = rows_mut(&mut self.delta, span.clone());
-                general_mat_mul(one, &r_next, &w.w_hh.t(), one, &mut dl);
+                crate::kernels::gemm(one, &r_next, &w.w_hh.t(), one, &mut dl);
             }
             Zip::from(rows_mut(&mut self.r, span.clone()))
                 .and(rows(&self.delta, span.clone()))

@@ -5,14 +5,15 @@
 //! | `matmul(A, B)` | `C = A B` | `Ā += C̄ Bᵀ`, `B̄ += Aᵀ C̄` |
 //! | `transpose(A)` | `C = Aᵀ` | `Ā += C̄ᵀ` |
 //!
-//! The matmul rule is two `general_mat_mul` calls into the adjoint buffers with `.t()`
+//! The matmul rule is two matrix products (`kernels::gemm`: `general_mat_mul`, or a plain
+//! loop for a row vector or an outer product) into the adjoint buffers with `.t()`
 //! views (β = 0 on the first contribution, 1 after): no temporaries.
 
 use super::{put1, Ctx, Op};
 use crate::error::{Error, Result};
+use crate::kernels::gemm;
 use crate::scalar::Scalar;
 use crate::tape::{Tape, Var};
-use ndarray::linalg::general_mat_mul;
 use ndarray::ArrayView2;
 
 fn beta<F: Scalar>(fresh: bool) -> F {
@@ -38,12 +39,12 @@ impl<F: Scalar> Tape<F> {
             });
         }
         let mut out = self.pool.take((m, n));
-        general_mat_mul(
+        gemm(
             F::one(),
-            &self.values[ia],
-            &self.values[ib],
+            &self.values[ia].view(),
+            &self.values[ib].view(),
             F::zero(),
-            &mut out,
+            &mut out.view_mut(),
         );
         let ng = self.needs_grad[ia] || self.needs_grad[ib];
         Ok(self.push(Op::MatMul(ia as u32, ib as u32), out, ng))
@@ -64,10 +65,10 @@ pub(crate) fn matmul_vjp<F: Scalar>(cx: &mut Ctx<'_, F>, g: ArrayView2<'_, F>, a
     let values = cx.values;
     let (va, vb) = (&values[a as usize], &values[b as usize]);
     if let Some((acc, fresh)) = cx.slot(a) {
-        general_mat_mul(F::one(), &g, &vb.t(), beta(fresh), acc);
+        gemm(F::one(), &g, &vb.t(), beta(fresh), &mut acc.view_mut());
     }
     if let Some((acc, fresh)) = cx.slot(b) {
-        general_mat_mul(F::one(), &va.t(), &g, beta(fresh), acc);
+        gemm(F::one(), &va.t(), &g, beta(fresh), &mut acc.view_mut());
     }
 }
 
@@ -207,12 +208,12 @@ impl<F: Scalar> Tape<F> {
                 }
             }
         }
-        general_mat_mul(
+        gemm(
             F::one(),
-            &self.values[ia],
-            &self.values[ib],
+            &self.values[ia].view(),
+            &self.values[ib].view(),
             beta(c.is_none()),
-            &mut out,
+            &mut out.view_mut(),
         );
         if act != super::Activation::Identity {
             out.mapv_inplace(|x| act.apply(x));
@@ -299,9 +300,9 @@ fn affine_contributions<F: Scalar>(
     let values = cx.values;
     let (va, vb) = (&values[a as usize], &values[b as usize]);
     if let Some((acc, fresh)) = cx.slot(a) {
-        general_mat_mul(F::one(), &r, &vb.t(), beta(fresh), acc);
+        gemm(F::one(), &r, &vb.t(), beta(fresh), &mut acc.view_mut());
     }
     if let Some((acc, fresh)) = cx.slot(b) {
-        general_mat_mul(F::one(), &va.t(), &r, beta(fresh), acc);
+        gemm(F::one(), &va.t(), &r, beta(fresh), &mut acc.view_mut());
     }
 }
