@@ -404,8 +404,10 @@ fn enumerated_variance_equals_closed_form() {
                     })
                     .collect();
                 let vmax = v_closed.iter().fold(0.0f64, |m, x| m.max(x.abs()));
+                // A parameter the ξ do not reach (W_hq, b_q) has variance 0 in exact
+                // arithmetic; both sides then hold rounding noise of order u²·g² ≈ 1e-32·g².
                 for (k, (&ve, &vc)) in v_enum.iter().zip(&v_closed).enumerate() {
-                    if vmax == 0.0 {
+                    if vmax <= 1e-24 * g2 {
                         assert!(
                             ve.abs() <= 1e-24 * g2,
                             "{model:?} π {name} {id:?}[{k}]: {ve:e}"
