@@ -8,7 +8,7 @@
 
 use crate::scalar::Scalar;
 use ndarray::linalg::general_mat_mul;
-use ndarray::{ArrayView2, ArrayViewMut2, Zip};
+use ndarray::{ArrayView2, ArrayViewMut2};
 
 /// `c ← α a b + β c` (with β = 0, `c` is overwritten without being read).
 /// Shapes must agree (the callers check them).
@@ -21,47 +21,92 @@ pub(crate) fn gemm<F: Scalar>(
 ) {
     let (m, k) = a.dim();
     let n = b.ncols();
-    let scale = |c: &mut F, x: F| {
-        *c = if beta == F::zero() { x } else { beta * *c + x };
-    };
-    if m == 1 && b.strides()[1] == 1 {
+    if m == 1 && b.strides()[1] == 1 && c.strides()[1] == 1 {
         // c = β c + α Σ_p a_p b_p: axpy over the contiguous rows of b.
         let mut row = c.row_mut(0);
-        if beta == F::zero() {
-            row.fill(F::zero());
-        } else if beta != F::one() {
-            row.mapv_inplace(|x| beta * x);
-        }
+        let Some(cs) = row.as_slice_mut() else {
+            return general_mat_mul(alpha, a, b, beta, c);
+        };
+        scale(cs, beta);
         for (p, brow) in b.rows().into_iter().enumerate() {
-            let ap = alpha * a[[0, p]];
-            Zip::from(&mut row)
-                .and(brow)
-                .for_each(|c, &b| *c = *c + ap * b);
+            match brow.as_slice() {
+                Some(bs) => axpy(cs, alpha * a[[0, p]], bs),
+                None => unreachable!("rows of b are contiguous"),
+            }
         }
-    } else if m == 1 && b.strides()[0] == 1 {
+    } else if m == 1 && b.strides()[0] == 1 && a.strides()[1] == 1 {
         // b's columns are contiguous (a transposed matrix): one dot product per entry.
         let arow = a.row(0);
-        let mut row = c.row_mut(0);
+        let Some(xs) = arow.as_slice() else {
+            return general_mat_mul(alpha, a, b, beta, c);
+        };
         for j in 0..n {
-            let d = arow.dot(&b.column(j));
-            scale(&mut row[j], alpha * d);
-        }
-    } else if k == 1 && b.strides()[1] == 1 {
-        // An outer product: row i of c is a_i0 · b's only row.
-        let brow = b.row(0);
-        for (i, mut crow) in c.rows_mut().into_iter().enumerate() {
-            let ai = alpha * a[[i, 0]];
-            if beta == F::zero() {
-                Zip::from(&mut crow).and(brow).for_each(|c, &b| *c = ai * b);
+            let col = b.column(j);
+            let d = match col.as_slice() {
+                Some(ys) => dot(xs, ys),
+                None => unreachable!("columns of b are contiguous"),
+            };
+            let cj = &mut c[[0, j]];
+            *cj = if beta == F::zero() {
+                alpha * d
             } else {
-                Zip::from(&mut crow)
-                    .and(brow)
-                    .for_each(|c, &b| *c = beta * *c + ai * b);
+                beta * *cj + alpha * d
+            };
+        }
+    } else if k == 1 && b.strides()[1] == 1 && c.strides()[1] == 1 {
+        // An outer product: row i of c is β c_i + α a_i0 · b's only row.
+        let brow = b.row(0);
+        let Some(bs) = brow.as_slice() else {
+            return general_mat_mul(alpha, a, b, beta, c);
+        };
+        for (i, mut crow) in c.rows_mut().into_iter().enumerate() {
+            match crow.as_slice_mut() {
+                Some(cs) => {
+                    scale(cs, beta);
+                    axpy(cs, alpha * a[[i, 0]], bs);
+                }
+                None => unreachable!("rows of c are contiguous"),
             }
         }
     } else {
         general_mat_mul(alpha, a, b, beta, c);
     }
+}
+
+/// `c ← β c` (β = 0 writes zeros without reading).
+#[inline]
+fn scale<F: Scalar>(c: &mut [F], beta: F) {
+    if beta == F::zero() {
+        c.fill(F::zero());
+    } else if beta != F::one() {
+        c.iter_mut().for_each(|x| *x = beta * *x);
+    }
+}
+
+/// `c ← c + α x`.
+#[inline]
+fn axpy<F: Scalar>(c: &mut [F], alpha: F, x: &[F]) {
+    for (c, &x) in c.iter_mut().zip(x) {
+        *c = *c + alpha * x;
+    }
+}
+
+/// `Σ x_i y_i` with eight independent partial sums, so that the loop vectorizes.
+#[inline]
+fn dot<F: Scalar>(x: &[F], y: &[F]) -> F {
+    let mut acc = [F::zero(); 8];
+    let (xc, yc) = (x.chunks_exact(8), y.chunks_exact(8));
+    let (xr, yr) = (xc.remainder(), yc.remainder());
+    for (xs, ys) in xc.zip(yc) {
+        for ((a, &x), &y) in acc.iter_mut().zip(xs).zip(ys) {
+            *a = *a + x * y;
+        }
+    }
+    let mut s = ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
+    for (&x, &y) in xr.iter().zip(yr) {
+        s = s + x * y;
+    }
+    s
 }
 
 #[cfg(test)]

@@ -151,6 +151,8 @@ pub struct Tape<F: Scalar> {
     /// Intermediates saved for backward (softmax probabilities).
     pub(crate) saved: Vec<Array2<F>>,
     pub(crate) pool: Pool<F>,
+    /// Thin weight-gradient contributions gathered during a backward pass.
+    pub(crate) staging: crate::ops::Staging<F>,
     peak_nodes: usize,
     peak_bytes: usize,
 }
@@ -178,6 +180,7 @@ impl<F: Scalar> Tape<F> {
             weights: Vec::new(),
             saved: Vec::new(),
             pool: Pool::default(),
+            staging: Default::default(),
             peak_nodes: 0,
             peak_bytes: 0,
         }
@@ -438,6 +441,7 @@ impl<F: Scalar> Tape<F> {
             }
             top = top.max(i);
         }
+        self.staging.reset();
         // Recycle the adjoints of an earlier pass.
         for a in self.adjoints.drain(..).flatten() {
             self.pool.give(a);
@@ -458,6 +462,7 @@ impl<F: Scalar> Tape<F> {
             }
         }
         for i in (0..=top).rev() {
+            crate::ops::flush_staged(self, i);
             if !self.needs_grad[i] || self.adjoints[i].is_none() {
                 continue;
             }

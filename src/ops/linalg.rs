@@ -67,9 +67,7 @@ pub(crate) fn matmul_vjp<F: Scalar>(cx: &mut Ctx<'_, F>, g: ArrayView2<'_, F>, a
     if let Some((acc, fresh)) = cx.slot(a) {
         gemm(F::one(), &g, &vb.t(), beta(fresh), &mut acc.view_mut());
     }
-    if let Some((acc, fresh)) = cx.slot(b) {
-        gemm(F::one(), &va.t(), &g, beta(fresh), &mut acc.view_mut());
-    }
+    cx.add_at_b(b, va.view(), g);
 }
 
 pub(crate) fn transpose_vjp<F: Scalar>(cx: &mut Ctx<'_, F>, g: ArrayView2<'_, F>, a: u32) {
@@ -302,7 +300,5 @@ fn affine_contributions<F: Scalar>(
     if let Some((acc, fresh)) = cx.slot(a) {
         gemm(F::one(), &r, &vb.t(), beta(fresh), &mut acc.view_mut());
     }
-    if let Some((acc, fresh)) = cx.slot(b) {
-        gemm(F::one(), &va.t(), &r, beta(fresh), &mut acc.view_mut());
-    }
+    cx.add_at_b(b, va.view(), r);
 }

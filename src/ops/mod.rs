@@ -91,6 +91,105 @@ pub(crate) struct Ctx<'a, F: Scalar> {
     needs_grad: &'a [bool],
     parents: &'a mut [Option<Array2<F>>],
     pool: &'a mut Pool<F>,
+    staging: &'a mut Staging<F>,
+}
+
+/// Products whose left operand has fewer rows than this gather their contribution to
+/// the right operand's adjoint (see [`Staging`]).
+pub(crate) const GATHER_ROWS: usize = 8;
+
+/// Weight-gradient contributions `aᵀ r` of thin products (a batch of one, say), gathered
+/// until the reverse sweep reaches the right operand and then summed as one matrix
+/// product `[a_1; a_2; …]ᵀ [r_1; r_2; …]`. A weight used at every step of an unroll
+/// receives one product over all steps instead of one outer product per step: the same
+/// sum in another order, at the speed of a large product.
+#[derive(Debug, Default)]
+pub(crate) struct Staging<F> {
+    entries: Vec<Staged<F>>,
+}
+
+#[derive(Debug, Default)]
+struct Staged<F> {
+    /// The node whose adjoint receives the sum.
+    target: u32,
+    rows: usize,
+    a: Vec<F>,
+    r: Vec<F>,
+}
+
+impl<F: Scalar> Staging<F> {
+    /// Drops whatever an interrupted pass left behind.
+    pub(crate) fn reset(&mut self) {
+        for e in &mut self.entries {
+            e.rows = 0;
+            e.a.clear();
+            e.r.clear();
+        }
+    }
+
+    /// Appends the rows of `a` (m×k) and `r` (m×n) for `target`.
+    fn push(&mut self, target: u32, a: ArrayView2<'_, F>, r: ArrayView2<'_, F>) {
+        let pos = self
+            .entries
+            .iter()
+            .position(|e| e.rows > 0 && e.target == target)
+            .or_else(|| self.entries.iter().position(|e| e.rows == 0));
+        let e = match pos {
+            Some(p) => &mut self.entries[p],
+            None => {
+                self.entries.push(Staged::default());
+                let last = self.entries.len() - 1;
+                &mut self.entries[last]
+            }
+        };
+        e.target = target;
+        e.rows += a.nrows();
+        for row in a.rows() {
+            e.a.extend(row.iter().copied());
+        }
+        for row in r.rows() {
+            e.r.extend(row.iter().copied());
+        }
+    }
+}
+
+/// Adds the gathered contributions for node `i` into its adjoint (before node `i` is
+/// visited by the reverse sweep).
+pub(crate) fn flush_staged<F: Scalar>(tape: &mut Tape<F>, i: usize) {
+    let Tape {
+        values,
+        needs_grad,
+        adjoints,
+        pool,
+        staging,
+        ..
+    } = tape;
+    let Some(e) = staging
+        .entries
+        .iter_mut()
+        .find(|e| e.rows > 0 && e.target as usize == i)
+    else {
+        return;
+    };
+    let (k, n) = values[i].dim();
+    let mut cx = Ctx {
+        values,
+        needs_grad,
+        parents: adjoints,
+        pool,
+        staging: &mut Staging::default(),
+    };
+    if let (Ok(a), Ok(r), Some((acc, fresh))) = (
+        ArrayView2::from_shape((e.rows, k), &e.a),
+        ArrayView2::from_shape((e.rows, n), &e.r),
+        cx.slot(i as u32),
+    ) {
+        let beta = if fresh { F::zero() } else { F::one() };
+        crate::kernels::gemm(F::one(), &a.t(), &r, beta, &mut acc.view_mut());
+    }
+    e.rows = 0;
+    e.a.clear();
+    e.r.clear();
 }
 
 impl<F: Scalar> Ctx<'_, F> {
@@ -102,6 +201,20 @@ impl<F: Scalar> Ctx<'_, F> {
     /// Returns a scratch buffer to the free list.
     pub(crate) fn recycle(&mut self, a: Array2<F>) {
         self.pool.give(a);
+    }
+
+    /// Adds `aᵀ r` into the adjoint of `b`: at once, or gathered with the other thin
+    /// contributions to `b` when `a` has fewer than [`GATHER_ROWS`] rows.
+    pub(crate) fn add_at_b(&mut self, b: u32, a: ArrayView2<'_, F>, r: ArrayView2<'_, F>) {
+        if !self.needs_grad[b as usize] {
+            return;
+        }
+        if a.nrows() < GATHER_ROWS {
+            self.staging.push(b, a, r);
+        } else if let Some((acc, fresh)) = self.slot(b) {
+            let beta = if fresh { F::zero() } else { F::one() };
+            crate::kernels::gemm(F::one(), &a.t(), &r, beta, &mut acc.view_mut());
+        }
     }
 
     /// The adjoint buffer of parent `p` and whether it is fresh (arbitrary contents: the
@@ -179,6 +292,7 @@ pub(crate) fn backward_node<F: Scalar>(tape: &mut Tape<F>, i: usize) {
         weights,
         saved,
         pool,
+        staging,
         ..
     } = tape;
     let (parents, rest) = adjoints.split_at_mut(i);
@@ -192,6 +306,7 @@ pub(crate) fn backward_node<F: Scalar>(tape: &mut Tape<F>, i: usize) {
         needs_grad,
         parents,
         pool,
+        staging,
     };
     match ops[i] {
         Op::Leaf | Op::Param(_) | Op::Detach => {}

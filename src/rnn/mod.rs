@@ -334,7 +334,14 @@ pub struct LossScratch<F> {
     labels: Vec<usize>,
     weights: Vec<F>,
     terms: Vec<Var>,
+    pending: Vec<Var>,
 }
+
+/// The output head and loss of per-step targets run on chunks of consecutive steps with
+/// at least this many rows in all (⌈32/B⌉ steps): one product per step for batches of 32
+/// and more, one product per chunk for smaller batches, where per-step products would be
+/// too thin to run fast.
+pub const HEAD_CHUNK_ROWS: usize = 32;
 
 /// The loss terms of a segment, recorded step by step during the unroll
 /// ([`unroll_segment_into`]).
@@ -359,6 +366,7 @@ impl<'l, 's, F: Scalar> StepLosses<'l, 's, F> {
         scratch: &'s mut LossScratch<F>,
     ) -> Self {
         scratch.terms.clear();
+        scratch.pending.clear();
         StepLosses {
             loss,
             from,
@@ -404,24 +412,64 @@ impl<'l, 's, F: Scalar> StepLosses<'l, 's, F> {
                 let yt = tape.constant_view(yv.view())?;
                 tape.bce_with_logits(o, yt, Reduction::Mean)?
             }
-            Targets::Classes(l) => {
-                let o = cell.output(tape, bound, h)?;
-                sc.labels.clear();
-                sc.labels.extend(l.row(j).iter().copied());
-                sc.weights.clear();
-                sc.weights.resize(b, self.loss.row_weight(j, n, b));
-                tape.softmax_cross_entropy(o, &sc.labels, Some(&sc.weights), Reduction::Sum)?
-            }
-            Targets::Values(v) => {
-                let o = cell.output(tape, bound, h)?;
-                let yt = tape.constant_view(v.index_axis(Axis(0), j))?;
-                sc.weights.clear();
-                sc.weights.resize(b, self.loss.row_weight(j, n, b));
-                tape.squared_error(o, yt, Some(&sc.weights), Reduction::Sum)?
+            Targets::Classes(_) | Targets::Values(_) => {
+                sc.pending.push(h);
+                let chunk = HEAD_CHUNK_ROWS.div_ceil(b);
+                if sc.pending.len() < chunk && j + 1 < n {
+                    return Ok(());
+                }
+                self.chunk_term(cell, tape, bound, j + 1 - self.scratch.pending.len(), b)?
             }
         };
-        sc.terms.push(term);
+        self.scratch.terms.push(term);
         Ok(())
+    }
+
+    /// The loss term of the pending steps `j0 ..` (local indices): one output head over
+    /// their stacked states and one fused loss.
+    fn chunk_term<C: Recurrent<F>>(
+        &mut self,
+        cell: &C,
+        tape: &mut Tape<F>,
+        bound: &C::Bound,
+        j0: usize,
+        b: usize,
+    ) -> Result<Var> {
+        let n = self.len - self.from;
+        let sc = &mut *self.scratch;
+        let count = sc.pending.len();
+        let hs = match sc.pending.as_slice() {
+            [one] => *one,
+            many => tape.concat_rows(many)?,
+        };
+        sc.pending.clear();
+        let o = cell.output(tape, bound, hs)?;
+        sc.weights.clear();
+        for j in j0..j0 + count {
+            let w = self.loss.row_weight(j, n, b);
+            sc.weights.extend(std::iter::repeat_n(w, b));
+        }
+        match self.loss.targets {
+            Targets::Classes(l) => {
+                sc.labels.clear();
+                for j in j0..j0 + count {
+                    sc.labels.extend(l.row(j).iter().copied());
+                }
+                tape.softmax_cross_entropy(o, &sc.labels, Some(&sc.weights), Reduction::Sum)
+            }
+            Targets::Values(v) => {
+                let q = v.len_of(Axis(2));
+                let rows = v.slice_axis(Axis(0), ndarray::Slice::from(j0..j0 + count));
+                let flat = rows
+                    .to_shape((count * b, q))
+                    .map_err(|e| invalid("SequenceLoss", e.to_string()))?;
+                let yt = tape.constant_view(flat.view())?;
+                tape.squared_error(o, yt, Some(&sc.weights), Reduction::Sum)
+            }
+            Targets::LastClass(_) | Targets::LastBinary(_) => {
+                Err(invalid("SequenceLoss", "last-step targets have no chunks"))
+            }
+        }
     }
 
     /// The sum of the recorded terms.
