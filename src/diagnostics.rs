@@ -8,7 +8,13 @@ use crate::tape::{Tape, Var};
 use ndarray::{Array1, ArrayView2};
 
 /// ‖∂L/∂h_t‖ (Frobenius norm over the batch) for each state, read off the tape after a
-/// backward pass; 0 for a state the loss does not reach.
+/// backward pass with [`Tape::adjoint`]; 0 for a state the loss does not reach or whose
+/// adjoint was released ([`Tape::set_release_adjoints`]). In a linear RNN this is the
+/// norm of eq (9), `δ_t = Σ_{j≥t} (W_hhᵀ)^{j−t} W_qhᵀ ∂L/∂o_j` (notes' columns): the
+/// term of lag j − t shrinks or grows geometrically with the spectral radius of `W_hh`,
+/// so with a loss at the last step only ‖δ_t‖ does so in T − t. For a run of
+/// [`bptt::run`](crate::bptt::run), ask for
+/// [`RunOptions::dh_norms`](crate::bptt::RunOptions::dh_norms) instead.
 ///
 /// ```
 /// use ndarray::{Array2, Array3};
@@ -27,6 +33,9 @@ use ndarray::{Array1, ArrayView2};
 /// assert_eq!(norms.len(), 6);
 /// # Ok::<(), timetape::Error>(())
 /// ```
+///
+/// Errors: [`Error::ForeignVar`] or [`Error::StaleVar`] for a state not on `tape` (or
+/// from before its last clear).
 pub fn dh_norms<F: Scalar>(tape: &Tape<F>, states: &[Var]) -> Result<Vec<F>> {
     states
         .iter()
@@ -63,9 +72,12 @@ fn start_vector(n: usize) -> Array1<f64> {
     Array1::from_shape_fn(n, |i| 1.0 + 0.37 * ((i as f64) * 1.618).sin())
 }
 
-/// Estimates the spectral radius ρ(W) = max |λ| by power iteration in f64: the geometric
-/// mean growth `(‖W^k v‖ / ‖v‖)^{1/k}` over the last half of `iters` iterations (Gelfand's
-/// formula), which also converges when the dominant eigenvalues are a complex pair.
+/// Estimates the spectral radius ρ(W) = max |λ| of a square W by power iteration in
+/// f64: the geometric mean of the growth factors `‖W v_k‖ / ‖v_k‖` over the last half of
+/// `iters` iterations (Gelfand's formula, ρ = lim ‖W^k‖^{1/k}), which also converges
+/// when the dominant eigenvalues are a complex pair. Convergence is slow when another
+/// eigenvalue has nearly the same modulus; 0 if the iterate vanishes (a nilpotent W).
+/// Entries are not checked: a non-finite entry gives NaN.
 ///
 /// ```
 /// use ndarray::array;
@@ -74,6 +86,9 @@ fn start_vector(n: usize) -> Array1<f64> {
 /// assert!((rho - 0.9).abs() < 1e-12);
 /// # Ok::<(), timetape::Error>(())
 /// ```
+///
+/// Errors: [`Error::EmptyInput`] for an empty W; [`Error::ShapeMismatch`] for a W that
+/// is not square; [`Error::InvalidArgument`] for `iters = 0`.
 pub fn spectral_radius<F: Scalar>(w: ArrayView2<'_, F>, iters: usize) -> Result<f64> {
     check_square("spectral_radius", &w, iters)?;
     let w = w.mapv(|x| x.as_f64());
@@ -95,7 +110,10 @@ pub fn spectral_radius<F: Scalar>(w: ArrayView2<'_, F>, iters: usize) -> Result<
     Ok((log_growth / (iters - half) as f64).exp())
 }
 
-/// Estimates the largest singular value of W by power iteration on WᵀW, in f64.
+/// Estimates the largest singular value σ₁(W) = ‖W‖₂ of a square W by power iteration
+/// on WᵀW, in f64 (`iters` products with WᵀW; the error shrinks like (σ₂/σ₁)^{2·iters}).
+/// σ₁ ≥ ρ(W): it bounds the growth of ∂L/∂h over one step of a linear RNN. 0 if the
+/// iterate vanishes; a non-finite entry gives NaN.
 ///
 /// ```
 /// use ndarray::array;
@@ -104,6 +122,8 @@ pub fn spectral_radius<F: Scalar>(w: ArrayView2<'_, F>, iters: usize) -> Result<
 /// assert!((s - 3.0).abs() < 1e-12);
 /// # Ok::<(), timetape::Error>(())
 /// ```
+///
+/// Errors: as [`spectral_radius`] (a rectangular W is rejected too).
 pub fn largest_singular_value<F: Scalar>(w: ArrayView2<'_, F>, iters: usize) -> Result<f64> {
     check_square("largest_singular_value", &w, iters)?;
     let w = w.mapv(|x| x.as_f64());

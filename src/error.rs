@@ -6,6 +6,8 @@ use thiserror::Error;
 /// a silent NaN or a wrong answer.
 ///
 /// Every message names the operation and, where shapes are involved, both shapes.
+/// Shapes are `(rows, cols)`; a length n (of labels, weights, a ξ pattern) is written
+/// `(n, 1)`. `Error` is `Clone + PartialEq`, so a test can match on it.
 ///
 /// ```
 /// use ndarray::Array2;
@@ -22,29 +24,31 @@ use thiserror::Error;
 /// ```
 #[derive(Debug, Clone, PartialEq, Error)]
 pub enum Error {
-    /// Two operands whose shapes do not fit the operation.
+    /// Two shapes that do not fit the operation: two operands, or an argument and the
+    /// shape it must have.
     #[error("shape mismatch in {op}: {lhs:?} and {rhs:?}")]
     ShapeMismatch {
         /// The operation that was asked for.
         op: &'static str,
-        /// Shape of the first operand (rows, cols).
+        /// Shape of the first operand, or the shape that was expected.
         lhs: (usize, usize),
-        /// Shape of the second operand (rows, cols).
+        /// Shape of the second operand, or the shape that was given.
         rhs: (usize, usize),
     },
-    /// A `Var` that was created by another tape.
+    /// A [`Var`](crate::Var) that was created by another tape.
     #[error("{op}: the Var belongs to another tape")]
     ForeignVar {
         /// The operation that was asked for.
         op: &'static str,
     },
-    /// A `Var` created before the tape was last cleared.
+    /// A [`Var`](crate::Var) created before the tape was last cleared.
     #[error("{op}: the Var is stale (created before the tape was cleared)")]
     StaleVar {
         /// The operation that was asked for.
         op: &'static str,
     },
-    /// A `ParamId` that does not belong to the `Params` store it was used with.
+    /// A [`ParamId`](crate::ParamId) that does not belong to the [`Params`](crate::Params)
+    /// store (or the [`Grads`](crate::Grads)) it was used with.
     #[error("{op}: the ParamId does not belong to this parameter store")]
     ForeignParam {
         /// The operation that was asked for.
@@ -60,13 +64,16 @@ pub enum Error {
         /// Number of classes (columns of the logits).
         classes: usize,
     },
-    /// `backward` was called on a value that is not 1×1.
+    /// A value used as a loss that is not 1×1: given to
+    /// [`Tape::backward`](crate::Tape::backward) or read with
+    /// [`Tape::scalar`](crate::Tape::scalar). The message says `backward` in both cases.
     #[error("backward: the loss must be 1×1, got {shape:?}")]
     NonScalarLoss {
         /// Shape of the value given as the loss.
         shape: (usize, usize),
     },
-    /// An empty input: an empty sequence, a matrix with no rows or columns, no seeds.
+    /// An empty input: a sequence with no steps or no batch rows, a matrix with no
+    /// elements, no seeds, no parts to concatenate, an empty parameter name.
     #[error("{op}: empty input ({what})")]
     EmptyInput {
         /// The operation that was asked for.
@@ -75,7 +82,8 @@ pub enum Error {
         what: &'static str,
     },
     /// An argument outside its allowed range (π outside (0, 1], k = 0, k2 < k1, a
-    /// non-finite scale, a duplicate name, a log of a non-positive value, ...).
+    /// non-finite entry, scale or weight, a duplicate name, a log of a non-positive
+    /// value, a model that does not fit a closed form, ...).
     #[error("{op}: invalid argument: {msg}")]
     InvalidArgument {
         /// The operation that was asked for.

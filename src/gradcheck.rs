@@ -2,7 +2,9 @@
 //!
 //! Use it on your own cells: write the loss as a closure from [`Params`] to a 1×1
 //! [`Var`], and compare the tape's gradient with
-//! `(L(θ + h e_i) − L(θ − h e_i)) / 2h` entry by entry.
+//! `(L(θ + h e_i) − L(θ − h e_i)) / 2h` entry by entry. The loss must be a smooth
+//! function of the parameters near θ (a ReLU kink within h of an entry spoils the
+//! difference, not the tape).
 //!
 //! ```
 //! use ndarray::array;
@@ -42,14 +44,15 @@ impl Default for GradcheckOptions {
     }
 }
 
-/// The comparison for one parameter.
+/// The comparison for one parameter, over all its entries.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ParamCheck {
     /// The parameter.
     pub id: ParamId,
     /// Its name in the store.
     pub name: String,
-    /// Largest `|tape − finite difference|` over its entries.
+    /// Largest `|tape − finite difference|` over its entries (the tape's entry is 0 if
+    /// the loss does not reach the parameter).
     pub max_abs_err: f64,
     /// `max_abs_err` divided by the largest finite-difference entry in magnitude (or by
     /// 1e-12 if all are smaller): an error relative to the gradient's scale, so that
@@ -94,11 +97,18 @@ impl fmt::Display for GradcheckReport {
 /// Compares the tape's gradient of `loss` with central finite differences, for every
 /// entry of every parameter in `params`.
 ///
-/// `loss` is called on a fresh (cleared) tape with a perturbed copy of the parameters
-/// and must return a 1×1 `Var`; it is called `2 · params.num_scalars() + 1` times.
+/// `loss` is called once with `params` on a new tape (its gradient is the tape's
+/// answer), then twice per entry on the cleared tape with a copy of the parameters
+/// whose entry θ is moved to `θ ± h`, `h = eps · max(1, |θ|)`; it must return a 1×1
+/// `Var`. That is `2 · params.num_scalars() + 1` calls: keep the check small.
 ///
-/// Errors: whatever `loss` returns; [`crate::Error::InvalidArgument`] for a step that is
-/// not positive and finite, or a loss that is not finite.
+/// The [`GradcheckReport`] gives, per parameter, the largest absolute error and that
+/// error relative to the largest finite-difference entry. See the module docs for an
+/// example.
+///
+/// Errors: whatever `loss` returns; [`crate::Error::NonScalarLoss`] if the loss is not
+/// 1×1; [`crate::Error::InvalidArgument`] if `eps` is not positive and finite, or a
+/// perturbed loss is not finite.
 pub fn gradcheck<L>(
     params: &Params<f64>,
     opts: GradcheckOptions,

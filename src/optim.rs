@@ -1,5 +1,10 @@
 //! Optimizers and gradient clipping.
 //!
+//! An optimizer keeps its state (velocities, moments) per parameter, by the parameter's
+//! position in its store: use one optimizer per [`Params`] store. A step updates the
+//! parameters that have an entry in the [`Grads`] and leaves the others (and their
+//! state) unchanged.
+//!
 //! ```
 //! use ndarray::array;
 //! use timetape::optim::{clip_global_norm, Sgd};
@@ -26,13 +31,13 @@ use crate::scalar::Scalar;
 use ndarray::{Array2, Zip};
 
 /// Scales `grads` so that its global norm is at most `theta`, and returns the norm it
-/// had. The convention of D2L and Pascanu et al. (2013):
+/// had before. The convention of D2L and Pascanu et al. (2013):
 /// `g ← min(1, θ/‖g‖) g` with `‖g‖ = sqrt(Σ_p Σ g²)` over all parameters, scaled only if
 /// `‖g‖ > θ`, with no ε (PyTorch's `clip_grad_norm_` divides by `‖g‖ + 1e-6`, which
 /// differs from this in the sixth digit near the threshold).
 ///
 /// Errors: [`Error::InvalidArgument`] if `theta` is not positive and finite, or the
-/// gradient is not finite.
+/// gradient is not finite (then `grads` is left unchanged).
 pub fn clip_global_norm<F: Scalar>(grads: &mut Grads<F>, theta: F) -> Result<F> {
     if !(theta > F::zero() && theta.is_finite()) {
         return Err(invalid(
@@ -70,7 +75,24 @@ fn shapes_match<F: Scalar>(op: &'static str, p: &Array2<F>, g: &Array2<F>) -> Re
 }
 
 /// Stochastic gradient descent, optionally with (heavy-ball) momentum:
-/// `v ← μ v + g`, `θ ← θ − η v`.
+/// `v ← μ v + g`, `θ ← θ − η v` (with μ = 0, `θ ← θ − η g`), as PyTorch's `SGD` without
+/// dampening. The velocity `v` of a parameter starts at 0 at its first gradient.
+///
+/// ```
+/// use ndarray::array;
+/// use timetape::optim::Sgd;
+/// use timetape::{Grads, Params};
+///
+/// let mut params = Params::<f64>::new();
+/// let w = params.add("w", array![[1.0]])?;
+/// let mut grads = Grads::new(&params);
+/// grads.accumulate(w, array![[1.0]].view())?; // a constant gradient g = 1
+/// let mut sgd = Sgd::new(0.1)?.with_momentum(0.9)?;
+/// sgd.step(&mut params, &grads)?; // v = 1,             w = 1 − 0.1 · 1
+/// sgd.step(&mut params, &grads)?; // v = 0.9 · 1 + 1,   w = 0.9 − 0.1 · 1.9
+/// assert!((params.get(w)?[[0, 0]] - 0.71).abs() < 1e-12);
+/// # Ok::<(), timetape::Error>(())
+/// ```
 #[derive(Debug, Clone)]
 pub struct Sgd<F> {
     lr: F,
@@ -79,7 +101,9 @@ pub struct Sgd<F> {
 }
 
 impl<F: Scalar> Sgd<F> {
-    /// Plain SGD with learning rate `lr`.
+    /// Plain SGD with learning rate `lr` (η).
+    ///
+    /// Errors: [`Error::InvalidArgument`] if `lr` is not positive and finite.
     pub fn new(lr: F) -> Result<Self> {
         check_lr("Sgd::new", lr)?;
         Ok(Sgd {
@@ -89,7 +113,9 @@ impl<F: Scalar> Sgd<F> {
         })
     }
 
-    /// The same with momentum μ ∈ [0, 1).
+    /// The same with momentum μ ∈ [0, 1) (0 is plain SGD).
+    ///
+    /// Errors: [`Error::InvalidArgument`] if μ is outside [0, 1).
     pub fn with_momentum(mut self, momentum: F) -> Result<Self> {
         if !(momentum >= F::zero() && momentum < F::one()) {
             return Err(invalid("Sgd::with_momentum", "momentum must be in [0, 1)"));
@@ -103,14 +129,20 @@ impl<F: Scalar> Sgd<F> {
         self.lr
     }
 
-    /// Changes the learning rate (a schedule).
+    /// Changes the learning rate (a schedule); the velocities are kept.
+    ///
+    /// Errors: [`Error::InvalidArgument`] if `lr` is not positive and finite.
     pub fn set_lr(&mut self, lr: F) -> Result<()> {
         check_lr("Sgd::set_lr", lr)?;
         self.lr = lr;
         Ok(())
     }
 
-    /// One step on every parameter that has a gradient.
+    /// One step on every parameter that has an entry in `grads`.
+    ///
+    /// Errors: [`Error::ForeignParam`] if `grads` holds an id of another store;
+    /// [`Error::ShapeMismatch`] if a gradient's shape differs from its parameter's. The
+    /// parameters before the failing one have been updated.
     pub fn step(&mut self, params: &mut Params<F>, grads: &Grads<F>) -> Result<()> {
         for (id, g) in grads.iter() {
             let p = params.get_mut(id)?;
@@ -136,7 +168,36 @@ impl<F: Scalar> Sgd<F> {
 
 /// Adam (Kingma & Ba 2015) with bias correction:
 /// `m ← β₁ m + (1 − β₁) g`, `v ← β₂ v + (1 − β₂) g²`,
-/// `θ ← θ − η m̂ / (sqrt(v̂) + ε)`.
+/// `θ ← θ − η m̂ / (sqrt(v̂) + ε)`, with `m̂ = m / (1 − β₁ᵗ)`, `v̂ = v / (1 − β₂ᵗ)`.
+///
+/// `t` counts the calls to [`Adam::step`], one count for the whole optimizer: a
+/// parameter that first gets a gradient at a later step is corrected with that later
+/// `t`, not with the number of steps it took part in (PyTorch counts per parameter).
+/// With the gradients of [`bptt::run`](crate::bptt::run), which have an entry for every
+/// parameter, the two agree.
+///
+/// ```
+/// use ndarray::array;
+/// use timetape::optim::Adam;
+/// use timetape::{Params, Tape};
+///
+/// // minimize (w − 3)²
+/// let mut params = Params::<f64>::new();
+/// let w = params.add("w", array![[0.0]])?;
+/// let mut adam = Adam::new(0.1)?;
+/// let mut tape = Tape::new();
+/// let target = array![[3.0]];
+/// for _ in 0..300 {
+///     tape.clear();
+///     let wv = tape.param(&params, w)?;
+///     let y = tape.constant(target.clone())?;
+///     let loss = tape.mse(wv, y)?;
+///     let grads = tape.backward(loss)?;
+///     adam.step(&mut params, &grads)?;
+/// }
+/// assert!((params.get(w)?[[0, 0]] - 3.0).abs() < 1e-2);
+/// # Ok::<(), timetape::Error>(())
+/// ```
 #[derive(Debug, Clone)]
 pub struct Adam<F> {
     lr: F,
@@ -148,7 +209,9 @@ pub struct Adam<F> {
 }
 
 impl<F: Scalar> Adam<F> {
-    /// Adam with learning rate `lr` and the usual β₁ = 0.9, β₂ = 0.999, ε = 1e-8.
+    /// Adam with learning rate `lr` (η) and the usual β₁ = 0.9, β₂ = 0.999, ε = 1e-8.
+    ///
+    /// Errors: [`Error::InvalidArgument`] if `lr` is not positive and finite.
     pub fn new(lr: F) -> Result<Self> {
         check_lr("Adam::new", lr)?;
         Ok(Adam {
@@ -162,6 +225,8 @@ impl<F: Scalar> Adam<F> {
     }
 
     /// The same with other β₁, β₂ ∈ [0, 1) and ε > 0.
+    ///
+    /// Errors: [`Error::InvalidArgument`] for a β outside [0, 1) or ε ≤ 0.
     pub fn with_betas(mut self, beta1: F, beta2: F, eps: F) -> Result<Self> {
         let unit = |b: F| b >= F::zero() && b < F::one();
         if !(unit(beta1) && unit(beta2) && eps > F::zero()) {
@@ -173,7 +238,11 @@ impl<F: Scalar> Adam<F> {
         Ok(self)
     }
 
-    /// One step on every parameter that has a gradient.
+    /// One step on every parameter that has an entry in `grads`; `t` moves on by one.
+    ///
+    /// Errors: [`Error::ForeignParam`] if `grads` holds an id of another store;
+    /// [`Error::ShapeMismatch`] if a gradient's shape differs from its parameter's. The
+    /// parameters before the failing one have been updated, and `t` has moved on.
     pub fn step(&mut self, params: &mut Params<F>, grads: &Grads<F>) -> Result<()> {
         self.t += 1;
         let (b1, b2, eps, lr) = (self.beta1, self.beta2, self.eps, self.lr);

@@ -28,7 +28,8 @@ impl ParamId {
 ///
 /// Parameters are registered on a tape at every forward pass with
 /// [`Tape::param`](crate::Tape::param); their gradients come back as [`Grads`] keyed by
-/// [`ParamId`].
+/// [`ParamId`]. Every store has its own identity: a `ParamId` of one store is rejected
+/// by another, and a clone keeps the identity (so its ids work on the clone).
 ///
 /// ```
 /// use ndarray::array;
@@ -55,7 +56,7 @@ impl<F: Scalar> Default for Params<F> {
 }
 
 impl<F: Scalar> Params<F> {
-    /// An empty store.
+    /// An empty store, with a fresh identity.
     pub fn new() -> Self {
         Params {
             store: NEXT_STORE.fetch_add(1, Ordering::Relaxed),
@@ -64,7 +65,20 @@ impl<F: Scalar> Params<F> {
         }
     }
 
-    /// Adds a parameter under a unique, non-empty name.
+    /// Adds a parameter under a unique, non-empty name and returns its id.
+    ///
+    /// ```
+    /// use ndarray::{array, Array2};
+    /// use timetape::{Error, Params};
+    ///
+    /// let mut params = Params::<f64>::new();
+    /// params.add("b", array![[0.0, 0.0]])?;
+    /// assert!(matches!(params.add("b", array![[1.0]]), Err(Error::InvalidArgument { .. })));
+    /// assert!(matches!(params.add("", array![[1.0]]), Err(Error::EmptyInput { .. })));
+    /// assert!(matches!(params.add("w", Array2::zeros((0, 3))), Err(Error::EmptyInput { .. })));
+    /// assert!(matches!(params.add("w", array![[f64::NAN]]), Err(Error::InvalidArgument { .. })));
+    /// # Ok::<(), Error>(())
+    /// ```
     ///
     /// Errors: [`Error::InvalidArgument`] for a duplicate name, [`Error::EmptyInput`] for
     /// an empty name or a matrix with no elements, [`Error::InvalidArgument`] for a
@@ -108,25 +122,31 @@ impl<F: Scalar> Params<F> {
     }
 
     /// The value of a parameter.
+    ///
+    /// Errors: [`Error::ForeignParam`] if `id` is not from this store.
     pub fn get(&self, id: ParamId) -> Result<&Array2<F>> {
         let i = self.check("Params::get", id)?;
         Ok(&self.values[i])
     }
 
     /// The value of a parameter, mutably (an optimizer step, a perturbation in a finite
-    /// difference). Changing its shape is the caller's responsibility.
+    /// difference). Nothing is checked afterwards: keep the shape and the entries finite.
+    ///
+    /// Errors: [`Error::ForeignParam`] if `id` is not from this store.
     pub fn get_mut(&mut self, id: ParamId) -> Result<&mut Array2<F>> {
         let i = self.check("Params::get_mut", id)?;
         Ok(&mut self.values[i])
     }
 
     /// The name a parameter was added under.
+    ///
+    /// Errors: [`Error::ForeignParam`] if `id` is not from this store.
     pub fn name(&self, id: ParamId) -> Result<&str> {
         let i = self.check("Params::name", id)?;
         Ok(&self.names[i])
     }
 
-    /// Looks a parameter up by name.
+    /// Looks a parameter up by name (`None` if there is none of that name).
     pub fn id(&self, name: &str) -> Option<ParamId> {
         self.names.iter().position(|n| n == name).map(|i| ParamId {
             store: self.store,
@@ -158,7 +178,8 @@ impl<F: Scalar> Params<F> {
     }
 }
 
-/// Gradients keyed by [`ParamId`], as returned by [`Tape::backward`](crate::Tape::backward).
+/// Gradients keyed by [`ParamId`], as returned by
+/// [`Tape::backward`](crate::Tape::backward).
 ///
 /// A parameter that the loss does not reach has no entry ([`Grads::get`] gives `None`).
 /// A `Grads` can be reused across steps ([`Grads::zero`] keeps its allocations) and
@@ -184,7 +205,8 @@ pub struct Grads<F> {
 }
 
 impl<F: Scalar> Grads<F> {
-    /// Empty gradients for parameters of `params`.
+    /// Gradients for the parameters of `params` with no entry yet (every
+    /// [`Grads::get`] is `None` until [`Grads::accumulate`]).
     pub fn new(params: &Params<F>) -> Self {
         Grads {
             store: params.store,
@@ -192,7 +214,7 @@ impl<F: Scalar> Grads<F> {
         }
     }
 
-    /// Zero gradients with an entry for every parameter of `params`.
+    /// Gradients with a zero entry of the right shape for every parameter of `params`.
     pub fn zeros_like(params: &Params<F>) -> Self {
         Grads {
             store: params.store,
@@ -211,7 +233,8 @@ impl<F: Scalar> Grads<F> {
         }
     }
 
-    /// The gradient of one parameter, if the loss reached it.
+    /// The gradient of one parameter, if it has an entry (for the gradients of a
+    /// backward pass: if the loss reached it). `None` for an id of another store.
     pub fn get(&self, id: ParamId) -> Option<&Array2<F>> {
         if id.store != self.store {
             return None;
@@ -219,7 +242,7 @@ impl<F: Scalar> Grads<F> {
         self.slots.get(id.index()).and_then(|s| s.as_ref())
     }
 
-    /// Mutable access to one parameter's gradient.
+    /// Mutable access to one parameter's gradient (`None` as for [`Grads::get`]).
     pub fn get_mut(&mut self, id: ParamId) -> Option<&mut Array2<F>> {
         if id.store != self.store {
             return None;
@@ -228,6 +251,22 @@ impl<F: Scalar> Grads<F> {
     }
 
     /// The entries present, in parameter order.
+    ///
+    /// ```
+    /// use ndarray::array;
+    /// use timetape::{Grads, Params};
+    ///
+    /// let mut params = Params::<f64>::new();
+    /// let a = params.add("a", array![[1.0]])?;
+    /// let b = params.add("b", array![[2.0]])?;
+    /// let mut grads = Grads::new(&params);
+    /// grads.accumulate(b, array![[0.5]].view())?;
+    /// grads.accumulate(b, array![[0.25]].view())?;
+    /// let entries: Vec<_> = grads.iter().map(|(id, g)| (id, g[[0, 0]])).collect();
+    /// assert_eq!(entries, vec![(b, 0.75)]);
+    /// assert!(grads.get(a).is_none());
+    /// # Ok::<(), timetape::Error>(())
+    /// ```
     pub fn iter(&self) -> impl Iterator<Item = (ParamId, &Array2<F>)> + '_ {
         let store = self.store;
         self.slots.iter().enumerate().filter_map(move |(i, s)| {
@@ -267,6 +306,12 @@ impl<F: Scalar> Grads<F> {
     }
 
     /// Adds `g` into the entry of `id`, creating it on first use.
+    ///
+    /// Gradients with no entry at all (as a backward pass starts them) take the store of
+    /// the first id they see.
+    ///
+    /// Errors: [`Error::ForeignParam`] if `id` is from another store than the entries;
+    /// [`Error::ShapeMismatch`] if the entry exists with another shape.
     pub fn accumulate(&mut self, id: ParamId, g: ArrayView2<'_, F>) -> Result<()> {
         if self.slots.is_empty() && self.store != id.store {
             self.store = id.store;
@@ -297,6 +342,8 @@ impl<F: Scalar> Grads<F> {
     }
 
     /// Adds every entry of `other` into `self`.
+    ///
+    /// Errors: as [`Grads::accumulate`]; the entries before the failing one are added.
     pub fn add_assign(&mut self, other: &Grads<F>) -> Result<()> {
         for (id, g) in other.iter() {
             self.accumulate(id, g.view())?;
@@ -321,9 +368,25 @@ impl<F: Scalar> Grads<F> {
             .sqrt()
     }
 
-    /// The largest relative difference from `other` over all parameters, each measured as
-    /// `‖a − b‖_max / max(‖b‖_max, tiny)`; a parameter present in only one of the two
-    /// counts as relative difference 1 unless the other one is all zeros.
+    /// The largest relative difference from `other` (the reference) over all parameters,
+    /// matched by position in the store. Each is measured as `‖a − b‖_max / ‖b‖_max`, or
+    /// as `‖a − b‖_max` if `b` is all zeros. A parameter present in only one of the two
+    /// counts as 1, or 0 if the entry present is all zeros; entries of different shapes
+    /// count as `f64::INFINITY`.
+    ///
+    /// ```
+    /// use ndarray::array;
+    /// use timetape::{Grads, Params};
+    ///
+    /// let mut params = Params::<f64>::new();
+    /// let w = params.add("w", array![[1.0, 1.0]])?;
+    /// let mut a = Grads::new(&params);
+    /// a.accumulate(w, array![[1.0, 2.0]].view())?;
+    /// let mut b = Grads::new(&params);
+    /// b.accumulate(w, array![[1.0, 2.5]].view())?;
+    /// assert_eq!(a.max_rel_diff(&b), 0.2); // 0.5 / 2.5
+    /// # Ok::<(), timetape::Error>(())
+    /// ```
     pub fn max_rel_diff(&self, other: &Grads<F>) -> f64 {
         let n = self.slots.len().max(other.slots.len());
         let mut worst = 0.0f64;

@@ -7,14 +7,17 @@ use crate::rnn::{Edge, Recurrent, SequenceLoss};
 use crate::scalar::Scalar;
 use ndarray::{Array2, ArrayView2, ArrayView3};
 
-/// Exact full-BPTT gradients with a tape of at most `stride` steps.
+/// Exact full-BPTT gradients with a tape of at most `stride` steps: the same gradient
+/// as [`run`](super::run) with [`Truncation::Full`](super::Truncation::Full), up to
+/// rounding, in less memory.
 ///
 /// A forward pass keeps the state at every `stride`-th step (⌈T/stride⌉ states) and
 /// nothing else; then, from the last segment to the first, each segment is recomputed
 /// on the tape and backpropagated, seeded with its own loss and with ∂L/∂h at its end,
 /// which the segment after it passed back ([`crate::Tape::backward_with`]). Forward
 /// steps: 2T; tape: one segment; `stride = None` takes ⌈√T⌉, which minimizes
-/// stored states plus tape length.
+/// stored states plus tape length. The [`Report`] has `xi = None`, counts in
+/// `segments` the segments backpropagated, and gives `dh_norms` in step order.
 ///
 /// ```
 /// use ndarray::{Array2, Array3};
@@ -24,15 +27,23 @@ use ndarray::{Array2, ArrayView2, ArrayView3};
 ///
 /// let mut params = Params::<f64>::new();
 /// let cell = models::m3(&mut params, 2, 3, 2, 0)?;
-/// let xs = Array3::from_shape_fn((50, 1, 2), |(t, _, d)| ((t * (d + 1)) as f64).cos());
-/// let labels = Array2::from_shape_fn((50, 1), |(t, _)| t % 2);
+/// let xs = Array3::from_shape_fn((200, 1, 2), |(t, _, d)| ((t * (d + 1)) as f64).cos());
+/// let labels = Array2::from_shape_fn((200, 1), |(t, _)| t % 2);
 /// let loss = SequenceLoss::classes(labels.view());
 /// let full = run(&cell, &params, xs.view(), None, &loss, &Truncation::Full, RunOptions::default())?;
 /// let ckpt = checkpointed(&cell, &params, xs.view(), None, &loss, None, RunOptions::default())?;
 /// assert!(ckpt.grads.max_rel_diff(&full.grads) < 1e-12);
+/// assert_eq!(ckpt.forward_steps, 400); // 2T
+/// // segments of ⌈√200⌉ = 15 steps on the tape instead of 200
 /// assert!(ckpt.peak_tape_nodes < full.peak_tape_nodes / 4);
 /// # Ok::<(), timetape::Error>(())
 /// ```
+///
+/// Errors: [`Error::InvalidArgument`](crate::Error::InvalidArgument) for `stride =
+/// Some(0)`; otherwise as [`run`](super::run):
+/// [`Error::EmptyInput`](crate::Error::EmptyInput) for an empty sequence,
+/// [`Error::ShapeMismatch`](crate::Error::ShapeMismatch) for targets, weights or `h0`
+/// that do not fit it, [`Error::LabelOutOfRange`](crate::Error::LabelOutOfRange).
 pub fn checkpointed<'a, F: Scalar, C: Recurrent<F>>(
     cell: &C,
     params: &Params<F>,

@@ -1,10 +1,14 @@
 //! The exact expectation and variance of the randomized estimator, by enumerating all
 //! 2^T patterns of ξ with their probabilities.
 //!
-//! The estimate is multi-affine in (ξ_1, …, ξ_T) and E[ξ_t | ξ_<t] = 1, so the
-//! probability-weighted sum over patterns equals the full gradient exactly (LITERATURE.md
-//! §1.2); this module computes that sum, so that unbiasedness is a test with a 1e-10
-//! tolerance rather than a statistical one.
+//! The estimate is multi-affine in (ξ_1, …, ξ_T): written as
+//! `Ĝ(ξ) = Σ_{i ≤ t} a_{i,t} Π_{j=i+1..t} ξ_j`, with `a_{i,t}` the contribution of the
+//! loss at step t through the parameters' use at step i under full BPTT, each ξ_j appears
+//! at most once in a product. With `E[ξ_t | ξ_<t] = 1` the tower rule gives
+//! `E[Ĝ] = Ĝ(1, …, 1)`, the full gradient, exactly (Tallec & Ollivier 2017). This module
+//! computes the probability-weighted sum over all patterns, so that unbiasedness is a
+//! test with a 1e-10 tolerance rather than a statistical one. It costs one BPTT run per
+//! pattern: up to 2^T runs.
 
 use super::xi::next_m;
 use super::{run, Pi, RunOptions, Truncation};
@@ -14,11 +18,13 @@ use crate::rnn::{Recurrent, SequenceLoss};
 use crate::scalar::Scalar;
 use ndarray::{ArrayView2, ArrayView3, Axis, Zip};
 
-/// The largest T [`randomized_moments`] accepts (2^16 runs).
+/// The largest T that [`patterns`] and [`randomized_moments`] accept (2^16 patterns).
 pub const MAX_ENUMERATION_STEPS: usize = 16;
 
-/// Every pattern of ξ with non-zero probability, with that probability
-/// `Π_t P(ξ_t | ξ_<t)`.
+/// Every pattern ξ_1..ξ_T with non-zero probability, with that probability
+/// `Π_t P(ξ_t | ξ_<t)` (`π_t` for ξ_t = 1/π_t, `1 − π_t` for ξ_t = 0, π_t evaluated
+/// along the pattern, so a [`Pi::Hazard`] is handled). Steps with π_t = 1 never cut, so
+/// there are `2^T` patterns only if every π_t < 1. The probabilities sum to 1.
 ///
 /// ```
 /// use timetape::bptt::{enumerate::patterns, Pi};
@@ -27,6 +33,9 @@ pub const MAX_ENUMERATION_STEPS: usize = 16;
 /// assert!((all.iter().map(|(_, p)| p).sum::<f64>() - 1.0).abs() < 1e-15);
 /// # Ok::<(), timetape::Error>(())
 /// ```
+///
+/// Errors: [`Error::InvalidArgument`](crate::Error::InvalidArgument) for T >
+/// [`MAX_ENUMERATION_STEPS`] or a π_t outside (0, 1].
 pub fn patterns(pi: &Pi, t_len: usize) -> Result<Vec<(Vec<f64>, f64)>> {
     if t_len > MAX_ENUMERATION_STEPS {
         return Err(invalid(
@@ -60,7 +69,8 @@ pub fn patterns(pi: &Pi, t_len: usize) -> Result<Vec<(Vec<f64>, f64)>> {
     Ok(out)
 }
 
-/// Exact moments of the randomized estimator.
+/// Exact moments of the randomized estimator, as computed by [`randomized_moments`].
+/// `mean` and `variance` have an entry for every parameter of the store.
 #[derive(Debug, Clone)]
 pub struct Moments<F> {
     /// E\[Ĝ\], entry by entry.
@@ -72,7 +82,34 @@ pub struct Moments<F> {
     pub patterns: usize,
 }
 
-/// E and Var of `Randomized { pi }` by enumeration of all patterns (T ≤ 16).
+/// E\[Ĝ\] and Var\[Ĝ\] of the gradient estimate of
+/// [`Truncation::Randomized`] `{ pi, .. }` on this sequence, by enumeration: one
+/// [`run`] with [`Truncation::Pattern`] for each pattern of [`patterns`] (T ≤
+/// [`MAX_ENUMERATION_STEPS`]), weighted by its probability. The mean equals the
+/// gradient of [`Truncation::Full`] up to rounding, for any [`Pi`].
+///
+/// ```
+/// use ndarray::{Array2, Array3};
+/// use timetape::bptt::enumerate::randomized_moments;
+/// use timetape::bptt::{run, Pi, RunOptions, Truncation};
+/// use timetape::rnn::{models, SequenceLoss};
+/// use timetape::Params;
+///
+/// let mut params = Params::<f64>::new();
+/// let cell = models::m3(&mut params, 2, 3, 2, 0)?;
+/// let xs = Array3::from_shape_fn((5, 1, 2), |(t, _, d)| ((t + 2 * d) as f64).sin());
+/// let labels = Array2::from_shape_fn((5, 1), |(t, _)| t % 2);
+/// let loss = SequenceLoss::classes(labels.view());
+///
+/// let m = randomized_moments(&cell, &params, xs.view(), None, &loss, &Pi::Constant(0.5))?;
+/// let full = run(&cell, &params, xs.view(), None, &loss, &Truncation::Full, RunOptions::default())?;
+/// assert_eq!(m.patterns, 32);
+/// assert!(m.mean.max_rel_diff(&full.grads) < 1e-12); // unbiased
+/// assert!(m.variance.get(cell.w_hh).unwrap().iter().all(|&v| v > 0.0));
+/// # Ok::<(), timetape::Error>(())
+/// ```
+///
+/// Errors: as [`patterns`] and [`run`].
 pub fn randomized_moments<'a, F: Scalar, C: Recurrent<F>>(
     cell: &C,
     params: &Params<F>,

@@ -14,9 +14,10 @@ use ndarray::{Array2, ArrayView2, ArrayView3};
 pub enum StepTarget<'a, F> {
     /// No loss at this step.
     None,
-    /// One class label per batch row: softmax cross-entropy.
+    /// One class label per batch row (B labels, each < Q): softmax cross-entropy of the
+    /// step's output.
     Classes(&'a [usize]),
-    /// A B×Q target: squared error.
+    /// A B×Q target: squared error `‖o − y‖²` (no ½) of the step's output.
     Values(ArrayView2<'a, F>),
 }
 
@@ -30,12 +31,16 @@ enum Kind {
 /// BPTT over a sequence fed one step at a time, for sequences that do not fit in
 /// memory. Steps are buffered until the current segment is known to be complete (the
 /// next ξ is 0), then the segment is recorded, backpropagated into the gradient and
-/// dropped: memory follows the segment length, not T.
+/// dropped: memory follows the segment length, not T. (With `Full`, or a pattern with
+/// no zero, the one segment is the whole sequence: everything is buffered until
+/// [`Stream::finish`].)
 ///
 /// The loss is `Σ_t α_t (1/B) Σ_b l(o_{t,b}, y_{t,b})` (a sum over time; give
-/// `α_t = 1/T` for a mean). Strategies: `Full`, `Fixed`, `Tbptt { k, k }`,
-/// `Randomized` and `Pattern`; TBPTT with k2 ≠ k1 needs the sequence at hand, see
-/// [`super::run`].
+/// `α_t = 1/T` for a mean), `l` as in [`StepTarget`]. Strategies: `Full`, `Fixed`,
+/// `Tbptt { k, k }`, `Randomized` and `Pattern`; TBPTT with k2 ≠ k1 needs the sequence
+/// at hand, see [`super::run`]. Fed the same steps, the [`Report`](super::Report) of
+/// [`Stream::finish`] has the gradient of [`super::run`] with the same truncation, up to
+/// rounding.
 ///
 /// ```
 /// use ndarray::Array2;
@@ -77,8 +82,9 @@ pub struct Stream<'a, F: Scalar, C: Recurrent<F>> {
 impl<'a, F: Scalar, C: Recurrent<F>> Stream<'a, F, C> {
     /// A stream for batches of `batch` rows, starting from h_0 = 0.
     ///
-    /// Errors: [`Error::InvalidArgument`] for a bad truncation or TBPTT with k2 ≠ k1;
-    /// [`Error::EmptyInput`] for `batch = 0`.
+    /// Errors: [`Error::InvalidArgument`] for a bad truncation (as
+    /// [`Truncation::validate`], whose pattern length is checked only at
+    /// [`Stream::finish`]) or TBPTT with k2 ≠ k1; [`Error::EmptyInput`] for `batch = 0`.
     pub fn new(
         cell: &'a C,
         params: &'a Params<F>,
@@ -129,7 +135,11 @@ impl<'a, F: Scalar, C: Recurrent<F>> Stream<'a, F, C> {
         })
     }
 
-    /// Starts from a given state instead of zeros (only before the first step).
+    /// Starts from a given state `h0` (B×S) instead of zeros. Call it before the first
+    /// [`Stream::push`]: it is not checked, and later it would overwrite the state the
+    /// stream has reached.
+    ///
+    /// Errors: [`Error::ShapeMismatch`] if `h0` is not B×S.
     pub fn with_initial_state(mut self, h0: ArrayView2<'_, F>) -> Result<Self> {
         if h0.dim() != self.h.dim() {
             return Err(Error::ShapeMismatch {
@@ -166,11 +176,16 @@ impl<'a, F: Scalar, C: Recurrent<F>> Stream<'a, F, C> {
         })
     }
 
-    /// Feeds step t: its input `x` (B×D), its target, and its loss weight α_t.
+    /// Feeds step t: its input `x` (B×D), its target, and its loss weight α_t (ignored
+    /// for [`StepTarget::None`]). If ξ_t = 0, the segment buffered so far is first
+    /// backpropagated and dropped.
     ///
-    /// Errors: [`Error::ShapeMismatch`] for an input or target of the wrong shape, or a
-    /// target kind that differs from earlier steps; [`Error::LabelOutOfRange`];
-    /// [`Error::InvalidArgument`] for a non-finite α or input.
+    /// Errors: [`Error::ShapeMismatch`] for an input or target of the wrong shape;
+    /// [`Error::LabelOutOfRange`]; [`Error::InvalidArgument`] for a non-finite α or
+    /// input, a target kind (classes or values) that differs from earlier steps, a
+    /// pattern with fewer entries than steps, or a π_t outside (0, 1]. After an error
+    /// from a step that passed the shape and value checks, the stream may be left part
+    /// way through the step: do not keep using it.
     pub fn push(
         &mut self,
         x: ArrayView2<'_, F>,
@@ -320,9 +335,12 @@ impl<'a, F: Scalar, C: Recurrent<F>> Stream<'a, F, C> {
         self.t
     }
 
-    /// Backpropagates the last segment and reports.
+    /// Backpropagates the last segment and reports: the loss, the gradient and the costs
+    /// of all the steps fed, `h_final` the last state, and `xi` the ξ used for
+    /// `Randomized` and `Pattern`.
     ///
-    /// Errors: [`Error::EmptyInput`] if no step was fed.
+    /// Errors: [`Error::EmptyInput`] if no step was fed; [`Error::ShapeMismatch`] if a
+    /// `Pattern` has more entries than the steps fed.
     pub fn finish(mut self) -> Result<Report<F>> {
         if self.t == 0 {
             return Err(Error::EmptyInput {

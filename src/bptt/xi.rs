@@ -1,4 +1,7 @@
 //! Sampling the ξ_t of randomized truncation.
+//!
+//! `P(ξ_t = 1/π_t) = π_t`, `P(ξ_t = 0) = 1 − π_t`, so `E[ξ_t] = 1`; ξ_t = 0 cuts the edge
+//! `h_{t−1} → step t`, and a surviving edge scales the gradient by `1/π_t`.
 
 use crate::error::{invalid, Result};
 use rand::Rng;
@@ -6,19 +9,26 @@ use rand_chacha::ChaCha8Rng;
 use std::fmt;
 use std::sync::Arc;
 
-/// The survival probability π_t of the edge into step t.
+/// The survival probability π_t ∈ (0, 1] of the edge `h_{t−1} → step t`.
 ///
-/// The estimate stays unbiased whatever π_t is, as long as it is chosen before ξ_t is
-/// drawn (Tallec & Ollivier 2017): a constant, a function of t, or a function of the
-/// number of steps since the last cut (a hazard).
+/// The estimate stays unbiased whatever π_t is, as long as it depends only on the past
+/// (on t and ξ_1..ξ_{t−1}, so that `E[ξ_t | ξ_{<t}] = 1`; Tallec & Ollivier 2017): a
+/// constant, a function of t, or a function of the number of steps since the last cut (a
+/// hazard). A value outside (0, 1] is an
+/// [`Error::InvalidArgument`](crate::Error::InvalidArgument) when it is drawn (a constant
+/// is also checked up front by [`Truncation::validate`](super::Truncation::validate)).
 #[derive(Clone)]
 pub enum Pi {
-    /// The same π at every step. Segment lengths are then geometric with mean 1/(1 − π).
+    /// The same π at every step. Segment lengths are then geometric,
+    /// `P(L = m) = π^{m−1} (1 − π)`, with mean 1/(1 − π) (the last segment is cut short
+    /// by the end of the sequence).
     Constant(f64),
     /// π_t as a function of the step t (1-based).
     Schedule(Arc<dyn Fn(usize) -> f64 + Send + Sync>),
-    /// π_t as a function of m, the number of steps in the current segment before step
-    /// t (0 right after a cut, or at t = 1).
+    /// π_t as a function of m, the number of steps the current segment already has
+    /// before step t: `m = t − s`, with s the first step of the segment (the last step
+    /// with ξ_s = 0, or 1). So m = 0 only at t = 1, and m = 1 at the step right after a
+    /// cut. The segment length then has `P(L ≥ m + 1) = Π_{k=1..m} π(k)`.
     Hazard(Arc<dyn Fn(usize) -> f64 + Send + Sync>),
 }
 
@@ -34,18 +44,46 @@ impl fmt::Debug for Pi {
 
 impl Pi {
     /// A schedule π_t = f(t), t 1-based.
+    ///
+    /// ```
+    /// use timetape::bptt::{sample_xi, Pi};
+    ///
+    /// // no cut in the first 9 steps, then π = 0.9
+    /// let pi = Pi::schedule(|t| if t < 10 { 1.0 } else { 0.9 });
+    /// let xi = sample_xi(&pi, 30, 1)?;
+    /// assert!(xi[..9].iter().all(|&x| x == 1.0));
+    /// # Ok::<(), timetape::Error>(())
+    /// ```
     pub fn schedule(f: impl Fn(usize) -> f64 + Send + Sync + 'static) -> Self {
         Pi::Schedule(Arc::new(f))
     }
 
-    /// A hazard π_t = f(m), m the steps since the last cut.
+    /// A hazard π_t = f(m), m the steps the current segment already has (see
+    /// [`Pi::Hazard`]): segment lengths follow any distribution you like,
+    /// `P(L ≥ m + 1) = Π_{k=1..m} f(k)`.
+    ///
+    /// ```
+    /// use timetape::bptt::{sample_xi, Pi};
+    ///
+    /// // Segments of at least 5 steps, then a cut with probability 0.2 at every step.
+    /// let pi = Pi::hazard(|m| if m < 5 { 1.0 } else { 0.8 });
+    /// let xi = sample_xi(&pi, 200, 3)?;
+    /// assert!(xi.iter().all(|&x| x == 0.0 || x == 1.0 || x == 1.25));
+    /// let cuts: Vec<usize> = (0..200).filter(|&t| xi[t] == 0.0).collect();
+    /// assert!(!cuts.is_empty() && cuts[0] >= 5);
+    /// assert!(cuts.windows(2).all(|w| w[1] - w[0] >= 5));
+    /// assert_eq!(pi.at(17, 2)?, 1.0); // t is ignored, m = 2
+    /// # Ok::<(), timetape::Error>(())
+    /// ```
     pub fn hazard(f: impl Fn(usize) -> f64 + Send + Sync + 'static) -> Self {
         Pi::Hazard(Arc::new(f))
     }
 
-    /// π_t for step `t` (1-based) with `m` steps in the current segment.
+    /// π_t for step `t` (1-based) with `m` steps already in the current segment; the
+    /// variant ignores what it does not use.
     ///
-    /// Errors: [`crate::Error::InvalidArgument`] if the value is outside (0, 1].
+    /// Errors: [`Error::InvalidArgument`](crate::Error::InvalidArgument) if the value is
+    /// outside (0, 1] (or NaN).
     pub fn at(&self, t: usize, m: usize) -> Result<f64> {
         let p = match self {
             Pi::Constant(p) => *p,
@@ -74,7 +112,21 @@ pub(crate) fn check_pi(p: f64) -> Result<()> {
     }
 }
 
-/// Draws ξ_1, ξ_2, … one at a time: ξ_t = 1/π_t with probability π_t, else 0.
+/// Draws ξ_1, ξ_2, … one at a time: ξ_t = 1/π_t with probability π_t, else 0, from a
+/// seeded ChaCha8 stream (one uniform draw per step). This is what
+/// [`Truncation::Randomized`](super::Truncation::Randomized) and
+/// [`Stream`](super::Stream) use; [`sample_xi`] collects T draws.
+///
+/// ```
+/// use timetape::bptt::{Pi, XiSampler};
+///
+/// let mut s = XiSampler::new(Pi::Constant(0.25), 7);
+/// let xi: Vec<f64> = (0..1000).map(|_| s.next_xi()).collect::<Result<_, _>>()?;
+/// assert!(xi.iter().all(|&x| x == 0.0 || x == 4.0));
+/// let mean = xi.iter().sum::<f64>() / 1000.0; // E[ξ] = 1
+/// assert!((mean - 1.0).abs() < 0.2);
+/// # Ok::<(), timetape::Error>(())
+/// ```
 #[derive(Debug, Clone)]
 pub struct XiSampler {
     pi: Pi,
@@ -84,7 +136,8 @@ pub struct XiSampler {
 }
 
 impl XiSampler {
-    /// A sampler seeded with `seed` (ChaCha8: the same seed gives the same ξ everywhere).
+    /// A sampler at t = 1, seeded with `seed` (ChaCha8: the same seed gives the same ξ on
+    /// every platform).
     pub fn new(pi: Pi, seed: u64) -> Self {
         XiSampler {
             pi,
@@ -94,7 +147,10 @@ impl XiSampler {
         }
     }
 
-    /// The next ξ_t.
+    /// The next ξ_t (t counts the calls, from 1).
+    ///
+    /// Errors: [`Error::InvalidArgument`](crate::Error::InvalidArgument) if π_t is
+    /// outside (0, 1]; t has moved on.
     pub fn next_xi(&mut self) -> Result<f64> {
         self.t += 1;
         let p = self.pi.at(self.t, self.m)?;
@@ -105,7 +161,9 @@ impl XiSampler {
     }
 }
 
-/// ξ_1..ξ_T drawn with `pi` from `seed`.
+/// ξ_1..ξ_T drawn with `pi` from `seed`: the first `t_len` draws of
+/// [`XiSampler::new`]`(pi, seed)`, the ξ that
+/// [`Truncation::Randomized`](super::Truncation::Randomized) `{ pi, seed }` uses.
 ///
 /// ```
 /// use timetape::bptt::{sample_xi, Pi};
@@ -114,6 +172,9 @@ impl XiSampler {
 /// assert_eq!(xi, sample_xi(&Pi::Constant(0.5), 8, 1)?); // seeded
 /// # Ok::<(), timetape::Error>(())
 /// ```
+///
+/// Errors: [`Error::InvalidArgument`](crate::Error::InvalidArgument) if some π_t is
+/// outside (0, 1].
 pub fn sample_xi(pi: &Pi, t_len: usize, seed: u64) -> Result<Vec<f64>> {
     let mut s = XiSampler::new(pi.clone(), seed);
     (0..t_len).map(|_| s.next_xi()).collect()

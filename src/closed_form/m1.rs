@@ -105,7 +105,34 @@ fn finish<F: Scalar>(
 /// linear without biases and the loss has a term at every step;
 /// [`Error::EmptyInput`](crate::Error::EmptyInput),
 /// [`Error::ShapeMismatch`](crate::Error::ShapeMismatch),
-/// [`Error::LabelOutOfRange`](crate::Error::LabelOutOfRange) for bad inputs.
+/// [`Error::LabelOutOfRange`](crate::Error::LabelOutOfRange) for bad inputs (as
+/// [`SequenceLoss::validate`]); [`Error::ForeignParam`](crate::Error::ForeignParam) if
+/// the RNN's parameters are not in `params`.
+///
+/// ```
+/// use ndarray::Array3;
+/// use timetape::rnn::{self, models, SequenceLoss};
+/// use timetape::{closed_form, Params, Tape};
+///
+/// let mut params = Params::<f64>::new();
+/// let cell = models::m1(&mut params, 2, 3, 2, 0)?;
+/// let xs = Array3::from_shape_fn((6, 2, 2), |(t, b, d)| ((t + 2 * b + 3 * d) as f64).sin());
+/// let ys = Array3::from_shape_fn((6, 2, 2), |(t, b, d)| ((t * b + d) as f64).cos());
+/// let loss = SequenceLoss::values(ys.view()).mean_over_time(); // L = (1/T) Σ_t l(o_t, y_t)
+///
+/// let cf = closed_form::m1_recursion(&params, &cell, xs.view(), None, &loss)?;
+/// let ps = closed_form::m1_power_sum(&params, &cell, xs.view(), None, &loss)?;
+/// assert!(cf.grads.max_rel_diff(&ps.grads) < 1e-12); // eq (8) and eq (9) agree
+///
+/// let mut tape = Tape::new();
+/// let run = rnn::unroll(&cell, &mut tape, &params, xs.view(), None, &loss)?;
+/// let grads = tape.backward(run.loss)?;
+/// assert!(cf.grads.max_rel_diff(&grads) < 1e-12);
+/// // δ_1 = ∂L/∂h_1 is the tape's adjoint of the first state
+/// let d1 = tape.adjoint(run.states[0])?.unwrap();
+/// assert!(cf.dh[0].iter().zip(d1.iter()).all(|(a, b)| (a - b).abs() < 1e-12));
+/// # Ok::<(), timetape::Error>(())
+/// ```
 ///
 /// [`Targets::Classes`]: crate::rnn::Targets::Classes
 /// [`Targets::Values`]: crate::rnn::Targets::Values

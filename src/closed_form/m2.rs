@@ -82,10 +82,39 @@ fn relu_diag<F: Scalar>(h: &Array1<F>) -> Array2<F> {
 /// Biases are optional (the notes' M2 has both); `h0` is the initial state (zeros if
 /// `None`, as in the notes).
 ///
+/// ```
+/// use ndarray::{array, Array3};
+/// use timetape::rnn::{self, models, SequenceLoss, Targets};
+/// use timetape::{closed_form, Params, Reduction, Tape};
+///
+/// let mut params = Params::<f64>::new();
+/// let cell = models::m2(&mut params, 2, 3, 0)?; // d = 2 inputs, n = 3
+/// params.get_mut(cell.b_h.unwrap())?.fill(0.2); // keep some units active
+/// let xs = Array3::from_shape_fn((4, 2, 2), |(t, b, d)| ((t + 2 * b + d) as f64).sin());
+/// let y_gt = array![1.0, 0.0];
+/// let loss = SequenceLoss {
+///     targets: Targets::LastBinary(y_gt.view()),
+///     step_weights: None,
+///     time: Reduction::Sum,
+/// };
+/// let kron = closed_form::m2(&params, &cell, xs.view(), None, &loss)?;
+/// let outer = closed_form::m2_outer(&params, &cell, xs.view(), None, &loss)?;
+/// assert!(kron.grads.max_rel_diff(&outer.grads) < 1e-12);
+///
+/// let mut tape = Tape::new();
+/// let run = rnn::unroll(&cell, &mut tape, &params, xs.view(), None, &loss)?;
+/// let grads = tape.backward(run.loss)?;
+/// assert!(kron.grads.max_rel_diff(&grads) < 1e-12);
+/// assert!((kron.loss - tape.scalar(run.loss)?).abs() < 1e-14);
+/// # Ok::<(), timetape::Error>(())
+/// ```
+///
 /// Errors: [`Error::InvalidArgument`](crate::Error::InvalidArgument) unless the RNN is
 /// ReLU with one output and the targets are [`Targets::LastBinary`] in [0, 1];
 /// [`Error::EmptyInput`](crate::Error::EmptyInput),
-/// [`Error::ShapeMismatch`](crate::Error::ShapeMismatch) for bad shapes.
+/// [`Error::ShapeMismatch`](crate::Error::ShapeMismatch) for bad shapes;
+/// [`Error::ForeignParam`](crate::Error::ForeignParam) if the RNN's parameters are not
+/// in `params`.
 pub fn m2<F: Scalar>(
     params: &Params<F>,
     rnn: &Rnn,

@@ -144,7 +144,9 @@ impl<F: Scalar> M3Workspace<F> {
     ///
     /// Errors: [`Error::InvalidArgument`] if the RNN is not tanh or an α is not finite;
     /// [`Error::EmptyInput`] for T = 0 or B = 0; [`Error::ShapeMismatch`] for inputs,
-    /// labels, α or parameters of the wrong size; [`Error::LabelOutOfRange`].
+    /// labels, α or parameters of the wrong size; [`Error::LabelOutOfRange`];
+    /// [`Error::ForeignParam`] if the RNN's parameters are not in `params`. After an
+    /// error the gradients cannot be read until the next successful run.
     pub fn run(
         &mut self,
         params: &Params<F>,
@@ -157,6 +159,9 @@ impl<F: Scalar> M3Workspace<F> {
     }
 
     /// [`M3Workspace::run`] from a given initial state `h0` (B×H; zeros if `None`).
+    ///
+    /// Errors: as [`M3Workspace::run`], and [`Error::ShapeMismatch`] for an `h0` that is
+    /// not B×H.
     pub fn run_with_h0(
         &mut self,
         params: &Params<F>,
@@ -357,23 +362,27 @@ impl<F: Scalar> M3Workspace<F> {
         Ok(grads)
     }
 
-    /// `∂L/∂h_t` of the last run for t = 1..T stacked step after step: (T·B) × H, rows
-    /// `(t−1)·B .. t·B` for step t.
+    /// `∂L/∂h_t` (the total derivative δ_t) of the last successful run for t = 1..T,
+    /// stacked step after step: (T·B) × H, rows `(t−1)·B .. t·B` for step t. Empty
+    /// before the first run.
     pub fn dh(&self) -> ArrayView2<'_, F> {
         self.delta.view()
     }
 
-    /// `∂L/∂h_0` of the last run, B×H.
+    /// `∂L/∂h_0 = r_1 W_hhᵀ` of the last successful run, B×H.
     pub fn dh0(&self) -> ArrayView2<'_, F> {
         self.dh0.view()
     }
 
-    /// The states `h_1 … h_T` of the last run stacked step after step: (T·B) × H.
+    /// The states `h_1 … h_T` of the last successful run stacked step after step:
+    /// (T·B) × H.
     pub fn states(&self) -> ArrayView2<'_, F> {
         rows(&self.hs, self.dims.1..self.hs.nrows())
     }
 
-    /// Bytes of matrix data the workspace holds (activations, adjoints and gradients).
+    /// Bytes of matrix data the workspace holds (activations, adjoints and gradients):
+    /// `((3T + 2)·B·H + T·B·Q)` entries plus those of the gradients, times
+    /// `size_of::<F>()`.
     pub fn bytes(&self) -> usize {
         let n: usize = [
             &self.hs,
@@ -427,8 +436,27 @@ fn add_row<F: Scalar>(a: &mut ArrayViewMut2<'_, F>, bias: &Array2<F>) {
 /// cross-entropy averaged over the batch. The note's `L = 0.1 L_1 + 0.1 L_2 + 0.8 L_3`
 /// is `SequenceLoss::classes(labels).weighted(&[0.1, 0.1, 0.8])`. Biases are optional.
 ///
+/// ```
+/// use ndarray::{Array2, Array3};
+/// use timetape::rnn::{models, SequenceLoss};
+/// use timetape::{closed_form, Params};
+///
+/// let mut params = Params::<f64>::new();
+/// let cell = models::m3(&mut params, 2, 3, 2, 0)?;
+/// let xs = Array3::from_shape_fn((3, 1, 2), |(t, _, d)| (t as f64) * 0.5 - (d as f64));
+/// let labels = Array2::from_shape_fn((3, 1), |(t, _)| t % 2);
+/// let weights = [0.1, 0.1, 0.8];
+/// let loss = SequenceLoss::classes(labels.view()).weighted(&weights);
+/// let cf = closed_form::m3(&params, &cell, xs.view(), None, &loss)?;
+/// let general = closed_form::m4(&params, &cell, xs.view(), None, &loss)?;
+/// assert!(cf.grads.max_rel_diff(&general.grads) < 1e-12);
+/// assert_eq!(cf.dh.len(), 3);
+/// # Ok::<(), timetape::Error>(())
+/// ```
+///
 /// Errors: [`Error::InvalidArgument`] unless the RNN is tanh and the targets are
-/// [`Targets::Classes`]; otherwise as [`M3Workspace::run`].
+/// [`Targets::Classes`]; otherwise as [`M3Workspace::run`] (with
+/// [`SequenceLoss::validate`]'s errors for the loss).
 pub fn m3<F: Scalar>(
     params: &Params<F>,
     rnn: &Rnn,
@@ -604,9 +632,33 @@ pub(crate) fn general<F: Scalar>(
 /// correct one (a loss at step t reaches the parameters used at steps i ≤ t through
 /// `Π_{k=i+1..t} ∂h_k/∂h_{k−1}`).
 ///
+/// ```
+/// use ndarray::{Array2, Array3};
+/// use timetape::rnn::{self, models, Activation, SequenceLoss};
+/// use timetape::{closed_form, Params, Tape};
+///
+/// let mut params = Params::<f64>::new();
+/// let cell = models::m4(&mut params, 2, 3, 2, Activation::Relu, 0)?;
+/// params.get_mut(cell.b_h.unwrap())?.fill(0.3);
+/// let xs = Array3::from_shape_fn((5, 2, 2), |(t, b, d)| ((t + 3 * b + d) as f64).sin());
+/// let ys = Array3::from_shape_fn((5, 2, 2), |(t, b, d)| ((t + b * d) as f64).cos());
+/// let h0 = Array2::from_elem((2, 3), 0.1);
+/// let loss = SequenceLoss::values(ys.view());
+/// let cf = closed_form::m4(&params, &cell, xs.view(), Some(h0.view()), &loss)?;
+///
+/// let mut tape = Tape::new();
+/// let run = rnn::unroll(&cell, &mut tape, &params, xs.view(), Some(h0.view()), &loss)?;
+/// let grads = tape.backward(run.loss)?;
+/// assert!(cf.grads.max_rel_diff(&grads) < 1e-12);
+/// let dh0 = tape.adjoint(run.h0)?.unwrap();
+/// assert!(cf.dh0.iter().zip(dh0.iter()).all(|(a, b)| (a - b).abs() < 1e-12));
+/// # Ok::<(), timetape::Error>(())
+/// ```
+///
 /// Errors: [`Error::EmptyInput`], [`Error::ShapeMismatch`],
 /// [`Error::LabelOutOfRange`], [`Error::InvalidArgument`] for bad inputs (as
-/// [`SequenceLoss::validate`]).
+/// [`SequenceLoss::validate`], and for an RNN with a zero size);
+/// [`Error::ForeignParam`] if the RNN's parameters are not in `params`.
 pub fn m4<F: Scalar>(
     params: &Params<F>,
     rnn: &Rnn,

@@ -73,7 +73,30 @@ pub fn truncated<F: Scalar>(
 }
 
 /// [`truncated()`] with blocks of `k` steps: cuts at [`block_starts`]`(T, k)` (the
-/// notes' regular truncation, `Truncation::Fixed { k }`).
+/// notes' regular truncation, [`Truncation::Fixed`](crate::bptt::Truncation::Fixed)
+/// `{ k }`). Within a block starting at step s, eq (5) runs over `i = s .. t` only.
+///
+/// ```
+/// use ndarray::{Array2, Array3};
+/// use timetape::bptt::{run, RunOptions, Truncation};
+/// use timetape::rnn::{models, SequenceLoss};
+/// use timetape::{closed_form, Params};
+///
+/// let mut params = Params::<f64>::new();
+/// let cell = models::m3(&mut params, 2, 3, 2, 0)?;
+/// let xs = Array3::from_shape_fn((7, 1, 2), |(t, _, d)| ((3 * t + d) as f64).sin());
+/// let labels = Array2::from_shape_fn((7, 1), |(t, _)| t % 2);
+/// let loss = SequenceLoss::classes(labels.view());
+///
+/// let cf = closed_form::truncated_fixed(&params, &cell, xs.view(), None, &loss, 3)?;
+/// let tape = run(&cell, &params, xs.view(), None, &loss, &Truncation::Fixed { k: 3 },
+///                RunOptions::default())?;
+/// assert!(cf.grads.max_rel_diff(&tape.grads) < 1e-12);
+/// // the truncated gradient is not the full one
+/// let full = closed_form::m4(&params, &cell, xs.view(), None, &loss)?;
+/// assert!(cf.grads.max_rel_diff(&full.grads) > 1e-3);
+/// # Ok::<(), timetape::Error>(())
+/// ```
 ///
 /// Errors: [`Error::InvalidArgument`](crate::Error::InvalidArgument) for k = 0;
 /// otherwise as [`truncated()`].

@@ -17,7 +17,10 @@ use crate::scalar::Scalar;
 use crate::tape::{Tape, Var};
 use ndarray::{ArrayView2, Zip};
 
-/// The elementwise unary ops.
+/// The elementwise unary ops, as recorded on the tape. They are applied with the
+/// [`Tape`] methods of the same names ([`Tape::neg`], [`Tape::scale`], [`Tape::tanh`],
+/// [`Tape::relu`], [`Tape::sigmoid`], [`Tape::exp`], [`Tape::log`]), whose docs give
+/// each backward rule.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Unary<F> {
     /// `−x`
@@ -28,7 +31,7 @@ pub enum Unary<F> {
     Tanh,
     /// `max(x, 0)`
     Relu,
-    /// the logistic sigmoid, computed stably for both signs of x
+    /// the logistic sigmoid `σ(x) = 1 / (1 + e^{−x})`, computed stably for both signs of x
     Sigmoid,
     /// `e^x`
     Exp,
@@ -36,16 +39,18 @@ pub enum Unary<F> {
     Log,
 }
 
-/// An activation φ applied by the fused [`Tape::affine`] op (and the vanilla RNN).
+/// An activation φ applied by the fused [`Tape::affine`] op (and the vanilla RNN,
+/// `h_t = φ(x_t W_xh + h_{t−1} W_hh + b_h)`). Its derivative is computed from the output
+/// `y = φ(a)`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Activation {
-    /// `φ(a) = a` (the linear RNN of M1).
+    /// `φ(a) = a` (the linear RNN of M1), derivative 1.
     Identity,
-    /// `φ(a) = tanh a` (M3).
+    /// `φ(a) = tanh a` (M3), derivative `1 − y²`; [`Scalar::tanh_kernel`] forward.
     Tanh,
     /// `φ(a) = max(a, 0)` (M2), derivative `1[a > 0]`.
     Relu,
-    /// `φ(a) = σ(a)`.
+    /// `φ(a) = σ(a)`, derivative `y (1 − y)`.
     Sigmoid,
 }
 
@@ -131,42 +136,64 @@ impl<F: Scalar> Tape<F> {
         Ok(self.push(Op::Unary(kind, ia as u32), out, ng))
     }
 
-    /// `−a`.
+    /// `−a`, elementwise.
+    ///
+    /// Errors: [`crate::Error::ForeignVar`] or [`crate::Error::StaleVar`] if `a` is not a
+    /// live `Var` of this tape.
     pub fn neg(&mut self, a: Var) -> Result<Var> {
         self.unary(Unary::Neg, a)
     }
 
-    /// `c a` for a constant `c`.
+    /// `c a` for a constant `c`; backward `ā += c ȳ`.
     ///
-    /// Errors: [`crate::Error::InvalidArgument`] if `c` is not finite.
+    /// Errors: [`crate::Error::InvalidArgument`] if `c` is not finite;
+    /// [`crate::Error::ForeignVar`] or [`crate::Error::StaleVar`] if `a` is not a live
+    /// `Var` of this tape.
     pub fn scale(&mut self, a: Var, c: F) -> Result<Var> {
         self.unary(Unary::Scale(c), a)
     }
 
-    /// `tanh a`, elementwise.
+    /// `tanh a`, elementwise ([`Scalar::tanh_kernel`]: exact for f64, Eigen's rational
+    /// approximation for f32); backward `ā += ȳ (1 − y²)`.
+    ///
+    /// Errors: [`crate::Error::ForeignVar`] or [`crate::Error::StaleVar`] if `a` is not a
+    /// live `Var` of this tape.
     pub fn tanh(&mut self, a: Var) -> Result<Var> {
         self.unary(Unary::Tanh, a)
     }
 
-    /// `max(a, 0)`, elementwise; its derivative at 0 is taken as 0.
+    /// `max(a, 0)`, elementwise; backward `ā += ȳ · 1[y > 0]` (the derivative at 0 is
+    /// taken as 0, the notes' `1[h > 0]`).
+    ///
+    /// Errors: [`crate::Error::ForeignVar`] or [`crate::Error::StaleVar`] if `a` is not a
+    /// live `Var` of this tape.
     pub fn relu(&mut self, a: Var) -> Result<Var> {
         self.unary(Unary::Relu, a)
     }
 
-    /// The logistic sigmoid `1 / (1 + e^{−a})`, elementwise.
+    /// The logistic sigmoid `σ(a) = 1 / (1 + e^{−a})`, elementwise, computed without
+    /// overflow for both signs; backward `ā += ȳ y (1 − y)`.
+    ///
+    /// Errors: [`crate::Error::ForeignVar`] or [`crate::Error::StaleVar`] if `a` is not a
+    /// live `Var` of this tape.
     pub fn sigmoid(&mut self, a: Var) -> Result<Var> {
         self.unary(Unary::Sigmoid, a)
     }
 
-    /// `e^a`, elementwise.
+    /// `e^a`, elementwise; backward `ā += ȳ y`. Not checked for overflow: an entry above
+    /// ln(F::MAX) (≈ 709.8 for f64, ≈ 88.7 for f32) gives +∞.
+    ///
+    /// Errors: [`crate::Error::ForeignVar`] or [`crate::Error::StaleVar`] if `a` is not a
+    /// live `Var` of this tape.
     pub fn exp(&mut self, a: Var) -> Result<Var> {
         self.unary(Unary::Exp, a)
     }
 
-    /// `ln a`, elementwise.
+    /// `ln a`, elementwise; backward `ā += ȳ / a`.
     ///
-    /// Errors: [`crate::Error::InvalidArgument`] if an entry is ≤ 0 (instead of a NaN
-    /// or −∞ on the tape).
+    /// Errors: [`crate::Error::InvalidArgument`] if an entry is ≤ 0 (instead of a NaN or
+    /// −∞ on the tape); [`crate::Error::ForeignVar`] or [`crate::Error::StaleVar`] if `a`
+    /// is not a live `Var` of this tape.
     pub fn log(&mut self, a: Var) -> Result<Var> {
         self.unary(Unary::Log, a)
     }

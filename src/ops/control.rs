@@ -16,8 +16,10 @@ use crate::tape::{Tape, Var};
 use ndarray::ArrayView2;
 
 impl<F: Scalar> Tape<F> {
-    /// The value of `a`, through which no gradient flows back. The adjoint of the new
-    /// node itself is computed and can be read with [`Tape::adjoint`].
+    /// The value of `a` (a copy), through which no gradient flows back to `a`. The
+    /// adjoint of the new node itself is computed and can be read with [`Tape::adjoint`]
+    /// (it is ∂L/∂h at a cut, kept even when adjoints are released). This is the edge
+    /// `h_{t−1} → step t` where ξ_t = 0 in truncated BPTT.
     ///
     /// ```
     /// use ndarray::array;
@@ -34,6 +36,9 @@ impl<F: Scalar> Tape<F> {
     /// assert_eq!(tape.adjoint(d)?.unwrap()[[0, 0]], 2.0);
     /// # Ok::<(), timetape::Error>(())
     /// ```
+    ///
+    /// Errors: [`crate::Error::ForeignVar`] or [`crate::Error::StaleVar`] if `a` is not a
+    /// live `Var` of this tape.
     pub fn detach(&mut self, a: Var) -> Result<Var> {
         let ia = self.idx("detach", a)?;
         let mut out = self.pool.take(self.values[ia].dim());
@@ -41,9 +46,27 @@ impl<F: Scalar> Tape<F> {
         Ok(self.push(Op::Detach, out, true))
     }
 
-    /// Identity forward; backward multiplies the gradient by `c`.
+    /// Identity forward (a copy of `a`); backward multiplies the gradient by `c`:
+    /// `ā += c ȳ`. This is the edge `h_{t−1} → step t` where ξ_t = 1/π_t in randomized
+    /// truncation.
     ///
-    /// Errors: [`crate::Error::InvalidArgument`] if `c` is not finite.
+    /// ```
+    /// use ndarray::array;
+    /// use timetape::Tape;
+    ///
+    /// let mut tape = Tape::<f64>::new();
+    /// let h = tape.variable(array![[1.0, 2.0]].view())?;
+    /// let s = tape.scale_grad(h, 4.0)?;
+    /// assert_eq!(tape.value(s)?, array![[1.0, 2.0]]);
+    /// let loss = tape.sum(s)?;
+    /// tape.backward(loss)?;
+    /// assert_eq!(tape.adjoint(h)?.unwrap(), array![[4.0, 4.0]]);
+    /// # Ok::<(), timetape::Error>(())
+    /// ```
+    ///
+    /// Errors: [`crate::Error::InvalidArgument`] if `c` is not finite;
+    /// [`crate::Error::ForeignVar`] or [`crate::Error::StaleVar`] if `a` is not a live
+    /// `Var` of this tape.
     pub fn scale_grad(&mut self, a: Var, c: F) -> Result<Var> {
         let ia = self.idx("scale_grad", a)?;
         if !c.is_finite() {

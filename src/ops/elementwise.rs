@@ -15,7 +15,8 @@ use crate::scalar::Scalar;
 use crate::tape::{Tape, Var};
 use ndarray::{ArrayView2, Zip};
 
-/// The elementwise binary ops.
+/// The elementwise binary ops, as recorded on the tape; they are applied with
+/// [`Tape::add`], [`Tape::sub`] and [`Tape::mul`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Binary {
     /// `a + b`
@@ -68,20 +69,43 @@ impl<F: Scalar> Tape<F> {
     }
 
     /// `a + b`, elementwise; either operand may be a 1×n row broadcast over the other's
-    /// rows.
+    /// rows (a bias added to a batch). Backward: `ā += ȳ`, `b̄ += ȳ`, a broadcast operand
+    /// receiving the column sums `Σ_rows ȳ`.
+    ///
+    /// ```
+    /// use ndarray::array;
+    /// use timetape::Tape;
+    ///
+    /// let mut tape = Tape::<f64>::new();
+    /// let x = tape.constant(array![[1.0, 2.0], [3.0, 4.0]])?;
+    /// let b = tape.variable(array![[10.0, 20.0]].view())?;
+    /// let y = tape.add(x, b)?;
+    /// assert_eq!(tape.value(y)?, array![[11.0, 22.0], [13.0, 24.0]]);
+    /// let loss = tape.sum(y)?;
+    /// tape.backward(loss)?;
+    /// assert_eq!(tape.adjoint(b)?.unwrap(), array![[2.0, 2.0]]); // summed over the rows
+    /// # Ok::<(), timetape::Error>(())
+    /// ```
     ///
     /// Errors: [`Error::ShapeMismatch`] unless the shapes are equal or one is a 1×n row
-    /// and the other B×n.
+    /// and the other B×n; [`Error::ForeignVar`] or [`Error::StaleVar`] for a `Var` that
+    /// is not a live `Var` of this tape.
     pub fn add(&mut self, a: Var, b: Var) -> Result<Var> {
         self.binary(Binary::Add, a, b)
     }
 
-    /// `a − b`, elementwise, with row broadcasting as in [`Tape::add`].
+    /// `a − b`, elementwise, with row broadcasting as in [`Tape::add`]. Backward:
+    /// `ā += ȳ`, `b̄ −= ȳ`.
+    ///
+    /// Errors: as [`Tape::add`].
     pub fn sub(&mut self, a: Var, b: Var) -> Result<Var> {
         self.binary(Binary::Sub, a, b)
     }
 
-    /// `a ⊙ b`, elementwise, with row broadcasting as in [`Tape::add`].
+    /// `a ⊙ b` (Hadamard product), elementwise, with row broadcasting as in [`Tape::add`].
+    /// Backward: `ā += ȳ ⊙ b`, `b̄ += ȳ ⊙ a`.
+    ///
+    /// Errors: as [`Tape::add`].
     pub fn mul(&mut self, a: Var, b: Var) -> Result<Var> {
         self.binary(Binary::Mul, a, b)
     }

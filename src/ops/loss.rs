@@ -28,12 +28,21 @@ pub enum Reduction {
 }
 
 impl<F: Scalar> Tape<F> {
-    /// Softmax cross-entropy of B×C logits against B integer labels, with optional
-    /// per-row weights, fused and stable (log-sum-exp with the row maximum subtracted).
+    /// Softmax cross-entropy of B×C logits `z` against B integer labels `y`, with
+    /// optional per-row weights `w` (1 if `None`), fused and stable (log-sum-exp with the
+    /// row maximum subtracted):
+    ///
+    /// ```text
+    /// L = s Σ_r w_r (logsumexp(z_r) − z_{r,y_r}),     z̄_r += ḡ s w_r (softmax(z_r) − onehot(y_r))
+    /// ```
+    ///
+    /// with `s = 1/B` for [`Reduction::Mean`] (whatever the weights) and 1 for
+    /// [`Reduction::Sum`]. The softmax is saved for the backward pass.
     ///
     /// Errors: [`Error::LabelOutOfRange`] for a label ≥ C; [`Error::ShapeMismatch`] if
     /// the number of labels or weights is not B; [`Error::InvalidArgument`] for a
-    /// non-finite weight.
+    /// non-finite weight; [`Error::ForeignVar`] or [`Error::StaleVar`] for a `Var` that
+    /// is not a live `Var` of this tape.
     ///
     /// ```
     /// use ndarray::array;
@@ -142,11 +151,31 @@ impl<F: Scalar> Tape<F> {
         }
     }
 
-    /// Binary cross-entropy of logits `z` against targets `t ∈ [0, 1]` of the same
-    /// shape, computed stably as `max(z, 0) − z t + ln(1 + e^{−|z|})`.
+    /// Binary cross-entropy of `σ(z)` against targets `t ∈ [0, 1]` of the same shape,
+    /// from the logits `z`, computed stably entry by entry as
+    /// `max(z, 0) − z t + ln(1 + e^{−|z|})`
+    /// (equal to `−(t ln σ(z) + (1 − t) ln(1 − σ(z)))`), summed, times `s`:
+    /// 1/(number of entries) for [`Reduction::Mean`], 1 for [`Reduction::Sum`].
+    /// Backward: `z̄ += ḡ s (σ(z) − t)`, and `t̄ += −ḡ s z` if the targets need a
+    /// gradient.
+    ///
+    /// ```
+    /// use ndarray::array;
+    /// use timetape::{Reduction, Tape};
+    ///
+    /// let mut tape = Tape::<f64>::new();
+    /// let z = tape.variable(array![[0.0, 2.0]].view())?;
+    /// let t = tape.constant(array![[1.0, 0.0]])?;
+    /// let l = tape.bce_with_logits(z, t, Reduction::Sum)?;
+    /// // −ln σ(0) − ln(1 − σ(2)) = ln 2 + ln(1 + e²)
+    /// let want = 2f64.ln() + (1.0 + 2f64.exp()).ln();
+    /// assert!((tape.scalar(l)? - want).abs() < 1e-14);
+    /// # Ok::<(), timetape::Error>(())
+    /// ```
     ///
     /// Errors: [`Error::ShapeMismatch`] for different shapes; [`Error::InvalidArgument`]
-    /// for a target outside [0, 1].
+    /// for a target outside [0, 1] (or NaN); [`Error::ForeignVar`] or [`Error::StaleVar`]
+    /// for a `Var` that is not a live `Var` of this tape.
     pub fn bce_with_logits(
         &mut self,
         logits: Var,
@@ -179,11 +208,15 @@ impl<F: Scalar> Tape<F> {
         ))
     }
 
-    /// Squared error `Σ_r w_r Σ_c (p_rc − t_rc)²` with optional per-row weights `w`
-    /// (1 if `None`), divided by the number of entries for [`Reduction::Mean`].
+    /// Squared error `s Σ_r w_r Σ_c (p_rc − t_rc)²` (no ½) with optional per-row weights
+    /// `w` (1 if `None`), `s` = 1/(number of entries) for [`Reduction::Mean`] (whatever
+    /// the weights) or 1 for [`Reduction::Sum`]. Backward: `p̄ += 2 ḡ s w_r (p − t)`, and
+    /// the same with a minus sign into `t` if the target needs a gradient.
     ///
     /// Errors: [`Error::ShapeMismatch`] for different shapes or a number of weights other
-    /// than the number of rows; [`Error::InvalidArgument`] for a non-finite weight.
+    /// than the number of rows; [`Error::InvalidArgument`] for a non-finite weight;
+    /// [`Error::ForeignVar`] or [`Error::StaleVar`] for a `Var` that is not a live `Var`
+    /// of this tape.
     pub fn squared_error(
         &mut self,
         pred: Var,
@@ -235,7 +268,10 @@ impl<F: Scalar> Tape<F> {
         ))
     }
 
-    /// Mean squared error: [`Tape::squared_error`] with [`Reduction::Mean`].
+    /// Mean squared error `(1/n) Σ (p − t)²` over the n entries: [`Tape::squared_error`]
+    /// with no weights and [`Reduction::Mean`].
+    ///
+    /// Errors: as [`Tape::squared_error`].
     pub fn mse(&mut self, pred: Var, target: Var) -> Result<Var> {
         self.squared_error(pred, target, None, Reduction::Mean)
     }

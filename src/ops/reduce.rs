@@ -27,12 +27,19 @@ impl<F: Scalar> Tape<F> {
         Ok(self.push(Op::Sum(ia as u32, c), out, ng))
     }
 
-    /// The sum of all entries, as a 1×1 value.
+    /// The sum of all entries `Σ_ij a_ij`, as a 1×1 value; backward `ā_ij += ȳ`.
+    ///
+    /// Errors: [`crate::Error::ForeignVar`] or [`crate::Error::StaleVar`] if `a` is not a
+    /// live `Var` of this tape.
     pub fn sum(&mut self, a: Var) -> Result<Var> {
         self.reduce("sum", a, false)
     }
 
-    /// The mean of all entries, as a 1×1 value.
+    /// The mean of all entries `(1/n) Σ_ij a_ij` (n = rows × cols), as a 1×1 value;
+    /// backward `ā_ij += ȳ / n`.
+    ///
+    /// Errors: [`crate::Error::ForeignVar`] or [`crate::Error::StaleVar`] if `a` is not a
+    /// live `Var` of this tape.
     pub fn mean(&mut self, a: Var) -> Result<Var> {
         self.reduce("mean", a, true)
     }

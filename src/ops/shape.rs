@@ -34,10 +34,26 @@ impl Axis {
 }
 
 impl<F: Scalar> Tape<F> {
-    /// Concatenation of `parts` along `axis`.
+    /// Concatenation of `parts` along `axis` (a copy); backward: each part receives its
+    /// block of `ȳ`. A part may appear more than once.
+    ///
+    /// ```
+    /// use ndarray::array;
+    /// use timetape::{Axis, Tape};
+    ///
+    /// let mut tape = Tape::<f64>::new();
+    /// let a = tape.constant(array![[1.0], [2.0]])?;
+    /// let b = tape.constant(array![[3.0, 4.0], [5.0, 6.0]])?;
+    /// let ab = tape.concat(&[a, b], Axis::Cols)?;
+    /// assert_eq!(tape.value(ab)?, array![[1.0, 3.0, 4.0], [2.0, 5.0, 6.0]]);
+    /// let b1 = tape.slice(ab, Axis::Cols, 2..3)?;
+    /// assert_eq!(tape.value(b1)?, array![[4.0], [6.0]]);
+    /// # Ok::<(), timetape::Error>(())
+    /// ```
     ///
     /// Errors: [`Error::EmptyInput`] for no parts; [`Error::ShapeMismatch`] if the other
-    /// dimension differs between parts.
+    /// dimension differs between parts; [`Error::ForeignVar`] or [`Error::StaleVar`] for
+    /// a `Var` that is not a live `Var` of this tape.
     pub fn concat(&mut self, parts: &[Var], axis: Axis) -> Result<Var> {
         let op = "concat";
         let Some(&first) = parts.first() else {
@@ -94,19 +110,26 @@ impl<F: Scalar> Tape<F> {
         ))
     }
 
-    /// `[a b …]`: concatenation along columns.
+    /// `[a b …]`: [`Tape::concat`] along columns (the parts side by side; all have B rows).
+    ///
+    /// Errors: as [`Tape::concat`].
     pub fn concat_cols(&mut self, parts: &[Var]) -> Result<Var> {
         self.concat(parts, Axis::Cols)
     }
 
-    /// Concatenation along rows (stacking).
+    /// [`Tape::concat`] along rows (the parts stacked; all have n columns).
+    ///
+    /// Errors: as [`Tape::concat`].
     pub fn concat_rows(&mut self, parts: &[Var]) -> Result<Var> {
         self.concat(parts, Axis::Rows)
     }
 
-    /// The rows or columns `range` of `a` (a copy).
+    /// The rows or columns `range` of `a` (a copy); backward `ā[range] += ȳ` along
+    /// `axis`, zero elsewhere.
     ///
-    /// Errors: [`Error::InvalidArgument`] for an empty or out-of-bounds range.
+    /// Errors: [`Error::InvalidArgument`] for an empty or out-of-bounds range;
+    /// [`Error::ForeignVar`] or [`Error::StaleVar`] for a `Var` that is not a live `Var`
+    /// of this tape.
     pub fn slice(&mut self, a: Var, axis: Axis, range: Range<usize>) -> Result<Var> {
         let op = "slice";
         let ia = self.idx(op, a)?;
@@ -133,12 +156,16 @@ impl<F: Scalar> Tape<F> {
         ))
     }
 
-    /// Columns `range` of `a`.
+    /// Columns `range` of `a`: [`Tape::slice`] along columns.
+    ///
+    /// Errors: as [`Tape::slice`].
     pub fn slice_cols(&mut self, a: Var, range: Range<usize>) -> Result<Var> {
         self.slice(a, Axis::Cols, range)
     }
 
-    /// Rows `range` of `a`.
+    /// Rows `range` of `a`: [`Tape::slice`] along rows.
+    ///
+    /// Errors: as [`Tape::slice`].
     pub fn slice_rows(&mut self, a: Var, range: Range<usize>) -> Result<Var> {
         self.slice(a, Axis::Rows, range)
     }

@@ -20,7 +20,9 @@ use ndarray::Array2;
 ///
 /// The three gates are stored side by side: `W_x = [W_xr W_xz W_xn]` (D×3H),
 /// `W_h = [W_hr W_hz W_hn]` (H×3H), biases `b_x`, `b_h` (1×3H); then `W_hq` (H×Q),
-/// `b_q` (1×Q). Names: `gru.W_x`, `gru.W_h`, `gru.b_x`, `gru.b_h`, `gru.W_hq`, `gru.b_q`.
+/// `b_q` (1×Q). Names: `gru.W_x`, `gru.W_h`, `gru.b_x`, `gru.b_h`, `gru.W_hq`, `gru.b_q`
+/// (fixed, so one store holds one GRU). The state the BPTT strategies carry is `h_t`
+/// (B×H); the sizes D, H, Q are read through [`Recurrent`].
 #[derive(Debug, Clone, PartialEq)]
 pub struct Gru {
     input: usize,
@@ -40,7 +42,7 @@ pub struct Gru {
     pub b_q: ParamId,
 }
 
-/// The parameters of a [`Gru`] on one tape.
+/// The parameters of a [`Gru`] registered on one tape ([`Recurrent::bind`]).
 #[derive(Debug, Clone, Copy)]
 pub struct GruBound {
     w_x: Var,
@@ -52,7 +54,30 @@ pub struct GruBound {
 }
 
 impl Gru {
-    /// Adds a GRU's parameters to `params`, uniform in `±1/√H` from `seed`.
+    /// Adds a GRU with `input` = D, `hidden` = H and `output` = Q to `params`: every
+    /// weight and gate bias uniform in `±1/√H` (as PyTorch) from `seed`, `b_q` zero.
+    ///
+    /// ```
+    /// use ndarray::{Array2, Array3};
+    /// use timetape::gradcheck::{gradcheck, GradcheckOptions};
+    /// use timetape::rnn::{self, Gru, SequenceLoss};
+    /// use timetape::Params;
+    ///
+    /// let mut params = Params::<f64>::new();
+    /// let cell = Gru::new(&mut params, 2, 2, 2, 0)?; // D = 2, H = 2, Q = 2
+    /// assert_eq!(params.num_scalars(), 2 * 6 + 2 * 6 + 6 + 6 + 2 * 2 + 2);
+    /// let xs = Array3::from_shape_fn((3, 1, 2), |(t, _, d)| 0.5 * (t as f64) - 0.3 * (d as f64));
+    /// let labels = Array2::from_shape_fn((3, 1), |(t, _)| t % 2);
+    /// let loss = SequenceLoss::classes(labels.view());
+    /// let report = gradcheck(&params, GradcheckOptions::default(), |tape, p| {
+    ///     Ok(rnn::unroll(&cell, tape, p, xs.view(), None, &loss)?.loss)
+    /// })?;
+    /// assert!(report.max_rel_err() < 1e-7, "{report}");
+    /// # Ok::<(), timetape::Error>(())
+    /// ```
+    ///
+    /// Errors: [`Error::InvalidArgument`](crate::Error::InvalidArgument) for a zero size,
+    /// or if `params` already holds a parameter named `gru.W_x` (or another of the names).
     pub fn new<F: Scalar>(
         params: &mut Params<F>,
         input: usize,

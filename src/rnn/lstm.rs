@@ -19,8 +19,11 @@ use ndarray::Array2;
 /// ```
 ///
 /// The state the BPTT strategies carry is `[h_t c_t]` (B×2H), so that one edge per step
-/// carries both. Parameters: `lstm.W_x` (D×4H), `lstm.W_h` (H×4H), `lstm.b` (1×4H; the
-/// forget-gate quarter starts at 1), `lstm.W_hq` (H×Q), `lstm.b_q` (1×Q).
+/// carries both: [`Recurrent::state_width`] is 2H, an initial state is `[h_0 c_0]`, and
+/// the states of an unroll (and their ∂L/∂ adjoints) hold both halves. The output reads
+/// `h_t` only. Parameters: `lstm.W_x` (D×4H), `lstm.W_h` (H×4H), `lstm.b` (1×4H; the
+/// forget-gate quarter starts at 1), `lstm.W_hq` (H×Q), `lstm.b_q` (1×Q) (fixed names,
+/// so one store holds one LSTM).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Lstm {
     input: usize,
@@ -38,7 +41,7 @@ pub struct Lstm {
     pub b_q: ParamId,
 }
 
-/// The parameters of an [`Lstm`] on one tape.
+/// The parameters of an [`Lstm`] registered on one tape ([`Recurrent::bind`]).
 #[derive(Debug, Clone, Copy)]
 pub struct LstmBound {
     w_x: Var,
@@ -49,8 +52,31 @@ pub struct LstmBound {
 }
 
 impl Lstm {
-    /// Adds an LSTM's parameters to `params`, uniform in `±1/√H` from `seed`, with the
-    /// forget-gate bias at 1.
+    /// Adds an LSTM with `input` = D, `hidden` = H and `output` = Q to `params`: weights
+    /// uniform in `±1/√H` from `seed`, gate biases 0 except the forget gate's at 1,
+    /// `b_q` zero.
+    ///
+    /// ```
+    /// use ndarray::{Array2, Array3};
+    /// use timetape::gradcheck::{gradcheck, GradcheckOptions};
+    /// use timetape::rnn::{self, Lstm, Recurrent, SequenceLoss};
+    /// use timetape::Params;
+    ///
+    /// let mut params = Params::<f64>::new();
+    /// let cell = Lstm::new(&mut params, 2, 2, 2, 0)?; // D = 2, H = 2, Q = 2
+    /// assert_eq!(Recurrent::<f64>::state_width(&cell), 4); // [h c]
+    /// let xs = Array3::from_shape_fn((3, 1, 2), |(t, _, d)| 0.5 * (t as f64) - 0.3 * (d as f64));
+    /// let labels = Array2::from_shape_fn((3, 1), |(t, _)| t % 2);
+    /// let loss = SequenceLoss::classes(labels.view());
+    /// let report = gradcheck(&params, GradcheckOptions::default(), |tape, p| {
+    ///     Ok(rnn::unroll(&cell, tape, p, xs.view(), None, &loss)?.loss)
+    /// })?;
+    /// assert!(report.max_rel_err() < 1e-7, "{report}");
+    /// # Ok::<(), timetape::Error>(())
+    /// ```
+    ///
+    /// Errors: [`Error::InvalidArgument`](crate::Error::InvalidArgument) for a zero size,
+    /// or if `params` already holds a parameter named `lstm.W_x` (or another of the names).
     pub fn new<F: Scalar>(
         params: &mut Params<F>,
         input: usize,
