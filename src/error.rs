@@ -66,9 +66,11 @@ pub enum Error {
     },
     /// A value used as a loss that is not 1×1: given to
     /// [`Tape::backward`](crate::Tape::backward) or read with
-    /// [`Tape::scalar`](crate::Tape::scalar). The message says `backward` in both cases.
-    #[error("backward: the loss must be 1×1, got {shape:?}")]
+    /// [`Tape::scalar`](crate::Tape::scalar).
+    #[error("{op}: the loss must be 1×1, got {shape:?}")]
     NonScalarLoss {
+        /// The operation that was asked for (`backward`, `scalar`).
+        op: &'static str,
         /// Shape of the value given as the loss.
         shape: (usize, usize),
     },

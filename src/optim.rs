@@ -141,12 +141,12 @@ impl<F: Scalar> Sgd<F> {
     /// One step on every parameter that has an entry in `grads`.
     ///
     /// Errors: [`Error::ForeignParam`] if `grads` holds an id of another store;
-    /// [`Error::ShapeMismatch`] if a gradient's shape differs from its parameter's. The
-    /// parameters before the failing one have been updated.
+    /// [`Error::ShapeMismatch`] if a gradient's shape differs from its parameter's. Both
+    /// are checked before anything is updated.
     pub fn step(&mut self, params: &mut Params<F>, grads: &Grads<F>) -> Result<()> {
+        check_all("Sgd::step", params, grads)?;
         for (id, g) in grads.iter() {
             let p = params.get_mut(id)?;
-            shapes_match("Sgd::step", p, g)?;
             let (lr, mu) = (self.lr, self.momentum);
             if mu == F::zero() {
                 Zip::from(p).and(g).for_each(|p, &g| *p = *p - lr * g);
@@ -204,9 +204,12 @@ pub struct Adam<F> {
     beta1: F,
     beta2: F,
     eps: F,
-    t: i32,
-    moments: Vec<Option<(Array2<F>, Array2<F>)>>,
+    /// Per parameter: its own step count t (as in PyTorch), m and v.
+    moments: Vec<Option<Moments<F>>>,
 }
+
+/// Adam's state for one parameter: step count t, first and second moments.
+type Moments<F> = (i32, Array2<F>, Array2<F>);
 
 impl<F: Scalar> Adam<F> {
     /// Adam with learning rate `lr` (η) and the usual β₁ = 0.9, β₂ = 0.999, ε = 1e-8.
@@ -219,7 +222,6 @@ impl<F: Scalar> Adam<F> {
             beta1: F::of(0.9),
             beta2: F::of(0.999),
             eps: F::of(1e-8),
-            t: 0,
             moments: Vec::new(),
         })
     }
@@ -238,25 +240,41 @@ impl<F: Scalar> Adam<F> {
         Ok(self)
     }
 
-    /// One step on every parameter that has an entry in `grads`; `t` moves on by one.
+    /// The learning rate η.
+    pub fn lr(&self) -> F {
+        self.lr
+    }
+
+    /// Changes the learning rate (a schedule).
+    ///
+    /// Errors: [`Error::InvalidArgument`] if `lr` is not positive and finite.
+    pub fn set_lr(&mut self, lr: F) -> Result<()> {
+        check_lr("Adam::set_lr", lr)?;
+        self.lr = lr;
+        Ok(())
+    }
+
+    /// One step on every parameter that has an entry in `grads`. Each parameter keeps its
+    /// own step count t for the bias correction (a parameter that first receives a
+    /// gradient late starts at t = 1, as in PyTorch).
     ///
     /// Errors: [`Error::ForeignParam`] if `grads` holds an id of another store;
-    /// [`Error::ShapeMismatch`] if a gradient's shape differs from its parameter's. The
-    /// parameters before the failing one have been updated, and `t` has moved on.
+    /// [`Error::ShapeMismatch`] if a gradient's shape differs from its parameter's. Both
+    /// are checked before anything is updated.
     pub fn step(&mut self, params: &mut Params<F>, grads: &Grads<F>) -> Result<()> {
-        self.t += 1;
+        check_all("Adam::step", params, grads)?;
         let (b1, b2, eps, lr) = (self.beta1, self.beta2, self.eps, self.lr);
-        let c1 = F::one() - b1.powi(self.t);
-        let c2 = F::one() - b2.powi(self.t);
         for (id, g) in grads.iter() {
             let p = params.get_mut(id)?;
-            shapes_match("Adam::step", p, g)?;
             let i = id.index();
             if self.moments.len() <= i {
                 self.moments.resize(i + 1, None);
             }
-            let (m, v) = self.moments[i]
-                .get_or_insert_with(|| (Array2::zeros(g.raw_dim()), Array2::zeros(g.raw_dim())));
+            let (t, m, v) = self.moments[i]
+                .get_or_insert_with(|| (0, Array2::zeros(g.raw_dim()), Array2::zeros(g.raw_dim())));
+            *t += 1;
+            let c1 = F::one() - b1.powi(*t);
+            let c2 = F::one() - b2.powi(*t);
             Zip::from(p).and(m).and(v).and(g).for_each(|p, m, v, &g| {
                 *m = b1 * *m + (F::one() - b1) * g;
                 *v = b2 * *v + (F::one() - b2) * g * g;
@@ -267,4 +285,12 @@ impl<F: Scalar> Adam<F> {
         }
         Ok(())
     }
+}
+
+/// Checks every gradient against its parameter before a step changes anything.
+fn check_all<F: Scalar>(op: &'static str, params: &Params<F>, grads: &Grads<F>) -> Result<()> {
+    for (id, g) in grads.iter() {
+        shapes_match(op, params.get(id)?, g)?;
+    }
+    Ok(())
 }

@@ -295,7 +295,10 @@ impl<F: Scalar> Tape<F> {
         let i = self.idx("scalar", v)?;
         let a = &self.values[i];
         if a.dim() != (1, 1) {
-            return Err(Error::NonScalarLoss { shape: a.dim() });
+            return Err(Error::NonScalarLoss {
+                op: "scalar",
+                shape: a.dim(),
+            });
         }
         Ok(a[[0, 0]])
     }
@@ -379,6 +382,7 @@ impl<F: Scalar> Tape<F> {
         let i = self.idx("backward", loss)?;
         if self.values[i].dim() != (1, 1) {
             return Err(Error::NonScalarLoss {
+                op: "backward",
                 shape: self.values[i].dim(),
             });
         }

@@ -347,12 +347,30 @@ fn backward_from_a_non_scalar_is_a_non_scalar_loss() {
     let h = tape.variable(zeros(2, 3).view()).unwrap();
     let y = tape.tanh(h).unwrap();
     let e = err(tape.backward(y), &["backward", "1×1", "(2, 3)"]);
-    assert!(matches!(e, Error::NonScalarLoss { shape: (2, 3) }));
+    assert!(matches!(
+        e,
+        Error::NonScalarLoss {
+            op: "backward",
+            shape: (2, 3)
+        }
+    ));
     let mut grads = timetape::Grads::new(&Params::<f64>::new());
-    let e = err(tape.backward_into(y, &mut grads), &["(2, 3)"]);
-    assert!(matches!(e, Error::NonScalarLoss { shape: (2, 3) }));
-    let e = err(tape.scalar(y), &["(2, 3)"]);
-    assert!(matches!(e, Error::NonScalarLoss { shape: (2, 3) }));
+    let e = err(tape.backward_into(y, &mut grads), &["backward", "(2, 3)"]);
+    assert!(matches!(
+        e,
+        Error::NonScalarLoss {
+            op: "backward",
+            shape: (2, 3)
+        }
+    ));
+    let e = err(tape.scalar(y), &["scalar", "(2, 3)"]);
+    assert!(matches!(
+        e,
+        Error::NonScalarLoss {
+            op: "scalar",
+            shape: (2, 3)
+        }
+    ));
     // nothing was propagated
     assert!(tape.adjoint(h).unwrap().is_none());
 }

@@ -76,7 +76,8 @@ impl Truncation {
     /// Checks the parameters for a sequence of `t_len` steps.
     ///
     /// Errors: [`Error::InvalidArgument`] for k = 0, k1 = 0, k2 < k1, a constant π
-    /// outside (0, 1], a pattern of the wrong length or with a non-finite entry.
+    /// outside (0, 1], a pattern with a non-finite entry; [`Error::ShapeMismatch`] for a
+    /// pattern whose length is not `t_len`.
     pub fn validate(&self, t_len: Option<usize>) -> Result<()> {
         let op = "Truncation";
         match self {
