@@ -15,7 +15,6 @@ use crate::ops::Op;
 use crate::params::{Grads, ParamId, Params};
 use crate::scalar::Scalar;
 use ndarray::{Array2, ArrayView2, Zip};
-use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU32, Ordering};
 
 static NEXT_TAPE: AtomicU32 = AtomicU32::new(1);
@@ -59,17 +58,20 @@ pub struct TapeStats {
 ///
 /// A request for r×c entries takes the smallest free buffer that holds at least r·c
 /// (best fit) and reshapes it, so segments of varying length (randomized truncation)
-/// reuse each other's storage instead of keeping one set of buffers per length.
+/// reuse each other's storage instead of keeping one set of buffers per length. The
+/// capacities are few (one per distinct buffer size of a segment), so they sit in a
+/// short sorted `Vec` scanned linearly; emptied lists stay, so a steady state neither
+/// inserts nor removes.
 #[derive(Debug)]
 pub(crate) struct Pool<F> {
-    free: BTreeMap<usize, Vec<Vec<F>>>,
+    free: Vec<(usize, Vec<Vec<F>>)>,
     bytes: usize,
 }
 
 impl<F> Default for Pool<F> {
     fn default() -> Self {
         Pool {
-            free: BTreeMap::new(),
+            free: Vec::new(),
             bytes: 0,
         }
     }
@@ -84,12 +86,12 @@ impl<F: Scalar> Pool<F> {
     /// A free buffer of the given shape, if one is large enough (no allocation).
     pub(crate) fn try_take(&mut self, shape: (usize, usize)) -> Option<Array2<F>> {
         let n = shape.0 * shape.1;
-        let (&cap, list) = self.free.range_mut(n..).next()?;
+        let (cap, list) = self
+            .free
+            .iter_mut()
+            .find(|(cap, list)| *cap >= n && !list.is_empty())?;
         let mut v = list.pop()?;
-        if list.is_empty() {
-            self.free.remove(&cap);
-        }
-        self.bytes -= cap * std::mem::size_of::<F>();
+        self.bytes -= *cap * std::mem::size_of::<F>();
         v.resize(n, F::zero());
         Array2::from_shape_vec(shape, v).ok()
     }
@@ -101,7 +103,10 @@ impl<F: Scalar> Pool<F> {
         let (v, _) = a.into_raw_vec_and_offset();
         let cap = v.capacity();
         self.bytes += cap * std::mem::size_of::<F>();
-        self.free.entry(cap).or_default().push(v);
+        match self.free.binary_search_by_key(&cap, |(c, _)| *c) {
+            Ok(i) => self.free[i].1.push(v),
+            Err(i) => self.free.insert(i, (cap, vec![v])),
+        }
     }
 }
 

@@ -15,7 +15,7 @@ use super::{put1, put2, put3, Ctx, Op};
 use crate::error::{invalid, Result};
 use crate::scalar::Scalar;
 use crate::tape::{Tape, Var};
-use ndarray::{ArrayView2, Zip};
+use ndarray::ArrayView2;
 
 /// The elementwise unary ops, as recorded on the tape. They are applied with the
 /// [`Tape`] methods of the same names ([`Tape::neg`], [`Tape::scale`], [`Tape::tanh`],
@@ -122,15 +122,16 @@ impl<F: Scalar> Tape<F> {
             _ => {}
         }
         let mut out = self.pool.take(self.values[ia].dim());
-        let z = Zip::from(&mut out).and(&self.values[ia]);
+        let x = self.values[ia].view();
+        let o = &mut out;
         match kind {
-            Unary::Neg => z.for_each(|y, &x| *y = -x),
-            Unary::Scale(c) => z.for_each(|y, &x| *y = c * x),
-            Unary::Tanh => z.for_each(|y, &x| *y = x.tanh_kernel()),
-            Unary::Relu => z.for_each(|y, &x| *y = x.max(F::zero())),
-            Unary::Sigmoid => z.for_each(|y, &x| *y = sigmoid(x)),
-            Unary::Exp => z.for_each(|y, &x| *y = x.exp()),
-            Unary::Log => z.for_each(|y, &x| *y = x.ln()),
+            Unary::Neg => put1(o, true, x, |x| -x),
+            Unary::Scale(c) => put1(o, true, x, |x| c * x),
+            Unary::Tanh => put1(o, true, x, |x| x.tanh_kernel()),
+            Unary::Relu => put1(o, true, x, |x| x.max(F::zero())),
+            Unary::Sigmoid => put1(o, true, x, sigmoid),
+            Unary::Exp => put1(o, true, x, |x| x.exp()),
+            Unary::Log => put1(o, true, x, |x| x.ln()),
         }
         let ng = self.needs_grad[ia];
         Ok(self.push(Op::Unary(kind, ia as u32), out, ng))

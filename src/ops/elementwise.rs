@@ -52,8 +52,15 @@ impl<F: Scalar> Tape<F> {
         }
         let shape = (sa.0.max(sb.0), sa.1);
         let mut out = self.pool.take(shape);
-        {
-            let (va, vb) = (&self.values[ia], &self.values[ib]);
+        let (va, vb) = (self.values[ia].view(), self.values[ib].view());
+        if sa == sb {
+            let o = &mut out;
+            match kind {
+                Binary::Add => super::put2(o, true, va, vb, |x, y| x + y),
+                Binary::Sub => super::put2(o, true, va, vb, |x, y| x - y),
+                Binary::Mul => super::put2(o, true, va, vb, |x, y| x * y),
+            }
+        } else {
             let (Some(va), Some(vb)) = (va.broadcast(shape), vb.broadcast(shape)) else {
                 unreachable!("shapes were checked above")
             };
@@ -124,10 +131,14 @@ fn contribute<F: Scalar>(
     let Some((acc, fresh)) = cx.slot(p) else {
         return;
     };
+    // The other operand at ḡ's shape: itself, or its row broadcast over ḡ's rows.
     let other = other.map(|o| {
-        values[o as usize]
-            .broadcast(g.dim())
-            .expect("checked at record time")
+        let v = &values[o as usize];
+        if v.dim() == g.dim() {
+            v.view()
+        } else {
+            v.broadcast(g.dim()).expect("checked at record time")
+        }
     });
     if acc.dim() == g.dim() {
         match other {

@@ -239,6 +239,16 @@ pub(crate) fn put1<F: Scalar>(
     a: ArrayView2<'_, F>,
     f: impl Fn(F) -> F,
 ) {
+    // Contiguous operands (the common case) go through plain slice loops: no Zip set-up,
+    // which dominates for small matrices.
+    if let (Some(o), Some(a)) = (acc.as_slice_mut(), a.as_slice()) {
+        if fresh {
+            o.iter_mut().zip(a).for_each(|(o, &a)| *o = f(a));
+        } else {
+            o.iter_mut().zip(a).for_each(|(o, &a)| *o = *o + f(a));
+        }
+        return;
+    }
     let z = Zip::from(acc).and(&a);
     if fresh {
         z.for_each(|o, &a| *o = f(a));
@@ -255,6 +265,15 @@ pub(crate) fn put2<F: Scalar>(
     b: ArrayView2<'_, F>,
     f: impl Fn(F, F) -> F,
 ) {
+    if let (Some(o), Some(a), Some(b)) = (acc.as_slice_mut(), a.as_slice(), b.as_slice()) {
+        let it = o.iter_mut().zip(a).zip(b);
+        if fresh {
+            it.for_each(|((o, &a), &b)| *o = f(a, b));
+        } else {
+            it.for_each(|((o, &a), &b)| *o = *o + f(a, b));
+        }
+        return;
+    }
     let z = Zip::from(acc).and(&a).and(&b);
     if fresh {
         z.for_each(|o, &a, &b| *o = f(a, b));
@@ -272,6 +291,17 @@ pub(crate) fn put3<F: Scalar>(
     c: ArrayView2<'_, F>,
     f: impl Fn(F, F, F) -> F,
 ) {
+    if let (Some(o), Some(a), Some(b), Some(c)) =
+        (acc.as_slice_mut(), a.as_slice(), b.as_slice(), c.as_slice())
+    {
+        let it = o.iter_mut().zip(a).zip(b).zip(c);
+        if fresh {
+            it.for_each(|(((o, &a), &b), &c)| *o = f(a, b, c));
+        } else {
+            it.for_each(|(((o, &a), &b), &c)| *o = *o + f(a, b, c));
+        }
+        return;
+    }
     let z = Zip::from(acc).and(&a).and(&b).and(&c);
     if fresh {
         z.for_each(|o, &a, &b, &c| *o = f(a, b, c));
