@@ -95,14 +95,20 @@ pub(crate) struct Ctx<'a, F: Scalar> {
 }
 
 /// Products whose left operand has fewer rows than this gather their contribution to
-/// the right operand's adjoint (see [`Staging`]).
-pub(crate) const GATHER_ROWS: usize = 8;
+/// the right operand's adjoint (see [`Staging`]). From 8 rows on, a product per step
+/// runs about as fast as a gathered one, and gathering would only add copies.
+pub(crate) const GATHER_BELOW_ROWS: usize = 8;
+
+/// A gathered batch is added once it holds this many rows, so that what is held stays
+/// bounded on a long segment.
+pub(crate) const GATHER_FLUSH_ROWS: usize = 256;
 
 /// Weight-gradient contributions `aᵀ r` of thin products (a batch of one, say), gathered
-/// until the reverse sweep reaches the right operand and then summed as one matrix
-/// product `[a_1; a_2; …]ᵀ [r_1; r_2; …]`. A weight used at every step of an unroll
-/// receives one product over all steps instead of one outer product per step: the same
-/// sum in another order, at the speed of a large product.
+/// until they reach [`GATHER_FLUSH_ROWS`] rows or the reverse sweep reaches the right
+/// operand, then added as one matrix product `[a_1; a_2; …]ᵀ [r_1; r_2; …]`. A weight
+/// used at every step of an unroll receives one product per 256 steps instead of one
+/// outer product per step: the same sum in another order, at the speed of a large
+/// product.
 #[derive(Debug, Default)]
 pub(crate) struct Staging<F> {
     entries: Vec<Staged<F>>,
@@ -127,21 +133,18 @@ impl<F: Scalar> Staging<F> {
         }
     }
 
-    /// Appends the rows of `a` (m×k) and `r` (m×n) for `target`.
-    fn push(&mut self, target: u32, a: ArrayView2<'_, F>, r: ArrayView2<'_, F>) {
+    /// Appends the rows of `a` (m×k) and `r` (m×n) for `target`; gives the entry's index.
+    fn push(&mut self, target: u32, a: ArrayView2<'_, F>, r: ArrayView2<'_, F>) -> usize {
         let pos = self
             .entries
             .iter()
             .position(|e| e.rows > 0 && e.target == target)
             .or_else(|| self.entries.iter().position(|e| e.rows == 0));
-        let e = match pos {
-            Some(p) => &mut self.entries[p],
-            None => {
-                self.entries.push(Staged::default());
-                let last = self.entries.len() - 1;
-                &mut self.entries[last]
-            }
-        };
+        let p = pos.unwrap_or_else(|| {
+            self.entries.push(Staged::default());
+            self.entries.len() - 1
+        });
+        let e = &mut self.entries[p];
         e.target = target;
         e.rows += a.nrows();
         for row in a.rows() {
@@ -150,6 +153,25 @@ impl<F: Scalar> Staging<F> {
         for row in r.rows() {
             e.r.extend(row.iter().copied());
         }
+        p
+    }
+}
+
+impl<F: Scalar> Staged<F> {
+    /// `acc (=|+=) Aᵀ R` over the gathered rows, then empties the entry (keeping its
+    /// allocations).
+    fn add_into(&mut self, acc: &mut Array2<F>, fresh: bool) {
+        let (k, n) = acc.dim();
+        if let (Ok(a), Ok(r)) = (
+            ArrayView2::from_shape((self.rows, k), &self.a),
+            ArrayView2::from_shape((self.rows, n), &self.r),
+        ) {
+            let beta = if fresh { F::zero() } else { F::one() };
+            crate::kernels::gemm(F::one(), &a.t(), &r, beta, &mut acc.view_mut());
+        }
+        self.rows = 0;
+        self.a.clear();
+        self.r.clear();
     }
 }
 
@@ -171,7 +193,6 @@ pub(crate) fn flush_staged<F: Scalar>(tape: &mut Tape<F>, i: usize) {
     else {
         return;
     };
-    let (k, n) = values[i].dim();
     let mut cx = Ctx {
         values,
         needs_grad,
@@ -179,17 +200,9 @@ pub(crate) fn flush_staged<F: Scalar>(tape: &mut Tape<F>, i: usize) {
         pool,
         staging: &mut Staging::default(),
     };
-    if let (Ok(a), Ok(r), Some((acc, fresh))) = (
-        ArrayView2::from_shape((e.rows, k), &e.a),
-        ArrayView2::from_shape((e.rows, n), &e.r),
-        cx.slot(i as u32),
-    ) {
-        let beta = if fresh { F::zero() } else { F::one() };
-        crate::kernels::gemm(F::one(), &a.t(), &r, beta, &mut acc.view_mut());
+    if let Some((acc, fresh)) = cx.slot(i as u32) {
+        e.add_into(acc, fresh);
     }
-    e.rows = 0;
-    e.a.clear();
-    e.r.clear();
 }
 
 impl<F: Scalar> Ctx<'_, F> {
@@ -204,13 +217,20 @@ impl<F: Scalar> Ctx<'_, F> {
     }
 
     /// Adds `aᵀ r` into the adjoint of `b`: at once, or gathered with the other thin
-    /// contributions to `b` when `a` has fewer than [`GATHER_ROWS`] rows.
+    /// contributions to `b` when `a` has fewer than [`GATHER_BELOW_ROWS`] rows.
     pub(crate) fn add_at_b(&mut self, b: u32, a: ArrayView2<'_, F>, r: ArrayView2<'_, F>) {
         if !self.needs_grad[b as usize] {
             return;
         }
-        if a.nrows() < GATHER_ROWS {
-            self.staging.push(b, a, r);
+        if a.nrows() < GATHER_BELOW_ROWS {
+            let e = self.staging.push(b, a, r);
+            if self.staging.entries[e].rows >= GATHER_FLUSH_ROWS {
+                let mut entry = std::mem::take(&mut self.staging.entries[e]);
+                if let Some((acc, fresh)) = self.slot(b) {
+                    entry.add_into(acc, fresh);
+                }
+                self.staging.entries[e] = entry;
+            }
         } else if let Some((acc, fresh)) = self.slot(b) {
             let beta = if fresh { F::zero() } else { F::one() };
             crate::kernels::gemm(F::one(), &a.t(), &r, beta, &mut acc.view_mut());

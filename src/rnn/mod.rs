@@ -263,13 +263,7 @@ impl<'a, F: Scalar> SequenceLoss<'a, F> {
                 if l.dim() != (t_len, batch) {
                     return Err(mismatch(l.dim()));
                 }
-                if let Some(&label) = l.iter().find(|&&x| x >= q) {
-                    return Err(Error::LabelOutOfRange {
-                        op,
-                        label,
-                        classes: q,
-                    });
-                }
+                labels_below(op, l.iter(), q)?;
             }
             Targets::Values(v) => {
                 let (a, b, c) = v.dim();
@@ -281,13 +275,7 @@ impl<'a, F: Scalar> SequenceLoss<'a, F> {
                 if l.len() != batch {
                     return Err(mismatch((1, l.len())));
                 }
-                if let Some(&label) = l.iter().find(|&&x| x >= q) {
-                    return Err(Error::LabelOutOfRange {
-                        op,
-                        label,
-                        classes: q,
-                    });
-                }
+                labels_below(op, l.iter(), q)?;
             }
             Targets::LastBinary(y) => {
                 if y.len() != batch {
@@ -325,6 +313,18 @@ impl<'a, F: Scalar> SequenceLoss<'a, F> {
             Reduction::Mean => F::one() / F::of(t_len as f64),
         };
         alpha * time / F::of(batch as f64)
+    }
+}
+
+/// [`Error::LabelOutOfRange`] for the first label ≥ `classes`.
+fn labels_below<'l>(
+    op: &'static str,
+    mut labels: impl Iterator<Item = &'l usize>,
+    classes: usize,
+) -> Result<()> {
+    match labels.find(|&&l| l >= classes) {
+        Some(&label) => Err(Error::LabelOutOfRange { op, label, classes }),
+        None => Ok(()),
     }
 }
 
