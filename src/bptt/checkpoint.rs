@@ -44,12 +44,12 @@ use ndarray::{Array2, ArrayView2, ArrayView3};
 /// [`Error::EmptyInput`](crate::Error::EmptyInput) for an empty sequence,
 /// [`Error::ShapeMismatch`](crate::Error::ShapeMismatch) for targets, weights or `h0`
 /// that do not fit it, [`Error::LabelOutOfRange`](crate::Error::LabelOutOfRange).
-pub fn checkpointed<'a, F: Scalar, C: Recurrent<F>>(
+pub fn checkpointed<F: Scalar, C: Recurrent<F>>(
     cell: &C,
     params: &Params<F>,
-    xs: ArrayView3<'a, F>,
+    xs: ArrayView3<'_, F>,
     h0: Option<ArrayView2<'_, F>>,
-    loss: &SequenceLoss<'a, F>,
+    loss: &SequenceLoss<'_, F>,
     stride: Option<usize>,
     opts: RunOptions,
 ) -> Result<Report<F>> {

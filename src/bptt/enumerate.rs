@@ -110,12 +110,12 @@ pub struct Moments<F> {
 /// ```
 ///
 /// Errors: as [`patterns`] and [`run`].
-pub fn randomized_moments<'a, F: Scalar, C: Recurrent<F>>(
+pub fn randomized_moments<F: Scalar, C: Recurrent<F>>(
     cell: &C,
     params: &Params<F>,
-    xs: ArrayView3<'a, F>,
+    xs: ArrayView3<'_, F>,
     h0: Option<ArrayView2<'_, F>>,
-    loss: &SequenceLoss<'a, F>,
+    loss: &SequenceLoss<'_, F>,
     pi: &Pi,
 ) -> Result<Moments<F>> {
     let t_len = xs.len_of(Axis(0));

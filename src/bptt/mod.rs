@@ -377,20 +377,20 @@ impl<'a, F: Scalar, C: Recurrent<F>> Engine<'a, F, C> {
 }
 
 /// A sequence and its loss, checked, with the per-step coefficients precomputed.
-pub(crate) struct Problem<'a, F> {
+pub(crate) struct Problem<'a, 'l, F> {
     pub(crate) xs: ArrayView3<'a, F>,
-    pub(crate) loss: SequenceLoss<'a, F>,
+    pub(crate) loss: SequenceLoss<'l, F>,
     /// c_t = α_t (× 1/T for a mean over time), for per-step losses.
     pub(crate) coef: Vec<F>,
     pub(crate) h0: Array2<F>,
 }
 
-impl<'a, F: Scalar> Problem<'a, F> {
+impl<'a, 'l, F: Scalar> Problem<'a, 'l, F> {
     pub(crate) fn new<C: Recurrent<F>>(
         cell: &C,
         xs: ArrayView3<'a, F>,
         h0: Option<ArrayView2<'_, F>>,
-        loss: &SequenceLoss<'a, F>,
+        loss: &SequenceLoss<'l, F>,
     ) -> Result<Self> {
         let (t_len, b, _) = xs.dim();
         if t_len == 0 || b == 0 {
@@ -491,12 +491,12 @@ impl<'a, F: Scalar> Problem<'a, F> {
 /// Errors: [`Error::EmptyInput`] for an empty sequence; [`Error::ShapeMismatch`] for
 /// targets, weights, `h0` or a pattern that do not fit the sequence;
 /// [`Error::LabelOutOfRange`]; [`Error::InvalidArgument`] for a bad truncation.
-pub fn run<'a, F: Scalar, C: Recurrent<F>>(
+pub fn run<F: Scalar, C: Recurrent<F>>(
     cell: &C,
     params: &Params<F>,
-    xs: ArrayView3<'a, F>,
+    xs: ArrayView3<'_, F>,
     h0: Option<ArrayView2<'_, F>>,
-    loss: &SequenceLoss<'a, F>,
+    loss: &SequenceLoss<'_, F>,
     truncation: &Truncation,
     opts: RunOptions,
 ) -> Result<Report<F>> {
@@ -514,13 +514,13 @@ pub fn run<'a, F: Scalar, C: Recurrent<F>>(
 
 /// [`run`] with a [`Workspace`] whose buffers are reused from one call to the next.
 #[allow(clippy::too_many_arguments)]
-pub fn run_with<'a, F: Scalar, C: Recurrent<F>>(
+pub fn run_with<F: Scalar, C: Recurrent<F>>(
     ws: &mut Workspace<F>,
     cell: &C,
     params: &Params<F>,
-    xs: ArrayView3<'a, F>,
+    xs: ArrayView3<'_, F>,
     h0: Option<ArrayView2<'_, F>>,
-    loss: &SequenceLoss<'a, F>,
+    loss: &SequenceLoss<'_, F>,
     truncation: &Truncation,
     opts: RunOptions,
 ) -> Result<Report<F>> {
@@ -557,7 +557,7 @@ pub fn run_with<'a, F: Scalar, C: Recurrent<F>>(
 /// Runs a cut-based strategy given its ξ: one segment between consecutive zeros.
 fn run_pattern<F: Scalar, C: Recurrent<F>>(
     engine: &mut Engine<'_, F, C>,
-    problem: &Problem<'_, F>,
+    problem: &Problem<'_, '_, F>,
     xi: &[f64],
 ) -> Result<Array2<F>> {
     let t_len = problem.len();
@@ -599,7 +599,7 @@ fn run_pattern<F: Scalar, C: Recurrent<F>>(
 /// with k1 = k2 the windows are the blocks of `Fixed { k }`, including a short last one.
 fn run_tbptt<F: Scalar, C: Recurrent<F>>(
     engine: &mut Engine<'_, F, C>,
-    problem: &Problem<'_, F>,
+    problem: &Problem<'_, '_, F>,
     k1: usize,
     k2: usize,
 ) -> Result<Array2<F>> {

@@ -335,6 +335,7 @@ pub struct LossScratch<F> {
     weights: Vec<F>,
     terms: Vec<Var>,
     pending: Vec<Var>,
+    heads: Vec<(std::ops::Range<usize>, Var)>,
 }
 
 /// The output head and loss of per-step targets run on chunks of consecutive steps with
@@ -367,6 +368,7 @@ impl<'l, 's, F: Scalar> StepLosses<'l, 's, F> {
     ) -> Self {
         scratch.terms.clear();
         scratch.pending.clear();
+        scratch.heads.clear();
         StepLosses {
             loss,
             from,
@@ -397,6 +399,7 @@ impl<'l, 's, F: Scalar> StepLosses<'l, 's, F> {
                     return Ok(());
                 }
                 let o = cell.output(tape, bound, h)?;
+                sc.heads.push((t..t + 1, o));
                 sc.labels.clear();
                 sc.labels.extend(l.iter().copied());
                 tape.softmax_cross_entropy(o, &sc.labels, None, Reduction::Mean)?
@@ -406,6 +409,7 @@ impl<'l, 's, F: Scalar> StepLosses<'l, 's, F> {
                     return Ok(());
                 }
                 let o = cell.output(tape, bound, h)?;
+                sc.heads.push((t..t + 1, o));
                 let yv = y
                     .to_shape((b, 1))
                     .map_err(|e| invalid("SequenceLoss", e.to_string()))?;
@@ -444,6 +448,8 @@ impl<'l, 's, F: Scalar> StepLosses<'l, 's, F> {
         };
         sc.pending.clear();
         let o = cell.output(tape, bound, hs)?;
+        let t0 = self.from + j0;
+        sc.heads.push((t0..t0 + count, o));
         sc.weights.clear();
         for j in j0..j0 + count {
             let w = self.loss.row_weight(j, n, b);
@@ -494,6 +500,11 @@ pub struct Unrolled {
     pub states: Vec<Var>,
     /// The loss, 1×1.
     pub loss: Var,
+    /// The outputs: each entry is a node of the output head covering the steps of its
+    /// range (0-based), their rows stacked step after step (B rows per step), so `o_t`
+    /// is rows `(t − start)·B ..` of the node whose range holds t. Steps without a loss
+    /// term (before the last, for a last-step loss) have no output.
+    pub outputs: Vec<(std::ops::Range<usize>, Var)>,
 }
 
 /// Unrolls `cell` over the whole sequence `xs` (T, B, D) on `tape` with every edge kept
@@ -555,5 +566,11 @@ pub fn unroll_with_edges<F: Scalar, C: Recurrent<F>>(
     let terms = StepLosses::new(*loss, 0, t_len, &mut scratch);
     let loss = unroll_segment_into(cell, tape, &bound, xs, h0, edges, &mut states, Some(terms))?
         .ok_or_else(|| invalid("unroll", "the loss has no term"))?;
-    Ok(Unrolled { h0, states, loss })
+    let outputs = std::mem::take(&mut scratch.heads);
+    Ok(Unrolled {
+        h0,
+        states,
+        loss,
+        outputs,
+    })
 }

@@ -1,0 +1,134 @@
+//! The `bptt` runner against the closed forms of the notes (the tape is never consulted
+//! by the oracle): `Full` equals M1's recursion, M2 and M3; `Fixed { k }` and
+//! `Tbptt { k, k }` equal the truncated closed form with h detached at block starts.
+//!
+//! Tolerance 1e-10 relative (max |a − b| over the largest |b|, per parameter): both sides
+//! are exact formulas in f64 that differ only in summation order, over T ≤ 23 steps.
+
+use ndarray::{Array1, Array2, Array3};
+use timetape::bptt::{run, RunOptions, Truncation};
+use timetape::closed_form;
+use timetape::rnn::{self, models, SequenceLoss, Targets};
+use timetape::{Params, Reduction, Tape};
+
+const TOL: f64 = 1e-10;
+
+fn xs(t: usize, b: usize, d: usize) -> Array3<f64> {
+    Array3::from_shape_fn((t, b, d), |(t, b, d)| {
+        ((t * 5 + b * 3 + d) as f64 * 0.37).sin()
+    })
+}
+
+fn full(
+    cell: &rnn::Rnn,
+    params: &Params<f64>,
+    x: &Array3<f64>,
+    loss: &SequenceLoss<'_, f64>,
+    tr: &Truncation,
+) -> timetape::Grads<f64> {
+    run(
+        cell,
+        params,
+        x.view(),
+        None,
+        loss,
+        tr,
+        RunOptions::default(),
+    )
+    .unwrap()
+    .grads
+}
+
+#[test]
+fn full_equals_the_closed_forms_of_m1_m2_m3() {
+    let (t, b) = (23, 3);
+    // M1 with softmax cross-entropy, mean over time.
+    let mut p1 = Params::new();
+    let m1 = models::m1(&mut p1, 4, 5, 3, 1).unwrap();
+    let x1 = xs(t, b, 4);
+    let labels = Array2::from_shape_fn((t, b), |(t, b)| (t + b) % 3);
+    let l1 = SequenceLoss::classes(labels.view()).mean_over_time();
+    let cf = closed_form::m1_recursion(&p1, &m1, x1.view(), None, &l1).unwrap();
+    let d = full(&m1, &p1, &x1, &l1, &Truncation::Full).max_rel_diff(&cf.grads);
+    assert!(d <= TOL, "M1: {d:e}");
+    // M2: ReLU, last-step sigmoid classifier.
+    let mut p2 = Params::new();
+    let m2 = models::m2(&mut p2, 4, 5, 2).unwrap();
+    p2.get_mut(m2.b_h.unwrap()).unwrap().fill(0.2);
+    let y = Array1::from_shape_fn(b, |i| (i % 2) as f64);
+    let l2 = SequenceLoss {
+        targets: Targets::LastBinary(y.view()),
+        step_weights: None,
+        time: Reduction::Sum,
+    };
+    let cf = closed_form::m2(&p2, &m2, x1.view(), None, &l2).unwrap();
+    let d = full(&m2, &p2, &x1, &l2, &Truncation::Full).max_rel_diff(&cf.grads);
+    assert!(d <= TOL, "M2: {d:e}");
+    // M3: tanh, softmax at every step, weights α_t.
+    let mut p3 = Params::new();
+    let m3 = models::m3(&mut p3, 4, 5, 3, 3).unwrap();
+    let alphas: Vec<f64> = (0..t).map(|t| 0.1 + 0.05 * t as f64).collect();
+    let l3 = SequenceLoss::classes(labels.view()).weighted(&alphas);
+    let cf = closed_form::m3(&p3, &m3, x1.view(), None, &l3).unwrap();
+    let d = full(&m3, &p3, &x1, &l3, &Truncation::Full).max_rel_diff(&cf.grads);
+    assert!(d <= TOL, "M3: {d:e}");
+}
+
+#[test]
+fn fixed_and_tbptt_k_k_equal_the_truncated_closed_form() {
+    let (t, b) = (23, 2);
+    let mut params = Params::new();
+    let cell = models::m3(&mut params, 3, 4, 3, 7).unwrap();
+    let x = xs(t, b, 3);
+    let labels = Array2::from_shape_fn((t, b), |(t, b)| (2 * t + b) % 3);
+    let loss = SequenceLoss::classes(labels.view());
+    let whole = closed_form::m3(&params, &cell, x.view(), None, &loss).unwrap();
+    for k in [1, 2, 3, 5, 8, 23] {
+        let cf = closed_form::truncated_fixed(&params, &cell, x.view(), None, &loss, k).unwrap();
+        for tr in [Truncation::Fixed { k }, Truncation::Tbptt { k1: k, k2: k }] {
+            let d = full(&cell, &params, &x, &loss, &tr).max_rel_diff(&cf.grads);
+            assert!(d <= TOL, "{tr:?}: {d:e}");
+        }
+        if k < t {
+            // Not vacuous: truncation changes the gradient.
+            assert!(cf.grads.max_rel_diff(&whole.grads) > 1e-3, "k = {k}");
+        }
+    }
+}
+
+/// `rnn::unroll` gives every o_t: the rows of its output nodes equal `h_t W_hq + b_q`
+/// computed from the states with ndarray.
+#[test]
+fn unroll_outputs_are_the_heads_of_every_state() {
+    let (t, b) = (40, 2); // with B = 2, heads run on chunks of 16 steps
+    let mut params = Params::new();
+    let cell = models::m3(&mut params, 3, 4, 3, 9).unwrap();
+    params.get_mut(cell.b_q.unwrap()).unwrap().fill(0.25);
+    let x = xs(t, b, 3);
+    let labels = Array2::from_elem((t, b), 1usize);
+    let mut tape = Tape::new();
+    let run = rnn::unroll(
+        &cell,
+        &mut tape,
+        &params,
+        x.view(),
+        None,
+        &SequenceLoss::classes(labels.view()),
+    )
+    .unwrap();
+    let covered: usize = run.outputs.iter().map(|(r, _)| r.len()).sum();
+    assert_eq!(covered, t);
+    for (range, o) in &run.outputs {
+        let o = tape.value(*o).unwrap().to_owned();
+        for (j, step) in range.clone().enumerate() {
+            let h = tape.value(run.states[step]).unwrap().to_owned();
+            let want =
+                h.dot(params.get(cell.w_hq).unwrap()) + params.get(cell.b_q.unwrap()).unwrap();
+            for r in 0..b {
+                for c in 0..3 {
+                    assert!((o[[j * b + r, c]] - want[[r, c]]).abs() < 1e-14);
+                }
+            }
+        }
+    }
+}
