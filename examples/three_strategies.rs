@@ -15,7 +15,7 @@
 //! Each update trains on a fresh batch of 32 sequences of 200 characters (state reset per
 //! sequence); each epoch is 20 updates, then the held-out perplexity (32 streams of 1 000
 //! characters) is printed. Writes `three_strategies.svg` (perplexity against epoch, with
-//! the floor). Runs in about 30 seconds in release on 2 cores.
+//! the floor). Runs in about 20 seconds in release on 2 cores.
 //!
 //! `cargo run --release --example three_strategies`
 
