@@ -52,9 +52,9 @@ fn matmul_chain(c: &mut Criterion) {
     const L: usize = 8;
     let mut rng = timetape::init::rng(1);
     let scale = 1.0 / (N as f64).sqrt();
-    let x0: Array2<f32> = timetape::init::uniform((N, N), 1.0, &mut rng);
+    let x0: Array2<f32> = timetape::init::uniform((N, N), 1.0, &mut rng).unwrap();
     let ws: Vec<Array2<f32>> = (0..L)
-        .map(|_| timetape::init::uniform((N, N), scale, &mut rng))
+        .map(|_| timetape::init::uniform((N, N), scale, &mut rng).unwrap())
         .collect();
     let mut params = Params::<f32>::new();
     let ids: Vec<_> = ws

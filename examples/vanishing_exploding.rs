@@ -16,7 +16,8 @@ use timetape::{Params, Tape};
 
 /// A random orthogonal matrix by Gram–Schmidt on a seeded uniform matrix.
 fn orthogonal(n: usize, seed: u64) -> Array2<f64> {
-    let a: Array2<f64> = timetape::init::uniform((n, n), 1.0, &mut timetape::init::rng(seed));
+    let a: Array2<f64> =
+        timetape::init::uniform((n, n), 1.0, &mut timetape::init::rng(seed)).unwrap();
     let mut q = Array2::<f64>::zeros((n, n));
     for j in 0..n {
         let mut v: Array1<f64> = a.column(j).to_owned();

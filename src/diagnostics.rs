@@ -5,7 +5,7 @@
 use crate::error::{invalid, Error, Result};
 use crate::scalar::Scalar;
 use crate::tape::{Tape, Var};
-use ndarray::{Array1, ArrayView2};
+use ndarray::{Array1, Array2, ArrayView2};
 
 /// ‖∂L/∂h_t‖ (Frobenius norm over the batch) for each state, read off the tape after a
 /// backward pass with [`Tape::adjoint`]; 0 for a state the loss does not reach or whose
@@ -77,7 +77,7 @@ fn start_vector(n: usize) -> Array1<f64> {
 /// `iters` iterations (Gelfand's formula, ρ = lim ‖W^k‖^{1/k}), which also converges
 /// when the dominant eigenvalues are a complex pair. Convergence is slow when another
 /// eigenvalue has nearly the same modulus; 0 if the iterate vanishes (a nilpotent W).
-/// Entries are not checked: a non-finite entry gives NaN.
+/// W is rescaled by its largest entry first, so that no finite W overflows.
 ///
 /// ```
 /// use ndarray::array;
@@ -88,10 +88,13 @@ fn start_vector(n: usize) -> Array1<f64> {
 /// ```
 ///
 /// Errors: [`Error::EmptyInput`] for an empty W; [`Error::ShapeMismatch`] for a W that
-/// is not square; [`Error::InvalidArgument`] for `iters = 0`.
+/// is not square; [`Error::InvalidArgument`] for `iters = 0`; [`Error::NonFinite`]
+/// for a NaN or infinite entry.
 pub fn spectral_radius<F: Scalar>(w: ArrayView2<'_, F>, iters: usize) -> Result<f64> {
-    check_square("spectral_radius", &w, iters)?;
-    let w = w.mapv(|x| x.as_f64());
+    let (w, c) = rescaled("spectral_radius", &w, iters)?;
+    if c == 0.0 {
+        return Ok(0.0);
+    }
     let mut v = start_vector(w.nrows());
     v /= v.dot(&v).sqrt();
     let half = iters / 2;
@@ -107,13 +110,14 @@ pub fn spectral_radius<F: Scalar>(w: ArrayView2<'_, F>, iters: usize) -> Result<
         }
         v = u / n;
     }
-    Ok((log_growth / (iters - half) as f64).exp())
+    Ok(c * (log_growth / (iters - half) as f64).exp())
 }
 
 /// Estimates the largest singular value σ₁(W) = ‖W‖₂ of a square W by power iteration
 /// on WᵀW, in f64 (`iters` products with WᵀW; the error shrinks like (σ₂/σ₁)^{2·iters}).
 /// σ₁ ≥ ρ(W): it bounds the growth of ∂L/∂h over one step of a linear RNN. 0 if the
-/// iterate vanishes; a non-finite entry gives NaN.
+/// iterate vanishes. W is rescaled by its largest entry first, as in
+/// [`spectral_radius`].
 ///
 /// ```
 /// use ndarray::array;
@@ -125,8 +129,10 @@ pub fn spectral_radius<F: Scalar>(w: ArrayView2<'_, F>, iters: usize) -> Result<
 ///
 /// Errors: as [`spectral_radius`] (a rectangular W is rejected too).
 pub fn largest_singular_value<F: Scalar>(w: ArrayView2<'_, F>, iters: usize) -> Result<f64> {
-    check_square("largest_singular_value", &w, iters)?;
-    let w = w.mapv(|x| x.as_f64());
+    let (w, c) = rescaled("largest_singular_value", &w, iters)?;
+    if c == 0.0 {
+        return Ok(0.0);
+    }
     let mut v = start_vector(w.ncols());
     v /= v.dot(&v).sqrt();
     let mut sigma = 0.0;
@@ -139,5 +145,29 @@ pub fn largest_singular_value<F: Scalar>(w: ArrayView2<'_, F>, iters: usize) -> 
         sigma = n.sqrt();
         v = u / n;
     }
-    Ok(sigma)
+    Ok(c * sigma)
+}
+
+/// W / c in f64 with c = max |w_ij|, and c: the power iterations run on entries of
+/// magnitude at most 1, so that neither `W v` nor `WᵀW v` overflows (or underflows) for
+/// any finite W; ρ and σ₁ scale with c.
+fn rescaled<F: Scalar>(
+    op: &'static str,
+    w: &ArrayView2<'_, F>,
+    iters: usize,
+) -> Result<(Array2<f64>, f64)> {
+    check_square(op, w, iters)?;
+    if let Some(at) = crate::params::first_non_finite(w.iter()) {
+        return Err(Error::NonFinite {
+            op,
+            what: format!("entry {at} of W"),
+        });
+    }
+    let c = w.iter().fold(0.0f64, |m, x| m.max(x.as_f64().abs()));
+    let scaled = if c == 0.0 {
+        w.mapv(|x| x.as_f64())
+    } else {
+        w.mapv(|x| x.as_f64() / c)
+    };
+    Ok((scaled, c))
 }

@@ -83,6 +83,18 @@ pub enum Error {
         /// What was empty.
         what: &'static str,
     },
+    /// A NaN or infinite value where a finite one is required: an input, a parameter
+    /// (registered on a tape, or loaded with [`Params::set`](crate::Params::set)), the
+    /// value a backward pass starts from, a gradient, a loss; or, with
+    /// [`Tape::set_check_finite`](crate::Tape::set_check_finite), the first op whose
+    /// output is not finite (an overflow). See the crate docs, "Non-finite values".
+    #[error("{op}: non-finite value ({what})")]
+    NonFinite {
+        /// The operation that found (or, when checking every op, produced) the value.
+        op: &'static str,
+        /// Where it is: which input, parameter, node or step.
+        what: String,
+    },
     /// An argument outside its allowed range (π outside (0, 1], k = 0, k2 < k1, a
     /// non-finite entry, scale or weight, a duplicate name, a log of a non-positive
     /// value, a model that does not fit a closed form, ...).
@@ -93,6 +105,38 @@ pub enum Error {
         /// What is wrong with it.
         msg: String,
     },
+}
+
+impl Error {
+    /// A [`Error::NonFinite`] raised at local step `t` (0-based) of an unroll, with its
+    /// step named (1-based, as in the notes); other errors unchanged.
+    pub(crate) fn at_step(self, t: usize) -> Self {
+        match self {
+            Error::NonFinite { op, what } => Error::NonFinite {
+                op,
+                what: format!("{what}, at step {}", t + 1),
+            },
+            e => e,
+        }
+    }
+
+    /// Shifts a step named by [`Error::at_step`] in a segment that starts `offset`
+    /// steps into the sequence, so that the message names the step of the sequence.
+    pub(crate) fn at_step_offset(self, offset: usize) -> Self {
+        match self {
+            Error::NonFinite { op, what } if offset > 0 => {
+                let shifted = what
+                    .rsplit_once(", at step ")
+                    .and_then(|(head, t)| Some((head, t.parse::<usize>().ok()?)))
+                    .map(|(head, t)| format!("{head}, at step {}", t + offset));
+                Error::NonFinite {
+                    op,
+                    what: shifted.unwrap_or(what),
+                }
+            }
+            e => e,
+        }
+    }
 }
 
 /// `Result` with [`Error`](enum@Error).

@@ -24,7 +24,7 @@
 //! # Ok::<(), timetape::Error>(())
 //! ```
 
-use crate::error::{invalid, Result};
+use crate::error::{invalid, Error, Result};
 use crate::params::{ParamId, Params};
 use crate::tape::{Tape, Var};
 use std::fmt;
@@ -70,14 +70,29 @@ pub struct GradcheckReport {
 }
 
 impl GradcheckReport {
-    /// The largest relative error over all parameters.
+    /// The largest relative error over all parameters (NaN if any is NaN).
     pub fn max_rel_err(&self) -> f64 {
-        self.params.iter().fold(0.0, |m, p| m.max(p.max_rel_err))
+        self.params.iter().map(|p| p.max_rel_err).fold(0.0, nan_max)
     }
 
-    /// The largest absolute error over all parameters.
+    /// The largest absolute error over all parameters (NaN if any is NaN).
     pub fn max_abs_err(&self) -> f64 {
-        self.params.iter().fold(0.0, |m, p| m.max(p.max_abs_err))
+        self.params.iter().map(|p| p.max_abs_err).fold(0.0, nan_max)
+    }
+
+    /// True if every relative error is at most `tol` (false if any is NaN or infinite).
+    pub fn passes(&self, tol: f64) -> bool {
+        let worst = self.max_rel_err();
+        worst.is_finite() && worst <= tol
+    }
+}
+
+/// The larger of two values, NaN if either is NaN (`f64::max` would skip it).
+fn nan_max(a: f64, b: f64) -> f64 {
+    if a.is_nan() || b.is_nan() {
+        f64::NAN
+    } else {
+        a.max(b)
     }
 }
 
@@ -106,9 +121,15 @@ impl fmt::Display for GradcheckReport {
 /// error relative to the largest finite-difference entry. See the module docs for an
 /// example.
 ///
+/// Every comparison fails on a non-finite value: a NaN or infinite loss at θ or at a
+/// perturbed point, or a non-finite gradient on the tape, is an error (the backward pass
+/// reports the latter); an error that is NaN makes [`GradcheckReport::max_rel_err`] NaN,
+/// so `report.max_rel_err() < tol` is false and [`GradcheckReport::passes`] too.
+///
 /// Errors: whatever `loss` returns; [`crate::Error::NonScalarLoss`] if the loss is not
-/// 1×1; [`crate::Error::InvalidArgument`] if `eps` is not positive and finite, or a
-/// perturbed loss is not finite.
+/// 1×1; [`crate::Error::InvalidArgument`] if `eps` is not positive and finite;
+/// [`crate::Error::NonFinite`] if the loss at θ or at a perturbed point, or the tape's
+/// gradient, is not finite.
 pub fn gradcheck<L>(
     params: &Params<f64>,
     opts: GradcheckOptions,
@@ -122,6 +143,13 @@ where
     }
     let mut tape = Tape::new();
     let l = loss(&mut tape, params)?;
+    let at_theta = tape.scalar(l)?;
+    if !at_theta.is_finite() {
+        return Err(Error::NonFinite {
+            op: "gradcheck",
+            what: "the loss at θ".into(),
+        });
+    }
     let grads = tape.backward(l)?;
     let mut work = params.clone();
     let mut eval = |tape: &mut Tape<f64>, p: &Params<f64>| -> Result<f64> {
@@ -129,7 +157,10 @@ where
         let v = loss(tape, p)?;
         let x = tape.scalar(v)?;
         if !x.is_finite() {
-            return Err(invalid("gradcheck", "the loss is not finite"));
+            return Err(Error::NonFinite {
+                op: "gradcheck",
+                what: "the loss at a perturbed point θ ± h e_i".into(),
+            });
         }
         Ok(x)
     };
@@ -149,8 +180,8 @@ where
                 work.get_mut(id)?[[r, c]] = theta;
                 let fd = (up - down) / (2.0 * h);
                 let an = grads.get(id).map_or(0.0, |g| g[[r, c]]);
-                max_abs = max_abs.max((an - fd).abs());
-                scale = scale.max(fd.abs());
+                max_abs = nan_max(max_abs, (an - fd).abs());
+                scale = nan_max(scale, fd.abs());
             }
         }
         report.params.push(ParamCheck {

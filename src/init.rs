@@ -1,5 +1,6 @@
 //! Seeded parameter initialization.
 
+use crate::error::{invalid, Result};
 use crate::scalar::Scalar;
 use ndarray::Array2;
 use rand::{Rng, SeedableRng};
@@ -12,22 +13,72 @@ use rand_chacha::ChaCha8Rng;
 /// ```
 /// use timetape::init::{rng, uniform};
 ///
-/// let a = uniform::<f64>((2, 2), 1.0, &mut rng(42));
-/// let b = uniform::<f64>((2, 2), 1.0, &mut rng(42));
+/// let a = uniform::<f64>((2, 2), 1.0, &mut rng(42))?;
+/// let b = uniform::<f64>((2, 2), 1.0, &mut rng(42))?;
 /// assert_eq!(a, b);
+/// # Ok::<(), timetape::Error>(())
 /// ```
 pub fn rng(seed: u64) -> ChaCha8Rng {
     ChaCha8Rng::seed_from_u64(seed)
 }
 
 /// A matrix of the given `(rows, cols)` with independent entries uniform in
-/// `[−scale, scale)`, drawn in f64 row by row and converted with [`Scalar::of`]. It
-/// does not check its arguments: a negative `scale` flips the interval.
+/// `[−scale, scale)`, drawn in f64 row by row and converted with [`Scalar::of`].
 ///
 /// ```
-/// let w = timetape::init::uniform::<f64>((3, 4), 0.5, &mut timetape::init::rng(7));
+/// let w = timetape::init::uniform::<f64>((3, 4), 0.5, &mut timetape::init::rng(7))?;
 /// assert!(w.iter().all(|x| x.abs() <= 0.5));
+/// assert!(timetape::init::uniform::<f64>((usize::MAX, 2), 0.5, &mut timetape::init::rng(7)).is_err());
+/// # Ok::<(), timetape::Error>(())
 /// ```
-pub fn uniform<F: Scalar>(shape: (usize, usize), scale: f64, rng: &mut impl Rng) -> Array2<F> {
-    Array2::from_shape_simple_fn(shape, || F::of(scale * (2.0 * rng.random::<f64>() - 1.0)))
+///
+/// Errors: [`Error::InvalidArgument`](crate::Error::InvalidArgument) for a `scale` that
+/// is negative or not finite, or a shape whose size overflows or cannot be allocated.
+pub fn uniform<F: Scalar>(
+    shape: (usize, usize),
+    scale: f64,
+    rng: &mut impl Rng,
+) -> Result<Array2<F>> {
+    if !(scale >= 0.0 && scale.is_finite()) {
+        return Err(invalid(
+            "init::uniform",
+            "scale must be non-negative and finite",
+        ));
+    }
+    check_alloc::<F>("init::uniform", &[shape])?;
+    Ok(Array2::from_shape_simple_fn(shape, || {
+        F::of(scale * (2.0 * rng.random::<f64>() - 1.0))
+    }))
+}
+
+/// Checks, before anything is allocated, that matrices of these shapes fit in memory
+/// together: no element or byte count overflows, and the operating system grants the
+/// total (reserved and released at once, never touched). A cell asked for an absurd size
+/// gets an error instead of a panic in the allocator or an aborted process.
+pub(crate) fn check_alloc<F>(op: &'static str, shapes: &[(usize, usize)]) -> Result<()> {
+    let mut total: usize = 0;
+    for &(r, c) in shapes {
+        let bytes = r
+            .checked_mul(c)
+            .and_then(|n| n.checked_mul(std::mem::size_of::<F>()))
+            .filter(|&b| b <= isize::MAX as usize)
+            .and_then(|b| total.checked_add(b))
+            .filter(|&b| b <= isize::MAX as usize)
+            .ok_or_else(|| invalid(op, format!("a {r}×{c} matrix: its size overflows")))?;
+        total = bytes;
+    }
+    let mut probe: Vec<u8> = Vec::new();
+    probe.try_reserve_exact(total).map_err(|_| {
+        invalid(
+            op,
+            format!("cannot allocate {total} bytes for matrices of shapes {shapes:?}"),
+        )
+    })?;
+    Ok(())
+}
+
+/// `n · k` for a width such as 3H (GRU) or 4H (LSTM), or an error naming `op`.
+pub(crate) fn times(op: &'static str, n: usize, k: usize) -> Result<usize> {
+    n.checked_mul(k)
+        .ok_or_else(|| invalid(op, format!("size {k}·{n} overflows")))
 }

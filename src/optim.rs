@@ -1,9 +1,10 @@
 //! Optimizers and gradient clipping.
 //!
-//! An optimizer keeps its state (velocities, moments) per parameter, by the parameter's
-//! position in its store: use one optimizer per [`Params`] store. A step updates the
-//! parameters that have an entry in the [`Grads`] and leaves the others (and their
-//! state) unchanged.
+//! An optimizer keeps its state (velocities, moments) per parameter, tied to that
+//! parameter: use one optimizer per [`Params`] store. Stepping it on another store, or
+//! after a parameter changed shape, is an error, never a panic or a silent reuse of
+//! another parameter's moments. A step updates the parameters that have an entry in the
+//! [`Grads`] and leaves the others (and their state) unchanged.
 //!
 //! ```
 //! use ndarray::array;
@@ -26,7 +27,7 @@
 //! ```
 
 use crate::error::{invalid, Error, Result};
-use crate::params::{Grads, Params};
+use crate::params::{Grads, ParamId, Params};
 use crate::scalar::Scalar;
 use ndarray::{Array2, Zip};
 
@@ -36,8 +37,12 @@ use ndarray::{Array2, Zip};
 /// `‖g‖ > θ`, with no ε (PyTorch's `clip_grad_norm_` divides by `‖g‖ + 1e-6`, which
 /// differs from this in the sixth digit near the threshold).
 ///
-/// Errors: [`Error::InvalidArgument`] if `theta` is not positive and finite, or the
-/// gradient is not finite (then `grads` is left unchanged).
+/// The norm is computed with scaling ([`Grads::global_norm`]): a finite gradient whose
+/// `Σ g²` overflows (an exploding RNN) is clipped, not refused.
+///
+/// Errors: [`Error::InvalidArgument`] if `theta` is not positive and finite;
+/// [`Error::NonFinite`] if an entry of the gradient is NaN or infinite, or its norm
+/// exceeds the largest finite value (then `grads` is left unchanged).
 pub fn clip_global_norm<F: Scalar>(grads: &mut Grads<F>, theta: F) -> Result<F> {
     if !(theta > F::zero() && theta.is_finite()) {
         return Err(invalid(
@@ -45,9 +50,13 @@ pub fn clip_global_norm<F: Scalar>(grads: &mut Grads<F>, theta: F) -> Result<F> 
             "theta must be positive and finite",
         ));
     }
+    grads.check_finite("clip_global_norm")?;
     let norm = grads.global_norm();
     if !norm.is_finite() {
-        return Err(invalid("clip_global_norm", "the gradient is not finite"));
+        return Err(Error::NonFinite {
+            op: "clip_global_norm",
+            what: "the norm of the gradient exceeds the largest finite value".into(),
+        });
     }
     if norm > theta {
         grads.scale(theta / norm);
@@ -63,15 +72,78 @@ fn check_lr<F: Scalar>(op: &'static str, lr: F) -> Result<()> {
     }
 }
 
-fn shapes_match<F: Scalar>(op: &'static str, p: &Array2<F>, g: &Array2<F>) -> Result<()> {
-    if p.dim() != g.dim() {
-        return Err(Error::ShapeMismatch {
-            op,
-            lhs: p.dim(),
-            rhs: g.dim(),
-        });
+/// An optimizer's state, one slot per position in the store, each tagged with the key
+/// of the parameter it belongs to.
+#[derive(Debug, Clone)]
+struct State<S> {
+    slots: Vec<Option<(u64, S)>>,
+}
+
+impl<S> Default for State<S> {
+    fn default() -> Self {
+        State { slots: Vec::new() }
     }
-    Ok(())
+}
+
+impl<S> State<S> {
+    /// The state of `id` (created by `init` on first use).
+    fn of(&mut self, id: ParamId, init: impl FnOnce() -> S) -> &mut S {
+        if self.slots.len() <= id.index {
+            self.slots.resize_with(id.index + 1, || None);
+        }
+        let slot = self.slots[id.index].get_or_insert_with(|| (id.key, init()));
+        &mut slot.1
+    }
+
+    /// Checks that the state held for `id`, if any, is `id`'s, and of `id`'s shape.
+    fn check(
+        &self,
+        op: &'static str,
+        id: ParamId,
+        shape: (usize, usize),
+        dim: impl Fn(&S) -> (usize, usize),
+    ) -> Result<()> {
+        match self.slots.get(id.index).and_then(|s| s.as_ref()) {
+            Some((key, _)) if *key != id.key => Err(invalid(
+                op,
+                format!(
+                    "the optimizer's state at position {} belongs to a parameter of another \
+                     store: use one optimizer per store",
+                    id.index
+                ),
+            )),
+            Some((_, st)) if dim(st) != shape => Err(Error::ShapeMismatch {
+                op,
+                lhs: dim(st),
+                rhs: shape,
+            }),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// Checks every gradient against its parameter and the optimizer's state before a step
+/// changes anything: the id is of `params`, the shapes agree, the state is the
+/// parameter's own, the gradient is finite.
+fn check_all<F: Scalar, S>(
+    op: &'static str,
+    params: &Params<F>,
+    grads: &Grads<F>,
+    state: &State<S>,
+    dim: impl Fn(&S) -> (usize, usize),
+) -> Result<()> {
+    for (id, g) in grads.iter() {
+        let p = params.get(id).map_err(|_| Error::ForeignParam { op })?;
+        if p.dim() != g.dim() {
+            return Err(Error::ShapeMismatch {
+                op,
+                lhs: p.dim(),
+                rhs: g.dim(),
+            });
+        }
+        state.check(op, id, p.dim(), &dim)?;
+    }
+    grads.check_finite(op)
 }
 
 /// Stochastic gradient descent, optionally with (heavy-ball) momentum:
@@ -97,7 +169,7 @@ fn shapes_match<F: Scalar>(op: &'static str, p: &Array2<F>, g: &Array2<F>) -> Re
 pub struct Sgd<F> {
     lr: F,
     momentum: F,
-    velocity: Vec<Option<Array2<F>>>,
+    velocity: State<Array2<F>>,
 }
 
 impl<F: Scalar> Sgd<F> {
@@ -109,7 +181,7 @@ impl<F: Scalar> Sgd<F> {
         Ok(Sgd {
             lr,
             momentum: F::zero(),
-            velocity: Vec::new(),
+            velocity: State::default(),
         })
     }
 
@@ -141,10 +213,13 @@ impl<F: Scalar> Sgd<F> {
     /// One step on every parameter that has an entry in `grads`.
     ///
     /// Errors: [`Error::ForeignParam`] if `grads` holds an id of another store;
-    /// [`Error::ShapeMismatch`] if a gradient's shape differs from its parameter's. Both
-    /// are checked before anything is updated.
+    /// [`Error::ShapeMismatch`] if a gradient's shape differs from its parameter's, or
+    /// the velocity kept for a parameter from its shape; [`Error::InvalidArgument`] if
+    /// the velocity kept at a position belongs to a parameter of another store;
+    /// [`Error::NonFinite`] for a NaN or infinite gradient. All are checked before
+    /// anything is updated.
     pub fn step(&mut self, params: &mut Params<F>, grads: &Grads<F>) -> Result<()> {
-        check_all("Sgd::step", params, grads)?;
+        check_all("Sgd::step", params, grads, &self.velocity, |v| v.dim())?;
         for (id, g) in grads.iter() {
             let p = params.get_mut(id)?;
             let (lr, mu) = (self.lr, self.momentum);
@@ -152,11 +227,7 @@ impl<F: Scalar> Sgd<F> {
                 Zip::from(p).and(g).for_each(|p, &g| *p = *p - lr * g);
                 continue;
             }
-            let i = id.index();
-            if self.velocity.len() <= i {
-                self.velocity.resize(i + 1, None);
-            }
-            let v = self.velocity[i].get_or_insert_with(|| Array2::zeros(g.raw_dim()));
+            let v = self.velocity.of(id, || Array2::zeros(g.raw_dim()));
             Zip::from(p).and(v).and(g).for_each(|p, v, &g| {
                 *v = mu * *v + g;
                 *p = *p - lr * *v;
@@ -170,11 +241,10 @@ impl<F: Scalar> Sgd<F> {
 /// `m ← β₁ m + (1 − β₁) g`, `v ← β₂ v + (1 − β₂) g²`,
 /// `θ ← θ − η m̂ / (sqrt(v̂) + ε)`, with `m̂ = m / (1 − β₁ᵗ)`, `v̂ = v / (1 − β₂ᵗ)`.
 ///
-/// `t` counts the calls to [`Adam::step`], one count for the whole optimizer: a
-/// parameter that first gets a gradient at a later step is corrected with that later
-/// `t`, not with the number of steps it took part in (PyTorch counts per parameter).
-/// With the gradients of [`bptt::run`](crate::bptt::run), which have an entry for every
-/// parameter, the two agree.
+/// Each parameter has its own step count `t`, the number of steps in which it had a
+/// gradient (as in PyTorch): a parameter that first gets a gradient late starts at
+/// t = 1. With the gradients of [`bptt::run`](crate::bptt::run), which have an entry
+/// for every parameter, every t equals the number of calls to [`Adam::step`].
 ///
 /// ```
 /// use ndarray::array;
@@ -205,11 +275,11 @@ pub struct Adam<F> {
     beta2: F,
     eps: F,
     /// Per parameter: its own step count t (as in PyTorch), m and v.
-    moments: Vec<Option<Moments<F>>>,
+    moments: State<Moments<F>>,
 }
 
 /// Adam's state for one parameter: step count t, first and second moments.
-type Moments<F> = (i32, Array2<F>, Array2<F>);
+type Moments<F> = (u64, Array2<F>, Array2<F>);
 
 impl<F: Scalar> Adam<F> {
     /// Adam with learning rate `lr` (η) and the usual β₁ = 0.9, β₂ = 0.999, ε = 1e-8.
@@ -222,17 +292,21 @@ impl<F: Scalar> Adam<F> {
             beta1: F::of(0.9),
             beta2: F::of(0.999),
             eps: F::of(1e-8),
-            moments: Vec::new(),
+            moments: State::default(),
         })
     }
 
-    /// The same with other β₁, β₂ ∈ [0, 1) and ε > 0.
+    /// The same with other β₁, β₂ ∈ [0, 1) and ε > 0 finite.
     ///
-    /// Errors: [`Error::InvalidArgument`] for a β outside [0, 1) or ε ≤ 0.
+    /// Errors: [`Error::InvalidArgument`] for a β outside [0, 1) or an ε that is not
+    /// positive and finite.
     pub fn with_betas(mut self, beta1: F, beta2: F, eps: F) -> Result<Self> {
         let unit = |b: F| b >= F::zero() && b < F::one();
-        if !(unit(beta1) && unit(beta2) && eps > F::zero()) {
-            return Err(invalid("Adam::with_betas", "need β in [0, 1) and ε > 0"));
+        if !(unit(beta1) && unit(beta2) && eps > F::zero() && eps.is_finite()) {
+            return Err(invalid(
+                "Adam::with_betas",
+                "need β in [0, 1) and ε positive and finite",
+            ));
         }
         self.beta1 = beta1;
         self.beta2 = beta2;
@@ -258,23 +332,21 @@ impl<F: Scalar> Adam<F> {
     /// own step count t for the bias correction (a parameter that first receives a
     /// gradient late starts at t = 1, as in PyTorch).
     ///
-    /// Errors: [`Error::ForeignParam`] if `grads` holds an id of another store;
-    /// [`Error::ShapeMismatch`] if a gradient's shape differs from its parameter's. Both
-    /// are checked before anything is updated.
+    /// Errors: as [`Sgd::step`] (with the moments in place of the velocity). All are
+    /// checked before anything is updated.
     pub fn step(&mut self, params: &mut Params<F>, grads: &Grads<F>) -> Result<()> {
-        check_all("Adam::step", params, grads)?;
+        check_all("Adam::step", params, grads, &self.moments, |m| m.1.dim())?;
         let (b1, b2, eps, lr) = (self.beta1, self.beta2, self.eps, self.lr);
         for (id, g) in grads.iter() {
             let p = params.get_mut(id)?;
-            let i = id.index();
-            if self.moments.len() <= i {
-                self.moments.resize(i + 1, None);
-            }
-            let (t, m, v) = self.moments[i]
-                .get_or_insert_with(|| (0, Array2::zeros(g.raw_dim()), Array2::zeros(g.raw_dim())));
+            let (t, m, v) = self.moments.of(id, || {
+                (0, Array2::zeros(g.raw_dim()), Array2::zeros(g.raw_dim()))
+            });
             *t += 1;
-            let c1 = F::one() - b1.powi(*t);
-            let c2 = F::one() - b2.powi(*t);
+            // β^t for t beyond i32::MAX is 0 in any float format.
+            let e = i32::try_from(*t).unwrap_or(i32::MAX);
+            let c1 = F::one() - b1.powi(e);
+            let c2 = F::one() - b2.powi(e);
             Zip::from(p).and(m).and(v).and(g).for_each(|p, m, v, &g| {
                 *m = b1 * *m + (F::one() - b1) * g;
                 *v = b2 * *v + (F::one() - b2) * g * g;
@@ -285,12 +357,4 @@ impl<F: Scalar> Adam<F> {
         }
         Ok(())
     }
-}
-
-/// Checks every gradient against its parameter before a step changes anything.
-fn check_all<F: Scalar>(op: &'static str, params: &Params<F>, grads: &Grads<F>) -> Result<()> {
-    for (id, g) in grads.iter() {
-        shapes_match(op, params.get(id)?, g)?;
-    }
-    Ok(())
 }

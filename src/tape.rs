@@ -12,12 +12,12 @@
 
 use crate::error::{Error, Result};
 use crate::ops::Op;
-use crate::params::{Grads, ParamId, Params};
+use crate::params::{first_non_finite, Grads, ParamId, Params};
 use crate::scalar::Scalar;
 use ndarray::{Array2, ArrayView2, Zip};
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 
-static NEXT_TAPE: AtomicU32 = AtomicU32::new(1);
+static NEXT_TAPE: AtomicU64 = AtomicU64::new(1);
 
 /// A handle to a node of a [`Tape`]: small and `Copy`.
 ///
@@ -27,15 +27,15 @@ static NEXT_TAPE: AtomicU32 = AtomicU32::new(1);
 /// pointing at the wrong node.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Var {
-    pub(crate) tape: u32,
-    pub(crate) generation: u32,
-    pub(crate) index: u32,
+    pub(crate) tape: u64,
+    pub(crate) generation: u64,
+    pub(crate) index: usize,
 }
 
 impl Var {
     /// Position of the node on its tape (creation order).
     pub fn index(self) -> usize {
-        self.index as usize
+        self.index
     }
 }
 
@@ -138,17 +138,18 @@ impl<F: Scalar> Pool<F> {
 /// ```
 #[derive(Debug)]
 pub struct Tape<F: Scalar> {
-    pub(crate) id: u32,
-    pub(crate) generation: u32,
+    pub(crate) id: u64,
+    pub(crate) generation: u64,
     pub(crate) ops: Vec<Op<F>>,
     pub(crate) values: Vec<Array2<F>>,
     pub(crate) needs_grad: Vec<bool>,
     /// Nodes whose adjoint is kept when adjoints are released.
     retained: Vec<bool>,
     release: bool,
+    check_finite: bool,
     pub(crate) adjoints: Vec<Option<Array2<F>>>,
     /// Parent lists of n-ary ops (concat).
-    pub(crate) lists: Vec<u32>,
+    pub(crate) lists: Vec<usize>,
     /// Integer labels of the cross-entropy ops.
     pub(crate) labels: Vec<usize>,
     /// Per-row weights of the cross-entropy ops.
@@ -179,6 +180,7 @@ impl<F: Scalar> Tape<F> {
             needs_grad: Vec::new(),
             retained: Vec::new(),
             release: false,
+            check_finite: false,
             adjoints: Vec::new(),
             lists: Vec::new(),
             labels: Vec::new(),
@@ -211,7 +213,7 @@ impl<F: Scalar> Tape<F> {
         self.lists.clear();
         self.labels.clear();
         self.weights.clear();
-        self.generation = self.generation.wrapping_add(1);
+        self.generation += 1;
     }
 
     /// Drops the free list of recycled buffers (after a run with unusually long segments,
@@ -274,19 +276,29 @@ impl<F: Scalar> Tape<F> {
         Ok(v.index())
     }
 
-    /// Records a node. `needs_grad` says whether an adjoint is computed for it.
-    pub(crate) fn push(&mut self, op: Op<F>, value: Array2<F>, needs_grad: bool) -> Var {
-        let index = self.ops.len() as u32;
+    /// Records a node. `needs_grad` says whether an adjoint is computed for it. With
+    /// [`Tape::set_check_finite`], a non-finite value is refused, naming the op.
+    pub(crate) fn push(&mut self, op: Op<F>, value: Array2<F>, needs_grad: bool) -> Result<Var> {
+        if self.check_finite {
+            if let Some(at) = crate::params::first_non_finite(value.iter()) {
+                self.pool.give(value);
+                return Err(Error::NonFinite {
+                    op: op.name(),
+                    what: format!("entry {at} of the output of node {}", self.ops.len()),
+                });
+            }
+        }
+        let index = self.ops.len();
         self.ops.push(op);
         self.values.push(value);
         self.needs_grad.push(needs_grad);
         self.retained.push(false);
         self.peak_nodes = self.peak_nodes.max(self.ops.len());
-        Var {
+        Ok(Var {
             tape: self.id,
             generation: self.generation,
             index,
-        }
+        })
     }
 
     /// The value of a node.
@@ -321,8 +333,11 @@ impl<F: Scalar> Tape<F> {
                 what: "matrix with no elements",
             });
         }
-        if a.iter().any(|x| !x.is_finite()) {
-            return Err(crate::error::invalid(op, "non-finite entry"));
+        if let Some(at) = crate::params::first_non_finite(a.iter()) {
+            return Err(Error::NonFinite {
+                op,
+                what: format!("entry {at} of the input"),
+            });
         }
         Ok(())
     }
@@ -336,7 +351,7 @@ impl<F: Scalar> Tape<F> {
         // The caller's buffer joins the free list at the next clear: retire a free one of
         // the same shape in exchange, or a loop of `constant` calls grows the pool forever.
         drop(self.pool.try_take(value.dim()));
-        Ok(self.push(Op::Leaf, value, false))
+        self.push(Op::Leaf, value, false)
     }
 
     /// An input copied from a view into a recycled buffer (no allocation in steady state).
@@ -344,7 +359,7 @@ impl<F: Scalar> Tape<F> {
         Self::check_input("constant_view", &value)?;
         let mut buf = self.pool.take(value.dim());
         buf.assign(&value);
-        Ok(self.push(Op::Leaf, buf, false))
+        self.push(Op::Leaf, buf, false)
     }
 
     /// A leaf whose adjoint is computed and can be read with [`Tape::adjoint`] after a
@@ -354,21 +369,22 @@ impl<F: Scalar> Tape<F> {
         Self::check_input("variable", &value)?;
         let mut buf = self.pool.take(value.dim());
         buf.assign(&value);
-        Ok(self.push(Op::Leaf, buf, true))
+        self.push(Op::Leaf, buf, true)
     }
 
     /// Registers a parameter of `params` on the tape (its value is copied into a recycled
     /// buffer). Its gradient is reported by [`Tape::backward`] under `id`; registering it
     /// several times, or using it many times, sums the contributions.
     ///
-    /// Errors: [`Error::ForeignParam`] if `id` is not from `params`.
+    /// Errors: [`Error::ForeignParam`] if `id` is not from `params`;
+    /// [`Error::NonFinite`] if an entry of the parameter is NaN or infinite (written
+    /// through [`Params::get_mut`]), naming the parameter.
     pub fn param(&mut self, params: &Params<F>, id: ParamId) -> Result<Var> {
-        let p = params
-            .get(id)
-            .map_err(|_| Error::ForeignParam { op: "param" })?;
+        params.check_finite("param", id)?;
+        let p = params.get(id)?;
         let mut buf = self.pool.take(p.dim());
         buf.assign(p);
-        Ok(self.push(Op::Param(id), buf, true))
+        self.push(Op::Param(id), buf, true)
     }
 
     /// Reverse pass from a 1×1 loss (seed 1). Returns the gradient of every parameter the
@@ -376,7 +392,7 @@ impl<F: Scalar> Tape<F> {
     ///
     /// Errors: [`Error::NonScalarLoss`] if `loss` is not 1×1; foreign or stale `Var`.
     pub fn backward(&mut self, loss: Var) -> Result<Grads<F>> {
-        let mut grads = Grads::empty_for_store(0);
+        let mut grads = Grads::default();
         self.backward_into(loss, &mut grads)?;
         Ok(grads)
     }
@@ -418,7 +434,7 @@ impl<F: Scalar> Tape<F> {
     pub fn backward_with(&mut self, seeds: &[(Var, Array2<F>)]) -> Result<Grads<F>> {
         let views: Vec<(Var, ArrayView2<'_, F>)> =
             seeds.iter().map(|(v, a)| (*v, a.view())).collect();
-        let mut grads = Grads::empty_for_store(0);
+        let mut grads = Grads::default();
         self.backward_with_into(&views, &mut grads)?;
         Ok(grads)
     }
@@ -445,8 +461,21 @@ impl<F: Scalar> Tape<F> {
                     rhs: a.dim(),
                 });
             }
-            if a.iter().any(|x| !x.is_finite()) {
-                return Err(crate::error::invalid("backward_with", "non-finite adjoint"));
+            if first_non_finite(a.iter()).is_some() {
+                return Err(Error::NonFinite {
+                    op: "backward_with",
+                    what: format!("seed adjoint of node {i}"),
+                });
+            }
+            if let Some(at) = first_non_finite(self.values[i].iter()) {
+                return Err(Error::NonFinite {
+                    op: "backward",
+                    what: format!(
+                        "entry {at} of node {i} ({}), which the pass starts from: \
+                         an overflow in the forward pass (Tape::set_check_finite finds the op)",
+                        self.ops[i].name()
+                    ),
+                });
             }
             top = top.max(i);
         }
@@ -471,17 +500,27 @@ impl<F: Scalar> Tape<F> {
             }
         }
         for i in (0..=top).rev() {
-            crate::ops::flush_staged(self, i);
+            crate::ops::flush_staged(self, i)?;
             if !self.needs_grad[i] || self.adjoints[i].is_none() {
                 continue;
             }
             if let Op::Param(id) = self.ops[i] {
                 if let Some(g) = &self.adjoints[i] {
+                    if let Some(at) = first_non_finite(g.iter()) {
+                        return Err(Error::NonFinite {
+                            op: "backward",
+                            what: format!(
+                                "entry {at} of the gradient of parameter {} (node {i}): \
+                                 an overflow in the backward pass",
+                                id.index()
+                            ),
+                        });
+                    }
                     grads.accumulate(id, g.view())?;
                 }
                 continue;
             }
-            crate::ops::backward_node(self, i);
+            crate::ops::backward_node(self, i)?;
             let keep = !self.release
                 || self.retained[i]
                 || matches!(self.ops[i], Op::Leaf | Op::Param(_) | Op::Detach);
@@ -502,6 +541,28 @@ impl<F: Scalar> Tape<F> {
     /// adjoints on the current frontier of the reverse sweep are alive.
     pub fn set_release_adjoints(&mut self, release: bool) {
         self.release = release;
+    }
+
+    /// Checks the output of every op recorded from now on (`true`) and refuses a NaN or
+    /// infinite one with [`Error::NonFinite`] naming the op and the node: the way to find
+    /// where a non-finite value first arose (an overflow: inputs, parameters and seeds
+    /// are always checked, so nothing else can start one). Off by default: it costs one
+    /// pass over every output. Without it, a non-finite value that reaches the loss or a
+    /// gradient is still reported by the backward pass, without naming the op.
+    ///
+    /// ```
+    /// use ndarray::array;
+    /// use timetape::{Error, Tape};
+    ///
+    /// let mut tape = Tape::<f64>::new();
+    /// tape.set_check_finite(true);
+    /// let x = tape.constant(array![[800.0]])?;
+    /// let err = tape.exp(x).unwrap_err(); // e^800 overflows
+    /// assert!(matches!(err, Error::NonFinite { op: "exp", .. }));
+    /// # Ok::<(), Error>(())
+    /// ```
+    pub fn set_check_finite(&mut self, check: bool) {
+        self.check_finite = check;
     }
 
     /// Keeps the adjoint of `v` after a backward pass even when adjoints are released.

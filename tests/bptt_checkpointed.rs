@@ -47,13 +47,13 @@ fn case(model: Model, t: usize, seed: u64) -> Case {
     .unwrap();
     let q = cell.config.output;
     let mut rng = init::rng(seed ^ 0xc4c4);
-    *params.get_mut(cell.w_hh).unwrap() = init::uniform((h, h), 0.45, &mut rng);
+    *params.get_mut(cell.w_hh).unwrap() = init::uniform((h, h), 0.45, &mut rng).unwrap();
     if let Some(id) = cell.b_h {
         let shift = if model == Model::M2 { 0.2 } else { 0.0 };
-        *params.get_mut(id).unwrap() = init::uniform((1, h), 0.3, &mut rng) + shift;
+        *params.get_mut(id).unwrap() = init::uniform((1, h), 0.3, &mut rng).unwrap() + shift;
     }
     if let Some(id) = cell.b_q {
-        *params.get_mut(id).unwrap() = init::uniform((1, q), 0.3, &mut rng);
+        *params.get_mut(id).unwrap() = init::uniform((1, q), 0.3, &mut rng).unwrap();
     }
     let xs = Array3::from_shape_simple_fn((t, b, d), || rng.random_range(-1.0..1.0));
     let h0 = Array2::from_shape_simple_fn((b, h), || rng.random_range(-0.5..0.5));
@@ -114,7 +114,10 @@ impl Case {
 
 #[test]
 fn checkpointed_equals_full_for_many_lengths_and_strides() {
-    let opts = RunOptions { dh_norms: true };
+    let opts = RunOptions {
+        dh_norms: true,
+        ..Default::default()
+    };
     for model in [Model::M1, Model::M2, Model::M3] {
         for t in [1, 2, 3, 7, 10, 16, 50, 99, 101] {
             let c = case(model, t, t as u64);

@@ -29,7 +29,7 @@ fn tiny(t: usize) -> Tiny {
     let mut params = Params::<f64>::new();
     let cell = models::m1(&mut params, 1, 2, 1, 9).unwrap();
     let mut rng = init::rng(99);
-    *params.get_mut(cell.w_hh).unwrap() = init::uniform((2, 2), 0.4, &mut rng);
+    *params.get_mut(cell.w_hh).unwrap() = init::uniform((2, 2), 0.4, &mut rng).unwrap();
     let xs = Array3::from_shape_simple_fn((t, 1, 1), || rng.random_range(-1.0..1.0));
     let ys = Array3::from_shape_simple_fn((t, 1, 1), || rng.random_range(-1.0..1.0));
     Tiny {

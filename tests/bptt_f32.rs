@@ -37,9 +37,9 @@ fn pair(t: usize) -> Pair {
     let mut p64 = Params::<f64>::new();
     let cell = models::m3(&mut p64, d, h, q, 4).unwrap();
     let mut rng = init::rng(404);
-    *p64.get_mut(cell.w_hh).unwrap() = init::uniform((h, h), 0.45, &mut rng);
-    *p64.get_mut(cell.b_h.unwrap()).unwrap() = init::uniform((1, h), 0.3, &mut rng);
-    *p64.get_mut(cell.b_q.unwrap()).unwrap() = init::uniform((1, q), 0.3, &mut rng);
+    *p64.get_mut(cell.w_hh).unwrap() = init::uniform((h, h), 0.45, &mut rng).unwrap();
+    *p64.get_mut(cell.b_h.unwrap()).unwrap() = init::uniform((1, h), 0.3, &mut rng).unwrap();
+    *p64.get_mut(cell.b_q.unwrap()).unwrap() = init::uniform((1, q), 0.3, &mut rng).unwrap();
     let mut p32 = Params::<f32>::new();
     let cell32 = models::m3(&mut p32, d, h, q, 4).unwrap();
     assert_eq!(cell32.config, cell.config);

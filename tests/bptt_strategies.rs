@@ -65,13 +65,13 @@ impl Case {
         .unwrap();
         let q = cell.config.output;
         let mut rng = init::rng(seed ^ 0xb977);
-        *params.get_mut(cell.w_hh).unwrap() = init::uniform((h, h), 0.9 / 2.0, &mut rng);
+        *params.get_mut(cell.w_hh).unwrap() = init::uniform((h, h), 0.9 / 2.0, &mut rng).unwrap();
         if let Some(id) = cell.b_h {
             let shift = if model == Model::M2 { 0.2 } else { 0.0 };
-            *params.get_mut(id).unwrap() = init::uniform((1, h), 0.3, &mut rng) + shift;
+            *params.get_mut(id).unwrap() = init::uniform((1, h), 0.3, &mut rng).unwrap() + shift;
         }
         if let Some(id) = cell.b_q {
-            *params.get_mut(id).unwrap() = init::uniform((1, q), 0.3, &mut rng);
+            *params.get_mut(id).unwrap() = init::uniform((1, q), 0.3, &mut rng).unwrap();
         }
         let xs = Array3::from_shape_simple_fn((t, b, d), || rng.random_range(-1.0..1.0));
         let labels = Array2::from_shape_simple_fn((t, b), || rng.random_range(0..q));
@@ -380,7 +380,7 @@ fn pattern_of_ones_is_full_and_fixed_pattern_is_fixed_bitwise() {
         assert!(ones.grads == full.grads, "{model:?}");
         for k in [1, 3, 4] {
             let fixed = c.run(&Truncation::Fixed { k });
-            let pat = c.run(&Truncation::Pattern(bptt::fixed_pattern(10, k)));
+            let pat = c.run(&Truncation::Pattern(bptt::fixed_pattern(10, k).unwrap()));
             assert!(pat.grads == fixed.grads, "{model:?} k={k}");
         }
     }

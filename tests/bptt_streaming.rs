@@ -31,9 +31,9 @@ fn case(t: usize, seed: u64) -> Case {
     let mut params = Params::<f64>::new();
     let cell = models::m3(&mut params, d, h, q, seed).unwrap();
     let mut rng = init::rng(seed ^ 0x57ea);
-    *params.get_mut(cell.w_hh).unwrap() = init::uniform((h, h), 0.45, &mut rng);
-    *params.get_mut(cell.b_h.unwrap()).unwrap() = init::uniform((1, h), 0.3, &mut rng);
-    *params.get_mut(cell.b_q.unwrap()).unwrap() = init::uniform((1, q), 0.3, &mut rng);
+    *params.get_mut(cell.w_hh).unwrap() = init::uniform((h, h), 0.45, &mut rng).unwrap();
+    *params.get_mut(cell.b_h.unwrap()).unwrap() = init::uniform((1, h), 0.3, &mut rng).unwrap();
+    *params.get_mut(cell.b_q.unwrap()).unwrap() = init::uniform((1, q), 0.3, &mut rng).unwrap();
     let xs = Array3::from_shape_simple_fn((t, b, d), || rng.random_range(-1.0..1.0));
     let labels = Array2::from_shape_simple_fn((t, b), || rng.random_range(0..q));
     let values = Array3::from_shape_simple_fn((t, b, q), || rng.random_range(-1.0..1.0));
@@ -288,7 +288,7 @@ fn peak_tape_nodes_is_the_longest_segment() {
             .collect();
         xi[0] = 1.0;
         let longest = longest_segment(&xi);
-        let mut fixed = bptt::fixed_pattern(t, longest);
+        let mut fixed = bptt::fixed_pattern(t, longest).unwrap();
         fixed[0] = 1.0;
         let a = long_stream(t, Truncation::Pattern(xi));
         let b = long_stream(t, Truncation::Pattern(fixed));

@@ -84,7 +84,8 @@ fn lstm_forward_matches_its_equations() {
 
 /// A random orthogonal matrix (Gram–Schmidt on a seeded uniform matrix).
 fn orthogonal(n: usize, seed: u64) -> Array2<f64> {
-    let a: Array2<f64> = timetape::init::uniform((n, n), 1.0, &mut timetape::init::rng(seed));
+    let a: Array2<f64> =
+        timetape::init::uniform((n, n), 1.0, &mut timetape::init::rng(seed)).unwrap();
     let mut q = Array2::<f64>::zeros((n, n));
     for j in 0..n {
         let mut v = a.column(j).to_owned();

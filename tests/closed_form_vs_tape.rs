@@ -63,14 +63,17 @@ fn problem(config: RnnConfig, s: Sizes, seed: u64, with_h0: bool) -> Problem {
     let cell = Rnn::new(&mut params, config, seed).unwrap();
     let mut rng = init::rng(seed ^ 0x5eed);
     let (d, h, q) = (cell.config.input, cell.config.hidden, cell.config.output);
-    *params.get_mut(cell.w_xh).unwrap() = init::uniform((d, h), 1.0 / (d as f64).sqrt(), &mut rng);
-    *params.get_mut(cell.w_hh).unwrap() = init::uniform((h, h), 0.9 / (h as f64).sqrt(), &mut rng);
-    *params.get_mut(cell.w_hq).unwrap() = init::uniform((h, q), 1.0 / (h as f64).sqrt(), &mut rng);
+    *params.get_mut(cell.w_xh).unwrap() =
+        init::uniform((d, h), 1.0 / (d as f64).sqrt(), &mut rng).unwrap();
+    *params.get_mut(cell.w_hh).unwrap() =
+        init::uniform((h, h), 0.9 / (h as f64).sqrt(), &mut rng).unwrap();
+    *params.get_mut(cell.w_hq).unwrap() =
+        init::uniform((h, q), 1.0 / (h as f64).sqrt(), &mut rng).unwrap();
     if let Some(id) = cell.b_h {
-        *params.get_mut(id).unwrap() = init::uniform((1, h), 0.3, &mut rng);
+        *params.get_mut(id).unwrap() = init::uniform((1, h), 0.3, &mut rng).unwrap();
     }
     if let Some(id) = cell.b_q {
-        *params.get_mut(id).unwrap() = init::uniform((1, q), 0.3, &mut rng);
+        *params.get_mut(id).unwrap() = init::uniform((1, q), 0.3, &mut rng).unwrap();
     }
     let xs = Array3::from_shape_simple_fn((s.t, s.b, d), || rng.random_range(-1.0..1.0));
     let h0 =
@@ -192,7 +195,8 @@ fn loss_of(p: &Problem, kind: u8, weighted: bool, mean: bool) -> SequenceLoss<'_
             time: Reduction::Sum,
         },
     };
-    if weighted {
+    // Step weights belong to per-step targets (a last-step target refuses them).
+    if weighted && !loss.is_last_step() {
         loss = loss.weighted(&p.alphas);
     }
     if mean {

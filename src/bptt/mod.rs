@@ -36,7 +36,8 @@ use crate::error::{invalid, Error, Result};
 use crate::ops::Reduction;
 use crate::params::{Grads, Params};
 use crate::rnn::{
-    unroll_segment_into, Edge, LossScratch, Recurrent, SequenceLoss, StepLosses, Targets,
+    step_weight, unroll_segment_into, Edge, LossScratch, Recurrent, SequenceLoss, StepLosses,
+    Targets,
 };
 use crate::scalar::Scalar;
 use crate::tape::{Tape, Var};
@@ -117,8 +118,8 @@ impl Truncation {
         self.validate(Some(t_len))?;
         Ok(match self {
             Truncation::Full => Some(vec![1.0; t_len]),
-            Truncation::Fixed { k } => Some(fixed_pattern(t_len, *k)),
-            Truncation::Tbptt { k1, k2 } if k1 == k2 => Some(fixed_pattern(t_len, *k1)),
+            Truncation::Fixed { k } => Some(fixed_pattern(t_len, *k)?),
+            Truncation::Tbptt { k1, k2 } if k1 == k2 => Some(fixed_pattern(t_len, *k1)?),
             Truncation::Tbptt { .. } => None,
             Truncation::Randomized { pi, seed } => Some(sample_xi(pi, t_len, *seed)?),
             Truncation::Pattern(xi) => Some(xi.clone()),
@@ -127,10 +128,22 @@ impl Truncation {
 }
 
 /// ξ of `Fixed { k }`: 0 at steps 1, k + 1, 2k + 1, … (block starts), 1 elsewhere.
-pub fn fixed_pattern(t_len: usize, k: usize) -> Vec<f64> {
-    (0..t_len)
-        .map(|t| if t % k.max(1) == 0 { 0.0 } else { 1.0 })
-        .collect()
+///
+/// ```
+/// use timetape::bptt::fixed_pattern;
+/// assert_eq!(fixed_pattern(5, 2)?, vec![0.0, 1.0, 0.0, 1.0, 0.0]);
+/// assert!(fixed_pattern(5, 0).is_err());
+/// # Ok::<(), timetape::Error>(())
+/// ```
+///
+/// Errors: [`Error::InvalidArgument`] for k = 0.
+pub fn fixed_pattern(t_len: usize, k: usize) -> Result<Vec<f64>> {
+    if k == 0 {
+        return Err(invalid("fixed_pattern", "k must be ≥ 1"));
+    }
+    Ok((0..t_len)
+        .map(|t| if t % k == 0 { 0.0 } else { 1.0 })
+        .collect())
 }
 
 /// Options of a run.
@@ -139,6 +152,10 @@ pub struct RunOptions {
     /// Record ‖∂L/∂h_t‖ (Frobenius norm over the batch) for every step, as seen by the
     /// backward pass of the segment (or TBPTT window) that holds step t's loss.
     pub dh_norms: bool,
+    /// Check the output of every op ([`Tape::set_check_finite`]): an overflow is then
+    /// reported as [`Error::NonFinite`] naming the op and the step where it arose,
+    /// instead of by the backward pass that meets it. Costs one pass over every value.
+    pub check_finite: bool,
 }
 
 /// What a run computed and what it cost.
@@ -251,6 +268,7 @@ impl<'a, F: Scalar, C: Recurrent<F>> Engine<'a, F, C> {
         // Only ∂L/∂h at the segment start (a leaf) and, for the ‖∂L/∂h_t‖ report, the
         // states are read after a backward pass: release every other adjoint.
         tape.set_release_adjoints(true);
+        tape.set_check_finite(opts.check_finite);
         Engine {
             cell,
             params,
@@ -344,6 +362,35 @@ impl<'a, F: Scalar, C: Recurrent<F>> Engine<'a, F, C> {
         self.tape.value(self.states[i])
     }
 
+    /// The policy on non-finite values (crate docs): a report handed out as `Ok` has a
+    /// finite loss, gradient, ‖∂L/∂h_t‖ and final state.
+    pub(crate) fn check_finite(&self, h_final: &Array2<F>) -> Result<()> {
+        let op = "bptt";
+        if !self.loss.is_finite() {
+            return Err(Error::NonFinite {
+                op,
+                what: "the loss: an overflow in the forward pass \
+                       (RunOptions::check_finite finds the op and the step)"
+                    .into(),
+            });
+        }
+        self.grads.check_finite(op)?;
+        let norms = self.dh_norms.iter().flatten();
+        if let Some(t) = crate::params::first_non_finite(norms) {
+            return Err(Error::NonFinite {
+                op,
+                what: format!("‖∂L/∂h_t‖ at step {}", t + 1),
+            });
+        }
+        if let Some(at) = crate::params::first_non_finite(h_final.iter()) {
+            return Err(Error::NonFinite {
+                op,
+                what: format!("entry {at} of the final state h_T"),
+            });
+        }
+        Ok(())
+    }
+
     /// The report, and the workspace back for the next run.
     pub(crate) fn finish(
         self,
@@ -371,8 +418,10 @@ impl<'a, F: Scalar, C: Recurrent<F>> Engine<'a, F, C> {
         (report, ws)
     }
 
-    pub(crate) fn report(self, xi: Option<Vec<f64>>, h_final: Array2<F>) -> Report<F> {
-        self.finish(xi, h_final).0
+    /// The report, checked by [`Engine::check_finite`].
+    pub(crate) fn report(self, xi: Option<Vec<f64>>, h_final: Array2<F>) -> Result<Report<F>> {
+        self.check_finite(&h_final)?;
+        Ok(self.finish(xi, h_final).0)
     }
 }
 
@@ -417,9 +466,7 @@ impl<'a, 'l, F: Scalar> Problem<'a, 'l, F> {
             Reduction::Sum => F::one(),
             Reduction::Mean => F::one() / F::of(t_len as f64),
         };
-        let coef = (0..t_len)
-            .map(|t| loss.step_weights.map_or(F::one(), |w| w[t]) * time)
-            .collect();
+        let coef = (0..t_len).map(|t| step_weight(loss, t) * time).collect();
         Ok(Problem {
             xs,
             loss: *loss,
@@ -536,7 +583,8 @@ pub fn run_with<F: Scalar, C: Recurrent<F>>(
             .xi(t_len)
             .and_then(|xi| xi.ok_or_else(|| invalid("bptt", "no ξ pattern")))
             .and_then(|xi| run_pattern(&mut engine, &problem, &xi).map(|h| (h, Some(xi)))),
-    };
+    }
+    .and_then(|(h, xi)| engine.check_finite(&h).map(|()| (h, xi)));
     let keep_xi = matches!(
         truncation,
         Truncation::Randomized { .. } | Truncation::Pattern(_)
@@ -576,16 +624,18 @@ fn run_pattern<F: Scalar, C: Recurrent<F>>(
         edges.push(first);
         edges.extend(xi[start + 1..end].iter().map(|&x| Edge::from_xi(F::of(x))));
         let loss = problem.local_loss(start, end);
-        engine.segment(
-            problem.steps(start, end),
-            h.view(),
-            &edges,
-            0,
-            loss.as_ref(),
-            None,
-            true,
-            true,
-        )?;
+        engine
+            .segment(
+                problem.steps(start, end),
+                h.view(),
+                &edges,
+                0,
+                loss.as_ref(),
+                None,
+                true,
+                true,
+            )
+            .map_err(|e| e.at_step_offset(start))?;
         engine.record_dh_norms(0)?;
         h.assign(&engine.state(end - start - 1)?);
         start = end;
@@ -613,16 +663,18 @@ fn run_tbptt<F: Scalar, C: Recurrent<F>>(
         edges.clear();
         edges.resize(u - a, Edge::Keep);
         let loss = problem.local_loss(u_prev, u);
-        engine.segment(
-            problem.steps(a, u),
-            h_a.view(),
-            &edges,
-            u_prev - a,
-            loss.as_ref(),
-            None,
-            true,
-            true,
-        )?;
+        engine
+            .segment(
+                problem.steps(a, u),
+                h_a.view(),
+                &edges,
+                u_prev - a,
+                loss.as_ref(),
+                None,
+                true,
+                true,
+            )
+            .map_err(|e| e.at_step_offset(a))?;
         engine.record_dh_norms(u_prev - a)?;
         // The next window starts `reach` steps before this update (never before a).
         let next_a = u.saturating_sub(reach).max(a);

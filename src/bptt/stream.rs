@@ -201,8 +201,14 @@ impl<'a, F: Scalar, C: Recurrent<F>> Stream<'a, F, C> {
                 rhs: x.dim(),
             });
         }
-        if !alpha.is_finite() || x.iter().any(|v| !v.is_finite()) {
-            return Err(invalid(op, "non-finite input or weight"));
+        if !alpha.is_finite() {
+            return Err(invalid(op, "non-finite weight α_t"));
+        }
+        if let Some(at) = crate::params::first_non_finite(x.iter()) {
+            return Err(Error::NonFinite {
+                op,
+                what: format!("entry {at} of the input x_t"),
+            });
         }
         let kind = match target {
             StepTarget::None => self.kind,
@@ -229,6 +235,12 @@ impl<'a, F: Scalar, C: Recurrent<F>> Stream<'a, F, C> {
                         op,
                         lhs: (self.batch, self.q),
                         rhs: v.dim(),
+                    });
+                }
+                if let Some(at) = crate::params::first_non_finite(v.iter()) {
+                    return Err(Error::NonFinite {
+                        op,
+                        what: format!("entry {at} of the target y_t"),
                     });
                 }
                 Kind::Values
@@ -359,6 +371,6 @@ impl<'a, F: Scalar, C: Recurrent<F>> Stream<'a, F, C> {
         }
         self.flush()?;
         let h = self.h.clone();
-        Ok(self.engine.report(self.all_xi.take(), h))
+        self.engine.report(self.all_xi.take(), h)
     }
 }

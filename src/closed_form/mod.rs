@@ -250,7 +250,7 @@ pub(crate) fn softmax_xent_row<F: Scalar>(
     let c = scale / s;
     z.mapv_inplace(|p| p * c);
     z[label] = z[label] - scale;
-    m + s.ln() - zy
+    s.ln() - (zy - m)
 }
 
 /// The step coefficients `c_t` of a per-step loss (α_t, or α_t / T for a mean over time).
@@ -260,7 +260,7 @@ pub(crate) fn step_coefficients<F: Scalar>(loss: &SequenceLoss<'_, F>, t_len: us
         Reduction::Mean => F::one() / F::of(t_len as f64),
     };
     (0..t_len)
-        .map(|t| loss.step_weights.map_or(F::one(), |w| w[t]) * time)
+        .map(|t| crate::rnn::step_weight(loss, t) * time)
         .collect()
 }
 

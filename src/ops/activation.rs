@@ -96,7 +96,7 @@ pub(crate) fn sigmoid<F: Scalar>(x: F) -> F {
 }
 
 impl<F: Scalar> Unary<F> {
-    fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> &'static str {
         match self {
             Unary::Neg => "neg",
             Unary::Scale(_) => "scale",
@@ -134,7 +134,7 @@ impl<F: Scalar> Tape<F> {
             Unary::Log => put1(o, true, x, |x| x.ln()),
         }
         let ng = self.needs_grad[ia];
-        Ok(self.push(Op::Unary(kind, ia as u32), out, ng))
+        self.push(Op::Unary(kind, ia), out, ng)
     }
 
     /// `−a`, elementwise.
@@ -205,7 +205,7 @@ pub(crate) fn unary_vjp<F: Scalar>(
     g: ArrayView2<'_, F>,
     y: ArrayView2<'_, F>,
     kind: Unary<F>,
-    a: u32,
+    a: usize,
 ) {
     let values = cx.values;
     let Some((acc, fresh)) = cx.slot(a) else {
@@ -232,7 +232,7 @@ pub(crate) fn unary_vjp<F: Scalar>(
         Unary::Sigmoid => put2(acc, fresh, g, y, |g, y| g * y * (one - y)),
         Unary::Exp => put2(acc, fresh, g, y, |g, y| g * y),
         Unary::Log => {
-            let x = values[a as usize].view();
+            let x = values[a].view();
             put3(acc, fresh, g, y, x, |g, _y, x| g / x)
         }
     }

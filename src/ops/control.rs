@@ -43,7 +43,7 @@ impl<F: Scalar> Tape<F> {
         let ia = self.idx("detach", a)?;
         let mut out = self.pool.take(self.values[ia].dim());
         out.assign(&self.values[ia]);
-        Ok(self.push(Op::Detach, out, true))
+        self.push(Op::Detach, out, true)
     }
 
     /// Identity forward (a copy of `a`); backward multiplies the gradient by `c`:
@@ -75,11 +75,11 @@ impl<F: Scalar> Tape<F> {
         let mut out = self.pool.take(self.values[ia].dim());
         out.assign(&self.values[ia]);
         let ng = self.needs_grad[ia];
-        Ok(self.push(Op::ScaleGrad(ia as u32, c), out, ng))
+        self.push(Op::ScaleGrad(ia, c), out, ng)
     }
 }
 
-pub(crate) fn scale_grad_vjp<F: Scalar>(cx: &mut Ctx<'_, F>, g: ArrayView2<'_, F>, a: u32, c: F) {
+pub(crate) fn scale_grad_vjp<F: Scalar>(cx: &mut Ctx<'_, F>, g: ArrayView2<'_, F>, a: usize, c: F) {
     if let Some((acc, fresh)) = cx.slot(a) {
         put1(acc, fresh, g, |g| c * g);
     }

@@ -28,7 +28,7 @@ pub enum Binary {
 }
 
 impl Binary {
-    fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> &'static str {
         match self {
             Binary::Add => "add",
             Binary::Sub => "sub",
@@ -72,7 +72,7 @@ impl<F: Scalar> Tape<F> {
             }
         }
         let ng = self.needs_grad[ia] || self.needs_grad[ib];
-        Ok(self.push(Op::Binary(kind, ia as u32, ib as u32), out, ng))
+        self.push(Op::Binary(kind, ia, ib), out, ng)
     }
 
     /// `a + b`, elementwise; either operand may be a 1×n row broadcast over the other's
@@ -123,8 +123,8 @@ impl<F: Scalar> Tape<F> {
 fn contribute<F: Scalar>(
     cx: &mut Ctx<'_, F>,
     g: ArrayView2<'_, F>,
-    p: u32,
-    other: Option<u32>,
+    p: usize,
+    other: Option<usize>,
     sign: F,
 ) {
     let values = cx.values;
@@ -133,7 +133,7 @@ fn contribute<F: Scalar>(
     };
     // The other operand at ḡ's shape: itself, or its row broadcast over ḡ's rows.
     let other = other.map(|o| {
-        let v = &values[o as usize];
+        let v = &values[o];
         if v.dim() == g.dim() {
             v.view()
         } else {
@@ -169,8 +169,8 @@ pub(crate) fn binary_vjp<F: Scalar>(
     cx: &mut Ctx<'_, F>,
     g: ArrayView2<'_, F>,
     kind: Binary,
-    a: u32,
-    b: u32,
+    a: usize,
+    b: usize,
 ) {
     let one = F::one();
     match kind {

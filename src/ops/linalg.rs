@@ -47,7 +47,7 @@ impl<F: Scalar> Tape<F> {
             &mut out.view_mut(),
         );
         let ng = self.needs_grad[ia] || self.needs_grad[ib];
-        Ok(self.push(Op::MatMul(ia as u32, ib as u32), out, ng))
+        self.push(Op::MatMul(ia, ib), out, ng)
     }
 
     /// Transpose `aᵀ` (a copy).
@@ -57,20 +57,20 @@ impl<F: Scalar> Tape<F> {
         let mut out = self.pool.take((n, m));
         out.assign(&self.values[ia].t());
         let ng = self.needs_grad[ia];
-        Ok(self.push(Op::Transpose(ia as u32), out, ng))
+        self.push(Op::Transpose(ia), out, ng)
     }
 }
 
-pub(crate) fn matmul_vjp<F: Scalar>(cx: &mut Ctx<'_, F>, g: ArrayView2<'_, F>, a: u32, b: u32) {
+pub(crate) fn matmul_vjp<F: Scalar>(cx: &mut Ctx<'_, F>, g: ArrayView2<'_, F>, a: usize, b: usize) {
     let values = cx.values;
-    let (va, vb) = (&values[a as usize], &values[b as usize]);
+    let (va, vb) = (&values[a], &values[b]);
     if let Some((acc, fresh)) = cx.slot(a) {
         gemm(F::one(), &g, &vb.t(), beta(fresh), &mut acc.view_mut());
     }
     cx.add_at_b(b, va.view(), g);
 }
 
-pub(crate) fn transpose_vjp<F: Scalar>(cx: &mut Ctx<'_, F>, g: ArrayView2<'_, F>, a: u32) {
+pub(crate) fn transpose_vjp<F: Scalar>(cx: &mut Ctx<'_, F>, g: ArrayView2<'_, F>, a: usize) {
     if let Some((acc, fresh)) = cx.slot(a) {
         put1(acc, fresh, g.t(), |g| g);
     }
@@ -138,7 +138,7 @@ impl<F: Scalar> Tape<F> {
                         rhs: sc,
                     });
                 };
-                Some((ic as u32, mode))
+                Some((ic, mode))
             }
         };
         self.affine_impl(a, b, addend, act)
@@ -176,14 +176,14 @@ impl<F: Scalar> Tape<F> {
                 rhs: (rows.end - rows.start, sc.1),
             });
         }
-        self.affine_impl(a, b, Some((ic as u32, Addend::Rows(rows.start))), act)
+        self.affine_impl(a, b, Some((ic, Addend::Rows(rows.start))), act)
     }
 
     fn affine_impl(
         &mut self,
         a: Var,
         b: Var,
-        c: Option<(u32, Addend)>,
+        c: Option<(usize, Addend)>,
         act: super::Activation,
     ) -> Result<Var> {
         let (ia, ib) = (self.idx("affine", a)?, self.idx("affine", b)?);
@@ -197,7 +197,7 @@ impl<F: Scalar> Tape<F> {
         }
         let mut out = self.pool.take((m, n));
         if let Some((ic, mode)) = c {
-            let vc = &self.values[ic as usize];
+            let vc = &self.values[ic];
             match mode {
                 Addend::Full => out.assign(vc),
                 Addend::Row => out.assign(&vc.row(0)),
@@ -218,17 +218,17 @@ impl<F: Scalar> Tape<F> {
         }
         let ng = self.needs_grad[ia]
             || self.needs_grad[ib]
-            || c.is_some_and(|(ic, _)| self.needs_grad[ic as usize]);
-        Ok(self.push(
+            || c.is_some_and(|(ic, _)| self.needs_grad[ic]);
+        self.push(
             Op::Affine {
-                a: ia as u32,
-                b: ib as u32,
+                a: ia,
+                b: ib,
                 c,
                 act,
             },
             out,
             ng,
-        ))
+        )
     }
 }
 
@@ -236,9 +236,9 @@ pub(crate) fn affine_vjp<F: Scalar>(
     cx: &mut Ctx<'_, F>,
     g: ArrayView2<'_, F>,
     y: ArrayView2<'_, F>,
-    a: u32,
-    b: u32,
-    c: Option<(u32, Addend)>,
+    a: usize,
+    b: usize,
+    c: Option<(usize, Addend)>,
     act: super::Activation,
 ) {
     // r = ȳ ⊙ φ′(y), in a scratch buffer unless φ is the identity.
@@ -263,9 +263,9 @@ pub(crate) fn affine_vjp<F: Scalar>(
 fn affine_contributions<F: Scalar>(
     cx: &mut Ctx<'_, F>,
     r: ArrayView2<'_, F>,
-    a: u32,
-    b: u32,
-    c: Option<(u32, Addend)>,
+    a: usize,
+    b: usize,
+    c: Option<(usize, Addend)>,
 ) {
     if let Some((ic, mode)) = c {
         if let Some((acc, fresh)) = cx.slot(ic) {
@@ -296,7 +296,7 @@ fn affine_contributions<F: Scalar>(
         }
     }
     let values = cx.values;
-    let (va, vb) = (&values[a as usize], &values[b as usize]);
+    let (va, vb) = (&values[a], &values[b]);
     if let Some((acc, fresh)) = cx.slot(a) {
         gemm(F::one(), &r, &vb.t(), beta(fresh), &mut acc.view_mut());
     }

@@ -104,23 +104,25 @@ impl<F: Scalar> Tape<F> {
             let inv = F::one() / s;
             pr.mapv_inplace(|p| p * inv);
             let w = weights.map_or(F::one(), |w| w[r]);
-            total = total + w * (m + s.ln() - zr[labels[r]]);
+            // ln Σ exp(z − m) − (z_y − m): both terms are O(ln C + spread of z), so
+            // nothing of the size of m is added and then cancelled (f32 at logits ~1e4).
+            total = total + w * (s.ln() - (zr[labels[r]] - m));
         }
         let mut out = self.pool.take((1, 1));
         out[[0, 0]] = total * scale;
-        let lab = self.labels.len() as u32;
+        let lab = self.labels.len();
         self.labels.extend_from_slice(labels);
         let wts = weights.map(|w| {
-            let at = self.weights.len() as u32;
+            let at = self.weights.len();
             self.weights.extend_from_slice(w);
             at
         });
-        let saved = self.saved.len() as u32;
+        let saved = self.saved.len();
         self.saved.push(probs);
         let ng = self.needs_grad[iz];
-        Ok(self.push(
+        self.push(
             Op::SoftmaxXent {
-                logits: iz as u32,
+                logits: iz,
                 labels: lab,
                 weights: wts,
                 saved,
@@ -128,7 +130,7 @@ impl<F: Scalar> Tape<F> {
             },
             out,
             ng,
-        ))
+        )
     }
 
     fn pair(&self, op: &'static str, a: Var, b: Var) -> Result<(usize, usize)> {
@@ -197,15 +199,15 @@ impl<F: Scalar> Tape<F> {
         let mut out = self.pool.take((1, 1));
         out[[0, 0]] = total * scale;
         let ng = self.needs_grad[iz] || self.needs_grad[it];
-        Ok(self.push(
+        self.push(
             Op::BceWithLogits {
-                logits: iz as u32,
-                targets: it as u32,
+                logits: iz,
+                targets: it,
                 scale,
             },
             out,
             ng,
-        ))
+        )
     }
 
     /// Squared error `s Σ_r w_r Σ_c (p_rc − t_rc)²` (no ½) with optional per-row weights
@@ -251,21 +253,21 @@ impl<F: Scalar> Tape<F> {
         let mut out = self.pool.take((1, 1));
         out[[0, 0]] = total * scale;
         let wts = weights.map(|w| {
-            let at = self.weights.len() as u32;
+            let at = self.weights.len();
             self.weights.extend_from_slice(w);
             at
         });
         let ng = self.needs_grad[ip] || self.needs_grad[it];
-        Ok(self.push(
+        self.push(
             Op::SquaredError {
-                pred: ip as u32,
-                target: it as u32,
+                pred: ip,
+                target: it,
                 weights: wts,
                 scale,
             },
             out,
             ng,
-        ))
+        )
     }
 
     /// Mean squared error `(1/n) Σ (p − t)²` over the n entries: [`Tape::squared_error`]
@@ -280,7 +282,7 @@ impl<F: Scalar> Tape<F> {
 pub(crate) fn softmax_xent_vjp<F: Scalar>(
     cx: &mut Ctx<'_, F>,
     g: ArrayView2<'_, F>,
-    logits: u32,
+    logits: usize,
     labels: &[usize],
     weights: Option<&[F]>,
     probs: ArrayView2<'_, F>,
@@ -309,16 +311,13 @@ pub(crate) fn softmax_xent_vjp<F: Scalar>(
 pub(crate) fn bce_vjp<F: Scalar>(
     cx: &mut Ctx<'_, F>,
     g: ArrayView2<'_, F>,
-    logits: u32,
-    targets: u32,
+    logits: usize,
+    targets: usize,
     scale: F,
 ) {
     let gs = g[[0, 0]] * scale;
     let values = cx.values;
-    let (z, t) = (
-        values[logits as usize].view(),
-        values[targets as usize].view(),
-    );
+    let (z, t) = (values[logits].view(), values[targets].view());
     if let Some((acc, fresh)) = cx.slot(logits) {
         put2(acc, fresh, z, t, |z, t| gs * (sigmoid(z) - t));
     }
@@ -330,14 +329,14 @@ pub(crate) fn bce_vjp<F: Scalar>(
 pub(crate) fn squared_error_vjp<F: Scalar>(
     cx: &mut Ctx<'_, F>,
     g: ArrayView2<'_, F>,
-    pred: u32,
-    target: u32,
+    pred: usize,
+    target: usize,
     weights: Option<&[F]>,
     scale: F,
 ) {
     let two_gs = (F::one() + F::one()) * g[[0, 0]] * scale;
     let values = cx.values;
-    let (p, t) = (values[pred as usize].view(), values[target as usize].view());
+    let (p, t) = (values[pred].view(), values[target].view());
     for (who, sign) in [(pred, F::one()), (target, -F::one())] {
         let Some((acc, fresh)) = cx.slot(who) else {
             continue;

@@ -22,6 +22,7 @@ pub use elementwise::Binary;
 pub use loss::Reduction;
 pub use shape::Axis;
 
+use crate::error::{Error, Result};
 use crate::params::ParamId;
 use crate::scalar::Scalar;
 use crate::tape::{Pool, Tape};
@@ -34,55 +35,78 @@ pub(crate) enum Op<F> {
     Leaf,
     /// A registered parameter: its adjoint goes into `Grads`.
     Param(ParamId),
-    MatMul(u32, u32),
+    MatMul(usize, usize),
     /// `φ(a b + c)`: the fused affine op.
     Affine {
-        a: u32,
-        b: u32,
-        c: Option<(u32, linalg::Addend)>,
+        a: usize,
+        b: usize,
+        c: Option<(usize, linalg::Addend)>,
         act: Activation,
     },
-    Transpose(u32),
-    Binary(Binary, u32, u32),
-    Unary(Unary<F>, u32),
+    Transpose(usize),
+    Binary(Binary, usize, usize),
+    Unary(Unary<F>, usize),
     /// Sum of all entries times a factor (1 for `sum`, 1/n for `mean`).
-    Sum(u32, F),
+    Sum(usize, F),
     /// Concatenation of `lists[start..start + len]` along `axis`.
     Concat {
         axis: Axis,
-        start: u32,
-        len: u32,
+        start: usize,
+        len: usize,
     },
     /// Rows or columns `start..start + (output extent)` of the parent.
     Slice {
         axis: Axis,
-        parent: u32,
+        parent: usize,
         start: usize,
     },
     SoftmaxXent {
-        logits: u32,
+        logits: usize,
         /// Start of this op's labels (and weights, if any) in the tape's side lists.
-        labels: u32,
-        weights: Option<u32>,
+        labels: usize,
+        weights: Option<usize>,
         /// Index of the saved softmax probabilities.
-        saved: u32,
+        saved: usize,
         /// 1/B for a mean, 1 for a sum.
         scale: F,
     },
     BceWithLogits {
-        logits: u32,
-        targets: u32,
+        logits: usize,
+        targets: usize,
         scale: F,
     },
     SquaredError {
-        pred: u32,
-        target: u32,
-        weights: Option<u32>,
+        pred: usize,
+        target: usize,
+        weights: Option<usize>,
         scale: F,
     },
     /// A detached copy: backward stops here.
     Detach,
-    ScaleGrad(u32, F),
+    ScaleGrad(usize, F),
+}
+
+impl<F: Scalar> Op<F> {
+    /// The name of the op, as its errors give it.
+    pub(crate) fn name(&self) -> &'static str {
+        match self {
+            Op::Leaf => "constant",
+            Op::Param(_) => "param",
+            Op::MatMul(..) => "matmul",
+            Op::Affine { .. } => "affine",
+            Op::Transpose(_) => "transpose",
+            Op::Binary(kind, ..) => kind.name(),
+            Op::Unary(kind, _) => kind.name(),
+            Op::Sum(..) => "sum",
+            Op::Concat { .. } => "concat",
+            Op::Slice { .. } => "slice",
+            Op::SoftmaxXent { .. } => "softmax_cross_entropy",
+            Op::BceWithLogits { .. } => "bce_with_logits",
+            Op::SquaredError { .. } => "squared_error",
+            Op::Detach => "detach",
+            Op::ScaleGrad(..) => "scale_grad",
+        }
+    }
 }
 
 /// What a backward rule sees: all values, and the adjoints of the nodes before it.
@@ -92,6 +116,9 @@ pub(crate) struct Ctx<'a, F: Scalar> {
     parents: &'a mut [Option<Array2<F>>],
     pool: &'a mut Pool<F>,
     staging: &'a mut Staging<F>,
+    /// The first failure of a rule (an internal shape inconsistency), reported by
+    /// [`backward_node`] instead of a panic or a skipped contribution.
+    failed: Option<Error>,
 }
 
 /// Products whose left operand has fewer rows than this gather their contribution to
@@ -117,7 +144,7 @@ pub(crate) struct Staging<F> {
 #[derive(Debug, Default)]
 struct Staged<F> {
     /// The node whose adjoint receives the sum.
-    target: u32,
+    target: usize,
     rows: usize,
     a: Vec<F>,
     r: Vec<F>,
@@ -134,7 +161,7 @@ impl<F: Scalar> Staging<F> {
     }
 
     /// Appends the rows of `a` (m×k) and `r` (m×n) for `target`; gives the entry's index.
-    fn push(&mut self, target: u32, a: ArrayView2<'_, F>, r: ArrayView2<'_, F>) -> usize {
+    fn push(&mut self, target: usize, a: ArrayView2<'_, F>, r: ArrayView2<'_, F>) -> usize {
         let pos = self
             .entries
             .iter()
@@ -159,25 +186,37 @@ impl<F: Scalar> Staging<F> {
 
 impl<F: Scalar> Staged<F> {
     /// `acc (=|+=) Aᵀ R` over the gathered rows, then empties the entry (keeping its
-    /// allocations).
-    fn add_into(&mut self, acc: &mut Array2<F>, fresh: bool) {
+    /// allocations). The gathered rows must fit `acc` (k×n): a mismatch is an error,
+    /// never a skipped contribution.
+    fn add_into(&mut self, acc: &mut Array2<F>, fresh: bool) -> Result<()> {
         let (k, n) = acc.dim();
-        if let (Ok(a), Ok(r)) = (
-            ArrayView2::from_shape((self.rows, k), &self.a),
-            ArrayView2::from_shape((self.rows, n), &self.r),
-        ) {
-            let beta = if fresh { F::zero() } else { F::one() };
-            crate::kernels::gemm(F::one(), &a.t(), &r, beta, &mut acc.view_mut());
-        }
+        let rows = self.rows;
         self.rows = 0;
+        let shapes = (
+            ArrayView2::from_shape((rows, k), &self.a),
+            ArrayView2::from_shape((rows, n), &self.r),
+        );
+        let out = match shapes {
+            (Ok(a), Ok(r)) => {
+                let beta = if fresh { F::zero() } else { F::one() };
+                crate::kernels::gemm(F::one(), &a.t(), &r, beta, &mut acc.view_mut());
+                Ok(())
+            }
+            _ => Err(Error::ShapeMismatch {
+                op: "backward (gathered weight gradient)",
+                lhs: (k, n),
+                rhs: (self.a.len(), self.r.len()),
+            }),
+        };
         self.a.clear();
         self.r.clear();
+        out
     }
 }
 
 /// Adds the gathered contributions for node `i` into its adjoint (before node `i` is
 /// visited by the reverse sweep).
-pub(crate) fn flush_staged<F: Scalar>(tape: &mut Tape<F>, i: usize) {
+pub(crate) fn flush_staged<F: Scalar>(tape: &mut Tape<F>, i: usize) -> Result<()> {
     let Tape {
         values,
         needs_grad,
@@ -189,9 +228,9 @@ pub(crate) fn flush_staged<F: Scalar>(tape: &mut Tape<F>, i: usize) {
     let Some(e) = staging
         .entries
         .iter_mut()
-        .find(|e| e.rows > 0 && e.target as usize == i)
+        .find(|e| e.rows > 0 && e.target == i)
     else {
-        return;
+        return Ok(());
     };
     let mut cx = Ctx {
         values,
@@ -199,9 +238,11 @@ pub(crate) fn flush_staged<F: Scalar>(tape: &mut Tape<F>, i: usize) {
         parents: adjoints,
         pool,
         staging: &mut Staging::default(),
+        failed: None,
     };
-    if let Some((acc, fresh)) = cx.slot(i as u32) {
-        e.add_into(acc, fresh);
+    match cx.slot(i) {
+        Some((acc, fresh)) => e.add_into(acc, fresh),
+        None => Ok(()),
     }
 }
 
@@ -218,8 +259,8 @@ impl<F: Scalar> Ctx<'_, F> {
 
     /// Adds `aᵀ r` into the adjoint of `b`: at once, or gathered with the other thin
     /// contributions to `b` when `a` has fewer than [`GATHER_BELOW_ROWS`] rows.
-    pub(crate) fn add_at_b(&mut self, b: u32, a: ArrayView2<'_, F>, r: ArrayView2<'_, F>) {
-        if !self.needs_grad[b as usize] {
+    pub(crate) fn add_at_b(&mut self, b: usize, a: ArrayView2<'_, F>, r: ArrayView2<'_, F>) {
+        if !self.needs_grad[b] {
             return;
         }
         if a.nrows() < GATHER_BELOW_ROWS {
@@ -227,7 +268,9 @@ impl<F: Scalar> Ctx<'_, F> {
             if self.staging.entries[e].rows >= GATHER_FLUSH_ROWS {
                 let mut entry = std::mem::take(&mut self.staging.entries[e]);
                 if let Some((acc, fresh)) = self.slot(b) {
-                    entry.add_into(acc, fresh);
+                    if let Err(err) = entry.add_into(acc, fresh) {
+                        self.failed.get_or_insert(err);
+                    }
                 }
                 self.staging.entries[e] = entry;
             }
@@ -239,8 +282,7 @@ impl<F: Scalar> Ctx<'_, F> {
 
     /// The adjoint buffer of parent `p` and whether it is fresh (arbitrary contents: the
     /// rule must write, not add). `None` if `p` needs no gradient.
-    pub(crate) fn slot(&mut self, p: u32) -> Option<(&mut Array2<F>, bool)> {
-        let p = p as usize;
+    pub(crate) fn slot(&mut self, p: usize) -> Option<(&mut Array2<F>, bool)> {
         if !self.needs_grad[p] {
             return None;
         }
@@ -331,7 +373,7 @@ pub(crate) fn put3<F: Scalar>(
 }
 
 /// Propagates the adjoint of node `i` to its parents: the one exhaustive match.
-pub(crate) fn backward_node<F: Scalar>(tape: &mut Tape<F>, i: usize) {
+pub(crate) fn backward_node<F: Scalar>(tape: &mut Tape<F>, i: usize) -> Result<()> {
     let Tape {
         ops,
         values,
@@ -347,7 +389,7 @@ pub(crate) fn backward_node<F: Scalar>(tape: &mut Tape<F>, i: usize) {
     } = tape;
     let (parents, rest) = adjoints.split_at_mut(i);
     let Some(g) = rest[0].as_ref() else {
-        return;
+        return Ok(());
     };
     let g = g.view();
     let y = values[i].view();
@@ -357,6 +399,7 @@ pub(crate) fn backward_node<F: Scalar>(tape: &mut Tape<F>, i: usize) {
         parents,
         pool,
         staging,
+        failed: None,
     };
     match ops[i] {
         Op::Leaf | Op::Param(_) | Op::Detach => {}
@@ -367,7 +410,7 @@ pub(crate) fn backward_node<F: Scalar>(tape: &mut Tape<F>, i: usize) {
         Op::Unary(kind, a) => activation::unary_vjp(&mut cx, g, y, kind, a),
         Op::Sum(a, c) => reduce::sum_vjp(&mut cx, g, a, c),
         Op::Concat { axis, start, len } => {
-            let parents = &lists[start as usize..(start + len) as usize];
+            let parents = &lists[start..(start + len)];
             shape::concat_vjp(&mut cx, g, axis, parents)
         }
         Op::Slice {
@@ -382,10 +425,10 @@ pub(crate) fn backward_node<F: Scalar>(tape: &mut Tape<F>, i: usize) {
             saved: s,
             scale,
         } => {
-            let rows = cx.values[logits as usize].nrows();
-            let l = &labels[l as usize..l as usize + rows];
-            let w = w.map(|w| &weights[w as usize..w as usize + rows]);
-            loss::softmax_xent_vjp(&mut cx, g, logits, l, w, saved[s as usize].view(), scale)
+            let rows = cx.values[logits].nrows();
+            let l = &labels[l..l + rows];
+            let w = w.map(|w| &weights[w..w + rows]);
+            loss::softmax_xent_vjp(&mut cx, g, logits, l, w, saved[s].view(), scale)
         }
         Op::BceWithLogits {
             logits,
@@ -398,10 +441,11 @@ pub(crate) fn backward_node<F: Scalar>(tape: &mut Tape<F>, i: usize) {
             weights: w,
             scale,
         } => {
-            let rows = cx.values[pred as usize].nrows();
-            let w = w.map(|w| &weights[w as usize..w as usize + rows]);
+            let rows = cx.values[pred].nrows();
+            let w = w.map(|w| &weights[w..w + rows]);
             loss::squared_error_vjp(&mut cx, g, pred, target, w, scale)
         }
         Op::ScaleGrad(a, c) => control::scale_grad_vjp(&mut cx, g, a, c),
     }
+    cx.failed.map_or(Ok(()), Err)
 }

@@ -24,7 +24,7 @@ impl<F: Scalar> Tape<F> {
         let mut out = self.pool.take((1, 1));
         out[[0, 0]] = s;
         let ng = self.needs_grad[ia];
-        Ok(self.push(Op::Sum(ia as u32, c), out, ng))
+        self.push(Op::Sum(ia, c), out, ng)
     }
 
     /// The sum of all entries `Σ_ij a_ij`, as a 1×1 value; backward `ā_ij += ȳ`.
@@ -45,10 +45,10 @@ impl<F: Scalar> Tape<F> {
     }
 }
 
-pub(crate) fn sum_vjp<F: Scalar>(cx: &mut Ctx<'_, F>, g: ArrayView2<'_, F>, a: u32, c: F) {
+pub(crate) fn sum_vjp<F: Scalar>(cx: &mut Ctx<'_, F>, g: ArrayView2<'_, F>, a: usize, c: F) {
     let gc = g[[0, 0]] * c;
     let values = cx.values;
     if let Some((acc, fresh)) = cx.slot(a) {
-        put1(acc, fresh, values[a as usize].view(), |_| gc);
+        put1(acc, fresh, values[a].view(), |_| gc);
     }
 }

@@ -84,7 +84,7 @@ impl<F: Scalar> Tape<F> {
             }
             extent += self.values[i].len_of(ax);
             ng |= self.needs_grad[i];
-            self.lists.push(i as u32);
+            self.lists.push(i);
         }
         let shape = match axis {
             Axis::Rows => (extent, s0.1),
@@ -93,21 +93,13 @@ impl<F: Scalar> Tape<F> {
         let mut out = self.pool.take(shape);
         let mut at = 0;
         for &p in &self.lists[start..] {
-            let v = &self.values[p as usize];
+            let v = &self.values[p];
             let n = v.len_of(ax);
             out.slice_axis_mut(ax, Slice::from(at..at + n)).assign(v);
             at += n;
         }
-        let len = parts.len() as u32;
-        Ok(self.push(
-            Op::Concat {
-                axis,
-                start: start as u32,
-                len,
-            },
-            out,
-            ng,
-        ))
+        let len = parts.len();
+        self.push(Op::Concat { axis, start, len }, out, ng)
     }
 
     /// `[a b …]`: [`Tape::concat`] along columns (the parts side by side; all have B rows).
@@ -145,15 +137,15 @@ impl<F: Scalar> Tape<F> {
         let mut out = self.pool.take(src.dim());
         out.assign(&src);
         let ng = self.needs_grad[ia];
-        Ok(self.push(
+        self.push(
             Op::Slice {
                 axis,
-                parent: ia as u32,
+                parent: ia,
                 start: range.start,
             },
             out,
             ng,
-        ))
+        )
     }
 
     /// Columns `range` of `a`: [`Tape::slice`] along columns.
@@ -175,12 +167,12 @@ pub(crate) fn concat_vjp<F: Scalar>(
     cx: &mut Ctx<'_, F>,
     g: ArrayView2<'_, F>,
     axis: Axis,
-    parents: &[u32],
+    parents: &[usize],
 ) {
     let ax = axis.nd();
     let mut at = 0;
     for &p in parents {
-        let n = cx.values[p as usize].len_of(ax);
+        let n = cx.values[p].len_of(ax);
         if let Some((acc, fresh)) = cx.slot(p) {
             put1(acc, fresh, g.slice_axis(ax, Slice::from(at..at + n)), |g| g);
         }
@@ -192,7 +184,7 @@ pub(crate) fn slice_vjp<F: Scalar>(
     cx: &mut Ctx<'_, F>,
     g: ArrayView2<'_, F>,
     axis: Axis,
-    parent: u32,
+    parent: usize,
     start: usize,
 ) {
     let ax = axis.nd();

@@ -77,7 +77,7 @@ impl Gru {
     /// ```
     ///
     /// Errors: [`Error::InvalidArgument`](crate::Error::InvalidArgument) for a zero size,
-    /// or if `params` already holds a parameter named `gru.W_x` (or another of the names).
+    /// sizes whose parameters overflow or cannot be allocated, or if `params` already holds a parameter named `gru.W_x` (or another of the names).
     pub fn new<F: Scalar>(
         params: &mut Params<F>,
         input: usize,
@@ -88,18 +88,27 @@ impl Gru {
         if input == 0 || hidden == 0 || output == 0 {
             return Err(invalid("Gru::new", "sizes must be positive"));
         }
+        let op = "Gru::new";
+        let h3 = init::times(op, hidden, 3)?;
+        let shapes = [
+            (input, h3),
+            (hidden, h3),
+            (1, h3),
+            (1, h3),
+            (hidden, output),
+        ];
+        init::check_alloc::<F>(op, &shapes)?;
         let mut rng = init::rng(seed);
         let s = 1.0 / (hidden as f64).sqrt();
-        let h3 = 3 * hidden;
         Ok(Gru {
             input,
             hidden,
             output,
-            w_x: params.add("gru.W_x", init::uniform((input, h3), s, &mut rng))?,
-            w_h: params.add("gru.W_h", init::uniform((hidden, h3), s, &mut rng))?,
-            b_x: params.add("gru.b_x", init::uniform((1, h3), s, &mut rng))?,
-            b_h: params.add("gru.b_h", init::uniform((1, h3), s, &mut rng))?,
-            w_hq: params.add("gru.W_hq", init::uniform((hidden, output), s, &mut rng))?,
+            w_x: params.add("gru.W_x", init::uniform(shapes[0], s, &mut rng)?)?,
+            w_h: params.add("gru.W_h", init::uniform(shapes[1], s, &mut rng)?)?,
+            b_x: params.add("gru.b_x", init::uniform(shapes[2], s, &mut rng)?)?,
+            b_h: params.add("gru.b_h", init::uniform(shapes[3], s, &mut rng)?)?,
+            w_hq: params.add("gru.W_hq", init::uniform(shapes[4], s, &mut rng)?)?,
             b_q: params.add("gru.b_q", Array2::zeros((1, output)))?,
         })
     }

@@ -87,9 +87,18 @@ impl Lstm {
         if input == 0 || hidden == 0 || output == 0 {
             return Err(invalid("Lstm::new", "sizes must be positive"));
         }
+        let op = "Lstm::new";
+        let h4 = init::times(op, hidden, 4)?;
+        let shapes = [
+            (input, h4),
+            (hidden, h4),
+            (1, h4),
+            (hidden, output),
+            (1, output),
+        ];
+        init::check_alloc::<F>(op, &shapes)?;
         let mut rng = init::rng(seed);
         let s = 1.0 / (hidden as f64).sqrt();
-        let h4 = 4 * hidden;
         let mut b = Array2::<F>::zeros((1, h4));
         b.slice_axis_mut(ndarray::Axis(1), ndarray::Slice::from(hidden..2 * hidden))
             .fill(F::one());
@@ -97,10 +106,10 @@ impl Lstm {
             input,
             hidden,
             output,
-            w_x: params.add("lstm.W_x", init::uniform((input, h4), s, &mut rng))?,
-            w_h: params.add("lstm.W_h", init::uniform((hidden, h4), s, &mut rng))?,
+            w_x: params.add("lstm.W_x", init::uniform(shapes[0], s, &mut rng)?)?,
+            w_h: params.add("lstm.W_h", init::uniform(shapes[1], s, &mut rng)?)?,
             b: params.add("lstm.b", b)?,
-            w_hq: params.add("lstm.W_hq", init::uniform((hidden, output), s, &mut rng))?,
+            w_hq: params.add("lstm.W_hq", init::uniform(shapes[3], s, &mut rng)?)?,
             b_q: params.add("lstm.b_q", Array2::zeros((1, output)))?,
         })
     }

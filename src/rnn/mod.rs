@@ -116,7 +116,7 @@ pub fn unroll_segment<F: Scalar, C: Recurrent<F>>(
 /// ([`Tape::set_release_adjoints`]) only a few B×S adjoints are alive at a time.
 /// Returns the segment's loss (`None` if it holds no term).
 #[allow(clippy::too_many_arguments)]
-pub fn unroll_segment_into<F: Scalar, C: Recurrent<F>>(
+pub(crate) fn unroll_segment_into<F: Scalar, C: Recurrent<F>>(
     cell: &C,
     tape: &mut Tape<F>,
     bound: &C::Bound,
@@ -138,8 +138,8 @@ pub fn unroll_segment_into<F: Scalar, C: Recurrent<F>>(
     if d != cell.input_width() {
         return Err(Error::ShapeMismatch {
             op,
-            lhs: (b, d),
-            rhs: (cell.input_width(), cell.state_width()),
+            lhs: (b, cell.input_width()),
+            rhs: (b, d),
         });
     }
     if edges.len() != k {
@@ -170,10 +170,13 @@ pub fn unroll_segment_into<F: Scalar, C: Recurrent<F>>(
             Edge::Detach => tape.detach(h)?,
             Edge::Scale(c) => tape.scale_grad(h, c)?,
         };
-        h = cell.step(tape, bound, u, t * b..(t + 1) * b, h_prev)?;
+        h = cell
+            .step(tape, bound, u, t * b..(t + 1) * b, h_prev)
+            .map_err(|e| e.at_step(t))?;
         states.push(h);
         if let Some(loss) = loss.as_mut() {
-            loss.step(cell, tape, bound, t, h)?;
+            loss.step(cell, tape, bound, t, h)
+                .map_err(|e| e.at_step(t))?;
         }
     }
     match loss {
@@ -207,7 +210,8 @@ pub enum Targets<'a, F> {
 pub struct SequenceLoss<'a, F> {
     /// What the outputs are compared with.
     pub targets: Targets<'a, F>,
-    /// Per-step weights α_1..α_T (ignored for last-step targets).
+    /// Per-step weights α_1..α_T (per-step targets only: a last-step target with
+    /// weights is refused by [`SequenceLoss::validate`]).
     pub step_weights: Option<&'a [F]>,
     /// Sum or mean over time (ignored for last-step targets).
     pub time: Reduction,
@@ -270,6 +274,12 @@ impl<'a, F: Scalar> SequenceLoss<'a, F> {
                 if (a, b) != (t_len, batch) || c != q {
                     return Err(mismatch((a, b)));
                 }
+                if let Some(at) = crate::params::first_non_finite(v.iter()) {
+                    return Err(Error::NonFinite {
+                        op,
+                        what: format!("target value {at}"),
+                    });
+                }
             }
             Targets::LastClass(l) => {
                 if l.len() != batch {
@@ -292,14 +302,18 @@ impl<'a, F: Scalar> SequenceLoss<'a, F> {
                 }
             }
         }
-        if !self.is_last_step() {
-            if let Some(w) = self.step_weights {
-                if w.len() != t_len {
-                    return Err(mismatch((w.len(), 1)));
-                }
-                if w.iter().any(|x| !x.is_finite()) {
-                    return Err(invalid(op, "non-finite step weight"));
-                }
+        if let Some(w) = self.step_weights {
+            if self.is_last_step() {
+                return Err(invalid(
+                    op,
+                    "step weights apply to per-step targets, not to a last-step target",
+                ));
+            }
+            if w.len() != t_len {
+                return Err(mismatch((w.len(), 1)));
+            }
+            if w.iter().any(|x| !x.is_finite()) {
+                return Err(invalid(op, "non-finite step weight"));
             }
         }
         Ok(())
@@ -307,12 +321,21 @@ impl<'a, F: Scalar> SequenceLoss<'a, F> {
 
     /// The coefficient `c_t / B` of the loss terms of step `t` (0-based).
     fn row_weight(&self, t: usize, t_len: usize, batch: usize) -> F {
-        let alpha = self.step_weights.map_or(F::one(), |w| w[t]);
+        let alpha = step_weight(self, t);
         let time = match self.time {
             Reduction::Sum => F::one(),
             Reduction::Mean => F::one() / F::of(t_len as f64),
         };
         alpha * time / F::of(batch as f64)
+    }
+}
+
+/// α_t of a per-step loss (1 without weights, and for a last-step target, which has
+/// none), never indexing out of range.
+pub(crate) fn step_weight<F: Scalar>(loss: &SequenceLoss<'_, F>, t: usize) -> F {
+    match loss.step_weights {
+        Some(w) if !loss.is_last_step() => w.get(t).copied().unwrap_or(F::one()),
+        _ => F::one(),
     }
 }
 
@@ -330,7 +353,7 @@ fn labels_below<'l>(
 
 /// Reusable scratch for the loss terms of a segment.
 #[derive(Debug, Default)]
-pub struct LossScratch<F> {
+pub(crate) struct LossScratch<F> {
     labels: Vec<usize>,
     weights: Vec<F>,
     terms: Vec<Var>,
@@ -347,7 +370,7 @@ pub const HEAD_CHUNK_ROWS: usize = 32;
 /// The loss terms of a segment, recorded step by step during the unroll
 /// ([`unroll_segment_into`]).
 #[derive(Debug)]
-pub struct StepLosses<'l, 's, F> {
+pub(crate) struct StepLosses<'l, 's, F> {
     loss: SequenceLoss<'l, F>,
     /// Local index of the first step whose loss this segment holds (`loss` is local to
     /// the steps from there on).
@@ -360,7 +383,7 @@ pub struct StepLosses<'l, 's, F> {
 impl<'l, 's, F: Scalar> StepLosses<'l, 's, F> {
     /// The terms of `loss` (local to steps `from..len` of a segment of `len` steps);
     /// `loss` must have been validated with [`SequenceLoss::validate`].
-    pub fn new(
+    pub(crate) fn new(
         loss: SequenceLoss<'l, F>,
         from: usize,
         len: usize,

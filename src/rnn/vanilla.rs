@@ -101,24 +101,25 @@ impl Rnn {
     /// Adds the parameters of a new RNN to `params`, initialized uniformly in
     /// `±1/√H` (biases zero) from `seed`.
     ///
-    /// Errors: [`crate::Error::InvalidArgument`] for a zero size; a name clash in the
-    /// store.
+    /// Errors: [`crate::Error::InvalidArgument`] for a zero size, sizes whose parameters
+    /// overflow or cannot be allocated, or a name clash in the store.
     pub fn new<F: Scalar>(params: &mut Params<F>, config: RnnConfig, seed: u64) -> Result<Rnn> {
         if config.input == 0 || config.hidden == 0 || config.output == 0 {
             return Err(invalid("Rnn::new", "sizes must be positive"));
         }
         let (d, h, q) = (config.input, config.hidden, config.output);
+        init::check_alloc::<F>("Rnn::new", &[(d, h), (h, h), (1, h), (h, q), (1, q)])?;
         let mut rng = init::rng(seed);
         let s = 1.0 / (h as f64).sqrt();
         let p = config.prefix.clone();
-        let w_xh = params.add(format!("{p}W_xh"), init::uniform((d, h), s, &mut rng))?;
-        let w_hh = params.add(format!("{p}W_hh"), init::uniform((h, h), s, &mut rng))?;
+        let w_xh = params.add(format!("{p}W_xh"), init::uniform((d, h), s, &mut rng)?)?;
+        let w_hh = params.add(format!("{p}W_hh"), init::uniform((h, h), s, &mut rng)?)?;
         let b_h = if config.hidden_bias {
             Some(params.add(format!("{p}b_h"), ndarray::Array2::zeros((1, h)))?)
         } else {
             None
         };
-        let w_hq = params.add(format!("{p}W_hq"), init::uniform((h, q), s, &mut rng))?;
+        let w_hq = params.add(format!("{p}W_hq"), init::uniform((h, q), s, &mut rng)?)?;
         let b_q = if config.output_bias {
             Some(params.add(format!("{p}b_q"), ndarray::Array2::zeros((1, q)))?)
         } else {
