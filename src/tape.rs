@@ -7,8 +7,9 @@
 //! unroll is a deep graph; this loop does not care how deep.
 //!
 //! Buffers are recycled: [`Tape::clear`] moves every value and adjoint into a free list
-//! keyed by shape, and the next forward pass takes its buffers from there, so a training
-//! loop reaches a steady state in which the tape allocates nothing.
+//! keyed by capacity, and the next forward pass takes its buffers from there, so a
+//! training loop reaches a steady state in which the tape allocates nothing. Buffers
+//! that no request of a whole segment wanted are dropped at the next clear.
 
 use crate::error::{Error, Result};
 use crate::ops::Op;
@@ -56,16 +57,28 @@ pub struct TapeStats {
 
 /// Free list of matrix storage keyed by capacity.
 ///
-/// A request for r×c entries takes the smallest free buffer that holds at least r·c
-/// (best fit) and reshapes it, so segments of varying length (randomized truncation)
-/// reuse each other's storage instead of keeping one set of buffers per length. The
-/// capacities are few (one per distinct buffer size of a segment), so they sit in a
+/// A request for n = r×c entries takes the smallest free buffer whose capacity is in
+/// `[n, 2n]` (bounded best fit) and reshapes it, so segments of varying length
+/// (randomized truncation) reuse each other's storage. A request that no free buffer
+/// fits, while a smaller free buffer exists, replaces the largest smaller one (it is
+/// dropped and a buffer of n entries allocated): a miss never adds to the number of
+/// buffers the pool holds when one of them could be recycled. At every clear, the
+/// buffers that stayed free through the whole segment that just ended (no request
+/// wanted them) are dropped. So a small request never pins a large buffer, the storage
+/// of shorter segments becomes that of a longer one instead of staying beside it, and
+/// what the pool holds follows the segments being run: memory follows the longest
+/// segment, not T.
+///
+/// The capacities are few (one per distinct buffer size of a segment), so they sit in a
 /// short sorted `Vec` scanned linearly; emptied lists stay, so a steady state neither
 /// inserts nor removes.
 #[derive(Debug)]
 pub(crate) struct Pool<F> {
-    free: Vec<(usize, Vec<Vec<F>>)>,
+    /// Per capacity, the free buffers with the epoch in which each was given back.
+    free: Vec<(usize, Vec<(u64, Vec<F>)>)>,
     bytes: usize,
+    /// Moves on at every [`Pool::trim`] (a tape's `clear`).
+    epoch: u64,
 }
 
 impl<F> Default for Pool<F> {
@@ -73,6 +86,7 @@ impl<F> Default for Pool<F> {
         Pool {
             free: Vec::new(),
             bytes: 0,
+            epoch: 0,
         }
     }
 }
@@ -80,17 +94,35 @@ impl<F> Default for Pool<F> {
 impl<F: Scalar> Pool<F> {
     /// A buffer of the given shape; its contents are arbitrary (the caller overwrites it).
     pub(crate) fn take(&mut self, shape: (usize, usize)) -> Array2<F> {
-        self.try_take(shape).unwrap_or_else(|| Array2::zeros(shape))
+        if let Some(a) = self.try_take(shape) {
+            return a;
+        }
+        let n = shape.0 * shape.1;
+        // Recycle the largest smaller buffer: drop it, so that the new one replaces it.
+        if let Some((cap, list)) = self
+            .free
+            .iter_mut()
+            .rev()
+            .find(|(cap, list)| *cap < n && !list.is_empty())
+        {
+            list.pop();
+            self.bytes -= *cap * std::mem::size_of::<F>();
+        }
+        Array2::zeros(shape)
     }
 
-    /// A free buffer of the given shape, if one is large enough (no allocation).
+    /// A free buffer of the given shape, if one fits (capacity in `[n, 2n]`; no
+    /// allocation).
     pub(crate) fn try_take(&mut self, shape: (usize, usize)) -> Option<Array2<F>> {
         let n = shape.0 * shape.1;
         let (cap, list) = self
             .free
             .iter_mut()
             .find(|(cap, list)| *cap >= n && !list.is_empty())?;
-        let mut v = list.pop()?;
+        if *cap > n.saturating_mul(2) {
+            return None;
+        }
+        let (_, mut v) = list.pop()?;
         self.bytes -= *cap * std::mem::size_of::<F>();
         v.resize(n, F::zero());
         Array2::from_shape_vec(shape, v).ok()
@@ -103,10 +135,25 @@ impl<F: Scalar> Pool<F> {
         let (v, _) = a.into_raw_vec_and_offset();
         let cap = v.capacity();
         self.bytes += cap * std::mem::size_of::<F>();
+        let entry = (self.epoch, v);
         match self.free.binary_search_by_key(&cap, |(c, _)| *c) {
-            Ok(i) => self.free[i].1.push(v),
-            Err(i) => self.free.insert(i, (cap, vec![v])),
+            Ok(i) => self.free[i].1.push(entry),
+            Err(i) => self.free.insert(i, (cap, vec![entry])),
         }
+    }
+
+    /// Drops the buffers that stayed free through the whole epoch that ends now (no
+    /// request of the last segment wanted them), and starts a new epoch.
+    pub(crate) fn trim(&mut self) {
+        let (epoch, sz) = (self.epoch, std::mem::size_of::<F>());
+        let mut dropped = 0;
+        for (cap, list) in &mut self.free {
+            let before = list.len();
+            list.retain(|(since, _)| *since >= epoch);
+            dropped += (before - list.len()) * *cap * sz;
+        }
+        self.bytes -= dropped;
+        self.epoch += 1;
     }
 }
 
@@ -194,10 +241,12 @@ impl<F: Scalar> Tape<F> {
     }
 
     /// Empties the tape but keeps its allocations: node storage keeps its capacity and
-    /// every matrix buffer goes to a free list that later ops draw from. Every `Var` of
-    /// the tape becomes stale.
+    /// every matrix buffer goes to a free list that later ops draw from (buffers that
+    /// stayed in the free list since the previous clear, unwanted, are dropped). Every
+    /// `Var` of the tape becomes stale.
     pub fn clear(&mut self) {
         self.note_peak_bytes();
+        self.pool.trim();
         self.ops.clear();
         self.needs_grad.clear();
         self.retained.clear();
