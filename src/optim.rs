@@ -95,6 +95,14 @@ impl<S> State<S> {
         &mut slot.1
     }
 
+    /// The state of `id`, if it has one (checked to be `id`'s by [`State::check`]).
+    fn get(&self, id: ParamId) -> Option<&S> {
+        match self.slots.get(id.index) {
+            Some(Some((key, st))) if *key == id.key => Some(st),
+            _ => None,
+        }
+    }
+
     /// Checks that the state held for `id`, if any, is `id`'s, and of `id`'s shape.
     fn check(
         &self,
@@ -216,24 +224,61 @@ impl<F: Scalar> Sgd<F> {
     /// [`Error::ShapeMismatch`] if a gradient's shape differs from its parameter's, or
     /// the velocity kept for a parameter from its shape; [`Error::InvalidArgument`] if
     /// the velocity kept at a position belongs to a parameter of another store;
-    /// [`Error::NonFinite`] for a NaN or infinite gradient. All are checked before
-    /// anything is updated.
+    /// [`Error::NonFinite`] for a NaN or infinite gradient, or a step that would leave a
+    /// parameter or its velocity non-finite (an overflow). All are checked before
+    /// anything is updated: on error, nothing has changed.
     pub fn step(&mut self, params: &mut Params<F>, grads: &Grads<F>) -> Result<()> {
-        check_all("Sgd::step", params, grads, &self.velocity, |v| v.dim())?;
+        let op = "Sgd::step";
+        check_all(op, params, grads, &self.velocity, |v| v.dim())?;
+        let (lr, mu) = (self.lr, self.momentum);
+        // v ← μ v + g, θ ← θ − η v (with μ = 0 and v = 0: θ − η g, bit for bit).
+        let update = |p: F, v: F, g: F| {
+            let v = mu * v + g;
+            (p - lr * v, v)
+        };
+        let finite = |(p, v): (F, F)| p.is_finite() && v.is_finite();
+        for (id, g) in grads.iter() {
+            let p = params.get(id)?;
+            let ok = match self.velocity.get(id) {
+                Some(v) => Zip::from(p)
+                    .and(v)
+                    .and(g)
+                    .all(|&p, &v, &g| finite(update(p, v, g))),
+                None => Zip::from(p)
+                    .and(g)
+                    .all(|&p, &g| finite(update(p, F::zero(), g))),
+            };
+            if !ok {
+                return Err(overflowing_step(op, params, id));
+            }
+        }
         for (id, g) in grads.iter() {
             let p = params.get_mut(id)?;
-            let (lr, mu) = (self.lr, self.momentum);
             if mu == F::zero() {
-                Zip::from(p).and(g).for_each(|p, &g| *p = *p - lr * g);
+                Zip::from(p)
+                    .and(g)
+                    .for_each(|p, &g| *p = update(*p, F::zero(), g).0);
                 continue;
             }
             let v = self.velocity.of(id, || Array2::zeros(g.raw_dim()));
             Zip::from(p).and(v).and(g).for_each(|p, v, &g| {
-                *v = mu * *v + g;
-                *p = *p - lr * *v;
+                (*p, *v) = update(*p, *v, g);
             });
         }
         Ok(())
+    }
+}
+
+/// The error of a step that would leave a parameter or its state non-finite.
+fn overflowing_step<F: Scalar>(op: &'static str, params: &Params<F>, id: ParamId) -> Error {
+    let name = params.name(id).unwrap_or("?");
+    Error::NonFinite {
+        op,
+        what: format!(
+            "the step would make parameter {name:?} or the optimizer's state for it \
+             non-finite (an overflow: lower the learning rate or clip the gradient); \
+             nothing was updated"
+        ),
     }
 }
 
@@ -335,24 +380,54 @@ impl<F: Scalar> Adam<F> {
     /// Errors: as [`Sgd::step`] (with the moments in place of the velocity). All are
     /// checked before anything is updated.
     pub fn step(&mut self, params: &mut Params<F>, grads: &Grads<F>) -> Result<()> {
-        check_all("Adam::step", params, grads, &self.moments, |m| m.1.dim())?;
+        let op = "Adam::step";
+        check_all(op, params, grads, &self.moments, |m| m.1.dim())?;
         let (b1, b2, eps, lr) = (self.beta1, self.beta2, self.eps, self.lr);
+        // The bias corrections at step count t.
+        let corrections = |t: u64| {
+            // β^t for t beyond i32::MAX is 0 in any float format.
+            let e = i32::try_from(t).unwrap_or(i32::MAX);
+            (F::one() - b1.powi(e), F::one() - b2.powi(e))
+        };
+        let update = |(c1, c2): (F, F), p: F, m: F, v: F, g: F| {
+            let m = b1 * m + (F::one() - b1) * g;
+            let v = b2 * v + (F::one() - b2) * g * g;
+            let p = p - lr * (m / c1) / ((v / c2).sqrt() + eps);
+            (p, m, v)
+        };
+        let finite = |(p, m, v): (F, F, F)| p.is_finite() && m.is_finite() && v.is_finite();
+        for (id, g) in grads.iter() {
+            let p = params.get(id)?;
+            let ok = match self.moments.get(id) {
+                Some((t, m, v)) => {
+                    let c = corrections(t + 1);
+                    Zip::from(p)
+                        .and(m)
+                        .and(v)
+                        .and(g)
+                        .all(|&p, &m, &v, &g| finite(update(c, p, m, v, g)))
+                }
+                None => {
+                    let c = corrections(1);
+                    let zero = F::zero();
+                    Zip::from(p)
+                        .and(g)
+                        .all(|&p, &g| finite(update(c, p, zero, zero, g)))
+                }
+            };
+            if !ok {
+                return Err(overflowing_step(op, params, id));
+            }
+        }
         for (id, g) in grads.iter() {
             let p = params.get_mut(id)?;
             let (t, m, v) = self.moments.of(id, || {
                 (0, Array2::zeros(g.raw_dim()), Array2::zeros(g.raw_dim()))
             });
             *t += 1;
-            // β^t for t beyond i32::MAX is 0 in any float format.
-            let e = i32::try_from(*t).unwrap_or(i32::MAX);
-            let c1 = F::one() - b1.powi(e);
-            let c2 = F::one() - b2.powi(e);
+            let c = corrections(*t);
             Zip::from(p).and(m).and(v).and(g).for_each(|p, m, v, &g| {
-                *m = b1 * *m + (F::one() - b1) * g;
-                *v = b2 * *v + (F::one() - b2) * g * g;
-                let mh = *m / c1;
-                let vh = *v / c2;
-                *p = *p - lr * mh / (vh.sqrt() + eps);
+                (*p, *m, *v) = update(c, *p, *m, *v, g);
             });
         }
         Ok(())
