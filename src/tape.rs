@@ -72,10 +72,13 @@ pub struct TapeStats {
 /// The capacities are few (one per distinct buffer size of a segment), so they sit in a
 /// short sorted `Vec` scanned linearly; emptied lists stay, so a steady state neither
 /// inserts nor removes.
+/// A free buffer and the epoch in which it was given back to the pool.
+type FreeBuffer<F> = (u64, Vec<F>);
+
 #[derive(Debug)]
 pub(crate) struct Pool<F> {
     /// Per capacity, the free buffers with the epoch in which each was given back.
-    free: Vec<(usize, Vec<(u64, Vec<F>)>)>,
+    free: Vec<(usize, Vec<FreeBuffer<F>>)>,
     bytes: usize,
     /// Moves on at every [`Pool::trim`] (a tape's `clear`).
     epoch: u64,
