@@ -55,6 +55,9 @@ pub struct TapeStats {
     pub peak_bytes: usize,
 }
 
+/// A free buffer and the epoch in which it was given back to the pool.
+type FreeBuffer<F> = (u64, Vec<F>);
+
 /// Free list of matrix storage keyed by capacity.
 ///
 /// A request for n = r×c entries takes the smallest free buffer whose capacity is in
@@ -72,9 +75,6 @@ pub struct TapeStats {
 /// The capacities are few (one per distinct buffer size of a segment), so they sit in a
 /// short sorted `Vec` scanned linearly; emptied lists stay, so a steady state neither
 /// inserts nor removes.
-/// A free buffer and the epoch in which it was given back to the pool.
-type FreeBuffer<F> = (u64, Vec<F>);
-
 #[derive(Debug)]
 pub(crate) struct Pool<F> {
     /// Per capacity, the free buffers with the epoch in which each was given back.
