@@ -6,6 +6,8 @@ use thiserror::Error;
 /// a silent NaN or a wrong answer.
 ///
 /// Every message names the operation and, where shapes are involved, both shapes.
+/// Non-finite values follow one policy (crate docs, "Non-finite values"): an `Ok`
+/// result is finite, and [`Error::NonFinite`] says where a NaN or ±∞ was found.
 /// Shapes are `(rows, cols)`; a length n (of labels, weights, a ξ pattern) is written
 /// `(n, 1)`. `Error` is `Clone + PartialEq`, so a test can match on it.
 ///

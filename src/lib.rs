@@ -59,6 +59,29 @@
 //! | [`bptt::Truncation::Tbptt`] `{ k1, k2 }` | biased | ≈ T k2/k1 | k2 steps |
 //! | [`bptt::Truncation::Randomized`] `{ π }` | unbiased, with variance | T | one segment, mean 1/(1 − π) |
 //!
+//! ## Non-finite values
+//!
+//! One policy, everywhere: **a result handed out as `Ok` is finite**, and where that
+//! cannot be promised without a cost on every op there is a documented switch that
+//! names the first place a non-finite value arose. In detail:
+//!
+//! - What comes in is checked: a NaN or ±∞ in an input ([`Tape::constant`],
+//!   [`Tape::variable`], targets), a parameter ([`Params::add`], [`Params::set`], and at
+//!   every [`Tape::param`], so that a value written through [`Params::get_mut`] is
+//!   caught where it is next used), or a backward seed is an [`Error::NonFinite`].
+//! - Since every leaf is finite, a non-finite value can only come from an overflow
+//!   inside an op (`exp`, a product of huge values, an exploding RNN). Op results
+//!   (`Ok(Var)`) are not checked by default; [`Tape::set_check_finite`] (or
+//!   [`bptt::RunOptions::check_finite`]) checks every op's output and reports the op,
+//!   the node and, in an unroll, the step where the first non-finite value arose.
+//! - A backward pass refuses to start from a non-finite loss and refuses to return a
+//!   non-finite gradient: an `Ok(Grads)` is finite. So is every [`bptt::Report`] (loss,
+//!   gradients, ‖∂L/∂h_t‖, final state), every [`gradcheck`](gradcheck::gradcheck)
+//!   report, and every optimizer step ([`optim`] refuses a step that would overflow a
+//!   parameter or its state, before changing anything).
+//! - Comparisons fail on non-finite values: [`Grads::max_rel_diff`] is +∞ if either
+//!   side has one, and a NaN error never passes a gradcheck.
+//!
 //! ## Modules
 //!
 //! - [`tape`], [`ops`]: the engine and its ops (forward and backward side by side).

@@ -54,7 +54,41 @@ pub enum Truncation {
         k: usize,
     },
     /// TBPTT(k1, k2): every k1 steps, backpropagate the last k1 losses k2 ≥ k1 steps.
-    /// `Tbptt { k1: k, k2: k }` is `Fixed { k }`.
+    ///
+    /// The windows, exactly (steps 1-based, `u_0 = 0`): updates happen at
+    /// `u_j = min(j·k1, T)` for `j = 1, …, ⌈T/k1⌉`; update j injects the losses of steps
+    /// `u_{j−1} + 1 ..= u_j` and backpropagates them through the steps
+    ///
+    /// ```text
+    /// max(0, u_{j−1} − (k2 − k1)) + 1  ..=  u_j
+    /// ```
+    ///
+    /// so a full window holds k2 steps and every loss travels back between k2 − k1 + 1
+    /// and k2 steps. **The last partial window** (when k1 does not divide T) is treated
+    /// its own way: it reaches k2 − k1 steps before the previous update, as every window
+    /// does, and so holds `T − u_{J−1} + k2 − k1 < k2` steps, not the k2 steps
+    /// `T − k2 + 1 ..= T` that a literal reading of Williams & Peng would give. This is
+    /// what makes `Tbptt { k1: k, k2: k }` equal `Fixed { k }` for every T (the last
+    /// block of `Fixed` is short too), and it costs `Full` nothing: with k2 ≥ ⌈T/k1⌉·k1,
+    /// every window starts at step 1.
+    ///
+    /// ```
+    /// use ndarray::{Array2, Array3};
+    /// use timetape::bptt::{run, RunOptions, Truncation};
+    /// use timetape::rnn::{models, SequenceLoss};
+    /// use timetape::Params;
+    ///
+    /// let mut params = Params::<f64>::new();
+    /// let cell = models::m3(&mut params, 2, 3, 2, 0)?;
+    /// let xs = Array3::from_shape_fn((10, 1, 2), |(t, _, d)| (t + d) as f64 * 0.1);
+    /// let labels = Array2::from_shape_fn((10, 1), |(t, _)| t % 2);
+    /// let loss = SequenceLoss::classes(labels.view());
+    /// // T = 10, k1 = 4, k2 = 6: updates at 4, 8, 10; windows 1..=4, 3..=8, 7..=10.
+    /// let r = run(&cell, &params, xs.view(), None, &loss, &Truncation::Tbptt { k1: 4, k2: 6 },
+    ///             RunOptions::default())?;
+    /// assert_eq!(r.backward_steps, 4 + 6 + 4);
+    /// # Ok::<(), timetape::Error>(())
+    /// ```
     Tbptt {
         /// Steps between updates, k1 ≥ 1.
         k1: usize,
