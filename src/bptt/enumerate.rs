@@ -109,7 +109,8 @@ pub struct Moments<F> {
 /// # Ok::<(), timetape::Error>(())
 /// ```
 ///
-/// Errors: as [`patterns`] and [`run`].
+/// Errors: as [`patterns`] and [`run`]; [`Error::NonFinite`](crate::Error::NonFinite) if
+/// the mean or the variance overflows.
 pub fn randomized_moments<F: Scalar, C: Recurrent<F>>(
     cell: &C,
     params: &Params<F>,
@@ -152,6 +153,9 @@ pub fn randomized_moments<F: Scalar, C: Recurrent<F>>(
             }
         }
     }
+    // Every estimate is finite (run checks it); their mean or variance can still overflow.
+    mean.check_finite("randomized_moments (mean)")?;
+    variance.check_finite("randomized_moments (variance)")?;
     Ok(Moments {
         mean,
         variance,

@@ -75,12 +75,13 @@ fn finish<F: Scalar>(
     grads.accumulate(rnn.w_hq, g_hq.view())?;
     // h_1 = x_1 W_xh + h_0 W_hh, so ∂L/∂h_0 = δ_1 W_hhᵀ.
     let dh0 = dh[0].dot(&w.w_hh.t());
-    Ok(ClosedForm {
+    ClosedForm {
         loss: fw.loss,
         grads,
         dh,
         dh0,
-    })
+    }
+    .checked("closed_form::m1")
 }
 
 /// M1 by the reverse recursion, FORMULAS.md eqs (6)–(8).

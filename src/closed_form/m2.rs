@@ -201,12 +201,13 @@ pub fn m2<F: Scalar>(
     if let Some(id) = rnn.b_q {
         grads.accumulate(id, Array2::from_elem((1, 1), g_d).view())?;
     }
-    Ok(ClosedForm {
+    ClosedForm {
         loss: loss_total,
         grads,
         dh,
         dh0,
-    })
+    }
+    .checked("closed_form::m2")
 }
 
 /// M2 by the outer-product form, batched: the same model and result as [`m2()`].
@@ -285,12 +286,13 @@ pub fn m2_outer<F: Scalar>(
     if let Some(id) = rnn.b_q {
         grads.accumulate(id, row_sum(&e).view())?;
     }
-    Ok(ClosedForm {
+    ClosedForm {
         loss: loss_total,
         grads,
         dh,
         dh0: delta,
-    })
+    }
+    .checked("closed_form::m2_outer")
 }
 
 #[cfg(test)]

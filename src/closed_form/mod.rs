@@ -110,6 +110,26 @@ pub struct ClosedForm<F> {
     pub dh0: Array2<F>,
 }
 
+impl<F: Scalar> ClosedForm<F> {
+    /// The policy on non-finite values (crate docs): a closed form handed out as `Ok` is
+    /// finite; an overflow is an [`Error::NonFinite`](crate::Error::NonFinite) naming `op`.
+    pub(crate) fn checked(self, op: &'static str) -> Result<Self> {
+        let bad = |what: String| Error::NonFinite { op, what };
+        if !self.loss.is_finite() {
+            return Err(bad("the loss".into()));
+        }
+        self.grads.check_finite(op)?;
+        let finite = |a: &Array2<F>| crate::params::first_non_finite(a.iter()).is_none();
+        if !finite(&self.dh0) {
+            return Err(bad("∂L/∂h_0".into()));
+        }
+        if let Some(t) = self.dh.iter().position(|a| !finite(a)) {
+            return Err(bad(format!("∂L/∂h_t at step {}", t + 1)));
+        }
+        Ok(self)
+    }
+}
+
 /// Sizes of one problem: T steps, B rows, D inputs, H hidden units, Q outputs.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Dims {
