@@ -12,7 +12,10 @@
 //! three orders of magnitude for cancellation in a sum, and is still seven orders below
 //! any real mistake (a missing path, a transposed matrix, a wrong 1/B or 1/T is ≥ 1e-3).
 
-use ndarray::{Array1, Array2, Array3, ArrayView2, Axis, Zip};
+mod common;
+
+use common::max_rel_diff as rel;
+use ndarray::{Array1, Array2, Array3, Axis};
 use proptest::prelude::*;
 use rand::Rng;
 use timetape::closed_form::{self, ClosedForm, M3Workspace};
@@ -121,22 +124,6 @@ fn tape_run(
         grads,
         dh: run.states.iter().map(|&s| adj(s)).collect(),
         dh0: adj(run.h0),
-    }
-}
-
-/// `max |a − b| / max |b|` (the absolute difference if b is all zeros).
-fn rel(a: ArrayView2<'_, f64>, b: ArrayView2<'_, f64>) -> f64 {
-    if a.dim() != b.dim() {
-        return f64::INFINITY;
-    }
-    let scale = b.iter().fold(0.0f64, |m, x| m.max(x.abs()));
-    let diff = Zip::from(&a)
-        .and(&b)
-        .fold(0.0f64, |m, x, y| m.max((x - y).abs()));
-    if scale == 0.0 {
-        diff
-    } else {
-        diff / scale
     }
 }
 
