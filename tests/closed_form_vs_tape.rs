@@ -449,9 +449,14 @@ fn m3_workspace_reuse_gives_the_same_result_as_a_fresh_run() {
     }
 }
 
-/// f32 runs through the same code; against the f32 tape to f32 accuracy. Both use
-/// `Scalar::tanh_kernel` (Eigen's rational tanh in f32); with ε = 6e-8 and T = 12 steps,
-/// differences of summation order stay below 1e-4 relative.
+/// f32 runs through the same code; against the f32 tape to f32 accuracy (1e-4 relative
+/// per parameter). The closed form's tanh is the exact one rounded to f32, the tape's is
+/// Eigen's rational approximation (`Scalar::tanh_kernel`, within 6e-7 absolute): their
+/// states differ by a few ulp (ε = 6e-8). Each gradient entry then differs by a few ulp
+/// of its terms, magnified by cancellation; the worst is b_q, a sum over 36 rows of
+/// terms α_t/B (softmax − onehot) of size up to 1/36 that cancel to ~5e-4 (a factor
+/// ~50): a few ε × 50 ≈ 1e-5 relative (seen: 1.9e-5, the same with either tanh, as the
+/// summation order dominates). A missing path or a wrong 1/B or 1/T is ≥ 1e-2.
 #[test]
 fn m3_in_f32_matches_the_f32_tape() {
     let mut params = Params::<f32>::new();
@@ -468,6 +473,56 @@ fn m3_in_f32_matches_the_f32_tape() {
     let d = cf.grads.max_rel_diff(&grads);
     assert!(d < 1e-4, "f32 rel diff {d:e}");
     assert!((cf.loss - tape.scalar(run.loss).unwrap()).abs() < 1e-5 * cf.loss.abs());
+}
+
+/// The closed form shares no tanh with the tape: with dyadic inputs, weights and h_0
+/// (multiples of 1/8), the pre-activation `x W_xh + h_0 W_hh + b_h` of the first step is
+/// exact in f32, so `h_1` must be the exact tanh of it rounded to f32, bit for bit.
+/// (The tape's rational f32 tanh, which the closed form used before, is off by an ulp
+/// on most of these entries.)
+#[test]
+fn m3_workspace_f32_first_state_is_the_exact_tanh_rounded() {
+    let (b, d, h, q) = (4, 2, 8, 3);
+    let dyadic = |i: usize| ((i * 37 + 11) % 17) as f32 / 8.0 - 1.0;
+    let mut params = Params::<f32>::new();
+    let cell = models::m3(&mut params, d, h, q, 5).unwrap();
+    for (k, id) in [cell.w_xh, cell.w_hh, cell.b_h.unwrap()]
+        .into_iter()
+        .enumerate()
+    {
+        let w = params.get_mut(id).unwrap();
+        let cols = w.ncols();
+        w.indexed_iter_mut()
+            .for_each(|((i, j), v)| *v = dyadic(100 * k + i * cols + j));
+    }
+    let xs = Array3::from_shape_fn((1, b, d), |(_, r, c)| dyadic(300 + r * d + c));
+    let h0 = Array2::from_shape_fn((b, h), |(r, c)| dyadic(400 + r * h + c) / 2.0);
+    let labels = Array2::<usize>::zeros((1, b));
+    let mut ws = M3Workspace::new();
+    ws.run_with_h0(
+        &params,
+        &cell,
+        xs.view(),
+        Some(h0.view()),
+        labels.view(),
+        &[1.0],
+    )
+    .unwrap();
+    let p = |id| params.get(id).unwrap().mapv(f64::from);
+    let x = xs.index_axis(Axis(0), 0).mapv(f64::from);
+    // In f64, every product and sum here is exact (≤ 11 terms, multiples of 1/128).
+    let a = x.dot(&p(cell.w_xh)) + h0.mapv(f64::from).dot(&p(cell.w_hh)) + p(cell.b_h.unwrap());
+    let mut off_by_the_tapes_tanh = 0;
+    for ((r, c), &a) in a.indexed_iter() {
+        let want = a.tanh() as f32;
+        let got = ws.states()[[r, c]];
+        assert_eq!(got.to_bits(), want.to_bits(), "h_1[{r}, {c}] = tanh({a})");
+        if timetape::scalar::fast_tanh_f32(a as f32) != want {
+            off_by_the_tapes_tanh += 1;
+        }
+    }
+    // Not vacuous: the tape's kernel would give other bits on some entries.
+    assert!(off_by_the_tapes_tanh > 0);
 }
 
 /// Bad input is an `Error`, never a panic.
