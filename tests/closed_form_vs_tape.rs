@@ -23,6 +23,8 @@ use timetape::rnn::{self, models, Activation, Edge, Rnn, RnnConfig, SequenceLoss
 use timetape::{init, Error, Grads, Params, Reduction, Tape};
 
 const TOL: f64 = 1e-10;
+/// Cases per property (see `common::proptest_config`; `PROPTEST_CASES` overrides).
+const CASES: u32 = 24;
 
 /// A random problem: sizes, weights, inputs, targets, all from one seed.
 struct Problem {
@@ -195,10 +197,10 @@ fn m1_config(s: Sizes) -> RnnConfig {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig {
-        failure_persistence: None,
-        ..ProptestConfig::with_cases(24)
-    })]
+    #![proptest_config(common::proptest_config(
+        CASES,
+        concat!(env!("CARGO_MANIFEST_DIR"), "/proptest-regressions/closed_form_vs_tape.txt"),
+    ))]
 
     /// M1 (linear, no bias) with softmax CE and with squared error, mean over time:
     /// the tape equals the recursion (6)–(8), and the recursion equals the power sum (9).

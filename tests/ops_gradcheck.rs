@@ -27,6 +27,8 @@
 //! Every property also checks the op's forward value against a direct ndarray
 //! computation (entrywise, to 1e-12 of max(1, |value|): a few ulp of the f64 results).
 
+mod common;
+
 use ndarray::Array2;
 use proptest::prelude::*;
 use std::ops::Range;
@@ -37,7 +39,7 @@ use timetape::{Activation, Error, Params, Reduction, Result, Tape, Var};
 const TOL: f64 = 1e-6;
 /// Tolerance of the forward-value checks, relative to max(1, |value|).
 const FWD_TOL: f64 = 1e-12;
-/// Cases per property: 28 properties × 32 cases run in well under a second in release.
+/// Cases per property (see `common::proptest_config`; `PROPTEST_CASES` overrides).
 const CASES: u32 = 32;
 
 type TestResult = std::result::Result<(), TestCaseError>;
@@ -268,7 +270,10 @@ fn sigmoid_ref(x: f64) -> f64 {
 // properties
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(CASES))]
+    #![proptest_config(common::proptest_config(
+        CASES,
+        concat!(env!("CARGO_MANIFEST_DIR"), "/proptest-regressions/ops_gradcheck.txt"),
+    ))]
 
     // ----- linalg
 

@@ -12,6 +12,7 @@
 #![allow(dead_code)]
 
 use ndarray::ArrayView2;
+use proptest::test_runner::{Config, FileFailurePersistence};
 use timetape::{Grads, ParamId, Params};
 
 /// The largest `|x|` over `values`; `+∞` if any value is not finite (or `0` for none).
@@ -120,5 +121,22 @@ pub fn assert_grads_close(
             (Some(a), Some(b)) => assert_close(a.view(), b.view(), tol, &format!("{what}: {name}")),
             _ => panic!("{what}: no gradient for {name} on one side"),
         }
+    }
+}
+
+/// The configuration of a file's property tests: `cases` cases per property (or
+/// `PROPTEST_CASES` from the environment, for a longer run), random seeds, and every
+/// failure saved to `regressions` (a path under the crate root, committed) and replayed
+/// first on every later run, so that a rare failure is not seen once and lost. On a
+/// failure proptest prints the file and the `cc <seed>` line it appended.
+pub fn proptest_config(cases: u32, regressions: &'static str) -> Config {
+    let cases = std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(cases);
+    Config {
+        cases,
+        failure_persistence: Some(Box::new(FileFailurePersistence::Direct(regressions))),
+        ..Config::default()
     }
 }
