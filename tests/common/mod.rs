@@ -70,6 +70,25 @@ pub fn max_rel_diff(a: ArrayView2<'_, f64>, b: ArrayView2<'_, f64>) -> f64 {
     }
 }
 
+/// `max |a − b| / max(max |b|, floor)`: [`max_rel_diff`] with the scale floored, for an
+/// entry that may be far smaller than the terms it is computed from (its rounding error
+/// is then a few ulp of those terms, not of itself); `+∞` as [`max_rel_diff`].
+pub fn max_rel_diff_floored(a: ArrayView2<'_, f64>, b: ArrayView2<'_, f64>, floor: f64) -> f64 {
+    if a.dim() != b.dim() || !floor.is_finite() {
+        return f64::INFINITY;
+    }
+    let diff = max_abs_diff(a.iter().copied(), b.iter().copied());
+    let scale = max_abs(b.iter().copied()).max(floor);
+    if !diff.is_finite() || !scale.is_finite() {
+        return f64::INFINITY;
+    }
+    if scale == 0.0 {
+        diff
+    } else {
+        diff / scale
+    }
+}
+
 /// Panics unless `max_rel_diff(got, want) <= tol` (so on any non-finite entry).
 #[track_caller]
 pub fn assert_close(got: ArrayView2<'_, f64>, want: ArrayView2<'_, f64>, tol: f64, what: &str) {
