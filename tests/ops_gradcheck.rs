@@ -39,8 +39,9 @@ use timetape::{Activation, Error, Params, Reduction, Result, Tape, Var};
 const TOL: f64 = 1e-6;
 /// Tolerance of the forward-value checks, relative to max(1, |value|).
 const FWD_TOL: f64 = 1e-12;
-/// Cases per property (see `common::proptest_config`; `PROPTEST_CASES` overrides).
-const CASES: u32 = 32;
+/// Cases per property (see `common::proptest_config`; `PROPTEST_CASES` overrides): the
+/// file runs in ~0.5 s in release (~10 s unoptimized) on 2 cores; 100000 pass.
+const CASES: u32 = 1024;
 
 type TestResult = std::result::Result<(), TestCaseError>;
 
