@@ -18,6 +18,9 @@
 //! 1e-10 relative: two f64 evaluations of the same sums in different orders over ≤ 300
 //! steps).
 
+mod common;
+
+use common::max_abs_diff;
 use ndarray::{Array2, Array3};
 use timetape::bptt::{self, enumerate, Pi, Report, RunOptions, Truncation};
 use timetape::rnn::{Recurrent, SequenceLoss};
@@ -173,9 +176,7 @@ impl Instance {
     /// ∂L/∂θ under the truncation; checks on the way that the state never leaves s*.
     fn grad(&self, tr: &Truncation) -> f64 {
         let r = self.report(tr);
-        let drift = (&r.h_final - &self.s0)
-            .iter()
-            .fold(0.0f64, |m, x| m.max(x.abs()));
+        let drift = max_abs_diff(r.h_final.iter().copied(), self.s0.iter().copied());
         assert!(drift <= 1e-12, "s_T left the fixed point by {drift:e}");
         r.grads.get(self.cell.theta).unwrap()[[0, 0]]
     }

@@ -20,6 +20,9 @@
 //! the gradient by ≥ 1e-3 relative; each test also checks that the truncation it tests
 //! really differs from `Full`, so that the comparison is not vacuous.
 
+mod common;
+
+use common::{finite_scale, max_abs_diff};
 use ndarray::{Array1, Array2, Array3};
 use rand::Rng;
 use timetape::bptt::{self, Pi, Report, RunOptions, Truncation, Workspace};
@@ -414,20 +417,18 @@ fn estimate_is_affine_in_each_xi() {
             let gm = c.run(&Truncation::Pattern(minus)).grads;
             for (id, a0) in g0.iter() {
                 let (ap, am) = (gp.get(id).unwrap(), gm.get(id).unwrap());
-                let scale = a0
-                    .iter()
-                    .chain(ap.iter())
-                    .chain(am.iter())
-                    .fold(0.0f64, |m, x| m.max(x.abs()));
-                let mut worst = 0.0f64;
-                let mut first = 0.0f64;
-                for ((p, z), m) in ap.iter().zip(a0.iter()).zip(am.iter()) {
-                    worst = worst.max((p - 2.0 * z + m).abs());
-                    first = first.max((p - m).abs());
-                }
+                let what = format!("{model:?} t={t} {id:?}");
+                let scale =
+                    finite_scale(a0.iter().chain(ap.iter()).chain(am.iter()).copied(), &what);
+                // G(ξ + h e_t) + G(ξ − h e_t) against 2 G(ξ); +∞ on a non-finite entry.
+                let worst = max_abs_diff(
+                    ap.iter().zip(am.iter()).map(|(p, m)| p + m),
+                    a0.iter().map(|z| 2.0 * z),
+                );
+                let first = max_abs_diff(ap.iter().copied(), am.iter().copied());
                 assert!(
                     worst <= 1e-12 * scale,
-                    "{model:?} t={t} {id:?}: second difference {worst:e}, scale {scale:e}"
+                    "{what}: second difference {worst:e}, scale {scale:e}"
                 );
                 if first > 1e-6 * scale {
                     nonzero_first_difference += 1;

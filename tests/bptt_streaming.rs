@@ -7,6 +7,9 @@
 //! and in summation order, i.e. by a few ulp of the largest term (~1e-15). A wrong ξ, a
 //! segment cut one step off or a dropped loss term moves the gradient by ≥ 1e-3.
 
+mod common;
+
+use common::max_abs_diff;
 use ndarray::{Array2, Array3, Axis};
 use rand::Rng;
 use timetape::bptt::{self, Pi, Report, RunOptions, StepTarget, Stream, Truncation};
@@ -131,9 +134,7 @@ fn assert_same_values(a: &Report<f64>, b: &Report<f64>, what: &str) {
     );
     assert_eq!(a.xi, b.xi, "{what}: ξ");
     assert_eq!(a.forward_steps, b.forward_steps, "{what}: forward steps");
-    let dh = (&a.h_final - &b.h_final)
-        .iter()
-        .fold(0.0f64, |m, x| m.max(x.abs()));
+    let dh = max_abs_diff(a.h_final.iter().copied(), b.h_final.iter().copied());
     assert!(dh <= 1e-15, "{what}: h_T differs by {dh:e}");
 }
 

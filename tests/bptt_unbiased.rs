@@ -9,6 +9,9 @@
 //!   Σ a_{i,t} a_{i',t'} (Π_{j ∈ (i,t] ∩ (i',t']} π_j⁻¹ − 1), with the path contributions
 //!   a_{i,t} measured independently with single-cut patterns.
 
+mod common;
+
+use common::finite_scale;
 use ndarray::{Array1, Array2, Array3};
 use rand::Rng;
 use timetape::bptt::{self, enumerate, Pi, RunOptions, Truncation};
@@ -183,11 +186,10 @@ fn enumerated_expectation_equals_full() {
             };
             assert_eq!(m.patterns, expected, "{model:?} π {name}");
             // Not vacuous: the estimator is random (some entry has variance > 0) ...
-            let vmax = m
-                .variance
-                .iter()
-                .flat_map(|(_, v)| v.iter())
-                .fold(0.0f64, |a, &b| a.max(b));
+            let vmax = finite_scale(
+                m.variance.iter().flat_map(|(_, v)| v.iter()).copied(),
+                "variance",
+            );
             assert!(vmax > 1e-8, "{model:?} π {name}: no variance");
         }
         // ... and without the 1/π compensation its mean is biased.
@@ -275,9 +277,7 @@ fn sampled_mean_of_2000_estimates_is_within_4_standard_errors_of_full() {
         }
     }
     let nf = n as f64;
-    let scale = idx
-        .iter()
-        .fold(0.0f64, |m, &e| m.max(entry(&full, e).abs()));
+    let scale = finite_scale(idx.iter().map(|&e| entry(&full, e)), "full gradient");
     let floor = 1e-12 * scale;
     let mut random_entries = 0;
     let mut biased_outside = 0;
@@ -287,6 +287,11 @@ fn sampled_mean_of_2000_estimates_is_within_4_standard_errors_of_full() {
         let se = (var / nf).sqrt();
         let want = entry(&full, e);
         let allowed = 4.0 * se + floor;
+        // A non-finite sample would make the allowance infinite: rule it out first.
+        assert!(
+            mean.is_finite() && se.is_finite(),
+            "{e:?}: mean {mean}, SE {se}"
+        );
         assert!(
             (mean - want).abs() <= allowed,
             "{e:?}: mean {mean} vs Full {want}, |diff| {:e} > 4 SE + floor = {allowed:e}",
@@ -377,9 +382,7 @@ fn enumerated_variance_equals_closed_form() {
             ),
         ];
         let idx = entries(&full);
-        let g2 = idx
-            .iter()
-            .fold(0.0f64, |m, &e| m.max(entry(&full, e).powi(2)));
+        let g2 = finite_scale(idx.iter().map(|&e| entry(&full, e)), "full gradient").powi(2);
         for (name, pi, pis) in cases {
             let m = c.moments(&pi);
             // Closed form, entry by entry.
@@ -403,7 +406,7 @@ fn enumerated_variance_equals_closed_form() {
                         v
                     })
                     .collect();
-                let vmax = v_closed.iter().fold(0.0f64, |m, x| m.max(x.abs()));
+                let vmax = finite_scale(v_closed.iter().copied(), "closed-form variance");
                 // A parameter the ξ do not reach (W_hq, b_q) has variance 0 in exact
                 // arithmetic; both sides then hold rounding noise of order u²·g² ≈ 1e-32·g².
                 for (k, (&ve, &vc)) in v_enum.iter().zip(&v_closed).enumerate() {

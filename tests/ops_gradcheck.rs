@@ -27,6 +27,8 @@
 //! Every property also checks the op's forward value against a direct ndarray
 //! computation (entrywise, to 1e-12 of max(1, |value|): a few ulp of the f64 results).
 
+mod common;
+
 use ndarray::Array2;
 use proptest::prelude::*;
 use std::ops::Range;
@@ -37,8 +39,9 @@ use timetape::{Activation, Error, Params, Reduction, Result, Tape, Var};
 const TOL: f64 = 1e-6;
 /// Tolerance of the forward-value checks, relative to max(1, |value|).
 const FWD_TOL: f64 = 1e-12;
-/// Cases per property: 28 properties × 32 cases run in well under a second in release.
-const CASES: u32 = 32;
+/// Cases per property (see `common::proptest_config`; `PROPTEST_CASES` overrides): the
+/// file runs in ~0.5 s in release (~10 s unoptimized) on 2 cores; 100000 pass.
+const CASES: u32 = 1024;
 
 type TestResult = std::result::Result<(), TestCaseError>;
 
@@ -127,6 +130,25 @@ fn sub_range(n: usize) -> impl Strategy<Value = Range<usize>> {
 
 // ---------------------------------------------------------------------------------------
 // helpers
+
+/// The largest |pre-activation| a saturating activation (tanh, sigmoid) is given.
+/// Beyond it the derivative is tiny (tanh′(3) ≈ 0.01; at |x| = 10 it is 8e-9) while the
+/// finite difference keeps its rounding error u·|L|/h ≈ 1e-11·|L|, so the relative
+/// error of the check would measure the finite difference's noise, not the rule: at
+/// 1024 cases, tanh of a pre-activation of 8.4 (gradient scale 4.8e-8, finite-difference
+/// error 5.8e-13) failed at 1.2e-5 (replayed from `proptest-regressions/ops_gradcheck.txt`).
+/// The unary tanh case is drawn from ±3 for the same reason.
+const SATURATION: f64 = 3.0;
+
+/// The factor that brings the largest |pre-activation| down to [`SATURATION`] for a
+/// saturating activation (1 otherwise, or if it is already there).
+fn desaturate(act: Activation, pre: &Array2<f64>) -> f64 {
+    let m = common::max_abs(pre.iter().copied());
+    match act {
+        Activation::Tanh | Activation::Sigmoid if m > SATURATION => SATURATION / m,
+        _ => 1.0,
+    }
+}
 
 /// A fixed, nowhere-zero pattern for the extra accumulation terms.
 fn pattern(shape: (usize, usize)) -> Array2<f64> {
@@ -268,7 +290,10 @@ fn sigmoid_ref(x: f64) -> f64 {
 // properties
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(CASES))]
+    #![proptest_config(common::proptest_config(
+        CASES,
+        concat!(env!("CARGO_MANIFEST_DIR"), "/proptest-regressions/ops_gradcheck.txt"),
+    ))]
 
     // ----- linalg
 
@@ -309,6 +334,9 @@ proptest! {
         if mode > 0 {
             pre = &pre + &c;
         }
+        // Scaling a and c scales the pre-activation: |a b + c| ≤ SATURATION for tanh, σ.
+        let s = desaturate(act, &pre);
+        let (a, c, pre) = (a * s, c * s, pre * s);
         // Keep relu away from its kink: the difference must not straddle 0.
         prop_assume!(act != Activation::Relu || pre.iter().all(|x| x.abs() > 1e-3));
         let mut params = Params::new();
@@ -345,6 +373,10 @@ proptest! {
     ) {
         let act = [Activation::Identity, Activation::Tanh, Activation::Sigmoid][act];
         let m = a.nrows();
+        // Scaling a and c scales the pre-activation: |a b + c| ≤ SATURATION for tanh, σ.
+        let rows = |c: &Array2<f64>| c.slice_axis(ndarray::Axis(0), ndarray::Slice::from(start..start + m)).to_owned();
+        let s = desaturate(act, &(a.dot(&b) + rows(&c)));
+        let (a, c) = (a * s, c * s);
         let mut params = Params::new();
         let ia = params.add("a", a.clone()).unwrap();
         let ib = params.add("b", b.clone()).unwrap();
@@ -360,7 +392,7 @@ proptest! {
             let (av, bv, cv) = (t.constant(a.clone())?, t.constant(b.clone())?, t.constant(c.clone())?);
             t.affine_rows(av, bv, cv, start..start + m, act)
         });
-        let pre = &a.dot(&b) + &c.slice_axis(ndarray::Axis(0), ndarray::Slice::from(start..start + m));
+        let pre = a.dot(&b) + rows(&c);
         let want = pre.mapv(|x| match act {
             Activation::Tanh => x.tanh(),
             Activation::Sigmoid => 1.0 / (1.0 + (-x).exp()),

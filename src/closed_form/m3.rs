@@ -54,8 +54,11 @@ struct Ids {
 ///
 /// (the notes' `e_t = α_t (y_t − onehot(label_t))`, `δ_t = Vᵀ e_t + Wᵀ r_{t+1}`,
 /// `r_t = (1 − S_t ⊙ S_t) ⊙ δ_t`, `∂L/∂U = Σ_t r_t x_tᵀ`, `∂L/∂W = Σ_t r_t S_{t−1}ᵀ`,
-/// `∂L/∂V = Σ_t e_t S_tᵀ`, transposed). `tanh` is [`Scalar::tanh_kernel`], the kernel the
-/// tape uses. All buffers are kept between calls and reallocated only when a size
+/// `∂L/∂V = Σ_t e_t S_tᵀ`, transposed). As an oracle it shares no numerical code with the
+/// tape: every product is ndarray's own (`general_mat_mul`, not the tape's kernels) and
+/// `tanh` is the exact one, evaluated in f64 and rounded to `F` (for `f32` not the
+/// tape's rational [`Scalar::tanh_kernel`], so the two differ by a few f32 ulp per
+/// step). All buffers are kept between calls and reallocated only when a size
 /// changes: a run on a standard-layout `xs` of unchanged sizes allocates no array of its
 /// own (a non-contiguous `xs` is copied once per run; the matrix-product kernel,
 /// matrixmultiply, still allocates its packing buffers inside each product, as it does
@@ -237,9 +240,8 @@ impl<F: Scalar> M3Workspace<F> {
             let (prev, mut rest) = self.hs.view_mut().split_at(Axis(0), (step + 1) * b);
             let h_prev = prev.slice_axis(Axis(0), Slice::from(step * b..));
             let mut cur = rest.slice_axis_mut(Axis(0), Slice::from(..b));
-            // The same matrix-product kernel as the tape (a plain loop for B = 1).
-            crate::kernels::gemm(one, &h_prev, &w.w_hh.view(), one, &mut cur);
-            cur.mapv_inplace(|v| v.tanh_kernel());
+            general_mat_mul(one, &h_prev, w.w_hh, one, &mut cur);
+            cur.mapv_inplace(exact_tanh);
         }
         // O = H W_hq + b_q, then E = α_t/B (softmax(O) − onehot) in place.
         general_mat_mul(
@@ -278,7 +280,7 @@ impl<F: Scalar> M3Workspace<F> {
             if step + 1 < t {
                 let r_next = rows(&self.r, (step + 1) * b..(step + 2) * b);
                 let mut dl = rows_mut(&mut self.delta, span.clone());
-                crate::kernels::gemm(one, &r_next, &w.w_hh.t(), one, &mut dl);
+                general_mat_mul(one, &r_next, &w.w_hh.t(), one, &mut dl);
             }
             Zip::from(rows_mut(&mut self.r, span.clone()))
                 .and(rows(&self.delta, span.clone()))
@@ -484,11 +486,17 @@ pub fn m3<F: Scalar>(
     })
 }
 
+/// The exact `tanh`: `f64::tanh`, rounded to `F` (for `f32`, within half an ulp plus
+/// the f64 error; never the tape's [`Scalar::tanh_kernel`] approximation).
+fn exact_tanh<F: Scalar>(x: F) -> F {
+    F::of(x.as_f64().tanh())
+}
+
 /// `φ(a)` of an activation.
 fn activate<F: Scalar>(phi: Activation, a: F) -> F {
     match phi {
         Activation::Identity => a,
-        Activation::Tanh => a.tanh_kernel(),
+        Activation::Tanh => exact_tanh(a),
         Activation::Relu => a.max(F::zero()),
         Activation::Sigmoid => sigmoid(a),
     }
