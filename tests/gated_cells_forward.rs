@@ -281,7 +281,7 @@ fn gru_case() -> (Params<f64>, Gru, Array2<f64>) {
     let mut params = Params::<f64>::new();
     let cell = Gru::new(&mut params, D, H, Q, 11).unwrap();
     // b_q starts at zero: give it values so that the output bias is checked too.
-    let b_q = init::uniform((1, Q), 0.5, &mut init::rng(12));
+    let b_q = init::uniform((1, Q), 0.5, &mut init::rng(12)).unwrap();
     params.get_mut(cell.b_q).unwrap().assign(&b_q);
     let h0 = Array2::from_shape_fn((B, H), |(b, j)| 0.6 * ((b * H + j) as f64 * 1.3).cos());
     (params, cell, h0)
@@ -292,9 +292,9 @@ fn lstm_case() -> (Params<f64>, Lstm, Array2<f64>) {
     let cell = Lstm::new(&mut params, D, H, Q, 21).unwrap();
     // The gate biases start at 0 (1 for the forget gate) and b_q at 0: give every
     // quarter its own values so that a bias read from the wrong quarter shows.
-    let bias = init::uniform((1, 4 * H), 0.5, &mut init::rng(22));
+    let bias = init::uniform((1, 4 * H), 0.5, &mut init::rng(22)).unwrap();
     params.get_mut(cell.b).unwrap().assign(&bias);
-    let b_q = init::uniform((1, Q), 0.5, &mut init::rng(23));
+    let b_q = init::uniform((1, Q), 0.5, &mut init::rng(23)).unwrap();
     params.get_mut(cell.b_q).unwrap().assign(&b_q);
     // [h_0 c_0], both non-zero.
     let s0 = Array2::from_shape_fn((B, 2 * H), |(b, j)| {

@@ -54,7 +54,7 @@ const Q: usize = 3;
 
 /// A random orthogonal matrix (Gram–Schmidt on a seeded uniform matrix).
 fn orthogonal(n: usize, seed: u64) -> Array2<f64> {
-    let a: Array2<f64> = init::uniform((n, n), 1.0, &mut init::rng(seed));
+    let a: Array2<f64> = init::uniform((n, n), 1.0, &mut init::rng(seed)).unwrap();
     let mut q = Array2::<f64>::zeros((n, n));
     for j in 0..n {
         let mut v = a.column(j).to_owned();
