@@ -366,6 +366,17 @@ fn exploding_rnn_is_a_non_finite_error_under_every_truncation() {
     assert!(matches!(r, Err(Error::NonFinite { .. })), "{r:?}");
 }
 
+/// The closed forms follow the same policy: an overflow is an error, not an `Ok` with NaN.
+#[test]
+fn exploding_rnn_is_a_non_finite_error_in_the_closed_forms() {
+    let (params, cell, xs, labels) = exploding();
+    let loss = SequenceLoss::classes(labels.view());
+    let r = closed_form::m1_recursion(&params, &cell, xs.view(), None, &loss);
+    assert!(matches!(r, Err(Error::NonFinite { .. })), "{r:?}");
+    let r = closed_form::m4(&params, &cell, xs.view(), None, &loss);
+    assert!(matches!(r, Err(Error::NonFinite { .. })), "{r:?}");
+}
+
 /// With `check_finite`, the error names the op and the step where the overflow arose:
 /// h_t ≈ 10^t·c passes f64::MAX ≈ 1.8e308 a little after step 300.
 #[test]

@@ -148,8 +148,9 @@ impl<F: Scalar> M3Workspace<F> {
     /// Errors: [`Error::InvalidArgument`] if the RNN is not tanh or an α is not finite;
     /// [`Error::EmptyInput`] for T = 0 or B = 0; [`Error::ShapeMismatch`] for inputs,
     /// labels, α or parameters of the wrong size; [`Error::LabelOutOfRange`];
-    /// [`Error::ForeignParam`] if the RNN's parameters are not in `params`. After an
-    /// error the gradients cannot be read until the next successful run.
+    /// [`Error::ForeignParam`] if the RNN's parameters are not in `params`;
+    /// [`Error::NonFinite`] if the loss or a gradient overflows. After an error the
+    /// gradients cannot be read until the next successful run.
     pub fn run(
         &mut self,
         params: &Params<F>,
@@ -300,6 +301,19 @@ impl<F: Scalar> M3Workspace<F> {
         );
         column_sums(&self.r, &mut self.g_bh);
 
+        // The policy on non-finite values (crate docs): an overflow is an error, and
+        // the gradients of this run are not readable.
+        let grads = [&self.g_xh, &self.g_hh, &self.g_bh, &self.g_hq, &self.g_bq];
+        let finite = grads
+            .iter()
+            .all(|g| crate::params::first_non_finite(g.iter()).is_none());
+        if !(loss.is_finite() && finite) {
+            self.ids = None;
+            return Err(Error::NonFinite {
+                op: "M3Workspace::run",
+                what: "the loss or a gradient: an overflow".into(),
+            });
+        }
         self.ids = Some(Ids {
             w_xh: rnn.w_xh,
             w_hh: rnn.w_hh,
@@ -478,12 +492,13 @@ pub fn m3<F: Scalar>(
     let dh = (0..t)
         .map(|k| rows(&ws.delta, k * b..(k + 1) * b).to_owned())
         .collect();
-    Ok(ClosedForm {
+    ClosedForm {
         loss: value,
         grads: ws.grads(params)?,
         dh,
         dh0: ws.dh0.clone(),
-    })
+    }
+    .checked("closed_form::m3")
 }
 
 /// The exact `tanh`: `f64::tanh`, rounded to `F` (for `f32`, within half an ulp plus
@@ -611,12 +626,13 @@ pub(crate) fn general<F: Scalar>(
     if let Some(id) = rnn.b_q {
         grads.accumulate(id, g_bq.view())?;
     }
-    Ok(ClosedForm {
+    ClosedForm {
         loss: value,
         grads,
         dh,
         dh0,
-    })
+    }
+    .checked(op)
 }
 
 /// M4, the general RNN (FORMULAS.md §M4, seed 003): any activation φ ([`Activation`]),
