@@ -151,9 +151,11 @@ impl<F: Scalar> Pool<F> {
         let (epoch, sz) = (self.epoch, std::mem::size_of::<F>());
         let mut dropped = 0;
         for (cap, list) in &mut self.free {
-            let before = list.len();
-            list.retain(|(since, _)| *since >= epoch);
-            dropped += (before - list.len()) * *cap * sz;
+            // Each list is a stack whose entries were pushed in non-decreasing epochs and
+            // popped from the top: the idle ones are a prefix.
+            let idle = list.partition_point(|(since, _)| *since < epoch);
+            list.drain(..idle);
+            dropped += idle * *cap * sz;
         }
         self.bytes -= dropped;
         self.epoch += 1;
