@@ -140,7 +140,7 @@ fn full_bptt(c: &mut Criterion) {
         let loss = SequenceLoss::classes(p.labels.view());
         let alphas = vec![1.0f32; s.t];
         let mut ws = Workspace::new();
-        let mut reference = M3Workspace::new();
+        let mut reference = M3Workspace::speed_reference();
         let mut ref_grads = Grads::zeros_like(&p.params);
 
         // Same loss, same gradient: check once before timing.

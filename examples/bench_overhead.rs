@@ -1,7 +1,9 @@
 //! The tape's cost on a whole BPTT: the full-BPTT gradient of a tanh RNN with softmax
 //! cross-entropy at every step, f32, one thread, by the tape (`bptt::run_with`, buffers
-//! reused across calls) against the hand-written closed form (`closed_form::M3Workspace`,
-//! written as a performance-minded person writes BPTT by hand).
+//! reused across calls) against the hand-written closed form
+//! (`closed_form::M3Workspace::speed_reference`, written as a performance-minded person
+//! writes BPTT by hand: ndarray's products, the tape's f32 tanh kernel so that both do
+//! the same arithmetic; the oracle the tests use computes tanh exactly).
 //!
 //! Prints one line per size, the ratio tape / closed form last on the line, then the
 //! machine's plain matrix-product speed and the peak memory of both at S4. Each timing
@@ -95,7 +97,7 @@ fn main() -> Result<(), timetape::Error> {
             30
         };
 
-        let mut reference = M3Workspace::new();
+        let mut reference = M3Workspace::speed_reference();
         let t_ref = time_min(reps, || {
             reference
                 .run(&params, &cell, xs.view(), labels.view(), &alphas)

@@ -85,6 +85,9 @@ struct Ids {
 /// ```
 #[derive(Debug, Clone)]
 pub struct M3Workspace<F> {
+    /// The tanh of the forward pass: exact ([`M3Workspace::new`]) or the tape's kernel
+    /// ([`M3Workspace::speed_reference`]).
+    tanh: fn(F) -> F,
     ids: Option<Ids>,
     dims: (usize, usize, usize, usize, usize),
     loss: F,
@@ -117,10 +120,12 @@ fn ensure<F: Scalar>(buf: &mut Array2<F>, shape: (usize, usize)) {
 }
 
 impl<F: Scalar> M3Workspace<F> {
-    /// An empty workspace; buffers are allocated by the first run.
+    /// An empty workspace; buffers are allocated by the first run. It is an oracle:
+    /// ndarray's products and the exact tanh, nothing shared with the tape.
     pub fn new() -> Self {
         let e = || Array2::zeros((0, 0));
         M3Workspace {
+            tanh: exact_tanh,
             ids: None,
             dims: (0, 0, 0, 0, 0),
             loss: F::zero(),
@@ -134,6 +139,18 @@ impl<F: Scalar> M3Workspace<F> {
             g_bh: e(),
             g_hq: e(),
             g_bq: e(),
+        }
+    }
+
+    /// A workspace for benchmarks, **not an oracle**: the same hand-written BPTT, but
+    /// its forward tanh is the tape's own kernel ([`Scalar::tanh_kernel`]: for `f32` the
+    /// vectorizable rational approximation, for `f64` the exact tanh), so that the
+    /// tape's cost is measured against a hand-written BPTT doing the same arithmetic.
+    /// Tests compare with [`M3Workspace::new`].
+    pub fn speed_reference() -> Self {
+        M3Workspace {
+            tanh: F::tanh_kernel,
+            ..Self::new()
         }
     }
 
@@ -242,7 +259,7 @@ impl<F: Scalar> M3Workspace<F> {
             let h_prev = prev.slice_axis(Axis(0), Slice::from(step * b..));
             let mut cur = rest.slice_axis_mut(Axis(0), Slice::from(..b));
             general_mat_mul(one, &h_prev, w.w_hh, one, &mut cur);
-            cur.mapv_inplace(exact_tanh);
+            cur.mapv_inplace(self.tanh);
         }
         // O = H W_hq + b_q, then E = α_t/B (softmax(O) − onehot) in place.
         general_mat_mul(
