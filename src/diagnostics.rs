@@ -89,7 +89,7 @@ fn start_vector(n: usize) -> Array1<f64> {
 ///
 /// Errors: [`Error::EmptyInput`] for an empty W; [`Error::ShapeMismatch`] for a W that
 /// is not square; [`Error::InvalidArgument`] for `iters = 0`; [`Error::NonFinite`]
-/// for a NaN or infinite entry.
+/// for a NaN or infinite entry, or an estimate that overflows f64.
 pub fn spectral_radius<F: Scalar>(w: ArrayView2<'_, F>, iters: usize) -> Result<f64> {
     let (w, c) = rescaled("spectral_radius", &w, iters)?;
     if c == 0.0 {
@@ -110,7 +110,23 @@ pub fn spectral_radius<F: Scalar>(w: ArrayView2<'_, F>, iters: usize) -> Result<
         }
         v = u / n;
     }
-    Ok(c * (log_growth / (iters - half) as f64).exp())
+    finite_result(
+        "spectral_radius",
+        c * (log_growth / (iters - half) as f64).exp(),
+    )
+}
+
+/// The estimate, or [`Error::NonFinite`] if it exceeds the largest f64 (W's entries near
+/// f64::MAX: ρ and σ₁ can be up to n times the largest entry).
+fn finite_result(op: &'static str, x: f64) -> Result<f64> {
+    if x.is_finite() {
+        Ok(x)
+    } else {
+        Err(Error::NonFinite {
+            op,
+            what: "the estimate overflows f64".into(),
+        })
+    }
 }
 
 /// Estimates the largest singular value σ₁(W) = ‖W‖₂ of a square W by power iteration
@@ -145,7 +161,7 @@ pub fn largest_singular_value<F: Scalar>(w: ArrayView2<'_, F>, iters: usize) -> 
         sigma = n.sqrt();
         v = u / n;
     }
-    Ok(c * sigma)
+    finite_result("largest_singular_value", c * sigma)
 }
 
 /// W / c in f64 with c = max |w_ij|, and c: the power iterations run on entries of

@@ -128,8 +128,8 @@ impl fmt::Display for GradcheckReport {
 ///
 /// Errors: whatever `loss` returns; [`crate::Error::NonScalarLoss`] if the loss is not
 /// 1×1; [`crate::Error::InvalidArgument`] if `eps` is not positive and finite;
-/// [`crate::Error::NonFinite`] if the loss at θ or at a perturbed point, or the tape's
-/// gradient, is not finite.
+/// [`crate::Error::NonFinite`] if the loss at θ or at a perturbed point, the tape's
+/// gradient, or an error (a difference quotient that overflows) is not finite.
 pub fn gradcheck<L>(
     params: &Params<f64>,
     opts: GradcheckOptions,
@@ -184,13 +184,26 @@ where
                 scale = nan_max(scale, fd.abs());
             }
         }
-        report.params.push(ParamCheck {
+        let check = ParamCheck {
             id,
             name: params.name(id)?.to_string(),
             max_abs_err: max_abs,
             max_rel_err: max_abs / scale.max(1e-12),
             scale,
-        });
+        };
+        // Finite losses can still give an infinite difference quotient (an eps so small
+        // that (up − down) / 2h overflows) or an infinite error: never an Ok.
+        if !(check.max_abs_err.is_finite() && check.max_rel_err.is_finite()) {
+            return Err(Error::NonFinite {
+                op: "gradcheck",
+                what: format!(
+                    "the error for {:?} (a difference quotient overflowed: eps = {} too small \
+                     for this loss?)",
+                    check.name, opts.eps
+                ),
+            });
+        }
+        report.params.push(check);
     }
     Ok(report)
 }

@@ -82,3 +82,25 @@ pub(crate) fn times(op: &'static str, n: usize, k: usize) -> Result<usize> {
     n.checked_mul(k)
         .ok_or_else(|| invalid(op, format!("size {k}·{n} overflows")))
 }
+
+/// The `n` values `f(0), …, f(n − 1)` in a `Vec`, or an error naming `op` if room for
+/// `n` values cannot be had (checked before anything is allocated: no capacity-overflow
+/// panic, no aborted process).
+pub(crate) fn try_collect<T>(
+    op: &'static str,
+    n: usize,
+    f: impl FnMut(usize) -> T,
+) -> Result<Vec<T>> {
+    let mut v = Vec::new();
+    v.try_reserve_exact(n).map_err(|_| {
+        invalid(
+            op,
+            format!(
+                "cannot allocate {n} values of {} bytes",
+                std::mem::size_of::<T>()
+            ),
+        )
+    })?;
+    v.extend((0..n).map(f));
+    Ok(v)
+}

@@ -59,7 +59,12 @@ pub fn clip_global_norm<F: Scalar>(grads: &mut Grads<F>, theta: F) -> Result<F> 
         });
     }
     if norm > theta {
-        grads.scale(theta / norm);
+        // θ/‖g‖ can be subnormal in f32 (θ = 1e-8, ‖g‖ = 3e35), with few significant
+        // bits: form it and the products in f64.
+        let c = theta.as_f64() / norm.as_f64();
+        for (_, g) in grads.iter_mut() {
+            g.mapv_inplace(|x| F::of(x.as_f64() * c));
+        }
     }
     Ok(norm)
 }
@@ -392,7 +397,9 @@ impl<F: Scalar> Adam<F> {
         let update = |(c1, c2): (F, F), p: F, m: F, v: F, g: F| {
             let m = b1 * m + (F::one() - b1) * g;
             let v = b2 * v + (F::one() - b2) * g * g;
-            let p = p - lr * (m / c1) / ((v / c2).sqrt() + eps);
+            // η · (m̂ / (√v̂ + ε)): the ratio first, so that a large η does not overflow
+            // η·m̂ before the division brings it back.
+            let p = p - lr * ((m / c1) / ((v / c2).sqrt() + eps));
             (p, m, v)
         };
         let finite = |(p, m, v): (F, F, F)| p.is_finite() && m.is_finite() && v.is_finite();

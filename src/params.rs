@@ -195,10 +195,16 @@ impl<F: Scalar> Params<F> {
         Ok(())
     }
 
-    /// Checks that every entry of a parameter is finite (done by
+    /// Checks that a parameter is not empty and every entry is finite (done by
     /// [`Tape::param`](crate::Tape::param) at every registration).
     pub(crate) fn check_finite(&self, op: &'static str, id: ParamId) -> Result<usize> {
         let i = self.check(op, id)?;
+        if self.values[i].is_empty() {
+            return Err(Error::EmptyInput {
+                op,
+                what: "parameter with no elements (written through Params::get_mut)",
+            });
+        }
         if let Some(at) = first_non_finite(self.values[i].iter()) {
             return Err(Error::NonFinite {
                 op,

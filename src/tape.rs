@@ -431,8 +431,9 @@ impl<F: Scalar> Tape<F> {
     /// several times, or using it many times, sums the contributions.
     ///
     /// Errors: [`Error::ForeignParam`] if `id` is not from `params`;
-    /// [`Error::NonFinite`] if an entry of the parameter is NaN or infinite (written
-    /// through [`Params::get_mut`]), naming the parameter.
+    /// [`Error::NonFinite`] if an entry of the parameter is NaN or infinite, and
+    /// [`Error::EmptyInput`] if it has no elements (both only possible through
+    /// [`Params::get_mut`]), naming the parameter.
     pub fn param(&mut self, params: &Params<F>, id: ParamId) -> Result<Var> {
         params.check_finite("param", id)?;
         let p = params.get(id)?;
@@ -585,7 +586,9 @@ impl<F: Scalar> Tape<F> {
             }
         }
         self.note_peak_bytes();
-        Ok(())
+        // Each parameter's adjoint was finite; a parameter registered several times, or
+        // gradients added into earlier ones, can still overflow in the sum.
+        grads.check_finite("backward")
     }
 
     /// Frees the adjoint of every intermediate node as soon as its backward rule has run

@@ -151,7 +151,7 @@ impl Truncation {
     pub fn xi(&self, t_len: usize) -> Result<Option<Vec<f64>>> {
         self.validate(Some(t_len))?;
         Ok(match self {
-            Truncation::Full => Some(vec![1.0; t_len]),
+            Truncation::Full => Some(crate::init::try_collect("Truncation::xi", t_len, |_| 1.0)?),
             Truncation::Fixed { k } => Some(fixed_pattern(t_len, *k)?),
             Truncation::Tbptt { k1, k2 } if k1 == k2 => Some(fixed_pattern(t_len, *k1)?),
             Truncation::Tbptt { .. } => None,
@@ -170,14 +170,16 @@ impl Truncation {
 /// # Ok::<(), timetape::Error>(())
 /// ```
 ///
-/// Errors: [`Error::InvalidArgument`] for k = 0.
+/// Errors: [`Error::InvalidArgument`] for k = 0, or a length that cannot be allocated.
 pub fn fixed_pattern(t_len: usize, k: usize) -> Result<Vec<f64>> {
     if k == 0 {
         return Err(invalid("fixed_pattern", "k must be ≥ 1"));
     }
-    Ok((0..t_len)
-        .map(|t| if t % k == 0 { 0.0 } else { 1.0 })
-        .collect())
+    crate::init::try_collect(
+        "fixed_pattern",
+        t_len,
+        |t| if t % k == 0 { 0.0 } else { 1.0 },
+    )
 }
 
 /// Options of a run.
@@ -494,7 +496,10 @@ impl<'a, 'l, F: Scalar> Problem<'a, 'l, F> {
                 }
                 h.to_owned()
             }
-            None => Array2::zeros((b, cell.state_width())),
+            None => {
+                crate::init::check_alloc::<F>("bptt h0", &[(b, cell.state_width())])?;
+                Array2::zeros((b, cell.state_width()))
+            }
         };
         let time = match loss.time {
             Reduction::Sum => F::one(),

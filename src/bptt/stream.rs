@@ -99,6 +99,7 @@ impl<'a, F: Scalar, C: Recurrent<F>> Stream<'a, F, C> {
             });
         }
         truncation.validate(None)?;
+        crate::init::check_alloc::<F>("Stream::new", &[(batch, cell.state_width())])?;
         if let Truncation::Tbptt { k1, k2 } = truncation {
             if k1 != k2 {
                 return Err(invalid(

@@ -105,11 +105,16 @@ pub(crate) fn next_m(m: usize, xi: f64) -> usize {
 }
 
 pub(crate) fn check_pi(p: f64) -> Result<()> {
-    if p > 0.0 && p <= 1.0 {
-        Ok(())
-    } else {
-        Err(invalid("Randomized", format!("pi = {p} is outside (0, 1]")))
+    if !(p > 0.0 && p <= 1.0) {
+        return Err(invalid("Randomized", format!("pi = {p} is outside (0, 1]")));
     }
+    if !(1.0 / p).is_finite() {
+        return Err(invalid(
+            "Randomized",
+            format!("pi = {p:e} is so small that ξ = 1/π overflows"),
+        ));
+    }
+    Ok(())
 }
 
 /// Draws ξ_1, ξ_2, … one at a time: ξ_t = 1/π_t with probability π_t, else 0, from a
@@ -177,5 +182,9 @@ impl XiSampler {
 /// outside (0, 1].
 pub fn sample_xi(pi: &Pi, t_len: usize, seed: u64) -> Result<Vec<f64>> {
     let mut s = XiSampler::new(pi.clone(), seed);
-    (0..t_len).map(|_| s.next_xi()).collect()
+    let mut xi = crate::init::try_collect("sample_xi", t_len, |_| 0.0)?;
+    for x in &mut xi {
+        *x = s.next_xi()?;
+    }
+    Ok(xi)
 }

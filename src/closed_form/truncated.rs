@@ -19,12 +19,13 @@ use ndarray::{ArrayView2, ArrayView3};
 /// # Ok::<(), timetape::Error>(())
 /// ```
 ///
-/// Errors: [`Error::InvalidArgument`](crate::Error::InvalidArgument) for k = 0.
+/// Errors: [`Error::InvalidArgument`](crate::Error::InvalidArgument) for k = 0, or a
+/// length that cannot be allocated.
 pub fn block_starts(t_len: usize, k: usize) -> Result<Vec<bool>> {
     if k == 0 {
         return Err(invalid("closed_form::block_starts", "k must be ≥ 1"));
     }
-    Ok((0..t_len).map(|t| t % k == 0).collect())
+    crate::init::try_collect("closed_form::block_starts", t_len, |t| t % k == 0)
 }
 
 /// The gradient of an [`Rnn`] (any activation, biases and targets, as

@@ -62,7 +62,11 @@ impl<F: Scalar> Tape<F> {
             }
         } else {
             let (Some(va), Some(vb)) = (va.broadcast(shape), vb.broadcast(shape)) else {
-                unreachable!("shapes were checked above")
+                return Err(Error::ShapeMismatch {
+                    op,
+                    lhs: sa,
+                    rhs: sb,
+                });
             };
             let z = Zip::from(&mut out).and(&va).and(&vb);
             match kind {

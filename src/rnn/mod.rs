@@ -173,6 +173,15 @@ pub(crate) fn unroll_segment_into<F: Scalar, C: Recurrent<F>>(
         h = cell
             .step(tape, bound, u, t * b..(t + 1) * b, h_prev)
             .map_err(|e| e.at_step(t))?;
+        // A cell's contract: h_t has h_{t−1}'s shape (else the carried state breaks).
+        let got = tape.shape(h)?;
+        if got != hs {
+            return Err(Error::ShapeMismatch {
+                op: "Recurrent::step (the new state)",
+                lhs: hs,
+                rhs: got,
+            });
+        }
         states.push(h);
         if let Some(loss) = loss.as_mut() {
             loss.step(cell, tape, bound, t, h)
@@ -579,7 +588,10 @@ pub fn unroll_with_edges<F: Scalar, C: Recurrent<F>>(
     loss.validate(t_len, b, cell.output_width())?;
     let h0 = match h0 {
         Some(h) => tape.variable(h)?,
-        None => tape.variable(Array2::zeros((b, cell.state_width())).view())?,
+        None => {
+            crate::init::check_alloc::<F>("unroll h0", &[(b, cell.state_width())])?;
+            tape.variable(Array2::zeros((b, cell.state_width())).view())?
+        }
     };
     let bound = cell.bind(tape, params)?;
     let keep = vec![Edge::Keep; t_len];
