@@ -98,7 +98,7 @@ pub enum Error {
         what: String,
     },
     /// An argument outside its allowed range (π outside (0, 1], k = 0, k2 < k1, a
-    /// non-finite entry, scale or weight, a duplicate name, a log of a non-positive
+    /// non-finite scale, weight or ξ, a duplicate name, a log of a non-positive
     /// value, a model that does not fit a closed form, ...).
     #[error("{op}: invalid argument: {msg}")]
     InvalidArgument {

@@ -399,7 +399,7 @@ impl<F: Scalar> Tape<F> {
     /// An input: a leaf that gradients do not flow into.
     ///
     /// Errors: [`Error::EmptyInput`] for a matrix with no elements,
-    /// [`Error::InvalidArgument`] for a NaN or infinite entry.
+    /// [`Error::NonFinite`] for a NaN or infinite entry.
     pub fn constant(&mut self, value: Array2<F>) -> Result<Var> {
         Self::check_input("constant", &value.view())?;
         // The caller's buffer joins the free list at the next clear: retire a free one of
@@ -409,6 +409,8 @@ impl<F: Scalar> Tape<F> {
     }
 
     /// An input copied from a view into a recycled buffer (no allocation in steady state).
+    ///
+    /// Errors: as [`Tape::constant`].
     pub fn constant_view(&mut self, value: ArrayView2<'_, F>) -> Result<Var> {
         Self::check_input("constant_view", &value)?;
         let mut buf = self.pool.take(value.dim());
@@ -419,6 +421,8 @@ impl<F: Scalar> Tape<F> {
     /// A leaf whose adjoint is computed and can be read with [`Tape::adjoint`] after a
     /// backward pass, though it is not a parameter (for instance the hidden state at the
     /// start of a segment, whose ∂L/∂h is passed on to the previous segment).
+    ///
+    /// Errors: as [`Tape::constant`].
     pub fn variable(&mut self, value: ArrayView2<'_, F>) -> Result<Var> {
         Self::check_input("variable", &value)?;
         let mut buf = self.pool.take(value.dim());

@@ -182,8 +182,9 @@ impl<'a, F: Scalar, C: Recurrent<F>> Stream<'a, F, C> {
     /// backpropagated and dropped.
     ///
     /// Errors: [`Error::ShapeMismatch`] for an input or target of the wrong shape;
-    /// [`Error::LabelOutOfRange`]; [`Error::InvalidArgument`] for a non-finite α or
-    /// input, a target kind (classes or values) that differs from earlier steps, a
+    /// [`Error::LabelOutOfRange`]; [`Error::NonFinite`] for a NaN or infinite input or
+    /// target value; [`Error::InvalidArgument`] for a non-finite α, a target kind
+    /// (classes or values) that differs from earlier steps, a
     /// pattern with fewer entries than steps, or a π_t outside (0, 1]. After an error
     /// from a step that passed the shape and value checks, the stream may be left part
     /// way through the step: do not keep using it.
