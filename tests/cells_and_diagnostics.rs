@@ -1,5 +1,7 @@
 //! GRU and LSTM against central finite differences, and eq (9) of the notes in numbers.
 
+mod common;
+
 use ndarray::{Array1, Array2, Array3};
 use timetape::diagnostics::{dh_norms, largest_singular_value, spectral_radius};
 use timetape::gradcheck::{gradcheck, GradcheckOptions};
@@ -82,23 +84,6 @@ fn lstm_forward_matches_its_equations() {
     }
 }
 
-/// A random orthogonal matrix (Gram–Schmidt on a seeded uniform matrix).
-fn orthogonal(n: usize, seed: u64) -> Array2<f64> {
-    let a: Array2<f64> =
-        timetape::init::uniform((n, n), 1.0, &mut timetape::init::rng(seed)).unwrap();
-    let mut q = Array2::<f64>::zeros((n, n));
-    for j in 0..n {
-        let mut v = a.column(j).to_owned();
-        for i in 0..j {
-            let qi = q.column(i).to_owned();
-            v = &v - &(qi.dot(&v) * &qi);
-        }
-        let norm = v.dot(&v).sqrt();
-        q.column_mut(j).assign(&(v / norm));
-    }
-    q
-}
-
 /// Eq (9): in a linear RNN with W_hh = ρQ (Q orthogonal) and a loss at the last step
 /// only, δ_t = (W_hhᵀ)^{T−t} δ_T, so ‖δ_1‖ / ‖δ_T‖ = ρ^{T−1} exactly (Q preserves
 /// norms). Tolerance 1e-9 relative: T − 1 = 29 orthogonal products in f64 lose a few ulp
@@ -111,7 +96,7 @@ fn linear_rnn_dh_ratio_is_rho_to_the_t_minus_1() {
     let mut alphas = vec![0.0; t_len];
     alphas[t_len - 1] = 1.0;
     let loss = SequenceLoss::classes(labels.view()).weighted(&alphas);
-    let qm = orthogonal(h, 3);
+    let qm = common::orthogonal(h, 3);
     for rho in [0.8, 1.0, 1.25] {
         let mut params = Params::<f64>::new();
         let cell = models::m1(&mut params, d, h, q, 4).unwrap();

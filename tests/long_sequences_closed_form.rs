@@ -43,7 +43,7 @@ use ndarray::{Array2, Array3};
 use timetape::bptt::{self, RunOptions, Truncation};
 use timetape::closed_form::{self, ClosedForm};
 use timetape::rnn::{self, models, Rnn, SequenceLoss};
-use timetape::{init, Params, Tape};
+use timetape::{Params, Tape};
 
 const TOL: f64 = 1e-10;
 /// Truncation length of the sensitivity check (the usual k of `Fixed { k: 35 }`).
@@ -51,22 +51,6 @@ const K: usize = 35;
 const D: usize = 3;
 const H: usize = 8;
 const Q: usize = 3;
-
-/// A random orthogonal matrix (Gram–Schmidt on a seeded uniform matrix).
-fn orthogonal(n: usize, seed: u64) -> Array2<f64> {
-    let a: Array2<f64> = init::uniform((n, n), 1.0, &mut init::rng(seed)).unwrap();
-    let mut q = Array2::<f64>::zeros((n, n));
-    for j in 0..n {
-        let mut v = a.column(j).to_owned();
-        for i in 0..j {
-            let qi = q.column(i).to_owned();
-            v = &v - &(qi.dot(&v) * &qi);
-        }
-        let norm = v.dot(&v).sqrt();
-        q.column_mut(j).assign(&(v / norm));
-    }
-    q
-}
 
 struct Case {
     params: Params<f64>,
@@ -86,7 +70,7 @@ impl Case {
         params
             .get_mut(cell.w_hh)
             .unwrap()
-            .assign(&(orthogonal(H, seed + 100) * rho));
+            .assign(&(common::orthogonal(H, seed + 100) * rho));
         params.get_mut(cell.b_q.unwrap()).unwrap().fill(0.1);
         let xs = Array3::from_shape_fn((t, b, D), |(s, r, d)| {
             0.8 * ((s * 7 + r * 3 + d) as f64 * 0.613).sin()

@@ -1,4 +1,4 @@
-//! Comparison helpers shared by the integration tests.
+//! Comparison helpers and fixtures shared by the integration tests.
 //!
 //! Every helper here fails on a value that is not finite, on either side. A running
 //! maximum written as `fold(0.0, |m, x| m.max(x))` does not: `f64::max` returns the
@@ -158,4 +158,22 @@ pub fn proptest_config(cases: u32, regressions: &'static str) -> Config {
         failure_persistence: Some(Box::new(FileFailurePersistence::Direct(regressions))),
         ..Config::default()
     }
+}
+
+/// A random orthogonal matrix (Gram–Schmidt on a seeded uniform matrix): spectral radius
+/// and every singular value 1.
+pub fn orthogonal(n: usize, seed: u64) -> ndarray::Array2<f64> {
+    use timetape::init;
+    let a: ndarray::Array2<f64> = init::uniform((n, n), 1.0, &mut init::rng(seed)).unwrap();
+    let mut q = ndarray::Array2::<f64>::zeros((n, n));
+    for j in 0..n {
+        let mut v = a.column(j).to_owned();
+        for i in 0..j {
+            let qi = q.column(i).to_owned();
+            v = &v - &(qi.dot(&v) * &qi);
+        }
+        let norm = v.dot(&v).sqrt();
+        q.column_mut(j).assign(&(v / norm));
+    }
+    q
 }
