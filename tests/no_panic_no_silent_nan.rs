@@ -423,6 +423,22 @@ fn nan_in_relu_weights_is_an_error_not_a_zero_gradient() {
     }
 }
 
+/// A NaN that arises inside the tape (∞ − ∞) is not turned into 0 by a ReLU (IEEE
+/// `max(NaN, 0) = 0` would hide it), so the loss and the backward pass see it.
+#[test]
+fn relu_keeps_a_nan_that_arose_on_the_tape() {
+    let mut tape = Tape::<f64>::new();
+    let x = tape.constant(array![[1e308, -1.0, 2.0]]).unwrap();
+    let inf = tape.scale(x, 10.0).unwrap();
+    let nan = tape.sub(inf, inf).unwrap();
+    let y = tape.relu(nan).unwrap();
+    let v = tape.value(y).unwrap().to_owned();
+    assert!(v[[0, 0]].is_nan(), "{v}");
+    assert_eq!((v[[0, 1]], v[[0, 2]]), (0.0, 0.0));
+    let l = tape.sum(y).unwrap();
+    assert!(matches!(tape.backward(l), Err(Error::NonFinite { .. })));
+}
+
 #[test]
 fn params_set_refuses_wrong_shapes_and_non_finite_values() {
     let (mut p, w) = store(array![[1.0, 2.0]]);

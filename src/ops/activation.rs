@@ -61,7 +61,7 @@ impl Activation {
         match self {
             Activation::Identity => x,
             Activation::Tanh => x.tanh_kernel(),
-            Activation::Relu => x.max(F::zero()),
+            Activation::Relu => relu(x),
             Activation::Sigmoid => sigmoid(x),
         }
     }
@@ -81,6 +81,16 @@ impl Activation {
             }
             Activation::Sigmoid => y * (F::one() - y),
         }
+    }
+}
+
+/// `max(x, 0)` that keeps a NaN (IEEE `max(NaN, 0)` is 0, which would hide it).
+#[inline]
+pub(crate) fn relu<F: Scalar>(x: F) -> F {
+    if x < F::zero() {
+        F::zero()
+    } else {
+        x
     }
 }
 
@@ -128,7 +138,7 @@ impl<F: Scalar> Tape<F> {
             Unary::Neg => put1(o, true, x, |x| -x),
             Unary::Scale(c) => put1(o, true, x, |x| c * x),
             Unary::Tanh => put1(o, true, x, |x| x.tanh_kernel()),
-            Unary::Relu => put1(o, true, x, |x| x.max(F::zero())),
+            Unary::Relu => put1(o, true, x, relu),
             Unary::Sigmoid => put1(o, true, x, sigmoid),
             Unary::Exp => put1(o, true, x, |x| x.exp()),
             Unary::Log => put1(o, true, x, |x| x.ln()),
