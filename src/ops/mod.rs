@@ -12,6 +12,7 @@
 pub(crate) mod activation;
 pub(crate) mod control;
 pub(crate) mod elementwise;
+pub(crate) mod gather;
 pub(crate) mod linalg;
 pub(crate) mod loss;
 pub(crate) mod reduce;
@@ -81,6 +82,11 @@ pub(crate) enum Op<F> {
         weights: Option<usize>,
         scale: F,
     },
+    /// Rows of `table` picked by the ids `labels[ids..ids + (output rows)]`.
+    GatherRows {
+        table: usize,
+        ids: usize,
+    },
     /// A detached copy: backward stops here.
     Detach,
     ScaleGrad(usize, F),
@@ -103,6 +109,7 @@ impl<F: Scalar> Op<F> {
             Op::SoftmaxXent { .. } => "softmax_cross_entropy",
             Op::BceWithLogits { .. } => "bce_with_logits",
             Op::SquaredError { .. } => "squared_error",
+            Op::GatherRows { .. } => "gather_rows",
             Op::Detach => "detach",
             Op::ScaleGrad(..) => "scale_grad",
         }
@@ -444,6 +451,10 @@ pub(crate) fn backward_node<F: Scalar>(tape: &mut Tape<F>, i: usize) -> Result<(
             let rows = cx.values[pred].nrows();
             let w = w.map(|w| &weights[w..w + rows]);
             loss::squared_error_vjp(&mut cx, g, pred, target, w, scale)
+        }
+        Op::GatherRows { table, ids } => {
+            let ids = &labels[ids..ids + g.nrows()];
+            gather::gather_rows_vjp(&mut cx, g, table, ids)
         }
         Op::ScaleGrad(a, c) => control::scale_grad_vjp(&mut cx, g, a, c),
     }
