@@ -49,7 +49,8 @@ use criterion::{BenchmarkId, Criterion, SamplingMode, Throughput};
 use ndarray::{Array2, Array3, ArrayView2, Axis};
 use std::hint::black_box;
 use std::time::{Duration, Instant};
-use timetape::bptt::{run_with, Pi, RunOptions, StepTarget, Stream, Truncation, Workspace};
+use timetape::bptt::{Pi, StepTarget, Stream, Truncation, Workspace};
+use timetape::bptt::{Run, Sequence};
 use timetape::closed_form::M3Workspace;
 use timetape::rnn::{models, Rnn, SequenceLoss};
 use timetape::{Grads, Params};
@@ -144,17 +145,14 @@ fn full_bptt(c: &mut Criterion) {
         let mut ref_grads = Grads::zeros_like(&p.params);
 
         // Same loss, same gradient: check once before timing.
-        let r = run_with(
-            &mut ws,
-            &p.cell,
-            &p.params,
-            p.xs.view(),
-            None,
-            &loss,
-            &Truncation::Full,
-            RunOptions::default(),
-        )
-        .expect("tape");
+        let r = ws
+            .run(
+                &p.cell,
+                &p.params,
+                &Sequence::new(p.xs.view(), loss),
+                &Run::new(Truncation::Full),
+            )
+            .expect("tape");
         let ref_loss = reference
             .run(&p.params, &p.cell, p.xs.view(), p.labels.view(), &alphas)
             .expect("closed form");
@@ -191,17 +189,14 @@ fn full_bptt(c: &mut Criterion) {
         }
         g.bench_function(BenchmarkId::new(s.name, "tape"), |b| {
             b.iter(|| {
-                let r = run_with(
-                    &mut ws,
-                    &p.cell,
-                    &p.params,
-                    black_box(p.xs.view()),
-                    None,
-                    &loss,
-                    &Truncation::Full,
-                    RunOptions::default(),
-                )
-                .expect("tape");
+                let r = ws
+                    .run(
+                        &p.cell,
+                        &p.params,
+                        &Sequence::new(black_box(p.xs.view()), loss),
+                        &Run::new(Truncation::Full),
+                    )
+                    .expect("tape");
                 black_box(r)
             })
         });
@@ -250,8 +245,7 @@ fn stream_fixed32_run(p: &Problem, t_len: usize) -> StreamRun {
         &p.cell,
         &p.params,
         S2.b,
-        Truncation::Fixed { k: 32 },
-        RunOptions::default(),
+        &Run::new(Truncation::Fixed { k: 32 }),
     )
     .expect("stream");
     for t in 0..t_len {
@@ -388,17 +382,14 @@ fn randomized(c: &mut Criterion) {
                 pi: Pi::Constant(pi),
                 seed,
             };
-            let r = run_with(
-                &mut ws,
-                &p.cell,
-                &p.params,
-                black_box(p.xs.view()),
-                None,
-                &loss,
-                &trunc,
-                RunOptions::default(),
-            )
-            .expect("randomized");
+            let r = ws
+                .run(
+                    &p.cell,
+                    &p.params,
+                    &Sequence::new(black_box(p.xs.view()), loss),
+                    &Run::new(trunc.clone()),
+                )
+                .expect("randomized");
             segments.0 += r.segments;
             segments.1 += 1;
             black_box(r)
@@ -406,17 +397,14 @@ fn randomized(c: &mut Criterion) {
     });
     g.bench_function(BenchmarkId::new(s.name, "fixed32"), |b| {
         b.iter(|| {
-            let r = run_with(
-                &mut ws,
-                &p.cell,
-                &p.params,
-                black_box(p.xs.view()),
-                None,
-                &loss,
-                &Truncation::Fixed { k: 32 },
-                RunOptions::default(),
-            )
-            .expect("fixed");
+            let r = ws
+                .run(
+                    &p.cell,
+                    &p.params,
+                    &Sequence::new(black_box(p.xs.view()), loss),
+                    &Run::new(Truncation::Fixed { k: 32 }),
+                )
+                .expect("fixed");
             black_box(r)
         })
     });

@@ -15,7 +15,8 @@
 use ndarray::linalg::general_mat_mul;
 use ndarray::{Array2, Array3};
 use std::time::Instant;
-use timetape::bptt::{run_with, RunOptions, Truncation, Workspace};
+use timetape::bptt::{Run, Sequence};
+use timetape::bptt::{Truncation, Workspace};
 use timetape::closed_form::M3Workspace;
 use timetape::rnn::{models, SequenceLoss};
 use timetape::Params;
@@ -106,17 +107,14 @@ fn main() -> Result<(), timetape::Error> {
         let mut ws = Workspace::new();
         let mut tape_bytes = 0;
         let t_tape = time_min(reps, || {
-            let r = run_with(
-                &mut ws,
-                &cell,
-                &params,
-                xs.view(),
-                None,
-                &loss,
-                &Truncation::Full,
-                RunOptions::default(),
-            )
-            .expect("tape");
+            let r = ws
+                .run(
+                    &cell,
+                    &params,
+                    &Sequence::new(xs.view(), loss),
+                    &Run::new(Truncation::Full),
+                )
+                .expect("tape");
             tape_bytes = r.peak_tape_bytes;
         });
         println!(

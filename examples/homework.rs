@@ -11,7 +11,8 @@
 
 use ndarray::{Array1, Array3};
 use rand::Rng;
-use timetape::bptt::{run, RunOptions, Truncation};
+use timetape::bptt::{run, Truncation};
+use timetape::bptt::{Run, Sequence};
 use timetape::optim::{clip_global_norm, Sgd};
 use timetape::rnn::{models, SequenceLoss, Targets};
 use timetape::{Params, Reduction};
@@ -77,11 +78,8 @@ fn main() -> Result<(), timetape::Error> {
                 let r = run(
                     &cell,
                     params,
-                    xs.view(),
-                    None,
-                    &l,
-                    &Truncation::Full,
-                    RunOptions::default(),
+                    &Sequence::new(xs.view(), l),
+                    &Run::new(Truncation::Full),
                 )?;
                 loss += r.loss;
                 // p > 1/2 exactly when the BCE loss is below ln 2.
@@ -111,11 +109,8 @@ fn main() -> Result<(), timetape::Error> {
                 let mut r = run(
                     &cell,
                     &params,
-                    xs.view(),
-                    None,
-                    &l,
-                    &Truncation::Full,
-                    RunOptions::default(),
+                    &Sequence::new(xs.view(), l),
+                    &Run::new(Truncation::Full),
                 )?;
                 clip_global_norm(&mut r.grads, 1.0)?;
                 sgd.step(&mut params, &r.grads)?;

@@ -12,9 +12,10 @@
 use ndarray::{Array1, Array3};
 use rand::Rng;
 use std::time::Instant;
-use timetape::bptt::{run, Pi, RunOptions, Truncation};
+use timetape::bptt::{run, Pi, Truncation};
+use timetape::bptt::{Run, Sequence};
 use timetape::optim::{clip_global_norm, Adam};
-use timetape::rnn::{models, Recurrent, SequenceLoss, Targets};
+use timetape::rnn::{models, SequenceLoss, Targets};
 use timetape::{Params, Reduction};
 
 const L: usize = 20; // steps between the bit and the question
@@ -44,11 +45,15 @@ fn accuracy(
     for _ in 0..8 {
         let (xs, bits) = batch(rng);
         let mut tape = timetape::Tape::new();
-        let bound = cell.bind(&mut tape, params)?;
-        let h0 = tape.constant(ndarray::Array2::zeros((B, 16)))?;
-        let edges = vec![timetape::rnn::Edge::Keep; T];
-        let states = timetape::rnn::unroll_segment(cell, &mut tape, &bound, xs.view(), h0, &edges)?;
-        let o = cell.output(&mut tape, &bound, states[T - 1])?;
+        let loss = SequenceLoss {
+            targets: Targets::LastClass(bits.view()),
+            step_weights: None,
+            time: timetape::Reduction::Sum,
+        };
+        let run = timetape::bptt::unroll(cell, &mut tape, params, &Sequence::new(xs.view(), loss))?;
+        let (o, _) = run
+            .output(T - 1, B)
+            .expect("a last-step loss has the last output");
         let o = tape.value(o)?;
         for b in 0..B {
             let guess = usize::from(o[[b, 1]] > o[[b, 0]]);
@@ -101,11 +106,8 @@ fn main() -> Result<(), timetape::Error> {
             let mut r = run(
                 &cell,
                 &params,
-                xs.view(),
-                None,
-                &loss,
-                &truncation,
-                RunOptions::default(),
+                &Sequence::new(xs.view(), loss),
+                &Run::new(truncation.clone()),
             )?;
             clip_global_norm(&mut r.grads, 1.0)?;
             adam.step(&mut params, &r.grads)?;

@@ -10,7 +10,8 @@
 
 use ndarray::{Array2, Array3};
 use std::time::Instant;
-use timetape::bptt::{checkpointed, run, Pi, RunOptions, Truncation};
+use timetape::bptt::{run, Pi, Truncation};
+use timetape::bptt::{Memory, Run, Sequence};
 use timetape::closed_form;
 use timetape::rnn::{models, SequenceLoss};
 use timetape::{Params, Scalar};
@@ -68,11 +69,8 @@ fn table<F: Scalar>(label: &str) -> Result<(), timetape::Error> {
         let r = run(
             &cell,
             &params,
-            xs.view(),
-            None,
-            &loss,
-            truncation,
-            RunOptions::default(),
+            &Sequence::new(xs.view(), loss),
+            &Run::new(truncation.clone()),
         )?;
         let elapsed = start.elapsed();
         println!(
@@ -83,14 +81,11 @@ fn table<F: Scalar>(label: &str) -> Result<(), timetape::Error> {
         );
     }
     let start = Instant::now();
-    let r = checkpointed(
+    let r = run(
         &cell,
         &params,
-        xs.view(),
-        None,
-        &loss,
-        None,
-        RunOptions::default(),
+        &Sequence::new(xs.view(), loss),
+        &Run::new(Truncation::Full).memory(Memory::Checkpointed { stride: None }),
     )?;
     let elapsed = start.elapsed();
     println!(
@@ -112,11 +107,8 @@ fn table<F: Scalar>(label: &str) -> Result<(), timetape::Error> {
         let r = run(
             &cell,
             &params,
-            xs.view(),
-            None,
-            &loss,
-            &t,
-            RunOptions::default(),
+            &Sequence::new(xs.view(), loss),
+            &Run::new(t.clone()),
         )?;
         mean.add_assign(&r.grads)?;
     }

@@ -23,7 +23,8 @@ use ndarray::{Array2, Array3};
 use plotters::prelude::*;
 use rand::Rng;
 use std::time::Instant;
-use timetape::bptt::{run, Pi, RunOptions, Truncation};
+use timetape::bptt::{run, Pi, Truncation};
+use timetape::bptt::{Run, Sequence};
 use timetape::optim::{clip_global_norm, Adam};
 use timetape::rnn::{models, SequenceLoss};
 use timetape::Params;
@@ -242,11 +243,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 let mut r = run(
                     &cell,
                     &params,
-                    xs.view(),
-                    None,
-                    &loss,
-                    &t,
-                    RunOptions::default(),
+                    &Sequence::new(xs.view(), loss),
+                    &Run::new(t.clone()),
                 )?;
                 clip_global_norm(&mut r.grads, 1.0)?;
                 adam.step(&mut params, &r.grads)?;
@@ -256,11 +254,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             let r = run(
                 &cell,
                 &params,
-                test_x.view(),
-                None,
-                &test_loss,
-                &Truncation::Fixed { k: 1000 },
-                RunOptions::default(),
+                &Sequence::new(test_x.view(), test_loss),
+                &Run::new(Truncation::Fixed { k: 1000 }),
             )?;
             let ppl = f64::from(r.loss).exp();
             println!(

@@ -10,8 +10,10 @@
 
 use ndarray::{Array1, Array2, Array3};
 use plotters::prelude::*;
+use timetape::bptt;
+use timetape::bptt::Sequence;
 use timetape::diagnostics::{dh_norms, largest_singular_value, spectral_radius};
-use timetape::rnn::{self, models, SequenceLoss};
+use timetape::rnn::{models, SequenceLoss};
 use timetape::{Params, Tape};
 
 /// A random orthogonal matrix by Gram–Schmidt on a seeded uniform matrix.
@@ -55,7 +57,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let radius = spectral_radius(w_hh.view(), 200)?;
         let sigma = largest_singular_value(w_hh.view(), 200)?;
         let mut tape = Tape::new();
-        let run = rnn::unroll(&cell, &mut tape, &params, xs.view(), None, &loss)?;
+        let run = bptt::unroll(&cell, &mut tape, &params, &Sequence::new(xs.view(), loss))?;
         tape.backward(run.loss)?;
         let norms = dh_norms(&tape, &run.states)?;
         let ratio = norms[0] / norms[t_len - 1];

@@ -21,13 +21,14 @@ use ndarray::{Array1, Array2, ArrayView2};
 /// use timetape::diagnostics::dh_norms;
 /// use timetape::rnn::{self, models, SequenceLoss};
 /// use timetape::{Params, Tape};
+/// use timetape::bptt::{self, Sequence};
 ///
 /// let mut params = Params::<f64>::new();
 /// let cell = models::m3(&mut params, 1, 4, 2, 3)?;
 /// let xs = Array3::from_elem((6, 1, 1), 1.0);
 /// let labels = Array2::from_elem((6, 1), 0usize);
 /// let mut tape = Tape::new();
-/// let run = rnn::unroll(&cell, &mut tape, &params, xs.view(), None, &SequenceLoss::classes(labels.view()))?;
+/// let run = bptt::unroll(&cell, &mut tape, &params, &Sequence::new(xs.view(), SequenceLoss::classes(labels.view())))?;
 /// tape.backward(run.loss)?;
 /// let norms = dh_norms(&tape, &run.states)?;
 /// assert_eq!(norms.len(), 6);

@@ -14,6 +14,7 @@ use common::max_abs_diff;
 use ndarray::{Array1, Array2, Array3};
 use rand::Rng;
 use timetape::bptt::{self, Report, RunOptions, Truncation};
+use timetape::bptt::{Memory, Run, Sequence};
 use timetape::rnn::{models, Rnn, SequenceLoss, Targets};
 use timetape::{init, Params, Reduction};
 
@@ -92,24 +93,20 @@ impl Case {
         bptt::run(
             &self.cell,
             &self.params,
-            self.xs.view(),
-            Some(self.h0.view()),
-            &self.loss(),
-            &Truncation::Full,
-            opts,
+            &Sequence::new(self.xs.view(), self.loss()).with_h0(self.h0.view()),
+            &Run::new(Truncation::Full).options(opts),
         )
         .unwrap()
     }
 
     fn ckpt(&self, stride: Option<usize>, opts: RunOptions) -> Report<f64> {
-        bptt::checkpointed(
+        bptt::run(
             &self.cell,
             &self.params,
-            self.xs.view(),
-            Some(self.h0.view()),
-            &self.loss(),
-            stride,
-            opts,
+            &Sequence::new(self.xs.view(), self.loss()).with_h0(self.h0.view()),
+            &Run::new(Truncation::Full)
+                .memory(Memory::Checkpointed { stride })
+                .options(opts),
         )
         .unwrap()
     }
@@ -179,11 +176,8 @@ fn checkpointed_is_not_fixed_truncation() {
     let fixed = bptt::run(
         &c.cell,
         &c.params,
-        c.xs.view(),
-        Some(c.h0.view()),
-        &c.loss(),
-        &Truncation::Fixed { k: 8 },
-        RunOptions::default(),
+        &Sequence::new(c.xs.view(), c.loss()).with_h0(c.h0.view()),
+        &Run::new(Truncation::Fixed { k: 8 }),
     )
     .unwrap();
     let ck = c.ckpt(Some(8), RunOptions::default());
@@ -209,11 +203,8 @@ fn checkpointed_peak_tape_grows_like_sqrt_t() {
         let fixed = bptt::run(
             &c.cell,
             &c.params,
-            c.xs.view(),
-            Some(c.h0.view()),
-            &c.loss(),
-            &Truncation::Fixed { k: s },
-            RunOptions::default(),
+            &Sequence::new(c.xs.view(), c.loss()).with_h0(c.h0.view()),
+            &Run::new(Truncation::Fixed { k: s }),
         )
         .unwrap();
         (

@@ -6,7 +6,9 @@
 //! are exact formulas in f64 that differ only in summation order, over T ≤ 23 steps.
 
 use ndarray::{Array1, Array2, Array3};
-use timetape::bptt::{run, RunOptions, Truncation};
+use timetape::bptt;
+use timetape::bptt::{run, Truncation};
+use timetape::bptt::{Run, Sequence};
 use timetape::closed_form;
 use timetape::rnn::{self, models, SequenceLoss, Targets};
 use timetape::{Params, Reduction, Tape};
@@ -29,11 +31,8 @@ fn full(
     run(
         cell,
         params,
-        x.view(),
-        None,
-        loss,
-        tr,
-        RunOptions::default(),
+        &Sequence::new(x.view(), *loss),
+        &Run::new(tr.clone()),
     )
     .unwrap()
     .grads
@@ -107,13 +106,11 @@ fn unroll_outputs_are_the_heads_of_every_state() {
     let x = xs(t, b, 3);
     let labels = Array2::from_elem((t, b), 1usize);
     let mut tape = Tape::new();
-    let run = rnn::unroll(
+    let run = bptt::unroll(
         &cell,
         &mut tape,
         &params,
-        x.view(),
-        None,
-        &SequenceLoss::classes(labels.view()),
+        &Sequence::new(x.view(), SequenceLoss::classes(labels.view())),
     )
     .unwrap();
     let covered: usize = run.outputs.iter().map(|(r, _)| r.len()).sum();

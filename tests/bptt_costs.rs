@@ -12,7 +12,8 @@
 
 use ndarray::Array3;
 use rand::Rng;
-use timetape::bptt::{self, Pi, Report, RunOptions, Truncation};
+use timetape::bptt::{self, Pi, Report, Truncation};
+use timetape::bptt::{Run, Sequence};
 use timetape::rnn::{models, Rnn, SequenceLoss};
 use timetape::{init, Params};
 
@@ -45,11 +46,8 @@ impl Tiny {
         bptt::run(
             &self.cell,
             &self.params,
-            self.xs.view(),
-            None,
-            &SequenceLoss::values(self.ys.view()),
-            tr,
-            RunOptions::default(),
+            &Sequence::new(self.xs.view(), SequenceLoss::values(self.ys.view())),
+            &Run::new(tr.clone()),
         )
         .unwrap()
     }

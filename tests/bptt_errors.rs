@@ -3,7 +3,8 @@
 //! and `enumerate`.
 
 use ndarray::{Array1, Array2, Array3};
-use timetape::bptt::{self, enumerate, Pi, RunOptions, StepTarget, Stream, Truncation};
+use timetape::bptt::{self, enumerate, Pi, StepTarget, Stream, Truncation};
+use timetape::bptt::{Memory, Run, Sequence};
 use timetape::rnn::{models, Rnn, SequenceLoss, Targets};
 use timetape::{Error, Params, Reduction};
 
@@ -33,11 +34,8 @@ fn run_err(s: &Setup, tr: Truncation) -> Error {
     match bptt::run(
         &s.cell,
         &s.params,
-        s.xs.view(),
-        None,
-        &loss,
-        &tr,
-        RunOptions::default(),
+        &Sequence::new(s.xs.view(), loss),
+        &Run::new(tr.clone()),
     ) {
         Ok(_) => panic!("{tr:?} was accepted"),
         Err(e) => e,
@@ -98,7 +96,7 @@ fn bad_truncation_parameters() {
         assert!(is_invalid(&e), "{tr:?}: {e:?}");
         // The same truncation is refused by checkpoint-free streaming too (where the
         // error can only show once the offending step is pushed).
-        let mut st = match Stream::new(&s.cell, &s.params, 1, tr.clone(), RunOptions::default()) {
+        let mut st = match Stream::new(&s.cell, &s.params, 1, &Run::new(tr.clone())) {
             Ok(st) => st,
             Err(e) => {
                 assert!(is_invalid(&e), "Stream::new {tr:?}: {e:?}");
@@ -130,8 +128,7 @@ fn pattern_of_the_wrong_length() {
         &s.cell,
         &s.params,
         1,
-        Truncation::Pattern(vec![1.0; 3]),
-        RunOptions::default(),
+        &Run::new(Truncation::Pattern(vec![1.0; 3])),
     )
     .unwrap();
     let x = Array2::zeros((1, 2));
@@ -164,32 +161,24 @@ fn empty_sequence() {
         let e = bptt::run(
             &s.cell,
             &s.params,
-            xs.view(),
-            None,
-            &loss,
-            &tr,
-            RunOptions::default(),
+            &Sequence::new(xs.view(), loss),
+            &Run::new(tr.clone()),
         )
         .unwrap_err();
         assert!(matches!(e, Error::EmptyInput { .. }), "{tr:?}: {e:?}");
     }
-    let e = bptt::checkpointed(
+    let e = bptt::run(
         &s.cell,
         &s.params,
-        xs.view(),
-        None,
-        &loss,
-        None,
-        RunOptions::default(),
+        &Sequence::new(xs.view(), loss),
+        &Run::new(Truncation::Full).memory(Memory::Checkpointed { stride: None }),
     )
     .unwrap_err();
     assert!(matches!(e, Error::EmptyInput { .. }), "checkpointed: {e:?}");
     let e = enumerate::randomized_moments(
         &s.cell,
         &s.params,
-        xs.view(),
-        None,
-        &loss,
+        &Sequence::new(xs.view(), loss),
         &Pi::Constant(0.5),
     )
     .unwrap_err();
@@ -201,11 +190,8 @@ fn empty_sequence() {
     let e = bptt::run(
         &s.cell,
         &s.params,
-        xs.view(),
-        None,
-        &loss,
-        &Truncation::Full,
-        RunOptions::default(),
+        &Sequence::new(xs.view(), loss),
+        &Run::new(Truncation::Full),
     )
     .unwrap_err();
     assert!(matches!(e, Error::EmptyInput { .. }), "B = 0: {e:?}");
@@ -221,23 +207,17 @@ fn check<'a>(s: &'a Setup, loss: SequenceLoss<'a, f64>, what: &str, want: fn(&Er
         let e = bptt::run(
             &s.cell,
             &s.params,
-            s.xs.view(),
-            None,
-            &loss,
-            &tr,
-            RunOptions::default(),
+            &Sequence::new(s.xs.view(), loss),
+            &Run::new(tr.clone()),
         )
         .unwrap_err();
         assert!(want(&e), "{what} {tr:?}: {e:?}");
     }
-    let e = bptt::checkpointed(
+    let e = bptt::run(
         &s.cell,
         &s.params,
-        s.xs.view(),
-        None,
-        &loss,
-        Some(2),
-        RunOptions::default(),
+        &Sequence::new(s.xs.view(), loss),
+        &Run::new(Truncation::Full).memory(Memory::Checkpointed { stride: Some(2) }),
     )
     .unwrap_err();
     assert!(want(&e), "{what} checkpointed: {e:?}");
@@ -311,11 +291,8 @@ fn targets_that_do_not_fit() {
     let e = bptt::run(
         &s.cell,
         &s.params,
-        s.xs.view(),
-        Some(h0.view()),
-        &loss,
-        &Truncation::Full,
-        RunOptions::default(),
+        &Sequence::new(s.xs.view(), loss).with_h0(h0.view()),
+        &Run::new(Truncation::Full),
     )
     .unwrap_err();
     assert!(shape(&e), "h0: {e:?}");
@@ -329,8 +306,7 @@ fn stream_errors() {
         &s.cell,
         &s.params,
         1,
-        Truncation::Tbptt { k1: 2, k2: 4 },
-        RunOptions::default(),
+        &Run::new(Truncation::Tbptt { k1: 2, k2: 4 }),
     )
     .err()
     .unwrap();
@@ -344,42 +320,22 @@ fn stream_errors() {
             seed: 1,
         },
     ] {
-        let e = Stream::new(&s.cell, &s.params, 1, tr.clone(), RunOptions::default())
+        let e = Stream::new(&s.cell, &s.params, 1, &Run::new(tr.clone()))
             .err()
             .unwrap();
         assert!(is_invalid(&e), "{tr:?}: {e:?}");
     }
     // A batch of no rows.
-    let e = Stream::new(
-        &s.cell,
-        &s.params,
-        0,
-        Truncation::Full,
-        RunOptions::default(),
-    )
-    .err()
-    .unwrap();
+    let e = Stream::new(&s.cell, &s.params, 0, &Run::new(Truncation::Full))
+        .err()
+        .unwrap();
     assert!(matches!(e, Error::EmptyInput { .. }), "{e:?}");
     // finish with no steps.
-    let st = Stream::new(
-        &s.cell,
-        &s.params,
-        1,
-        Truncation::Full,
-        RunOptions::default(),
-    )
-    .unwrap();
+    let st = Stream::new(&s.cell, &s.params, 1, &Run::new(Truncation::Full)).unwrap();
     let e = st.finish().err().unwrap();
     assert!(matches!(e, Error::EmptyInput { .. }), "{e:?}");
     // Bad steps.
-    let mut st = Stream::new(
-        &s.cell,
-        &s.params,
-        1,
-        Truncation::Fixed { k: 2 },
-        RunOptions::default(),
-    )
-    .unwrap();
+    let mut st = Stream::new(&s.cell, &s.params, 1, &Run::new(Truncation::Fixed { k: 2 })).unwrap();
     let x = Array2::<f64>::zeros((1, 2));
     let e = st
         .push(
@@ -447,14 +403,7 @@ fn stream_errors() {
     let r = st.finish().unwrap();
     assert_eq!(r.backward_steps, 1);
     // A wrong h_0.
-    let st = Stream::new(
-        &s.cell,
-        &s.params,
-        1,
-        Truncation::Full,
-        RunOptions::default(),
-    )
-    .unwrap();
+    let st = Stream::new(&s.cell, &s.params, 1, &Run::new(Truncation::Full)).unwrap();
     let e = st
         .with_initial_state(Array2::<f64>::zeros((1, 2)).view())
         .err()
@@ -466,14 +415,11 @@ fn stream_errors() {
 fn checkpointed_stride_zero() {
     let s = setup();
     let loss = SequenceLoss::classes(s.labels.view());
-    let e = bptt::checkpointed(
+    let e = bptt::run(
         &s.cell,
         &s.params,
-        s.xs.view(),
-        None,
-        &loss,
-        Some(0),
-        RunOptions::default(),
+        &Sequence::new(s.xs.view(), loss),
+        &Run::new(Truncation::Full).memory(Memory::Checkpointed { stride: Some(0) }),
     )
     .unwrap_err();
     assert!(is_invalid(&e), "{e:?}");
@@ -489,9 +435,7 @@ fn enumeration_beyond_16_steps() {
     let e = enumerate::randomized_moments(
         &s.cell,
         &s.params,
-        xs.view(),
-        None,
-        &loss,
+        &Sequence::new(xs.view(), loss),
         &Pi::Constant(0.5),
     )
     .unwrap_err();

@@ -14,7 +14,8 @@ mod common;
 use common::max_rel_diff;
 use ndarray::{Array2, Array3, Axis};
 use rand::Rng;
-use timetape::bptt::{self, enumerate, Pi, Report, RunOptions, StepTarget, Stream, Truncation};
+use timetape::bptt::{self, enumerate, Pi, Report, StepTarget, Stream, Truncation};
+use timetape::bptt::{Memory, Run, Sequence};
 use timetape::rnn::{models, Rnn, SequenceLoss};
 use timetape::{init, Grads, Params, Scalar};
 
@@ -95,11 +96,8 @@ impl Pair {
         bptt::run(
             &self.cell,
             &self.p64,
-            self.xs64.view(),
-            None,
-            &loss,
-            tr,
-            RunOptions::default(),
+            &Sequence::new(self.xs64.view(), loss),
+            &Run::new(tr.clone()),
         )
         .unwrap()
     }
@@ -109,11 +107,8 @@ impl Pair {
         bptt::run(
             &self.cell32,
             &self.p32,
-            self.xs32.view(),
-            None,
-            &loss,
-            tr,
-            RunOptions::default(),
+            &Sequence::new(self.xs32.view(), loss),
+            &Run::new(tr.clone()),
         )
         .unwrap()
     }
@@ -177,14 +172,11 @@ fn f32_pattern() {
 fn f32_checkpointed() {
     let p = pair(20);
     let l32 = SequenceLoss::classes(p.labels.view()).weighted(&p.alphas32);
-    let r32 = bptt::checkpointed(
+    let r32 = bptt::run(
         &p.cell32,
         &p.p32,
-        p.xs32.view(),
-        None,
-        &l32,
-        None,
-        RunOptions::default(),
+        &Sequence::new(p.xs32.view(), l32),
+        &Run::new(Truncation::Full).memory(Memory::Checkpointed { stride: None }),
     )
     .unwrap();
     let r64 = p.run64(&Truncation::Full);
@@ -197,7 +189,7 @@ fn f32_checkpointed() {
 fn f32_stream() {
     let p = pair(20);
     let tr = Truncation::Fixed { k: 6 };
-    let mut s = Stream::new(&p.cell32, &p.p32, 2, tr.clone(), RunOptions::default()).unwrap();
+    let mut s = Stream::new(&p.cell32, &p.p32, 2, &Run::new(tr.clone())).unwrap();
     for t in 0..20 {
         s.push(
             p.xs32.index_axis(Axis(0), t),
@@ -218,9 +210,7 @@ fn f32_enumerated_mean() {
     let m = enumerate::randomized_moments(
         &p.cell32,
         &p.p32,
-        p.xs32.view(),
-        None,
-        &l32,
+        &Sequence::new(p.xs32.view(), l32),
         &Pi::Constant(0.5),
     )
     .unwrap();

@@ -22,7 +22,8 @@ mod common;
 
 use common::max_abs_diff;
 use ndarray::{Array2, Array3};
-use timetape::bptt::{self, enumerate, Pi, Report, RunOptions, Truncation};
+use timetape::bptt::{self, enumerate, Pi, Report, Truncation};
+use timetape::bptt::{Run, Sequence};
 use timetape::rnn::{Recurrent, SequenceLoss};
 use timetape::{ParamId, Params, Result, Tape, Var};
 
@@ -164,11 +165,8 @@ impl Instance {
         bptt::run(
             &self.cell,
             &self.params,
-            self.xs.view(),
-            Some(self.s0.view()),
-            &self.loss(),
-            tr,
-            RunOptions::default(),
+            &Sequence::new(self.xs.view(), self.loss()).with_h0(self.s0.view()),
+            &Run::new(tr.clone()),
         )
         .unwrap()
     }
@@ -185,9 +183,7 @@ impl Instance {
         let m = enumerate::randomized_moments(
             &self.cell,
             &self.params,
-            self.xs.view(),
-            Some(self.s0.view()),
-            &self.loss(),
+            &Sequence::new(self.xs.view(), self.loss()).with_h0(self.s0.view()),
             pi,
         )
         .unwrap();

@@ -25,8 +25,9 @@ mod common;
 use common::{finite_scale, max_abs_diff};
 use ndarray::{Array1, Array2, Array3};
 use rand::Rng;
-use timetape::bptt::{self, Pi, Report, RunOptions, Truncation, Workspace};
-use timetape::rnn::{self, models, Edge, Rnn, SequenceLoss, Targets};
+use timetape::bptt::{self, Pi, Report, Truncation, Workspace};
+use timetape::bptt::{Edge, Run, Sequence};
+use timetape::rnn::{models, Rnn, SequenceLoss, Targets};
 use timetape::{init, Grads, Params, Reduction, Tape};
 
 const TOL: f64 = 1e-12;
@@ -121,11 +122,8 @@ impl Case {
         bptt::run(
             &self.cell,
             &self.params,
-            self.xs.view(),
-            None,
-            &self.loss(),
-            truncation,
-            RunOptions::default(),
+            &Sequence::new(self.xs.view(), self.loss()),
+            &Run::new(truncation.clone()),
         )
         .unwrap_or_else(|e| panic!("{:?} {truncation:?}: {e}", self.model))
     }
@@ -133,16 +131,11 @@ impl Case {
     /// The gradient of `loss` from one tape over the whole sequence.
     fn one_tape(&self, loss: &SequenceLoss<'_, f64>, edges: Option<&[Edge<f64>]>) -> Grads<f64> {
         let mut tape = Tape::new();
-        let u = rnn::unroll_with_edges(
-            &self.cell,
-            &mut tape,
-            &self.params,
-            self.xs.view(),
-            None,
-            loss,
-            edges,
-        )
-        .unwrap();
+        let unroll = bptt::Unroll::new(&self.cell, &self.params);
+        let unroll = edges.map_or(unroll, |e| unroll.edges(e));
+        let u = unroll
+            .record(&mut tape, &Sequence::new(self.xs.view(), *loss))
+            .unwrap();
         tape.backward(u.loss).unwrap()
     }
 }
@@ -179,8 +172,13 @@ fn full_equals_one_tape_unroll_for_m1_m2_m3() {
             assert_eq!((r.segments, r.backward_steps, r.forward_steps), (1, t, t));
             // The loss is the same forward computation, summed in the same order.
             let mut tape = Tape::new();
-            let u =
-                rnn::unroll(&c.cell, &mut tape, &c.params, c.xs.view(), None, &c.loss()).unwrap();
+            let u = bptt::unroll(
+                &c.cell,
+                &mut tape,
+                &c.params,
+                &Sequence::new(c.xs.view(), c.loss()),
+            )
+            .unwrap();
             let l = tape.scalar(u.loss).unwrap();
             assert!((r.loss - l).abs() <= 1e-14 * l.abs(), "{model:?} loss");
         }
@@ -514,17 +512,14 @@ fn run_with_a_reused_workspace_is_bitwise_run() {
             let c = Case::new(model, t, 40 + t as u64);
             for tr in &strategies {
                 let fresh = c.run(tr);
-                let reused = bptt::run_with(
-                    &mut ws,
-                    &c.cell,
-                    &c.params,
-                    c.xs.view(),
-                    None,
-                    &c.loss(),
-                    tr,
-                    RunOptions::default(),
-                )
-                .unwrap();
+                let reused = ws
+                    .run(
+                        &c.cell,
+                        &c.params,
+                        &Sequence::new(c.xs.view(), c.loss()),
+                        &Run::new(tr.clone()),
+                    )
+                    .unwrap();
                 let what = format!("round {round} {model:?} T={t} {tr:?}");
                 assert!(reused.grads == fresh.grads, "{what}: grads");
                 assert_eq!(reused.loss.to_bits(), fresh.loss.to_bits(), "{what}: loss");

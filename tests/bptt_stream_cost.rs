@@ -10,7 +10,8 @@
 use ndarray::Array2;
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
-use timetape::bptt::{Pi, RunOptions, StepTarget, Stream, Truncation};
+use timetape::bptt::Run;
+use timetape::bptt::{Pi, StepTarget, Stream, Truncation};
 use timetape::rnn::models;
 use timetape::Params;
 
@@ -57,7 +58,7 @@ fn bytes_for(t_len: usize, tr: &Truncation) -> u64 {
         other => other.clone(),
     };
     let before = allocated();
-    let mut s = Stream::new(&cell, &params, 1, tr, RunOptions::default()).unwrap();
+    let mut s = Stream::new(&cell, &params, 1, &Run::new(tr)).unwrap();
     for _ in 0..t_len {
         s.push(x.view(), StepTarget::Values(y.view()), 1.0).unwrap();
     }

@@ -12,7 +12,8 @@ mod common;
 use common::max_abs_diff;
 use ndarray::{Array2, Array3, Axis};
 use rand::Rng;
-use timetape::bptt::{self, Pi, Report, RunOptions, StepTarget, Stream, Truncation};
+use timetape::bptt::{self, Pi, Report, StepTarget, Stream, Truncation};
+use timetape::bptt::{Run, Sequence};
 use timetape::rnn::{models, Rnn, SequenceLoss};
 use timetape::{init, Params};
 
@@ -55,11 +56,8 @@ fn run<'a>(c: &'a Case, loss: &SequenceLoss<'a, f64>, tr: &Truncation) -> Report
     bptt::run(
         &c.cell,
         &c.params,
-        c.xs.view(),
-        None,
-        loss,
-        tr,
-        RunOptions::default(),
+        &Sequence::new(c.xs.view(), *loss),
+        &Run::new(tr.clone()),
     )
     .unwrap()
 }
@@ -71,7 +69,7 @@ fn stream<'a>(
     targets: impl Fn(usize) -> StepTarget<'a, f64>,
 ) -> Report<f64> {
     let b = c.xs.len_of(Axis(1));
-    let mut s = Stream::new(&c.cell, &c.params, b, tr.clone(), RunOptions::default()).unwrap();
+    let mut s = Stream::new(&c.cell, &c.params, b, &Run::new(tr.clone())).unwrap();
     for t in 0..c.xs.len_of(Axis(0)) {
         s.push(c.xs.index_axis(Axis(0), t), targets(t), c.alphas[t])
             .unwrap();
@@ -220,7 +218,7 @@ fn stream_steps_without_target_equal_zero_weights() {
 fn long_stream(t_len: usize, tr: Truncation) -> Report<f64> {
     let mut params = Params::<f64>::new();
     let cell = models::m3(&mut params, 2, 8, 2, 0).unwrap();
-    let mut s = Stream::new(&cell, &params, 1, tr, RunOptions::default()).unwrap();
+    let mut s = Stream::new(&cell, &params, 1, &Run::new(tr)).unwrap();
     for t in 0..t_len {
         let x = Array2::from_elem((1, 2), (t as f64 * 0.1).sin());
         s.push(x.view(), StepTarget::Classes(&[t % 2]), 1.0)

@@ -14,7 +14,8 @@ mod common;
 use common::finite_scale;
 use ndarray::{Array1, Array2, Array3};
 use rand::Rng;
-use timetape::bptt::{self, enumerate, Pi, RunOptions, Truncation};
+use timetape::bptt::{self, enumerate, Pi, Truncation};
+use timetape::bptt::{Run, Sequence};
 use timetape::rnn::{models, Rnn, SequenceLoss, Targets};
 use timetape::{init, Grads, ParamId, Params, Reduction};
 
@@ -102,11 +103,8 @@ impl Case {
         bptt::run(
             &self.cell,
             &self.params,
-            self.xs.view(),
-            None,
-            &self.loss_with(w),
-            truncation,
-            RunOptions::default(),
+            &Sequence::new(self.xs.view(), self.loss_with(w)),
+            &Run::new(truncation.clone()),
         )
         .unwrap()
         .grads
@@ -120,9 +118,7 @@ impl Case {
         enumerate::randomized_moments(
             &self.cell,
             &self.params,
-            self.xs.view(),
-            None,
-            &self.loss_with(&self.alphas),
+            &Sequence::new(self.xs.view(), self.loss_with(&self.alphas)),
             pi,
         )
         .unwrap()

@@ -3,9 +3,11 @@
 mod common;
 
 use ndarray::{Array1, Array2, Array3};
+use timetape::bptt;
+use timetape::bptt::Sequence;
 use timetape::diagnostics::{dh_norms, largest_singular_value, spectral_radius};
 use timetape::gradcheck::{gradcheck, GradcheckOptions};
-use timetape::rnn::{self, models, Gru, Lstm, Recurrent, SequenceLoss};
+use timetape::rnn::{models, Gru, Lstm, Recurrent, SequenceLoss};
 use timetape::{Params, Tape};
 
 /// Tolerance of the finite-difference checks: relative error (max |tape − fd| over the
@@ -28,7 +30,13 @@ fn check_cell<C: Recurrent<f64>>(cell: &C, params: &Params<f64>, q: usize) {
     let report = gradcheck(params, GradcheckOptions::default(), |tape, p| {
         let loss = SequenceLoss::classes(labels.view()).weighted(&alphas);
         let h0 = Array2::from_shape_fn((b, cell.state_width()), |(i, j)| 0.1 * (i + j) as f64);
-        Ok(rnn::unroll(cell, tape, p, xs.view(), Some(h0.view()), &loss)?.loss)
+        Ok(bptt::unroll(
+            cell,
+            tape,
+            p,
+            &Sequence::new(xs.view(), loss).with_h0(h0.view()),
+        )?
+        .loss)
     })
     .unwrap();
     assert!(report.max_rel_err() <= FD_TOL, "{report}");
@@ -58,11 +66,10 @@ fn lstm_forward_matches_its_equations() {
     let cell = Lstm::new(&mut params, 2, 3, 2, 5).unwrap();
     let xs = inputs(1, 1, 2);
     let mut tape = Tape::new();
-    let bound = cell.bind(&mut tape, &params).unwrap();
-    let s0 = tape.constant(Array2::zeros((1, 6))).unwrap();
-    let states =
-        rnn::unroll_segment(&cell, &mut tape, &bound, xs.view(), s0, &[rnn::Edge::Keep]).unwrap();
-    let got = tape.value(states[0]).unwrap().to_owned();
+    let labels = Array2::<usize>::zeros((1, 1));
+    let seq = Sequence::new(xs.view(), SequenceLoss::classes(labels.view()));
+    let run = bptt::unroll(&cell, &mut tape, &params, &seq).unwrap();
+    let got = tape.value(run.states[0]).unwrap().to_owned();
     let x = xs.index_axis(ndarray::Axis(0), 0).to_owned();
     let a = x.dot(params.get(cell.w_x).unwrap()) + params.get(cell.b).unwrap();
     let sig = |v: f64| 1.0 / (1.0 + (-v).exp());
@@ -113,7 +120,7 @@ fn linear_rnn_dh_ratio_is_rho_to_the_t_minus_1() {
             "largest singular value {sigma} vs {rho}"
         );
         let mut tape = Tape::new();
-        let run = rnn::unroll(&cell, &mut tape, &params, xs.view(), None, &loss).unwrap();
+        let run = bptt::unroll(&cell, &mut tape, &params, &Sequence::new(xs.view(), loss)).unwrap();
         tape.backward(run.loss).unwrap();
         let norms = dh_norms(&tape, &run.states).unwrap();
         let ratio = norms[0] / norms[t_len - 1];

@@ -30,8 +30,10 @@ use common::{finite_scale, max_rel_diff as rel, max_rel_diff_floored};
 use ndarray::{Array1, Array2, Array3, Axis};
 use proptest::prelude::*;
 use rand::Rng;
+use timetape::bptt;
+use timetape::bptt::{Edge, Sequence};
 use timetape::closed_form::{self, ClosedForm, M3Workspace};
-use timetape::rnn::{self, models, Activation, Edge, Rnn, RnnConfig, SequenceLoss, Targets};
+use timetape::rnn::{models, Activation, Rnn, RnnConfig, SequenceLoss, Targets};
 use timetape::{init, Error, Grads, Params, Reduction, Tape};
 
 const TOL: f64 = 1e-10;
@@ -130,7 +132,10 @@ fn tape_run(
 ) -> ClosedForm<f64> {
     let mut tape = Tape::new();
     let h0 = p.h0.as_ref().map(|h| h.view());
-    let run = rnn::unroll_with_edges(&p.cell, &mut tape, &p.params, p.xs.view(), h0, loss, edges)
+    let unroll = bptt::Unroll::new(&p.cell, &p.params);
+    let unroll = edges.map_or(unroll, |e| unroll.edges(e));
+    let run = unroll
+        .record(&mut tape, &Sequence::new(p.xs.view(), *loss).with_h0(h0))
         .unwrap();
     let grads = tape.backward(run.loss).unwrap();
     let (b, h) = (p.xs.dim().1, p.cell.config.hidden);
@@ -507,7 +512,7 @@ fn m3_in_f32_matches_the_f32_tape() {
     let loss = SequenceLoss::classes(labels.view()).mean_over_time();
     let cf = closed_form::m3(&params, &cell, xs.view(), None, &loss).unwrap();
     let mut tape = Tape::new();
-    let run = rnn::unroll(&cell, &mut tape, &params, xs.view(), None, &loss).unwrap();
+    let run = bptt::unroll(&cell, &mut tape, &params, &Sequence::new(xs.view(), loss)).unwrap();
     let grads = tape.backward(run.loss).unwrap();
     let d = cf.grads.max_rel_diff(&grads);
     assert!(d < 1e-4, "f32 rel diff {d:e}");

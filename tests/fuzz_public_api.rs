@@ -68,10 +68,11 @@ use rand_chacha::ChaCha8Rng;
 use timetape::bptt::{
     self, enumerate, Pi, Report, RunOptions, StepTarget, Stream, Truncation, Workspace, XiSampler,
 };
+use timetape::bptt::{Edge, Memory, Run, Sequence};
 use timetape::gradcheck::{gradcheck, GradcheckOptions, GradcheckReport};
 use timetape::optim::{clip_global_norm, Adam, Sgd};
 use timetape::rnn::{
-    self, models, Edge, Gru, Lstm, Recurrent, Rnn, RnnBound, RnnConfig, SequenceLoss, Targets,
+    models, Gru, Lstm, Recurrent, Rnn, RnnBound, RnnConfig, SequenceLoss, Targets,
 };
 use timetape::{
     closed_form, diagnostics, init, Activation, Axis, Error, Grads, ParamId, Params, Reduction,
@@ -2230,7 +2231,7 @@ fn absurd_family<F: Scalar>(fz: &mut Fuzz) {
             if which == 9 {
                 let tr = truncation(fz, t);
                 fz.call_fast("Stream::new", || {
-                    Stream::new(&cell, &params, big, tr, RunOptions::default()).map(|_| ())
+                    Stream::new(&cell, &params, big, &Run::new(tr)).map(|_| ())
                 });
                 return;
             }
@@ -2241,18 +2242,16 @@ fn absurd_family<F: Scalar>(fz: &mut Fuzz) {
                     bptt::run(
                         &cell,
                         &params,
-                        xs.view(),
-                        None,
-                        &loss,
-                        &Truncation::Full,
-                        RunOptions::default(),
+                        &Sequence::new(xs.view(), loss),
+                        &Run::new(Truncation::Full),
                     )
                     .map(|_| ())
                 });
             } else {
                 let mut tape = Tape::new();
                 fz.call_fast("rnn::unroll", || {
-                    rnn::unroll(&cell, &mut tape, &params, xs.view(), None, &loss).map(|_| ())
+                    bptt::unroll(&cell, &mut tape, &params, &Sequence::new(xs.view(), loss))
+                        .map(|_| ())
                 });
             }
             return;
@@ -2634,14 +2633,24 @@ fn bptt_calls<F: Scalar, C: Recurrent<F>>(
         match fz.below(100) {
             0..=24 => {
                 if let Some(Ok(r)) = fz.try_call("bptt::run", || {
-                    bptt::run(cell, params, xs.view(), h0v, &loss, &tr, opts)
+                    bptt::run(
+                        cell,
+                        params,
+                        &Sequence::new(xs.view(), loss).with_h0(h0v),
+                        &Run::new(tr.clone()).options(opts),
+                    )
                 }) {
                     check_report(fz, "bptt::run", &r, inputs_finite);
                 }
             }
             25..=39 => {
                 if let Some(Ok(r)) = fz.try_call("bptt::run_with", || {
-                    bptt::run_with(&mut ws, cell, params, xs.view(), h0v, &loss, &tr, opts)
+                    ws.run(
+                        cell,
+                        params,
+                        &Sequence::new(xs.view(), loss).with_h0(h0v),
+                        &Run::new(tr.clone()).options(opts),
+                    )
                 }) {
                     check_report(fz, "bptt::run_with", &r, inputs_finite);
                 }
@@ -2655,7 +2664,14 @@ fn bptt_calls<F: Scalar, C: Recurrent<F>>(
                     _ => Some(1 + fz.below(t + 2)),
                 };
                 if let Some(Ok(r)) = fz.try_call("bptt::checkpointed", || {
-                    bptt::checkpointed(cell, params, xs.view(), h0v, &loss, stride, opts)
+                    bptt::run(
+                        cell,
+                        params,
+                        &Sequence::new(xs.view(), loss).with_h0(h0v),
+                        &Run::new(Truncation::Full)
+                            .memory(Memory::Checkpointed { stride })
+                            .options(opts),
+                    )
                 }) {
                     check_report(fz, "bptt::checkpointed", &r, inputs_finite);
                 }
@@ -2680,18 +2696,17 @@ fn bptt_calls<F: Scalar, C: Recurrent<F>>(
                 };
                 let out = match &edges {
                     None => fz.try_call("rnn::unroll", || {
-                        rnn::unroll(cell, &mut tape, params, xs.view(), h0v, &loss)
-                    }),
-                    Some(e) => fz.try_call("rnn::unroll_with_edges", || {
-                        rnn::unroll_with_edges(
+                        bptt::unroll(
                             cell,
                             &mut tape,
                             params,
-                            xs.view(),
-                            h0v,
-                            &loss,
-                            Some(e),
+                            &Sequence::new(xs.view(), loss).with_h0(h0v),
                         )
+                    }),
+                    Some(e) => fz.try_call("rnn::unroll_with_edges", || {
+                        bptt::Unroll::new(cell, params)
+                            .edges(e)
+                            .record(&mut tape, &Sequence::new(xs.view(), loss).with_h0(h0v))
                     }),
                 };
                 if let Some(Ok(u)) = out {
@@ -2718,19 +2733,6 @@ fn bptt_calls<F: Scalar, C: Recurrent<F>>(
             75..=82 => {
                 // One segment by hand, from a state that may be foreign or of a bad shape.
                 let mut tape = Tape::new();
-                let mut other = Tape::new();
-                let bound = fz.try_call("Recurrent::bind", || cell.bind(&mut tape, params));
-                let Some(Ok(bound)) = bound else { continue };
-                let hv = h0.clone().unwrap_or_else(|| Array2::zeros((b.max(1), s)));
-                let foreign = fz.chance(0.1);
-                let h_in = fz.try_call("variable", || {
-                    if foreign {
-                        other.variable(hv.view())
-                    } else {
-                        tape.variable(hv.view())
-                    }
-                });
-                let Some(Ok(h_in)) = h_in else { continue };
                 let n = if fz.chance(0.9) { t } else { t + 1 };
                 let edges: Vec<Edge<F>> = (0..n)
                     .map(|_| match fz.below(4) {
@@ -2739,21 +2741,20 @@ fn bptt_calls<F: Scalar, C: Recurrent<F>>(
                         _ => Edge::Keep,
                     })
                     .collect();
-                let states = fz.try_call("rnn::unroll_segment", || {
-                    rnn::unroll_segment(cell, &mut tape, &bound, xs.view(), h_in, &edges)
+                let seq = Sequence::new(xs.view(), loss).with_h0(h0v);
+                let run = fz.try_call("bptt::Unroll::record", || {
+                    bptt::Unroll::new(cell, &*params)
+                        .edges(&edges)
+                        .record(&mut tape, &seq)
                 });
-                if let Some(Ok(states)) = states {
-                    if let Some(&last) = states.last() {
-                        if let Some(Ok(l)) = fz.try_call("sum", || tape.sum(last)) {
-                            if let Some(Ok(grads)) = fz.try_call("backward", || tape.backward(l)) {
-                                fz.ensure(
-                                    grads_finite(&grads),
-                                    "backward",
-                                    "Ok with a non-finite gradient (after rnn::unroll_segment)",
-                                    String::new,
-                                );
-                            }
-                        }
+                if let Some(Ok(run)) = run {
+                    if let Some(Ok(grads)) = fz.try_call("backward", || tape.backward(run.loss)) {
+                        fz.ensure(
+                            grads_finite(&grads),
+                            "backward",
+                            "Ok with a non-finite gradient (after bptt::Unroll::record)",
+                            String::new,
+                        );
                     }
                 }
             }
@@ -2761,7 +2762,12 @@ fn bptt_calls<F: Scalar, C: Recurrent<F>>(
                 let pi = any_pi(fz);
                 if t <= 4 {
                     if let Some(Ok(m)) = fz.try_call("enumerate::randomized_moments", || {
-                        enumerate::randomized_moments(cell, params, xs.view(), h0v, &loss, &pi)
+                        enumerate::randomized_moments(
+                            cell,
+                            params,
+                            &Sequence::new(xs.view(), loss).with_h0(h0v),
+                            &pi,
+                        )
                     }) {
                         if !grads_finite(&m.mean) || !grads_finite(&m.variance) {
                             fz.observe(
@@ -2807,9 +2813,9 @@ fn stream<F: Scalar, C: Recurrent<F>>(
     let batch = if fz.chance(0.95) { b } else { b + 1 };
     let q = cell.output_width().min(8);
     let tr = tr.clone();
-    let Some(Ok(mut st)) =
-        fz.try_call("Stream::new", || Stream::new(cell, params, batch, tr, opts))
-    else {
+    let Some(Ok(mut st)) = fz.try_call("Stream::new", || {
+        Stream::new(cell, params, batch, &Run::new(tr).options(opts))
+    }) else {
         return;
     };
     let mut inputs_finite = true;
@@ -3155,7 +3161,7 @@ fn child_case(case: &str) -> String {
         }
         "Stream::new with batch 2^40" => m3().and_then(|cell| {
             let p = Params::<f64>::new();
-            Stream::new(&cell, &p, N, Truncation::Full, RunOptions::default()).map(drop)
+            Stream::new(&cell, &p, N, &Run::new(Truncation::Full)).map(drop)
         }),
         "bptt::run with Rnn.config.hidden = 2^40" => m3().and_then(|mut cell| {
             cell.config.hidden = N;
@@ -3164,18 +3170,15 @@ fn child_case(case: &str) -> String {
             bptt::run(
                 &cell,
                 &p,
-                xs.view(),
-                None,
-                &loss,
-                &full,
-                RunOptions::default(),
+                &Sequence::new(xs.view(), loss),
+                &Run::new(full.clone()),
             )
             .map(drop)
         }),
         "rnn::unroll with Rnn.config.hidden = 2^40" => m3().and_then(|mut cell| {
             cell.config.hidden = N;
             let p = Params::<f64>::new();
-            rnn::unroll(&cell, &mut Tape::new(), &p, xs.view(), None, &loss).map(drop)
+            bptt::unroll(&cell, &mut Tape::new(), &p, &Sequence::new(xs.view(), loss)).map(drop)
         }),
         "bptt::fixed_pattern(2^40, 1)" => bptt::fixed_pattern(N, 1).map(drop),
         "Truncation::Full.xi(2^40)" => Truncation::Full.xi(N).map(drop),

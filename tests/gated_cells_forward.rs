@@ -22,7 +22,9 @@ mod common;
 
 use common::{max_abs, max_rel_diff};
 use ndarray::{Array2, Array3, ArrayView2, Axis, Slice};
-use timetape::rnn::{self, Gru, Lstm, SequenceLoss, Unrolled};
+use timetape::bptt;
+use timetape::bptt::Sequence;
+use timetape::rnn::{self, Gru, Lstm, SequenceLoss};
 use timetape::{init, ParamId, Params, Tape};
 
 const TOL: f64 = 1e-12;
@@ -203,8 +205,13 @@ fn tape_forward<C: rnn::Recurrent<f64>>(
     let (xs, labels) = (inputs(), labels());
     let loss = SequenceLoss::classes(labels.view()).weighted(&ALPHAS);
     let mut tape = Tape::new();
-    let run: Unrolled =
-        rnn::unroll(cell, &mut tape, params, xs.view(), Some(s0.view()), &loss).unwrap();
+    let run: bptt::Unrolled = bptt::unroll(
+        cell,
+        &mut tape,
+        params,
+        &Sequence::new(xs.view(), loss).with_h0(s0.view()),
+    )
+    .unwrap();
     assert_eq!(run.states.len(), T);
     let states = run
         .states

@@ -40,9 +40,10 @@ use common::{
     assert_close, assert_grads_close, finite_scale, grads_max_rel_diff, max_abs, max_rel_diff,
 };
 use ndarray::{Array2, Array3};
-use timetape::bptt::{self, RunOptions, Truncation};
+use timetape::bptt::{self, Truncation};
+use timetape::bptt::{Run, Sequence};
 use timetape::closed_form::{self, ClosedForm};
-use timetape::rnn::{self, models, Rnn, SequenceLoss};
+use timetape::rnn::{models, Rnn, SequenceLoss};
 use timetape::{Params, Tape};
 
 const TOL: f64 = 1e-10;
@@ -145,11 +146,8 @@ fn check(c: &Case, what: &str) -> f64 {
     let report = bptt::run(
         &c.cell,
         &c.params,
-        c.xs.view(),
-        Some(c.h0.view()),
-        &c.loss(),
-        &Truncation::Full,
-        RunOptions::default(),
+        &Sequence::new(c.xs.view(), c.loss()).with_h0(c.h0.view()),
+        &Run::new(Truncation::Full),
     )
     .unwrap();
     assert_eq!(report.segments, 1, "{what}");
@@ -179,13 +177,11 @@ fn check(c: &Case, what: &str) -> f64 {
 
     // rnn::unroll + backward, with every ∂L/∂h_t.
     let mut tape = Tape::new();
-    let run = rnn::unroll(
+    let run = bptt::unroll(
         &c.cell,
         &mut tape,
         &c.params,
-        c.xs.view(),
-        Some(c.h0.view()),
-        &c.loss(),
+        &Sequence::new(c.xs.view(), c.loss()).with_h0(c.h0.view()),
     )
     .unwrap();
     let grads = tape.backward(run.loss).unwrap();

@@ -5,9 +5,10 @@
 
 use ndarray::{array, Array1, Array2, Array3};
 use timetape::bptt::{self, run, Pi, RunOptions, Truncation};
+use timetape::bptt::{Memory, Run, Sequence};
 use timetape::diagnostics::{largest_singular_value, spectral_radius};
 use timetape::optim::{clip_global_norm, Adam, Sgd};
-use timetape::rnn::{self, models, Activation, Gru, Lstm, Rnn, RnnConfig, SequenceLoss, Targets};
+use timetape::rnn::{models, Activation, Gru, Lstm, Rnn, RnnConfig, SequenceLoss, Targets};
 use timetape::{closed_form, init, Error, Grads, ParamId, Params, Reduction, Tape};
 
 fn store(v: Array2<f64>) -> (Params<f64>, ParamId) {
@@ -177,11 +178,8 @@ fn last_step_targets_with_step_weights_are_an_error() {
         let r = run(
             &cell,
             &params,
-            xs.view(),
-            None,
-            &loss,
-            &Truncation::Full,
-            RunOptions::default(),
+            &Sequence::new(xs.view(), loss),
+            &Run::new(Truncation::Full),
         );
         assert!(
             matches!(
@@ -196,7 +194,7 @@ fn last_step_targets_with_step_weights_are_an_error() {
         let r = closed_form::m4(&params, &cell, xs.view(), None, &loss);
         assert!(r.is_err());
         let mut tape = Tape::new();
-        assert!(rnn::unroll(&cell, &mut tape, &params, xs.view(), None, &loss).is_err());
+        assert!(bptt::unroll(&cell, &mut tape, &params, &Sequence::new(xs.view(), loss)).is_err());
     }
 }
 
@@ -346,22 +344,16 @@ fn exploding_rnn_is_a_non_finite_error_under_every_truncation() {
         let r = run(
             &cell,
             &params,
-            xs.view(),
-            None,
-            &loss,
-            &tr,
-            RunOptions::default(),
+            &Sequence::new(xs.view(), loss),
+            &Run::new(tr.clone()),
         );
         assert!(matches!(r, Err(Error::NonFinite { .. })), "{tr:?}: {r:?}");
     }
-    let r = bptt::checkpointed(
+    let r = bptt::run(
         &cell,
         &params,
-        xs.view(),
-        None,
-        &loss,
-        None,
-        RunOptions::default(),
+        &Sequence::new(xs.view(), loss),
+        &Run::new(Truncation::Full).memory(Memory::Checkpointed { stride: None }),
     );
     assert!(matches!(r, Err(Error::NonFinite { .. })), "{r:?}");
 }
@@ -388,7 +380,13 @@ fn check_finite_names_the_op_and_step_where_an_overflow_arose() {
         ..Default::default()
     };
     for tr in [Truncation::Full, Truncation::Fixed { k: 32 }] {
-        let e = run(&cell, &params, xs.view(), None, &loss, &tr, opts).unwrap_err();
+        let e = run(
+            &cell,
+            &params,
+            &Sequence::new(xs.view(), loss),
+            &Run::new(tr.clone()).options(opts),
+        )
+        .unwrap_err();
         let Error::NonFinite { op, what } = e else {
             panic!("{tr:?}: {e:?}");
         };
@@ -410,11 +408,8 @@ fn nan_in_relu_weights_is_an_error_not_a_zero_gradient() {
     let e = run(
         &cell,
         &params,
-        xs.view(),
-        None,
-        &loss,
-        &Truncation::Full,
-        RunOptions::default(),
+        &Sequence::new(xs.view(), loss),
+        &Run::new(Truncation::Full),
     )
     .unwrap_err();
     match e {
@@ -501,16 +496,13 @@ fn unroll_width_error_names_the_expected_and_given_inputs() {
     let mut params = Params::<f64>::new();
     let cell = models::m3(&mut params, 2, 7, 3, 0).unwrap();
     let xs = Array3::<f64>::zeros((4, 5, 6)); // D = 6, the cell takes 2
-    let bound = {
-        let mut tape = Tape::new();
-        let b = <Rnn as rnn::Recurrent<f64>>::bind(&cell, &mut tape, &params).unwrap();
-        let h = tape.variable(Array2::zeros((5, 7)).view()).unwrap();
-        let edges = vec![rnn::Edge::Keep; 4];
-        rnn::unroll_segment(&cell, &mut tape, &b, xs.view(), h, &edges).unwrap_err()
-    };
+    let labels = Array2::<usize>::zeros((4, 5));
+    let seq = Sequence::new(xs.view(), SequenceLoss::classes(labels.view()));
+    let mut tape = Tape::new();
+    let err = bptt::unroll(&cell, &mut tape, &params, &seq).unwrap_err();
     // Before: `(5, 6) and (2, 7)`, the second being (D, H), not an input shape.
     assert_eq!(
-        bound,
+        err,
         Error::ShapeMismatch {
             op: "unroll",
             lhs: (5, 2),

@@ -8,8 +8,10 @@
 //! failures below are of order 1e-2 or larger (or non-finite), four orders above it.
 
 use ndarray::{array, Array2, Array3, ArrayView2};
+use timetape::bptt;
+use timetape::bptt::Sequence;
 use timetape::gradcheck::{gradcheck, GradcheckOptions};
-use timetape::rnn::{self, Recurrent, SequenceLoss};
+use timetape::rnn::{Recurrent, SequenceLoss};
 use timetape::{Error, Grads, ParamId, Params, Result, Tape, Var};
 
 const FD_TOL: f64 = 1e-6;
@@ -205,7 +207,7 @@ fn wrong_user_defined_cell_fails_gradcheck() {
     let h0: Array2<f64> = Array2::from_elem((2, 3), 0.2);
     let h0v: ArrayView2<'_, f64> = h0.view();
     let report = gradcheck(&params, GradcheckOptions::default(), |tape, p| {
-        Ok(rnn::unroll(&cell, tape, p, xs.view(), Some(h0v), &loss)?.loss)
+        Ok(bptt::unroll(&cell, tape, p, &Sequence::new(xs.view(), loss).with_h0(h0v))?.loss)
     })
     .unwrap();
     assert!(!report.passes(FD_TOL), "{report}");

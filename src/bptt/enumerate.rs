@@ -11,12 +11,12 @@
 //! pattern: up to 2^T runs.
 
 use super::xi::next_m;
-use super::{run, Pi, RunOptions, Truncation};
+use super::{run, Pi, Run, Sequence, Truncation};
 use crate::error::{invalid, Result};
 use crate::params::{Grads, Params};
-use crate::rnn::{Recurrent, SequenceLoss};
+use crate::rnn::Recurrent;
 use crate::scalar::Scalar;
-use ndarray::{ArrayView2, ArrayView3, Axis, Zip};
+use ndarray::Zip;
 
 /// The largest T that [`patterns`] and [`randomized_moments`] accept (2^16 patterns).
 pub const MAX_ENUMERATION_STEPS: usize = 16;
@@ -91,7 +91,7 @@ pub struct Moments<F> {
 /// ```
 /// use ndarray::{Array2, Array3};
 /// use timetape::bptt::enumerate::randomized_moments;
-/// use timetape::bptt::{run, Pi, RunOptions, Truncation};
+/// use timetape::bptt::{run, Pi, Run, Sequence, Truncation};
 /// use timetape::rnn::{models, SequenceLoss};
 /// use timetape::Params;
 ///
@@ -99,10 +99,10 @@ pub struct Moments<F> {
 /// let cell = models::m3(&mut params, 2, 3, 2, 0)?;
 /// let xs = Array3::from_shape_fn((5, 1, 2), |(t, _, d)| ((t + 2 * d) as f64).sin());
 /// let labels = Array2::from_shape_fn((5, 1), |(t, _)| t % 2);
-/// let loss = SequenceLoss::classes(labels.view());
+/// let seq = Sequence::new(xs.view(), SequenceLoss::classes(labels.view()));
 ///
-/// let m = randomized_moments(&cell, &params, xs.view(), None, &loss, &Pi::Constant(0.5))?;
-/// let full = run(&cell, &params, xs.view(), None, &loss, &Truncation::Full, RunOptions::default())?;
+/// let m = randomized_moments(&cell, &params, &seq, &Pi::Constant(0.5))?;
+/// let full = run(&cell, &params, &seq, &Run::new(Truncation::Full))?;
 /// assert_eq!(m.patterns, 32);
 /// assert!(m.mean.max_rel_diff(&full.grads) < 1e-12); // unbiased
 /// assert!(m.variance.get(cell.w_hh).unwrap().iter().all(|&v| v > 0.0));
@@ -114,25 +114,16 @@ pub struct Moments<F> {
 pub fn randomized_moments<F: Scalar, C: Recurrent<F>>(
     cell: &C,
     params: &Params<F>,
-    xs: ArrayView3<'_, F>,
-    h0: Option<ArrayView2<'_, F>>,
-    loss: &SequenceLoss<'_, F>,
+    seq: &Sequence<'_, F>,
     pi: &Pi,
 ) -> Result<Moments<F>> {
-    let t_len = xs.len_of(Axis(0));
+    let t_len = seq.len();
     let all = patterns(pi, t_len)?;
     let mut estimates = Vec::with_capacity(all.len());
     let mut mean = Grads::zeros_like(params);
     for (xi, p) in &all {
-        let r = run(
-            cell,
-            params,
-            xs,
-            h0,
-            loss,
-            &Truncation::Pattern(xi.clone()),
-            RunOptions::default(),
-        )?;
+        let how = Run::new(Truncation::Pattern(xi.clone()));
+        let r = run(cell, params, seq, &how)?;
         let g = r.grads;
         let pf = F::of(*p);
         for (id, a) in g.iter() {

@@ -25,23 +25,23 @@
 
 mod checkpoint;
 pub mod enumerate;
+mod segment;
 mod stream;
+mod unroll;
 mod xi;
 
-pub use checkpoint::checkpointed;
+pub use segment::Edge;
 pub use stream::{StepTarget, Stream};
+pub use unroll::{unroll, Unroll, Unrolled};
 pub use xi::{sample_xi, Pi, XiSampler};
 
 use crate::error::{invalid, Error, Result};
-use crate::ops::Reduction;
 use crate::params::{Grads, Params};
-use crate::rnn::{
-    step_weight, unroll_segment_into, Edge, LossScratch, Recurrent, SequenceLoss, StepLosses,
-    Targets,
-};
+use crate::rnn::{Recurrent, SequenceLoss};
 use crate::scalar::Scalar;
-use crate::tape::{Tape, Var};
-use ndarray::{Array2, ArrayView2, ArrayView3, Axis, Slice};
+use crate::tape::Tape;
+use ndarray::{Array2, ArrayView2, ArrayView3};
+use segment::{Engine, Pass, Problem, Recording, Segment};
 
 /// How far gradients travel back in time.
 #[derive(Debug, Clone)]
@@ -77,6 +77,7 @@ pub enum Truncation {
     /// use timetape::bptt::{run, RunOptions, Truncation};
     /// use timetape::rnn::{models, SequenceLoss};
     /// use timetape::Params;
+    /// use timetape::bptt::{Sequence, Run};
     ///
     /// let mut params = Params::<f64>::new();
     /// let cell = models::m3(&mut params, 2, 3, 2, 0)?;
@@ -84,8 +85,7 @@ pub enum Truncation {
     /// let labels = Array2::from_shape_fn((10, 1), |(t, _)| t % 2);
     /// let loss = SequenceLoss::classes(labels.view());
     /// // T = 10, k1 = 4, k2 = 6: updates at 4, 8, 10; windows 1..=4, 3..=8, 7..=10.
-    /// let r = run(&cell, &params, xs.view(), None, &loss, &Truncation::Tbptt { k1: 4, k2: 6 },
-    ///             RunOptions::default())?;
+    /// let r = run(&cell, &params, &Sequence::new(xs.view(), loss), &Run::new(Truncation::Tbptt { k1: 4, k2: 6 }))?;
     /// assert_eq!(r.backward_steps, 4 + 6 + 4);
     /// # Ok::<(), timetape::Error>(())
     /// ```
@@ -225,14 +225,141 @@ pub struct Report<F> {
     pub h_final: Array2<F>,
 }
 
-/// Buffers reused from one run to the next: the tape (with its free list of matrices)
-/// and the scratch vectors of the unroll. A training loop that passes the same
-/// `Workspace` to [`run_with`] reaches a steady state in which the tape allocates no
-/// matrix.
+/// A sequence to run: its inputs `xs` (T, B, D), its initial state (zeros unless
+/// given) and its loss.
 ///
 /// ```
 /// use ndarray::{Array2, Array3};
-/// use timetape::bptt::{run_with, RunOptions, Truncation, Workspace};
+/// use timetape::bptt::Sequence;
+/// use timetape::rnn::SequenceLoss;
+///
+/// let xs = Array3::<f64>::zeros((10, 2, 3));
+/// let labels = Array2::<usize>::zeros((10, 2));
+/// let h0 = Array2::<f64>::ones((2, 4));
+/// let seq = Sequence::new(xs.view(), SequenceLoss::classes(labels.view())).with_h0(h0.view());
+/// assert_eq!(seq.len(), 10);
+/// ```
+#[derive(Debug, Clone, Copy)]
+pub struct Sequence<'a, F> {
+    xs: ArrayView3<'a, F>,
+    h0: Option<ArrayView2<'a, F>>,
+    loss: SequenceLoss<'a, F>,
+}
+
+impl<'a, F: Scalar> Sequence<'a, F> {
+    /// The inputs `xs` (T, B, D) with their loss, from `h_0 = 0`.
+    pub fn new<'x: 'a, 'l: 'a>(xs: ArrayView3<'x, F>, loss: SequenceLoss<'l, F>) -> Self {
+        Sequence {
+            xs: xs.reborrow(),
+            h0: None,
+            loss: loss.reborrow(),
+        }
+    }
+
+    /// The same sequence from the initial state `h0` (B×S; checked when run), or from
+    /// zeros for `None`.
+    pub fn with_h0<'h: 'a>(mut self, h0: impl Into<Option<ArrayView2<'h, F>>>) -> Self {
+        self.h0 = h0.into().map(|h| h.reborrow());
+        self
+    }
+
+    /// Number of steps T.
+    pub fn len(&self) -> usize {
+        self.xs.dim().0
+    }
+
+    /// True if the sequence has no step.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The inputs, (T, B, D).
+    pub fn inputs(&self) -> ArrayView3<'a, F> {
+        self.xs
+    }
+
+    /// The loss.
+    pub fn loss(&self) -> &SequenceLoss<'a, F> {
+        &self.loss
+    }
+}
+
+/// How the tape's memory is spent on a segment.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Memory {
+    /// Keep the whole segment on the tape (the default): memory grows with the segment.
+    #[default]
+    Tape,
+    /// Exact full-BPTT gradients with O(√T) tape memory (with [`Truncation::Full`]):
+    /// a forward sweep stores the state every `stride` steps (⌈√T⌉ if `None`), then the
+    /// strides are recomputed last to first and backpropagated, ∂L/∂h carried back from
+    /// one to the previous. Costs 2T forward steps.
+    Checkpointed {
+        /// Steps between stored states (≥ 1), ⌈√T⌉ if `None`.
+        stride: Option<usize>,
+    },
+}
+
+/// How a sequence is run: the truncation, how memory is spent, and options. The batch
+/// runner ([`run`]), the reusable [`Workspace`] and the streaming runner ([`Stream`])
+/// take the same value.
+///
+/// ```
+/// use timetape::bptt::{Memory, Pi, Run, RunOptions, Truncation};
+///
+/// let full = Run::new(Truncation::Full);
+/// let randomized = Run::new(Truncation::Randomized { pi: Pi::Constant(0.9), seed: 7 });
+/// let checkpointed = Run::new(Truncation::Full).memory(Memory::Checkpointed { stride: None });
+/// let with_norms = Run::new(Truncation::Fixed { k: 32 })
+///     .options(RunOptions { dh_norms: true, ..Default::default() });
+/// # let _ = (full, randomized, checkpointed, with_norms);
+/// ```
+#[derive(Debug, Clone)]
+pub struct Run {
+    /// How far gradients travel back in time.
+    pub truncation: Truncation,
+    /// How the tape's memory is spent.
+    pub memory: Memory,
+    /// What else to record or check.
+    pub options: RunOptions,
+}
+
+impl Run {
+    /// A run with the given truncation, the whole segment on the tape, default options.
+    pub fn new(truncation: Truncation) -> Self {
+        Run {
+            truncation,
+            memory: Memory::Tape,
+            options: RunOptions::default(),
+        }
+    }
+
+    /// The same run with another memory policy.
+    pub fn memory(mut self, memory: Memory) -> Self {
+        self.memory = memory;
+        self
+    }
+
+    /// The same run with other options.
+    pub fn options(mut self, options: RunOptions) -> Self {
+        self.options = options;
+        self
+    }
+}
+
+impl From<Truncation> for Run {
+    fn from(truncation: Truncation) -> Self {
+        Run::new(truncation)
+    }
+}
+
+/// Buffers reused from one run to the next: the tape (with its free list of matrices)
+/// and the scratch vectors of the unroll. A training loop that runs through the same
+/// `Workspace` reaches a steady state in which the tape allocates no matrix.
+///
+/// ```
+/// use ndarray::{Array2, Array3};
+/// use timetape::bptt::{Run, Sequence, Truncation, Workspace};
 /// use timetape::rnn::{models, SequenceLoss};
 /// use timetape::Params;
 ///
@@ -240,10 +367,11 @@ pub struct Report<F> {
 /// let cell = models::m3(&mut params, 2, 8, 3, 0)?;
 /// let xs = Array3::<f32>::zeros((30, 4, 2));
 /// let labels = Array2::<usize>::zeros((30, 4));
-/// let loss = SequenceLoss::classes(labels.view());
+/// let seq = Sequence::new(xs.view(), SequenceLoss::classes(labels.view()));
+/// let how = Run::new(Truncation::Full);
 /// let mut ws = Workspace::new();
 /// for _ in 0..3 {
-///     let r = run_with(&mut ws, &cell, &params, xs.view(), None, &loss, &Truncation::Full, RunOptions::default())?;
+///     let r = ws.run(&cell, &params, &seq, &how)?;
 ///     assert_eq!(r.backward_steps, 30);
 /// }
 /// # Ok::<(), timetape::Error>(())
@@ -251,8 +379,7 @@ pub struct Report<F> {
 #[derive(Debug, Default)]
 pub struct Workspace<F: Scalar> {
     tape: Tape<F>,
-    states: Vec<Var>,
-    scratch: LossScratch<F>,
+    recording: Recording<F>,
 }
 
 impl<F: Scalar> Workspace<F> {
@@ -265,296 +392,46 @@ impl<F: Scalar> Workspace<F> {
     pub fn tape_stats(&self) -> crate::tape::TapeStats {
         self.tape.stats()
     }
-}
 
-/// The machinery shared by every strategy: one tape, reused segment after segment.
-pub(crate) struct Engine<'a, F: Scalar, C: Recurrent<F>> {
-    pub(crate) cell: &'a C,
-    pub(crate) params: &'a Params<F>,
-    pub(crate) tape: Tape<F>,
-    pub(crate) grads: Grads<F>,
-    pub(crate) states: Vec<Var>,
-    pub(crate) h_in: Option<Var>,
-    scratch: LossScratch<F>,
-    pub(crate) loss: F,
-    pub(crate) backward_steps: usize,
-    pub(crate) forward_steps: usize,
-    pub(crate) segments: usize,
-    pub(crate) dh_norms: Option<Vec<F>>,
-}
-
-impl<'a, F: Scalar, C: Recurrent<F>> Engine<'a, F, C> {
-    pub(crate) fn new(cell: &'a C, params: &'a Params<F>, opts: RunOptions) -> Self {
-        Self::with_workspace(Workspace::new(), cell, params, opts)
-    }
-
-    pub(crate) fn with_workspace(
-        ws: Workspace<F>,
-        cell: &'a C,
-        params: &'a Params<F>,
-        opts: RunOptions,
-    ) -> Self {
-        let Workspace {
-            mut tape,
-            states,
-            scratch,
-        } = ws;
-        tape.clear();
-        tape.reset_peak();
-        // Only ∂L/∂h at the segment start (a leaf) and, for the ‖∂L/∂h_t‖ report, the
-        // states are read after a backward pass: release every other adjoint.
-        tape.set_release_adjoints(true);
-        tape.set_check_finite(opts.check_finite);
-        Engine {
-            cell,
-            params,
-            tape,
-            grads: Grads::zeros_like(params),
-            states,
-            h_in: None,
-            scratch,
-            loss: F::zero(),
-            backward_steps: 0,
-            forward_steps: 0,
-            segments: 0,
-            dh_norms: opts.dh_norms.then(Vec::new),
-        }
-    }
-
-    /// Records the steps `xs` from state `h` with the given edges, the loss terms of
-    /// steps `loss_from..` (`loss` is local to those steps), and, if `backward`, runs the
-    /// backward pass seeded with 1 on the loss and `end_seed` on the last state.
-    #[allow(clippy::too_many_arguments)]
-    pub(crate) fn segment(
+    /// [`run`], reusing this workspace's buffers.
+    ///
+    /// Errors: as [`run`].
+    pub fn run<C: Recurrent<F>>(
         &mut self,
-        xs: ArrayView3<'_, F>,
-        h: ArrayView2<'_, F>,
-        edges: &[Edge<F>],
-        loss_from: usize,
-        loss: Option<&SequenceLoss<'_, F>>,
-        end_seed: Option<ArrayView2<'_, F>>,
-        backward: bool,
-        count_loss: bool,
-    ) -> Result<()> {
-        self.tape.clear();
-        let h_in = self.tape.variable(h)?;
-        self.h_in = Some(h_in);
-        let bound = self.cell.bind(&mut self.tape, self.params)?;
-        let k = xs.len_of(Axis(0));
-        let terms = loss.map(|l| StepLosses::new(*l, loss_from, k, &mut self.scratch));
-        let l = unroll_segment_into(
-            self.cell,
-            &mut self.tape,
-            &bound,
-            xs,
-            h_in,
-            edges,
-            &mut self.states,
-            terms,
-        )?;
-        if self.dh_norms.is_some() {
-            for &s in &self.states {
-                self.tape.retain_grad(s)?;
-            }
-        }
-        self.forward_steps += k;
-        if let (Some(l), true) = (l, count_loss) {
-            self.loss = self.loss + self.tape.scalar(l)?;
-        }
-        if !backward {
-            return Ok(());
-        }
-        let one = ndarray::arr2(&[[F::one()]]);
-        let mut seeds: Vec<(Var, ArrayView2<'_, F>)> = Vec::with_capacity(2);
-        if let Some(l) = l {
-            seeds.push((l, one.view()));
-        }
-        if let Some(s) = &end_seed {
-            seeds.push((self.states[k - 1], s.view()));
-        }
-        if !seeds.is_empty() {
-            self.tape.backward_with_into(&seeds, &mut self.grads)?;
-            self.backward_steps += k;
-            self.segments += 1;
-        }
-        Ok(())
-    }
-
-    /// Appends ‖∂L/∂h_t‖ for the states `from..` of the last segment.
-    pub(crate) fn record_dh_norms(&mut self, from: usize) -> Result<()> {
-        let Some(norms) = self.dh_norms.as_mut() else {
-            return Ok(());
-        };
-        for &s in &self.states[from..] {
-            let n = self.tape.adjoint(s)?.map_or(F::zero(), |a| {
-                a.iter().fold(F::zero(), |m, &x| m + x * x).sqrt()
-            });
-            norms.push(n);
-        }
-        Ok(())
-    }
-
-    pub(crate) fn state(&self, i: usize) -> Result<ArrayView2<'_, F>> {
-        self.tape.value(self.states[i])
-    }
-
-    /// The policy on non-finite values (crate docs): a report handed out as `Ok` has a
-    /// finite loss, gradient, ‖∂L/∂h_t‖ and final state.
-    pub(crate) fn check_finite(&self, h_final: &Array2<F>) -> Result<()> {
-        let op = "bptt";
-        if !self.loss.is_finite() {
-            return Err(Error::NonFinite {
-                op,
-                what: "the loss: an overflow in the forward pass \
-                       (RunOptions::check_finite finds the op and the step)"
-                    .into(),
-            });
-        }
-        self.grads.check_finite(op)?;
-        let norms = self.dh_norms.iter().flatten();
-        if let Some(t) = crate::params::first_non_finite(norms) {
-            return Err(Error::NonFinite {
-                op,
-                what: format!("‖∂L/∂h_t‖ at step {}", t + 1),
-            });
-        }
-        if let Some(at) = crate::params::first_non_finite(h_final.iter()) {
-            return Err(Error::NonFinite {
-                op,
-                what: format!("entry {at} of the final state h_T"),
-            });
-        }
-        Ok(())
-    }
-
-    /// The report, and the workspace back for the next run.
-    pub(crate) fn finish(
-        self,
-        xi: Option<Vec<f64>>,
-        h_final: Array2<F>,
-    ) -> (Report<F>, Workspace<F>) {
-        let stats = self.tape.stats();
-        let report = Report {
-            loss: self.loss,
-            grads: self.grads,
-            backward_steps: self.backward_steps,
-            forward_steps: self.forward_steps,
-            segments: self.segments,
-            xi,
-            dh_norms: self.dh_norms,
-            peak_tape_nodes: stats.peak_nodes,
-            peak_tape_bytes: stats.peak_bytes,
-            h_final,
-        };
-        let ws = Workspace {
-            tape: self.tape,
-            states: self.states,
-            scratch: self.scratch,
-        };
-        (report, ws)
-    }
-
-    /// The report, checked by [`Engine::check_finite`].
-    pub(crate) fn report(self, xi: Option<Vec<f64>>, h_final: Array2<F>) -> Result<Report<F>> {
-        self.check_finite(&h_final)?;
-        Ok(self.finish(xi, h_final).0)
-    }
-}
-
-/// A sequence and its loss, checked, with the per-step coefficients precomputed.
-pub(crate) struct Problem<'a, 'l, F> {
-    pub(crate) xs: ArrayView3<'a, F>,
-    pub(crate) loss: SequenceLoss<'l, F>,
-    /// c_t = α_t (× 1/T for a mean over time), for per-step losses.
-    pub(crate) coef: Vec<F>,
-    pub(crate) h0: Array2<F>,
-}
-
-impl<'a, 'l, F: Scalar> Problem<'a, 'l, F> {
-    pub(crate) fn new<C: Recurrent<F>>(
         cell: &C,
-        xs: ArrayView3<'a, F>,
-        h0: Option<ArrayView2<'_, F>>,
-        loss: &SequenceLoss<'l, F>,
-    ) -> Result<Self> {
-        let (t_len, b, _) = xs.dim();
-        if t_len == 0 || b == 0 {
-            return Err(Error::EmptyInput {
-                op: "bptt",
-                what: "sequence with no steps or no batch rows",
-            });
+        params: &Params<F>,
+        seq: &Sequence<'_, F>,
+        how: &Run,
+    ) -> Result<Report<F>> {
+        let problem = Problem::new(cell, seq)?;
+        how.truncation.validate(Some(problem.len()))?;
+        let mut engine = Engine::with_workspace(std::mem::take(self), cell, params, how.options);
+        let outcome = dispatch(&mut engine, &problem, how)
+            .and_then(|(h, xi)| engine.check_finite(&h).map(|()| (h, xi)));
+        let keep_xi = matches!(
+            how.truncation,
+            Truncation::Randomized { .. } | Truncation::Pattern(_)
+        );
+        match outcome {
+            Ok((h_final, xi)) => {
+                let (report, back) = engine.finish(xi.filter(|_| keep_xi), h_final);
+                *self = back;
+                Ok(report)
+            }
+            Err(e) => {
+                *self = engine.finish(None, Array2::zeros((0, 0))).1;
+                Err(e)
+            }
         }
-        loss.validate(t_len, b, cell.output_width())?;
-        let h0 = match h0 {
-            Some(h) => {
-                if h.dim() != (b, cell.state_width()) {
-                    return Err(Error::ShapeMismatch {
-                        op: "bptt h0",
-                        lhs: (b, cell.state_width()),
-                        rhs: h.dim(),
-                    });
-                }
-                h.to_owned()
-            }
-            None => {
-                crate::init::check_alloc::<F>("bptt h0", &[(b, cell.state_width())])?;
-                Array2::zeros((b, cell.state_width()))
-            }
-        };
-        let time = match loss.time {
-            Reduction::Sum => F::one(),
-            Reduction::Mean => F::one() / F::of(t_len as f64),
-        };
-        let coef = (0..t_len).map(|t| step_weight(loss, t) * time).collect();
-        Ok(Problem {
-            xs,
-            loss: *loss,
-            coef,
-            h0,
-        })
-    }
-
-    pub(crate) fn len(&self) -> usize {
-        self.xs.len_of(Axis(0))
-    }
-
-    pub(crate) fn steps(&self, from: usize, to: usize) -> ArrayView3<'a, F> {
-        let mut v = self.xs;
-        v.slice_axis_inplace(Axis(0), Slice::from(from..to));
-        v
-    }
-
-    /// The loss of steps `from..to`, local to them (`None` if they hold no term).
-    pub(crate) fn local_loss(&self, from: usize, to: usize) -> Option<SequenceLoss<'_, F>> {
-        let rows = Slice::from(from..to);
-        let targets = match self.loss.targets {
-            Targets::Classes(mut l) => {
-                l.slice_axis_inplace(Axis(0), rows);
-                Targets::Classes(l.reborrow())
-            }
-            Targets::Values(mut v) => {
-                v.slice_axis_inplace(Axis(0), rows);
-                Targets::Values(v.reborrow())
-            }
-            Targets::LastClass(l) if to == self.len() => Targets::LastClass(l.reborrow()),
-            Targets::LastBinary(y) if to == self.len() => Targets::LastBinary(y.reborrow()),
-            Targets::LastClass(_) | Targets::LastBinary(_) => return None,
-        };
-        Some(SequenceLoss {
-            targets,
-            step_weights: Some(&self.coef[from..to]),
-            time: Reduction::Sum,
-        })
     }
 }
 
-/// Runs BPTT with the given truncation over the sequence `xs` (T, B, D) from `h0`
-/// (zeros if `None`), segment by segment, and reports the loss, the gradient estimate
-/// and what it cost.
+/// Runs a sequence with the given truncation and memory policy, segment by segment, and
+/// reports the loss, the gradient estimate and what it cost.
 ///
 /// ```
 /// use ndarray::{Array2, Array3};
-/// use timetape::bptt::{run, Pi, RunOptions, Truncation};
+/// use timetape::bptt::{run, Pi, Run, Sequence, Truncation};
 /// use timetape::rnn::{models, SequenceLoss};
 /// use timetape::Params;
 ///
@@ -562,11 +439,11 @@ impl<'a, 'l, F: Scalar> Problem<'a, 'l, F> {
 /// let cell = models::m3(&mut params, 2, 4, 3, 0)?;
 /// let xs = Array3::from_shape_fn((20, 1, 2), |(t, _, d)| ((t + d) as f64).sin());
 /// let labels = Array2::from_shape_fn((20, 1), |(t, _)| t % 3);
-/// let loss = SequenceLoss::classes(labels.view());
-/// let full = run(&cell, &params, xs.view(), None, &loss, &Truncation::Full, RunOptions::default())?;
-/// let fixed = run(&cell, &params, xs.view(), None, &loss, &Truncation::Fixed { k: 5 }, RunOptions::default())?;
-/// let rand = run(&cell, &params, xs.view(), None, &loss,
-///                &Truncation::Randomized { pi: Pi::Constant(0.8), seed: 1 }, RunOptions::default())?;
+/// let seq = Sequence::new(xs.view(), SequenceLoss::classes(labels.view()));
+/// let full = run(&cell, &params, &seq, &Run::new(Truncation::Full))?;
+/// let fixed = run(&cell, &params, &seq, &Run::new(Truncation::Fixed { k: 5 }))?;
+/// let randomized = Truncation::Randomized { pi: Pi::Constant(0.8), seed: 1 };
+/// let rand = run(&cell, &params, &seq, &Run::new(randomized))?;
 /// // truncation changes gradients, not the loss (summed per segment: rounding differs)
 /// assert!((full.loss - fixed.loss).abs() < 1e-12 * full.loss);
 /// assert_eq!((full.backward_steps, fixed.backward_steps, rand.backward_steps), (20, 20, 20));
@@ -576,67 +453,43 @@ impl<'a, 'l, F: Scalar> Problem<'a, 'l, F> {
 ///
 /// Errors: [`Error::EmptyInput`] for an empty sequence; [`Error::ShapeMismatch`] for
 /// targets, weights, `h0` or a pattern that do not fit the sequence;
-/// [`Error::LabelOutOfRange`]; [`Error::InvalidArgument`] for a bad truncation.
+/// [`Error::LabelOutOfRange`]; [`Error::InvalidArgument`] for a bad truncation, a
+/// checkpoint stride of 0, or checkpointing with a truncation other than `Full`;
+/// [`Error::NonFinite`] for an overflow (see the crate docs).
 pub fn run<F: Scalar, C: Recurrent<F>>(
     cell: &C,
     params: &Params<F>,
-    xs: ArrayView3<'_, F>,
-    h0: Option<ArrayView2<'_, F>>,
-    loss: &SequenceLoss<'_, F>,
-    truncation: &Truncation,
-    opts: RunOptions,
+    seq: &Sequence<'_, F>,
+    how: &Run,
 ) -> Result<Report<F>> {
-    run_with(
-        &mut Workspace::new(),
-        cell,
-        params,
-        xs,
-        h0,
-        loss,
-        truncation,
-        opts,
-    )
+    Workspace::new().run(cell, params, seq, how)
 }
 
-/// [`run`] with a [`Workspace`] whose buffers are reused from one call to the next.
-#[allow(clippy::too_many_arguments)]
-pub fn run_with<F: Scalar, C: Recurrent<F>>(
-    ws: &mut Workspace<F>,
-    cell: &C,
-    params: &Params<F>,
-    xs: ArrayView3<'_, F>,
-    h0: Option<ArrayView2<'_, F>>,
-    loss: &SequenceLoss<'_, F>,
-    truncation: &Truncation,
-    opts: RunOptions,
-) -> Result<Report<F>> {
-    let problem = Problem::new(cell, xs, h0, loss)?;
-    let t_len = problem.len();
-    truncation.validate(Some(t_len))?;
-    let mut engine = Engine::with_workspace(std::mem::take(ws), cell, params, opts);
-    let outcome = match *truncation {
-        Truncation::Tbptt { k1, k2 } if k1 != k2 => {
-            run_tbptt(&mut engine, &problem, k1, k2).map(|h| (h, None))
+/// The final state and the ξ used, by the strategy and memory policy of `how`.
+type Outcome<F> = (Array2<F>, Option<Vec<f64>>);
+
+fn dispatch<F: Scalar, C: Recurrent<F>>(
+    engine: &mut Engine<'_, F, C>,
+    problem: &Problem<'_, F>,
+    how: &Run,
+) -> Result<Outcome<F>> {
+    match (&how.truncation, how.memory) {
+        (Truncation::Full, Memory::Checkpointed { stride }) => {
+            checkpoint::run_checkpointed(engine, problem, stride).map(|h| (h, None))
         }
-        _ => truncation
-            .xi(t_len)
-            .and_then(|xi| xi.ok_or_else(|| invalid("bptt", "no ξ pattern")))
-            .and_then(|xi| run_pattern(&mut engine, &problem, &xi).map(|h| (h, Some(xi)))),
-    }
-    .and_then(|(h, xi)| engine.check_finite(&h).map(|()| (h, xi)));
-    let keep_xi = matches!(
-        truncation,
-        Truncation::Randomized { .. } | Truncation::Pattern(_)
-    );
-    match outcome {
-        Ok((h_final, xi)) => {
-            let (report, back) = engine.finish(xi.filter(|_| keep_xi), h_final);
-            *ws = back;
-            Ok(report)
+        (_, Memory::Checkpointed { .. }) => Err(invalid(
+            "bptt",
+            "checkpointing gives the exact gradient of Truncation::Full; other \
+             truncations already keep one segment on the tape",
+        )),
+        (Truncation::Tbptt { k1, k2 }, Memory::Tape) if k1 != k2 => {
+            run_tbptt(engine, problem, *k1, *k2).map(|h| (h, None))
         }
-        Err(e) => {
-            *ws = engine.finish(None, Array2::zeros((0, 0))).1;
-            Err(e)
+        (tr, Memory::Tape) => {
+            let xi = tr
+                .xi(problem.len())?
+                .ok_or_else(|| invalid("bptt", "no ξ pattern"))?;
+            run_pattern(engine, problem, &xi).map(|h| (h, Some(xi)))
         }
     }
 }
@@ -644,7 +497,7 @@ pub fn run_with<F: Scalar, C: Recurrent<F>>(
 /// Runs a cut-based strategy given its ξ: one segment between consecutive zeros.
 fn run_pattern<F: Scalar, C: Recurrent<F>>(
     engine: &mut Engine<'_, F, C>,
-    problem: &Problem<'_, '_, F>,
+    problem: &Problem<'_, F>,
     xi: &[f64],
 ) -> Result<Array2<F>> {
     let t_len = problem.len();
@@ -662,18 +515,13 @@ fn run_pattern<F: Scalar, C: Recurrent<F>>(
         };
         edges.push(first);
         edges.extend(xi[start + 1..end].iter().map(|&x| Edge::from_xi(F::of(x))));
-        let loss = problem.local_loss(start, end);
+        let seg = Segment {
+            xs: problem.steps(start, end),
+            edges: &edges,
+            loss: problem.local_loss(start, end).map(|l| (0, l)),
+        };
         engine
-            .segment(
-                problem.steps(start, end),
-                h.view(),
-                &edges,
-                0,
-                loss.as_ref(),
-                None,
-                true,
-                true,
-            )
+            .segment(h.view(), &seg, Pass::Backward)
             .map_err(|e| e.at_step_offset(start))?;
         engine.record_dh_norms(0)?;
         h.assign(&engine.state(end - start - 1)?);
@@ -688,7 +536,7 @@ fn run_pattern<F: Scalar, C: Recurrent<F>>(
 /// with k1 = k2 the windows are the blocks of `Fixed { k }`, including a short last one.
 fn run_tbptt<F: Scalar, C: Recurrent<F>>(
     engine: &mut Engine<'_, F, C>,
-    problem: &Problem<'_, '_, F>,
+    problem: &Problem<'_, F>,
     k1: usize,
     k2: usize,
 ) -> Result<Array2<F>> {
@@ -701,18 +549,13 @@ fn run_tbptt<F: Scalar, C: Recurrent<F>>(
         let u = u_prev + k1.min(t_len - u_prev);
         edges.clear();
         edges.resize(u - a, Edge::Keep);
-        let loss = problem.local_loss(u_prev, u);
+        let seg = Segment {
+            xs: problem.steps(a, u),
+            edges: &edges,
+            loss: problem.local_loss(u_prev, u).map(|l| (u_prev - a, l)),
+        };
         engine
-            .segment(
-                problem.steps(a, u),
-                h_a.view(),
-                &edges,
-                u_prev - a,
-                loss.as_ref(),
-                None,
-                true,
-                true,
-            )
+            .segment(h_a.view(), &seg, Pass::Backward)
             .map_err(|e| e.at_step_offset(a))?;
         engine.record_dh_norms(u_prev - a)?;
         // The next window starts `reach` steps before this update (never before a).

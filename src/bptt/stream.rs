@@ -1,11 +1,12 @@
 //! Streaming BPTT over sequences that arrive step by step.
 
+use super::segment::{Engine, Pass, Segment};
 use super::xi::XiSampler;
-use super::{Engine, Report, RunOptions, Truncation};
+use super::{Edge, Memory, Report, Run, Truncation};
 use crate::error::{invalid, Error, Result};
 use crate::ops::Reduction;
 use crate::params::Params;
-use crate::rnn::{Edge, Recurrent, SequenceLoss, Targets};
+use crate::rnn::{Recurrent, SequenceLoss, Targets};
 use crate::scalar::Scalar;
 use ndarray::{Array2, ArrayView2, ArrayView3};
 
@@ -44,13 +45,13 @@ enum Kind {
 ///
 /// ```
 /// use ndarray::Array2;
-/// use timetape::bptt::{Stream, StepTarget, Truncation, RunOptions};
+/// use timetape::bptt::{Run, Stream, StepTarget, Truncation};
 /// use timetape::rnn::models;
 /// use timetape::Params;
 ///
 /// let mut params = Params::<f32>::new();
 /// let cell = models::m3(&mut params, 2, 8, 2, 0)?;
-/// let mut stream = Stream::new(&cell, &params, 1, Truncation::Fixed { k: 32 }, RunOptions::default())?;
+/// let mut stream = Stream::new(&cell, &params, 1, &Run::new(Truncation::Fixed { k: 32 }))?;
 /// for t in 0..10_000 {
 ///     let x = Array2::from_elem((1, 2), (t as f32 * 0.1).sin());
 ///     stream.push(x.view(), StepTarget::Classes(&[t % 2]), 1.0)?;
@@ -80,18 +81,20 @@ pub struct Stream<'a, F: Scalar, C: Recurrent<F>> {
 }
 
 impl<'a, F: Scalar, C: Recurrent<F>> Stream<'a, F, C> {
-    /// A stream for batches of `batch` rows, starting from h_0 = 0.
+    /// A stream for batches of `batch` rows, starting from h_0 = 0, run as `how` says.
     ///
     /// Errors: [`Error::InvalidArgument`] for a bad truncation (as
     /// [`Truncation::validate`], whose pattern length is checked only at
-    /// [`Stream::finish`]) or TBPTT with k2 ≠ k1; [`Error::EmptyInput`] for `batch = 0`.
-    pub fn new(
-        cell: &'a C,
-        params: &'a Params<F>,
-        batch: usize,
-        truncation: Truncation,
-        opts: RunOptions,
-    ) -> Result<Self> {
+    /// [`Stream::finish`]), TBPTT with k2 ≠ k1, or checkpointing (a stream keeps one
+    /// segment on the tape already); [`Error::EmptyInput`] for `batch = 0`.
+    pub fn new(cell: &'a C, params: &'a Params<F>, batch: usize, how: &Run) -> Result<Self> {
+        let (truncation, opts) = (how.truncation.clone(), how.options);
+        if how.memory != Memory::Tape {
+            return Err(invalid(
+                "Stream::new",
+                "a stream keeps one segment on the tape; checkpointing is for bptt::run",
+            ));
+        }
         if batch == 0 {
             return Err(Error::EmptyInput {
                 op: "Stream::new",
@@ -324,16 +327,15 @@ impl<'a, F: Scalar, C: Recurrent<F>> Stream<'a, F, C> {
                 time: Reduction::Sum,
             }),
         };
-        self.engine.segment(
+        let seg = Segment {
             xs,
-            self.h.view(),
-            &self.edges,
-            0,
-            loss.as_ref(),
-            None,
-            true,
-            true,
-        )?;
+            edges: &self.edges,
+            loss: loss.map(|l| (0, l)),
+        };
+        let start = self.t - k;
+        self.engine
+            .segment(self.h.view(), &seg, Pass::Backward)
+            .map_err(|e| e.at_step_offset(start))?;
         self.engine.record_dh_norms(0)?;
         self.h.assign(&self.engine.state(k - 1)?);
         self.xs.clear();

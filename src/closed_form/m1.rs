@@ -114,6 +114,7 @@ fn finish<F: Scalar>(
 /// use ndarray::Array3;
 /// use timetape::rnn::{self, models, SequenceLoss};
 /// use timetape::{closed_form, Params, Tape};
+/// use timetape::bptt::{self, Sequence};
 ///
 /// let mut params = Params::<f64>::new();
 /// let cell = models::m1(&mut params, 2, 3, 2, 0)?;
@@ -126,7 +127,7 @@ fn finish<F: Scalar>(
 /// assert!(cf.grads.max_rel_diff(&ps.grads) < 1e-12); // eq (8) and eq (9) agree
 ///
 /// let mut tape = Tape::new();
-/// let run = rnn::unroll(&cell, &mut tape, &params, xs.view(), None, &loss)?;
+/// let run = bptt::unroll(&cell, &mut tape, &params, &Sequence::new(xs.view(), loss))?;
 /// let grads = tape.backward(run.loss)?;
 /// assert!(cf.grads.max_rel_diff(&grads) < 1e-12);
 /// // δ_1 = ∂L/∂h_1 is the tape's adjoint of the first state

@@ -86,6 +86,7 @@ fn relu_diag<F: Scalar>(h: &Array1<F>) -> Array2<F> {
 /// use ndarray::{array, Array3};
 /// use timetape::rnn::{self, models, SequenceLoss, Targets};
 /// use timetape::{closed_form, Params, Reduction, Tape};
+/// use timetape::bptt::{self, Sequence};
 ///
 /// let mut params = Params::<f64>::new();
 /// let cell = models::m2(&mut params, 2, 3, 0)?; // d = 2 inputs, n = 3
@@ -102,7 +103,7 @@ fn relu_diag<F: Scalar>(h: &Array1<F>) -> Array2<F> {
 /// assert!(kron.grads.max_rel_diff(&outer.grads) < 1e-12);
 ///
 /// let mut tape = Tape::new();
-/// let run = rnn::unroll(&cell, &mut tape, &params, xs.view(), None, &loss)?;
+/// let run = bptt::unroll(&cell, &mut tape, &params, &Sequence::new(xs.view(), loss))?;
 /// let grads = tape.backward(run.loss)?;
 /// assert!(kron.grads.max_rel_diff(&grads) < 1e-12);
 /// assert!((kron.loss - tape.scalar(run.loss)?).abs() < 1e-14);

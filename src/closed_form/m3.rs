@@ -677,6 +677,7 @@ pub(crate) fn general<F: Scalar>(
 /// use ndarray::{Array2, Array3};
 /// use timetape::rnn::{self, models, Activation, SequenceLoss};
 /// use timetape::{closed_form, Params, Tape};
+/// use timetape::bptt::{self, Sequence};
 ///
 /// let mut params = Params::<f64>::new();
 /// let cell = models::m4(&mut params, 2, 3, 2, Activation::Relu, 0)?;
@@ -688,7 +689,7 @@ pub(crate) fn general<F: Scalar>(
 /// let cf = closed_form::m4(&params, &cell, xs.view(), Some(h0.view()), &loss)?;
 ///
 /// let mut tape = Tape::new();
-/// let run = rnn::unroll(&cell, &mut tape, &params, xs.view(), Some(h0.view()), &loss)?;
+/// let run = bptt::unroll(&cell, &mut tape, &params, &Sequence::new(xs.view(), loss).with_h0(h0.view()))?;
 /// let grads = tape.backward(run.loss)?;
 /// assert!(cf.grads.max_rel_diff(&grads) < 1e-12);
 /// let dh0 = tape.adjoint(run.h0)?.unwrap();

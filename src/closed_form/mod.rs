@@ -61,6 +61,7 @@
 //! use timetape::closed_form;
 //! use timetape::rnn::{self, models, SequenceLoss};
 //! use timetape::{Params, Tape};
+//! use timetape::bptt::{self, Sequence};
 //!
 //! let mut params = Params::<f64>::new();
 //! let cell = models::m3(&mut params, 3, 4, 2, 0)?;
@@ -71,7 +72,7 @@
 //! let cf = closed_form::m3(&params, &cell, xs.view(), None, &loss)?;
 //!
 //! let mut tape = Tape::new();
-//! let run = rnn::unroll(&cell, &mut tape, &params, xs.view(), None, &loss)?;
+//! let run = bptt::unroll(&cell, &mut tape, &params, &Sequence::new(xs.view(), loss))?;
 //! let grads = tape.backward(run.loss)?;
 //! assert!(cf.grads.max_rel_diff(&grads) < 1e-12);
 //! assert!((cf.loss - tape.scalar(run.loss)?).abs() < 1e-12);

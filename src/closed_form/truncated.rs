@@ -82,6 +82,7 @@ pub fn truncated<F: Scalar>(
 /// use timetape::bptt::{run, RunOptions, Truncation};
 /// use timetape::rnn::{models, SequenceLoss};
 /// use timetape::{closed_form, Params};
+/// use timetape::bptt::{Sequence, Run};
 ///
 /// let mut params = Params::<f64>::new();
 /// let cell = models::m3(&mut params, 2, 3, 2, 0)?;
@@ -90,8 +91,7 @@ pub fn truncated<F: Scalar>(
 /// let loss = SequenceLoss::classes(labels.view());
 ///
 /// let cf = closed_form::truncated_fixed(&params, &cell, xs.view(), None, &loss, 3)?;
-/// let tape = run(&cell, &params, xs.view(), None, &loss, &Truncation::Fixed { k: 3 },
-///                RunOptions::default())?;
+/// let tape = run(&cell, &params, &Sequence::new(xs.view(), loss), &Run::new(Truncation::Fixed { k: 3 }))?;
 /// assert!(cf.grads.max_rel_diff(&tape.grads) < 1e-12);
 /// // the truncated gradient is not the full one
 /// let full = closed_form::m4(&params, &cell, xs.view(), None, &loss)?;

@@ -61,6 +61,7 @@ impl Lstm {
     /// use timetape::gradcheck::{gradcheck, GradcheckOptions};
     /// use timetape::rnn::{self, Lstm, Recurrent, SequenceLoss};
     /// use timetape::Params;
+    /// use timetape::bptt::{self, Sequence};
     ///
     /// let mut params = Params::<f64>::new();
     /// let cell = Lstm::new(&mut params, 2, 2, 2, 0)?; // D = 2, H = 2, Q = 2
@@ -69,7 +70,7 @@ impl Lstm {
     /// let labels = Array2::from_shape_fn((3, 1), |(t, _)| t % 2);
     /// let loss = SequenceLoss::classes(labels.view());
     /// let report = gradcheck(&params, GradcheckOptions::default(), |tape, p| {
-    ///     Ok(rnn::unroll(&cell, tape, p, xs.view(), None, &loss)?.loss)
+    ///     Ok(bptt::unroll(&cell, tape, p, &Sequence::new(xs.view(), loss))?.loss)
     /// })?;
     /// assert!(report.max_rel_err() < 1e-7, "{report}");
     /// # Ok::<(), timetape::Error>(())

@@ -38,6 +38,7 @@ use crate::scalar::Scalar;
 /// use timetape::bptt::{run, RunOptions, Truncation};
 /// use timetape::rnn::{models, SequenceLoss};
 /// use timetape::Params;
+/// use timetape::bptt::{Sequence, Run};
 ///
 /// let mut params = Params::<f64>::new();
 /// let cell = models::m1(&mut params, 2, 3, 2, 0)?; // D = 2, H = 3, Q = 2
@@ -47,7 +48,7 @@ use crate::scalar::Scalar;
 /// let ys = Array3::<f64>::zeros((4, 1, 2));
 /// // L = (1/T) Σ_t ‖o_t − y_t‖²
 /// let loss = SequenceLoss::values(ys.view()).mean_over_time();
-/// let r = run(&cell, &params, xs.view(), None, &loss, &Truncation::Full, RunOptions::default())?;
+/// let r = run(&cell, &params, &Sequence::new(xs.view(), loss), &Run::new(Truncation::Full))?;
 /// assert!(r.loss > 0.0);
 /// # Ok::<(), timetape::Error>(())
 /// ```
@@ -79,6 +80,7 @@ pub fn m1<F: Scalar>(
 /// use timetape::bptt::{run, RunOptions, Truncation};
 /// use timetape::rnn::{models, SequenceLoss, Targets};
 /// use timetape::{Params, Reduction};
+/// use timetape::bptt::{Sequence, Run};
 ///
 /// let mut params = Params::<f64>::new();
 /// let cell = models::m2(&mut params, 3, 4, 0)?; // input 3, n = 4
@@ -89,7 +91,7 @@ pub fn m1<F: Scalar>(
 ///     step_weights: None,
 ///     time: Reduction::Sum,
 /// };
-/// let r = run(&cell, &params, xs.view(), None, &loss, &Truncation::Full, RunOptions::default())?;
+/// let r = run(&cell, &params, &Sequence::new(xs.view(), loss), &Run::new(Truncation::Full))?;
 /// assert_eq!(r.grads.get(cell.w_hq).unwrap().dim(), (4, 1));
 /// # Ok::<(), timetape::Error>(())
 /// ```
@@ -136,13 +138,14 @@ pub fn m3<F: Scalar>(
 /// use timetape::bptt::{run, RunOptions, Truncation};
 /// use timetape::rnn::{models, Activation, SequenceLoss};
 /// use timetape::{closed_form, Params};
+/// use timetape::bptt::{Sequence, Run};
 ///
 /// let mut params = Params::<f64>::new();
 /// let cell = models::m4(&mut params, 2, 3, 2, Activation::Sigmoid, 0)?;
 /// let xs = Array3::from_shape_fn((4, 1, 2), |(t, _, d)| (t as f64) - (d as f64));
 /// let labels = Array2::from_shape_fn((4, 1), |(t, _)| t % 2);
 /// let loss = SequenceLoss::classes(labels.view());
-/// let r = run(&cell, &params, xs.view(), None, &loss, &Truncation::Full, RunOptions::default())?;
+/// let r = run(&cell, &params, &Sequence::new(xs.view(), loss), &Run::new(Truncation::Full))?;
 /// let cf = closed_form::m4(&params, &cell, xs.view(), None, &loss)?;
 /// assert!(r.grads.max_rel_diff(&cf.grads) < 1e-12);
 /// # Ok::<(), timetape::Error>(())

@@ -1,0 +1,601 @@
+//! Recording a segment on the tape, in one place: the unroll of a cell over k steps with
+//! an [`Edge`] on every `h_{t−1} → step t`, each step's loss term right after its step
+//! (the output head run on chunks of steps), the loss local to the segment's steps, and
+//! the [`Engine`] that runs segments one after another on one tape, carrying the state
+//! (and, for checkpointing, ∂L/∂h) from one to the next. Every strategy of [`super`] is a
+//! loop over [`Engine::segment`].
+
+use super::{Report, RunOptions, Sequence, Workspace};
+use crate::error::{invalid, Error, Result};
+use crate::ops::Reduction;
+use crate::params::{Grads, Params};
+use crate::rnn::{step_weight, Recurrent, SequenceLoss, Targets};
+use crate::scalar::Scalar;
+use crate::tape::{Tape, Var};
+use ndarray::{Array2, ArrayView2, ArrayView3, Axis, Slice};
+use std::ops::Range;
+
+/// What happens on the edge `h_{t−1} → step t`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Edge<F> {
+    /// Gradient flows unchanged (ξ_t = 1).
+    Keep,
+    /// Gradient stops (ξ_t = 0): [`Tape::detach`].
+    Detach,
+    /// Gradient is multiplied by the factor (ξ_t = 1/π_t): [`Tape::scale_grad`].
+    Scale(F),
+}
+
+impl<F: Scalar> Edge<F> {
+    /// The edge that realizes a value ξ of the estimator: 0 detaches, 1 keeps, anything
+    /// else scales.
+    pub fn from_xi(xi: F) -> Self {
+        if xi == F::zero() {
+            Edge::Detach
+        } else if xi == F::one() {
+            Edge::Keep
+        } else {
+            Edge::Scale(xi)
+        }
+    }
+}
+
+/// The steps of one segment and what to record with them.
+pub(crate) struct Segment<'s, F> {
+    /// The k inputs, (k, B, D).
+    pub(crate) xs: ArrayView3<'s, F>,
+    /// The edge into each of the k steps.
+    pub(crate) edges: &'s [Edge<F>],
+    /// The loss terms to record: those of the local steps `from..`, with the loss local
+    /// to them (`None`: no loss term).
+    pub(crate) loss: Option<(usize, SequenceLoss<'s, F>)>,
+}
+
+/// What [`Engine::segment`] does with a recorded segment.
+pub(crate) enum Pass<'s, F> {
+    /// Count its loss; no backward pass (checkpointing's forward sweep).
+    Forward,
+    /// Count its loss and backpropagate it (every strategy's segments, TBPTT's windows).
+    Backward,
+    /// Backpropagate its loss, and `end_seed` (∂L/∂h at its last state) if given,
+    /// without counting the loss again (checkpointing's backward sweep).
+    Recompute { end_seed: Option<ArrayView2<'s, F>> },
+}
+
+/// A segment's recording, reused from segment to segment: the states `h_1 … h_k` and
+/// the scratch of the loss terms.
+#[derive(Debug, Default)]
+pub(crate) struct Recording<F> {
+    pub(crate) states: Vec<Var>,
+    scratch: LossScratch<F>,
+}
+
+impl<F: Scalar> Recording<F> {
+    /// Unrolls `cell` over the k steps of `seg` from `h_in`, applying `seg.edges[t]` to
+    /// the edge into step t, and records each step's loss term right after the step: the
+    /// output head and the loss of step t sit next to step t on the tape, so the reverse
+    /// sweep meets them just before it needs ∂L/∂h_t, and with released adjoints
+    /// ([`Tape::set_release_adjoints`]) only a few B×S adjoints are alive at a time.
+    /// The input projection of all k steps is one matrix product
+    /// ([`Recurrent::project_inputs`]). Returns the segment's loss (`None` if it holds
+    /// no term).
+    pub(crate) fn record<C: Recurrent<F>>(
+        &mut self,
+        cell: &C,
+        bound: &C::Bound,
+        tape: &mut Tape<F>,
+        h_in: Var,
+        seg: &Segment<'_, F>,
+    ) -> Result<Option<Var>> {
+        let op = "unroll";
+        let (k, b, d) = seg.xs.dim();
+        if k == 0 || b == 0 {
+            return Err(Error::EmptyInput {
+                op,
+                what: "sequence with no steps or no batch rows",
+            });
+        }
+        if d != cell.input_width() {
+            return Err(Error::ShapeMismatch {
+                op,
+                lhs: (b, cell.input_width()),
+                rhs: (b, d),
+            });
+        }
+        if seg.edges.len() != k {
+            return Err(Error::ShapeMismatch {
+                op,
+                lhs: (k, b),
+                rhs: (seg.edges.len(), 1),
+            });
+        }
+        let hs = tape.shape(h_in)?;
+        if hs != (b, cell.state_width()) {
+            return Err(Error::ShapeMismatch {
+                op,
+                lhs: (b, cell.state_width()),
+                rhs: hs,
+            });
+        }
+        let flat = seg
+            .xs
+            .to_shape((k * b, d))
+            .map_err(|e| invalid(op, e.to_string()))?;
+        let xv = tape.constant_view(flat.view())?;
+        let u = cell.project_inputs(tape, bound, xv)?;
+        let Recording { states, scratch } = self;
+        states.clear();
+        let mut loss = seg
+            .loss
+            .map(|(from, l)| StepLosses::new(l, from, k, scratch));
+        let mut h = h_in;
+        for (t, edge) in seg.edges.iter().enumerate() {
+            let h_prev = match *edge {
+                Edge::Keep => h,
+                Edge::Detach => tape.detach(h)?,
+                Edge::Scale(c) => tape.scale_grad(h, c)?,
+            };
+            h = cell
+                .step(tape, bound, u, t * b..(t + 1) * b, h_prev)
+                .map_err(|e| e.at_step(t))?;
+            // A cell's contract: h_t has h_{t−1}'s shape (else the carried state breaks).
+            let got = tape.shape(h)?;
+            if got != hs {
+                return Err(Error::ShapeMismatch {
+                    op: "Recurrent::step (the new state)",
+                    lhs: hs,
+                    rhs: got,
+                });
+            }
+            states.push(h);
+            if let Some(loss) = loss.as_mut() {
+                loss.step(cell, tape, bound, t, h)
+                    .map_err(|e| e.at_step(t))?;
+            }
+        }
+        match loss {
+            Some(loss) => loss.total(tape),
+            None => Ok(None),
+        }
+    }
+
+    /// The output nodes of the last recording, each with the steps it covers.
+    pub(crate) fn take_heads(&mut self) -> Vec<(Range<usize>, Var)> {
+        std::mem::take(&mut self.scratch.heads)
+    }
+}
+
+/// The machinery shared by every strategy: one tape, reused segment after segment.
+pub(crate) struct Engine<'a, F: Scalar, C: Recurrent<F>> {
+    pub(crate) cell: &'a C,
+    pub(crate) params: &'a Params<F>,
+    pub(crate) tape: Tape<F>,
+    pub(crate) grads: Grads<F>,
+    /// The states of the last segment, and the scratch of its loss terms.
+    pub(crate) recording: Recording<F>,
+    pub(crate) h_in: Option<Var>,
+    pub(crate) loss: F,
+    pub(crate) backward_steps: usize,
+    pub(crate) forward_steps: usize,
+    pub(crate) segments: usize,
+    pub(crate) dh_norms: Option<Vec<F>>,
+}
+
+impl<'a, F: Scalar, C: Recurrent<F>> Engine<'a, F, C> {
+    pub(crate) fn new(cell: &'a C, params: &'a Params<F>, opts: RunOptions) -> Self {
+        Self::with_workspace(Workspace::new(), cell, params, opts)
+    }
+
+    pub(crate) fn with_workspace(
+        ws: Workspace<F>,
+        cell: &'a C,
+        params: &'a Params<F>,
+        opts: RunOptions,
+    ) -> Self {
+        let Workspace {
+            mut tape,
+            recording,
+        } = ws;
+        tape.clear();
+        tape.reset_peak();
+        // Only ∂L/∂h at the segment start (a leaf) and, for the ‖∂L/∂h_t‖ report, the
+        // states are read after a backward pass: release every other adjoint.
+        tape.set_release_adjoints(true);
+        tape.set_check_finite(opts.check_finite);
+        Engine {
+            cell,
+            params,
+            tape,
+            grads: Grads::zeros_like(params),
+            recording,
+            h_in: None,
+            loss: F::zero(),
+            backward_steps: 0,
+            forward_steps: 0,
+            segments: 0,
+            dh_norms: opts.dh_norms.then(Vec::new),
+        }
+    }
+
+    /// Records `seg` on a cleared tape from the state `h`, and runs what `pass` asks for.
+    pub(crate) fn segment(
+        &mut self,
+        h: ArrayView2<'_, F>,
+        seg: &Segment<'_, F>,
+        pass: Pass<'_, F>,
+    ) -> Result<()> {
+        self.tape.clear();
+        let h_in = self.tape.variable(h)?;
+        self.h_in = Some(h_in);
+        let bound = self.cell.bind(&mut self.tape, self.params)?;
+        let k = seg.xs.len_of(Axis(0));
+        let l = self
+            .recording
+            .record(self.cell, &bound, &mut self.tape, h_in, seg)?;
+        let states = &self.recording.states;
+        if self.dh_norms.is_some() {
+            for &s in states {
+                self.tape.retain_grad(s)?;
+            }
+        }
+        self.forward_steps += k;
+        let (count_loss, end_seed) = match pass {
+            Pass::Forward | Pass::Backward => (true, None),
+            Pass::Recompute { end_seed } => (false, end_seed),
+        };
+        if let (Some(l), true) = (l, count_loss) {
+            self.loss = self.loss + self.tape.scalar(l)?;
+        }
+        if matches!(pass, Pass::Forward) {
+            return Ok(());
+        }
+        let one = ndarray::arr2(&[[F::one()]]);
+        let mut seeds: Vec<(Var, ArrayView2<'_, F>)> = Vec::with_capacity(2);
+        if let Some(l) = l {
+            seeds.push((l, one.view()));
+        }
+        if let Some(s) = &end_seed {
+            seeds.push((states[k - 1], s.view()));
+        }
+        if !seeds.is_empty() {
+            self.tape.backward_with_into(&seeds, &mut self.grads)?;
+            self.backward_steps += k;
+            self.segments += 1;
+        }
+        Ok(())
+    }
+
+    /// Appends ‖∂L/∂h_t‖ for the states `from..` of the last segment.
+    pub(crate) fn record_dh_norms(&mut self, from: usize) -> Result<()> {
+        let Some(norms) = self.dh_norms.as_mut() else {
+            return Ok(());
+        };
+        for &s in &self.recording.states[from..] {
+            let n = self.tape.adjoint(s)?.map_or(F::zero(), |a| {
+                a.iter().fold(F::zero(), |m, &x| m + x * x).sqrt()
+            });
+            norms.push(n);
+        }
+        Ok(())
+    }
+
+    pub(crate) fn state(&self, i: usize) -> Result<ArrayView2<'_, F>> {
+        self.tape.value(self.recording.states[i])
+    }
+
+    /// The policy on non-finite values (crate docs): a report handed out as `Ok` has a
+    /// finite loss, gradient, ‖∂L/∂h_t‖ and final state.
+    pub(crate) fn check_finite(&self, h_final: &Array2<F>) -> Result<()> {
+        let op = "bptt";
+        if !self.loss.is_finite() {
+            return Err(Error::NonFinite {
+                op,
+                what: "the loss: an overflow in the forward pass \
+                       (RunOptions::check_finite finds the op and the step)"
+                    .into(),
+            });
+        }
+        self.grads.check_finite(op)?;
+        let norms = self.dh_norms.iter().flatten();
+        if let Some(t) = crate::params::first_non_finite(norms) {
+            return Err(Error::NonFinite {
+                op,
+                what: format!("‖∂L/∂h_t‖ at step {}", t + 1),
+            });
+        }
+        if let Some(at) = crate::params::first_non_finite(h_final.iter()) {
+            return Err(Error::NonFinite {
+                op,
+                what: format!("entry {at} of the final state h_T"),
+            });
+        }
+        Ok(())
+    }
+
+    /// The report, and the workspace back for the next run.
+    pub(crate) fn finish(
+        self,
+        xi: Option<Vec<f64>>,
+        h_final: Array2<F>,
+    ) -> (Report<F>, Workspace<F>) {
+        let stats = self.tape.stats();
+        let report = Report {
+            loss: self.loss,
+            grads: self.grads,
+            backward_steps: self.backward_steps,
+            forward_steps: self.forward_steps,
+            segments: self.segments,
+            xi,
+            dh_norms: self.dh_norms,
+            peak_tape_nodes: stats.peak_nodes,
+            peak_tape_bytes: stats.peak_bytes,
+            h_final,
+        };
+        let ws = Workspace {
+            tape: self.tape,
+            recording: self.recording,
+        };
+        (report, ws)
+    }
+
+    /// The report, checked by [`Engine::check_finite`].
+    pub(crate) fn report(self, xi: Option<Vec<f64>>, h_final: Array2<F>) -> Result<Report<F>> {
+        self.check_finite(&h_final)?;
+        Ok(self.finish(xi, h_final).0)
+    }
+}
+
+/// A sequence and its loss, checked, with the per-step coefficients precomputed.
+pub(crate) struct Problem<'a, F> {
+    pub(crate) xs: ArrayView3<'a, F>,
+    pub(crate) loss: SequenceLoss<'a, F>,
+    /// c_t = α_t (× 1/T for a mean over time), for per-step losses.
+    pub(crate) coef: Vec<F>,
+    pub(crate) h0: Array2<F>,
+}
+
+impl<'a, F: Scalar> Problem<'a, F> {
+    pub(crate) fn new<C: Recurrent<F>>(cell: &C, seq: &Sequence<'a, F>) -> Result<Self> {
+        let (xs, loss) = (seq.xs, &seq.loss);
+        let (t_len, b, _) = xs.dim();
+        if t_len == 0 || b == 0 {
+            return Err(Error::EmptyInput {
+                op: "bptt",
+                what: "sequence with no steps or no batch rows",
+            });
+        }
+        loss.validate(t_len, b, cell.output_width())?;
+        let h0 = match seq.h0 {
+            Some(h) => {
+                if h.dim() != (b, cell.state_width()) {
+                    return Err(Error::ShapeMismatch {
+                        op: "bptt h0",
+                        lhs: (b, cell.state_width()),
+                        rhs: h.dim(),
+                    });
+                }
+                h.to_owned()
+            }
+            None => {
+                crate::init::check_alloc::<F>("bptt h0", &[(b, cell.state_width())])?;
+                Array2::zeros((b, cell.state_width()))
+            }
+        };
+        let time = match loss.time {
+            Reduction::Sum => F::one(),
+            Reduction::Mean => F::one() / F::of(t_len as f64),
+        };
+        let coef = (0..t_len).map(|t| step_weight(loss, t) * time).collect();
+        Ok(Problem {
+            xs,
+            loss: *loss,
+            coef,
+            h0,
+        })
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.xs.len_of(Axis(0))
+    }
+
+    pub(crate) fn steps(&self, from: usize, to: usize) -> ArrayView3<'_, F> {
+        self.xs.slice_axis(Axis(0), Slice::from(from..to))
+    }
+
+    /// The loss of steps `from..to`, local to them (`None` if they hold no term).
+    pub(crate) fn local_loss(&self, from: usize, to: usize) -> Option<SequenceLoss<'_, F>> {
+        let rows = Slice::from(from..to);
+        let targets = match self.loss.targets {
+            Targets::Classes(mut l) => {
+                l.slice_axis_inplace(Axis(0), rows);
+                Targets::Classes(l.reborrow())
+            }
+            Targets::Values(mut v) => {
+                v.slice_axis_inplace(Axis(0), rows);
+                Targets::Values(v.reborrow())
+            }
+            Targets::LastClass(l) if to == self.len() => Targets::LastClass(l.reborrow()),
+            Targets::LastBinary(y) if to == self.len() => Targets::LastBinary(y.reborrow()),
+            Targets::LastClass(_) | Targets::LastBinary(_) => return None,
+        };
+        Some(SequenceLoss {
+            targets,
+            step_weights: Some(&self.coef[from..to]),
+            time: Reduction::Sum,
+        })
+    }
+}
+
+/// Reusable scratch for the loss terms of a segment.
+#[derive(Debug, Default)]
+pub(crate) struct LossScratch<F> {
+    labels: Vec<usize>,
+    weights: Vec<F>,
+    terms: Vec<Var>,
+    pending: Vec<Var>,
+    heads: Vec<(Range<usize>, Var)>,
+}
+
+/// The output head and loss of per-step targets run on chunks of consecutive steps with
+/// at least this many rows in all (⌈32/B⌉ steps): one product per step for batches of 32
+/// and more, one product per chunk for smaller batches, where per-step products would be
+/// too thin to run fast.
+pub(crate) const HEAD_CHUNK_ROWS: usize = 32;
+
+/// The loss terms of a segment, recorded step by step during the unroll
+/// ([`Recording::record`]).
+#[derive(Debug)]
+pub(crate) struct StepLosses<'l, 's, F> {
+    loss: SequenceLoss<'l, F>,
+    /// Local index of the first step whose loss this segment holds (`loss` is local to
+    /// the steps from there on).
+    from: usize,
+    /// Steps in the segment.
+    len: usize,
+    scratch: &'s mut LossScratch<F>,
+}
+
+impl<'l, 's, F: Scalar> StepLosses<'l, 's, F> {
+    /// The terms of `loss` (local to steps `from..len` of a segment of `len` steps);
+    /// `loss` must have been validated with [`SequenceLoss::validate`].
+    pub(crate) fn new(
+        loss: SequenceLoss<'l, F>,
+        from: usize,
+        len: usize,
+        scratch: &'s mut LossScratch<F>,
+    ) -> Self {
+        scratch.terms.clear();
+        scratch.pending.clear();
+        scratch.heads.clear();
+        StepLosses {
+            loss,
+            from,
+            len,
+            scratch,
+        }
+    }
+
+    /// Records the loss term of local step `t` with state `h` (if it has one).
+    fn step<C: Recurrent<F>>(
+        &mut self,
+        cell: &C,
+        tape: &mut Tape<F>,
+        bound: &C::Bound,
+        t: usize,
+        h: Var,
+    ) -> Result<()> {
+        if t < self.from {
+            return Ok(());
+        }
+        let j = t - self.from;
+        let n = self.len - self.from;
+        let b = tape.shape(h)?.0;
+        let sc = &mut *self.scratch;
+        let term = match self.loss.targets {
+            Targets::LastClass(l) => {
+                if j + 1 != n {
+                    return Ok(());
+                }
+                let o = cell.output(tape, bound, h)?;
+                sc.heads.push((t..t + 1, o));
+                sc.labels.clear();
+                sc.labels.extend(l.iter().copied());
+                tape.softmax_cross_entropy(o, &sc.labels, None, Reduction::Mean)?
+            }
+            Targets::LastBinary(y) => {
+                if j + 1 != n {
+                    return Ok(());
+                }
+                let o = cell.output(tape, bound, h)?;
+                sc.heads.push((t..t + 1, o));
+                let yv = y
+                    .to_shape((b, 1))
+                    .map_err(|e| invalid("SequenceLoss", e.to_string()))?;
+                let yt = tape.constant_view(yv.view())?;
+                tape.bce_with_logits(o, yt, Reduction::Mean)?
+            }
+            Targets::Classes(_) | Targets::Values(_) => {
+                sc.pending.push(h);
+                let chunk = HEAD_CHUNK_ROWS.div_ceil(b);
+                if sc.pending.len() < chunk && j + 1 < n {
+                    return Ok(());
+                }
+                self.chunk_term(cell, tape, bound, j + 1 - self.scratch.pending.len(), b)?
+            }
+        };
+        self.scratch.terms.push(term);
+        Ok(())
+    }
+
+    /// The loss term of the pending steps `j0 ..` (local indices): one output head over
+    /// their stacked states and one fused loss.
+    fn chunk_term<C: Recurrent<F>>(
+        &mut self,
+        cell: &C,
+        tape: &mut Tape<F>,
+        bound: &C::Bound,
+        j0: usize,
+        b: usize,
+    ) -> Result<Var> {
+        let n = self.len - self.from;
+        let sc = &mut *self.scratch;
+        let count = sc.pending.len();
+        let hs = match sc.pending.as_slice() {
+            [one] => *one,
+            many => tape.concat_rows(many)?,
+        };
+        sc.pending.clear();
+        let o = cell.output(tape, bound, hs)?;
+        let t0 = self.from + j0;
+        sc.heads.push((t0..t0 + count, o));
+        sc.weights.clear();
+        for j in j0..j0 + count {
+            let w = row_weight(&self.loss, j, n, b);
+            sc.weights.extend(std::iter::repeat_n(w, b));
+        }
+        match self.loss.targets {
+            Targets::Classes(l) => {
+                sc.labels.clear();
+                for j in j0..j0 + count {
+                    sc.labels.extend(l.row(j).iter().copied());
+                }
+                tape.softmax_cross_entropy(o, &sc.labels, Some(&sc.weights), Reduction::Sum)
+            }
+            Targets::Values(v) => {
+                let q = v.len_of(Axis(2));
+                let rows = v.slice_axis(Axis(0), ndarray::Slice::from(j0..j0 + count));
+                let flat = rows
+                    .to_shape((count * b, q))
+                    .map_err(|e| invalid("SequenceLoss", e.to_string()))?;
+                let yt = tape.constant_view(flat.view())?;
+                tape.squared_error(o, yt, Some(&sc.weights), Reduction::Sum)
+            }
+            Targets::LastClass(_) | Targets::LastBinary(_) => {
+                Err(invalid("SequenceLoss", "last-step targets have no chunks"))
+            }
+        }
+    }
+
+    /// The sum of the recorded terms.
+    fn total(self, tape: &mut Tape<F>) -> Result<Option<Var>> {
+        match self.scratch.terms.as_slice() {
+            [] => Ok(None),
+            [one] => Ok(Some(*one)),
+            terms => {
+                let stacked = tape.concat_rows(terms)?;
+                tape.sum(stacked).map(Some)
+            }
+        }
+    }
+}
+
+/// The coefficient `c_t / B` of the loss terms of step `t` (0-based) of a loss over
+/// `t_len` steps.
+fn row_weight<F: Scalar>(loss: &SequenceLoss<'_, F>, t: usize, t_len: usize, batch: usize) -> F {
+    let alpha = step_weight(loss, t);
+    let time = match loss.time {
+        Reduction::Sum => F::one(),
+        Reduction::Mean => F::one() / F::of(t_len as f64),
+    };
+    alpha * time / F::of(batch as f64)
+}
