@@ -49,10 +49,10 @@ use criterion::{BenchmarkId, Criterion, SamplingMode, Throughput};
 use ndarray::{Array2, Array3, ArrayView2, Axis};
 use std::hint::black_box;
 use std::time::{Duration, Instant};
+use timetape::bptt::Run;
 use timetape::bptt::{Pi, StepTarget, Stream, Truncation, Workspace};
-use timetape::bptt::{Run, Sequence};
 use timetape::closed_form::M3Workspace;
-use timetape::rnn::{models, Rnn, SequenceLoss};
+use timetape::rnn::{models, Rnn, Sequence, SequenceLoss};
 use timetape::{Grads, Params};
 
 #[derive(Clone, Copy)]

@@ -15,10 +15,10 @@
 use ndarray::linalg::general_mat_mul;
 use ndarray::{Array2, Array3};
 use std::time::Instant;
-use timetape::bptt::{Run, Sequence};
+use timetape::bptt::Run;
 use timetape::bptt::{Truncation, Workspace};
 use timetape::closed_form::M3Workspace;
-use timetape::rnn::{models, SequenceLoss};
+use timetape::rnn::{models, Sequence, SequenceLoss};
 use timetape::Params;
 
 struct Size {

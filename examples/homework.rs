@@ -11,10 +11,10 @@
 
 use ndarray::{Array1, Array3};
 use rand::Rng;
+use timetape::bptt::Run;
 use timetape::bptt::{run, Truncation};
-use timetape::bptt::{Run, Sequence};
 use timetape::optim::{clip_global_norm, Sgd};
-use timetape::rnn::{models, SequenceLoss, Targets};
+use timetape::rnn::{models, Sequence, SequenceLoss, Targets};
 use timetape::{Params, Reduction};
 
 const VOCAB: usize = 10;

@@ -12,10 +12,10 @@
 use ndarray::{Array1, Array3};
 use rand::Rng;
 use std::time::Instant;
+use timetape::bptt::Run;
 use timetape::bptt::{run, Pi, Truncation};
-use timetape::bptt::{Run, Sequence};
 use timetape::optim::{clip_global_norm, Adam};
-use timetape::rnn::{models, SequenceLoss, Targets};
+use timetape::rnn::{models, Sequence, SequenceLoss, Targets};
 use timetape::{Params, Reduction};
 
 const L: usize = 20; // steps between the bit and the question

@@ -11,9 +11,9 @@
 use ndarray::{Array2, Array3};
 use std::time::Instant;
 use timetape::bptt::{run, Pi, Truncation};
-use timetape::bptt::{Memory, Run, Sequence};
+use timetape::bptt::{Memory, Run};
 use timetape::closed_form;
-use timetape::rnn::{models, SequenceLoss};
+use timetape::rnn::{models, Sequence, SequenceLoss};
 use timetape::{Params, Scalar};
 
 fn table<F: Scalar>(label: &str) -> Result<(), timetape::Error> {

@@ -23,10 +23,10 @@ use ndarray::{Array2, Array3};
 use plotters::prelude::*;
 use rand::Rng;
 use std::time::Instant;
+use timetape::bptt::Run;
 use timetape::bptt::{run, Pi, Truncation};
-use timetape::bptt::{Run, Sequence};
 use timetape::optim::{clip_global_norm, Adam};
-use timetape::rnn::{models, SequenceLoss};
+use timetape::rnn::{models, Sequence, SequenceLoss};
 use timetape::Params;
 
 const TOPICS: usize = 4;

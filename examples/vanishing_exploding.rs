@@ -11,9 +11,9 @@
 use ndarray::{Array1, Array2, Array3};
 use plotters::prelude::*;
 use timetape::bptt;
-use timetape::bptt::Sequence;
+
 use timetape::diagnostics::{dh_norms, largest_singular_value, spectral_radius};
-use timetape::rnn::{models, SequenceLoss};
+use timetape::rnn::{models, Sequence, SequenceLoss};
 use timetape::{Params, Tape};
 
 /// A random orthogonal matrix by Gram–Schmidt on a seeded uniform matrix.

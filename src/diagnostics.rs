@@ -19,9 +19,9 @@ use ndarray::{Array1, Array2, ArrayView2};
 /// ```
 /// use ndarray::{Array2, Array3};
 /// use timetape::diagnostics::dh_norms;
-/// use timetape::rnn::{self, models, SequenceLoss};
+/// use timetape::rnn::{models, SequenceLoss, Sequence};
 /// use timetape::{Params, Tape};
-/// use timetape::bptt::{self, Sequence};
+/// use timetape::bptt;
 ///
 /// let mut params = Params::<f64>::new();
 /// let cell = models::m3(&mut params, 1, 4, 2, 3)?;

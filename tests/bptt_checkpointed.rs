@@ -14,8 +14,8 @@ use common::max_abs_diff;
 use ndarray::{Array1, Array2, Array3};
 use rand::Rng;
 use timetape::bptt::{self, Report, RunOptions, Truncation};
-use timetape::bptt::{Memory, Run, Sequence};
-use timetape::rnn::{models, Rnn, SequenceLoss, Targets};
+use timetape::bptt::{Memory, Run};
+use timetape::rnn::{models, Rnn, Sequence, SequenceLoss, Targets};
 use timetape::{init, Params, Reduction};
 
 const TOL: f64 = 1e-12;

@@ -7,10 +7,10 @@
 
 use ndarray::{Array1, Array2, Array3};
 use timetape::bptt;
+use timetape::bptt::Run;
 use timetape::bptt::{run, Truncation};
-use timetape::bptt::{Run, Sequence};
 use timetape::closed_form;
-use timetape::rnn::{self, models, SequenceLoss, Targets};
+use timetape::rnn::{self, models, Sequence, SequenceLoss, Targets};
 use timetape::{Params, Reduction, Tape};
 
 const TOL: f64 = 1e-10;

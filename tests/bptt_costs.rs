@@ -12,9 +12,9 @@
 
 use ndarray::Array3;
 use rand::Rng;
+use timetape::bptt::Run;
 use timetape::bptt::{self, Pi, Report, Truncation};
-use timetape::bptt::{Run, Sequence};
-use timetape::rnn::{models, Rnn, SequenceLoss};
+use timetape::rnn::{models, Rnn, Sequence, SequenceLoss};
 use timetape::{init, Params};
 
 /// A tiny linear RNN (M1: D = 1, H = 2, Q = 1, B = 1) with a squared error at every step:

@@ -4,8 +4,8 @@
 
 use ndarray::{Array1, Array2, Array3};
 use timetape::bptt::{self, enumerate, Pi, StepTarget, Stream, Truncation};
-use timetape::bptt::{Memory, Run, Sequence};
-use timetape::rnn::{models, Rnn, SequenceLoss, Targets};
+use timetape::bptt::{Memory, Run};
+use timetape::rnn::{models, Rnn, Sequence, SequenceLoss, Targets};
 use timetape::{Error, Params, Reduction};
 
 struct Setup {

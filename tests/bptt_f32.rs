@@ -15,8 +15,8 @@ use common::max_rel_diff;
 use ndarray::{Array2, Array3, Axis};
 use rand::Rng;
 use timetape::bptt::{self, enumerate, Pi, Report, StepTarget, Stream, Truncation};
-use timetape::bptt::{Memory, Run, Sequence};
-use timetape::rnn::{models, Rnn, SequenceLoss};
+use timetape::bptt::{Memory, Run};
+use timetape::rnn::{models, Rnn, Sequence, SequenceLoss};
 use timetape::{init, Grads, Params, Scalar};
 
 const TOL: f64 = 1e-4;

@@ -22,9 +22,9 @@ mod common;
 
 use common::max_abs_diff;
 use ndarray::{Array2, Array3};
+use timetape::bptt::Run;
 use timetape::bptt::{self, enumerate, Pi, Report, Truncation};
-use timetape::bptt::{Run, Sequence};
-use timetape::rnn::{Recurrent, SequenceLoss};
+use timetape::rnn::{Recurrent, Sequence, SequenceLoss};
 use timetape::{ParamId, Params, Result, Tape, Var};
 
 /// The influence-balancing cell. Input: a (k·B)×1 column of ones per segment.

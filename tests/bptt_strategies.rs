@@ -26,8 +26,8 @@ use common::{finite_scale, max_abs_diff};
 use ndarray::{Array1, Array2, Array3};
 use rand::Rng;
 use timetape::bptt::{self, Pi, Report, Truncation, Workspace};
-use timetape::bptt::{Edge, Run, Sequence};
-use timetape::rnn::{models, Rnn, SequenceLoss, Targets};
+use timetape::bptt::{Edge, Run};
+use timetape::rnn::{models, Rnn, Sequence, SequenceLoss, Targets};
 use timetape::{init, Grads, Params, Reduction, Tape};
 
 const TOL: f64 = 1e-12;

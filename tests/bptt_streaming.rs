@@ -12,9 +12,9 @@ mod common;
 use common::max_abs_diff;
 use ndarray::{Array2, Array3, Axis};
 use rand::Rng;
+use timetape::bptt::Run;
 use timetape::bptt::{self, Pi, Report, StepTarget, Stream, Truncation};
-use timetape::bptt::{Run, Sequence};
-use timetape::rnn::{models, Rnn, SequenceLoss};
+use timetape::rnn::{models, Rnn, Sequence, SequenceLoss};
 use timetape::{init, Params};
 
 const TOL: f64 = 1e-12;

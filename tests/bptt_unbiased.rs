@@ -14,9 +14,9 @@ mod common;
 use common::finite_scale;
 use ndarray::{Array1, Array2, Array3};
 use rand::Rng;
+use timetape::bptt::Run;
 use timetape::bptt::{self, enumerate, Pi, Truncation};
-use timetape::bptt::{Run, Sequence};
-use timetape::rnn::{models, Rnn, SequenceLoss, Targets};
+use timetape::rnn::{models, Rnn, Sequence, SequenceLoss, Targets};
 use timetape::{init, Grads, ParamId, Params, Reduction};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -4,10 +4,10 @@ mod common;
 
 use ndarray::{Array1, Array2, Array3};
 use timetape::bptt;
-use timetape::bptt::Sequence;
+
 use timetape::diagnostics::{dh_norms, largest_singular_value, spectral_radius};
 use timetape::gradcheck::{gradcheck, GradcheckOptions};
-use timetape::rnn::{models, Gru, Lstm, Recurrent, SequenceLoss};
+use timetape::rnn::{models, Gru, Lstm, Recurrent, Sequence, SequenceLoss};
 use timetape::{Params, Tape};
 
 /// Tolerance of the finite-difference checks: relative error (max |tape − fd| over the

@@ -31,9 +31,9 @@ use ndarray::{Array1, Array2, Array3, Axis};
 use proptest::prelude::*;
 use rand::Rng;
 use timetape::bptt;
-use timetape::bptt::{Edge, Sequence};
+use timetape::bptt::Edge;
 use timetape::closed_form::{self, ClosedForm, M3Workspace};
-use timetape::rnn::{models, Activation, Rnn, RnnConfig, SequenceLoss, Targets};
+use timetape::rnn::{models, Activation, Rnn, RnnConfig, Sequence, SequenceLoss, Targets};
 use timetape::{init, Error, Grads, Params, Reduction, Tape};
 
 const TOL: f64 = 1e-10;

@@ -68,11 +68,11 @@ use rand_chacha::ChaCha8Rng;
 use timetape::bptt::{
     self, enumerate, Pi, Report, RunOptions, StepTarget, Stream, Truncation, Workspace, XiSampler,
 };
-use timetape::bptt::{Edge, Memory, Run, Sequence};
+use timetape::bptt::{Edge, Memory, Run};
 use timetape::gradcheck::{gradcheck, GradcheckOptions, GradcheckReport};
 use timetape::optim::{clip_global_norm, Adam, Sgd};
 use timetape::rnn::{
-    models, Gru, Lstm, Recurrent, Rnn, RnnBound, RnnConfig, SequenceLoss, Targets,
+    models, Gru, Lstm, Recurrent, Rnn, RnnBound, RnnConfig, Sequence, SequenceLoss, Targets,
 };
 use timetape::{
     closed_form, diagnostics, init, Activation, Axis, Error, Grads, ParamId, Params, Reduction,

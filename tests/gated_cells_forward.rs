@@ -23,8 +23,8 @@ mod common;
 use common::{max_abs, max_rel_diff};
 use ndarray::{Array2, Array3, ArrayView2, Axis, Slice};
 use timetape::bptt;
-use timetape::bptt::Sequence;
-use timetape::rnn::{self, Gru, Lstm, SequenceLoss};
+
+use timetape::rnn::{self, Gru, Lstm, Sequence, SequenceLoss};
 use timetape::{init, ParamId, Params, Tape};
 
 const TOL: f64 = 1e-12;

@@ -40,10 +40,10 @@ use common::{
     assert_close, assert_grads_close, finite_scale, grads_max_rel_diff, max_abs, max_rel_diff,
 };
 use ndarray::{Array2, Array3};
+use timetape::bptt::Run;
 use timetape::bptt::{self, Truncation};
-use timetape::bptt::{Run, Sequence};
 use timetape::closed_form::{self, ClosedForm};
-use timetape::rnn::{models, Rnn, SequenceLoss};
+use timetape::rnn::{models, Rnn, Sequence, SequenceLoss};
 use timetape::{Params, Tape};
 
 const TOL: f64 = 1e-10;

@@ -5,10 +5,12 @@
 
 use ndarray::{array, Array1, Array2, Array3};
 use timetape::bptt::{self, run, Pi, RunOptions, Truncation};
-use timetape::bptt::{Memory, Run, Sequence};
+use timetape::bptt::{Memory, Run};
 use timetape::diagnostics::{largest_singular_value, spectral_radius};
 use timetape::optim::{clip_global_norm, Adam, Sgd};
-use timetape::rnn::{models, Activation, Gru, Lstm, Rnn, RnnConfig, SequenceLoss, Targets};
+use timetape::rnn::{
+    models, Activation, Gru, Lstm, Rnn, RnnConfig, Sequence, SequenceLoss, Targets,
+};
 use timetape::{closed_form, init, Error, Grads, ParamId, Params, Reduction, Tape};
 
 fn store(v: Array2<f64>) -> (Params<f64>, ParamId) {

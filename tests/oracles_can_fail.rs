@@ -9,9 +9,9 @@
 
 use ndarray::{array, Array2, Array3, ArrayView2};
 use timetape::bptt;
-use timetape::bptt::Sequence;
+
 use timetape::gradcheck::{gradcheck, GradcheckOptions};
-use timetape::rnn::{Recurrent, SequenceLoss};
+use timetape::rnn::{Recurrent, Sequence, SequenceLoss};
 use timetape::{Error, Grads, ParamId, Params, Result, Tape, Var};
 
 const FD_TOL: f64 = 1e-6;

@@ -11,8 +11,8 @@
 //!
 //! ```
 //! use ndarray::{Array2, Array3};
-//! use timetape::bptt::{run, Memory, Run, Sequence, Truncation};
-//! use timetape::rnn::{models, SequenceLoss};
+//! use timetape::bptt::{run, Memory, Run, Truncation};
+//! use timetape::rnn::{models, SequenceLoss, Sequence};
 //! use timetape::Params;
 //!
 //! let mut params = Params::<f64>::new();

@@ -11,10 +11,10 @@
 //! pattern: up to 2^T runs.
 
 use super::xi::next_m;
-use super::{run, Pi, Run, Sequence, Truncation};
+use super::{run, Pi, Run, Truncation};
 use crate::error::{invalid, Result};
 use crate::params::{Grads, Params};
-use crate::rnn::Recurrent;
+use crate::rnn::{Recurrent, Sequence};
 use crate::scalar::Scalar;
 use ndarray::Zip;
 
@@ -91,8 +91,8 @@ pub struct Moments<F> {
 /// ```
 /// use ndarray::{Array2, Array3};
 /// use timetape::bptt::enumerate::randomized_moments;
-/// use timetape::bptt::{run, Pi, Run, Sequence, Truncation};
-/// use timetape::rnn::{models, SequenceLoss};
+/// use timetape::bptt::{run, Pi, Run, Truncation};
+/// use timetape::rnn::{models, SequenceLoss, Sequence};
 /// use timetape::Params;
 ///
 /// let mut params = Params::<f64>::new();

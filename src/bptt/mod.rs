@@ -37,10 +37,10 @@ pub use xi::{sample_xi, Pi, XiSampler};
 
 use crate::error::{invalid, Error, Result};
 use crate::params::{Grads, Params};
-use crate::rnn::{Recurrent, SequenceLoss};
+use crate::rnn::{Recurrent, Sequence};
 use crate::scalar::Scalar;
 use crate::tape::Tape;
-use ndarray::{Array2, ArrayView2, ArrayView3};
+use ndarray::Array2;
 use segment::{Engine, Pass, Problem, Recording, Segment};
 
 /// How far gradients travel back in time.
@@ -75,9 +75,9 @@ pub enum Truncation {
     /// ```
     /// use ndarray::{Array2, Array3};
     /// use timetape::bptt::{run, RunOptions, Truncation};
-    /// use timetape::rnn::{models, SequenceLoss};
+    /// use timetape::rnn::{models, SequenceLoss, Sequence};
     /// use timetape::Params;
-    /// use timetape::bptt::{Sequence, Run};
+    /// use timetape::bptt::{Run};
     ///
     /// let mut params = Params::<f64>::new();
     /// let cell = models::m3(&mut params, 2, 3, 2, 0)?;
@@ -225,65 +225,6 @@ pub struct Report<F> {
     pub h_final: Array2<F>,
 }
 
-/// A sequence to run: its inputs `xs` (T, B, D), its initial state (zeros unless
-/// given) and its loss.
-///
-/// ```
-/// use ndarray::{Array2, Array3};
-/// use timetape::bptt::Sequence;
-/// use timetape::rnn::SequenceLoss;
-///
-/// let xs = Array3::<f64>::zeros((10, 2, 3));
-/// let labels = Array2::<usize>::zeros((10, 2));
-/// let h0 = Array2::<f64>::ones((2, 4));
-/// let seq = Sequence::new(xs.view(), SequenceLoss::classes(labels.view())).with_h0(h0.view());
-/// assert_eq!(seq.len(), 10);
-/// ```
-#[derive(Debug, Clone, Copy)]
-pub struct Sequence<'a, F> {
-    xs: ArrayView3<'a, F>,
-    h0: Option<ArrayView2<'a, F>>,
-    loss: SequenceLoss<'a, F>,
-}
-
-impl<'a, F: Scalar> Sequence<'a, F> {
-    /// The inputs `xs` (T, B, D) with their loss, from `h_0 = 0`.
-    pub fn new<'x: 'a, 'l: 'a>(xs: ArrayView3<'x, F>, loss: SequenceLoss<'l, F>) -> Self {
-        Sequence {
-            xs: xs.reborrow(),
-            h0: None,
-            loss: loss.reborrow(),
-        }
-    }
-
-    /// The same sequence from the initial state `h0` (B×S; checked when run), or from
-    /// zeros for `None`.
-    pub fn with_h0<'h: 'a>(mut self, h0: impl Into<Option<ArrayView2<'h, F>>>) -> Self {
-        self.h0 = h0.into().map(|h| h.reborrow());
-        self
-    }
-
-    /// Number of steps T.
-    pub fn len(&self) -> usize {
-        self.xs.dim().0
-    }
-
-    /// True if the sequence has no step.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
-    /// The inputs, (T, B, D).
-    pub fn inputs(&self) -> ArrayView3<'a, F> {
-        self.xs
-    }
-
-    /// The loss.
-    pub fn loss(&self) -> &SequenceLoss<'a, F> {
-        &self.loss
-    }
-}
-
 /// How the tape's memory is spent on a segment.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum Memory {
@@ -359,8 +300,8 @@ impl From<Truncation> for Run {
 ///
 /// ```
 /// use ndarray::{Array2, Array3};
-/// use timetape::bptt::{Run, Sequence, Truncation, Workspace};
-/// use timetape::rnn::{models, SequenceLoss};
+/// use timetape::bptt::{Run, Truncation, Workspace};
+/// use timetape::rnn::{models, SequenceLoss, Sequence};
 /// use timetape::Params;
 ///
 /// let mut params = Params::<f32>::new();
@@ -431,8 +372,8 @@ impl<F: Scalar> Workspace<F> {
 ///
 /// ```
 /// use ndarray::{Array2, Array3};
-/// use timetape::bptt::{run, Pi, Run, Sequence, Truncation};
-/// use timetape::rnn::{models, SequenceLoss};
+/// use timetape::bptt::{run, Pi, Run, Truncation};
+/// use timetape::rnn::{models, SequenceLoss, Sequence};
 /// use timetape::Params;
 ///
 /// let mut params = Params::<f64>::new();

@@ -5,11 +5,11 @@
 //! (and, for checkpointing, ∂L/∂h) from one to the next. Every strategy of [`super`] is a
 //! loop over [`Engine::segment`].
 
-use super::{Report, RunOptions, Sequence, Workspace};
+use super::{Report, RunOptions, Workspace};
 use crate::error::{invalid, Error, Result};
 use crate::ops::Reduction;
 use crate::params::{Grads, Params};
-use crate::rnn::{step_weight, Recurrent, SequenceLoss, Targets};
+use crate::rnn::{step_weight, Recurrent, Sequence, SequenceLoss, Targets};
 use crate::scalar::Scalar;
 use crate::tape::{Tape, Var};
 use ndarray::{Array2, ArrayView2, ArrayView3, Axis, Slice};

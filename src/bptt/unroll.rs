@@ -3,10 +3,10 @@
 //! of [`super`] record the same segments, one at a time.
 
 use super::segment::{Recording, Segment};
-use super::{Edge, Sequence};
+use super::Edge;
 use crate::error::{invalid, Error, Result};
 use crate::params::Params;
-use crate::rnn::Recurrent;
+use crate::rnn::{Recurrent, Sequence};
 use crate::scalar::Scalar;
 use crate::tape::{Tape, Var};
 use ndarray::Array2;
@@ -47,8 +47,8 @@ impl Unrolled {
 ///
 /// ```
 /// use ndarray::{Array2, Array3};
-/// use timetape::bptt::{Edge, Sequence, Unroll};
-/// use timetape::rnn::{models, SequenceLoss};
+/// use timetape::bptt::{Edge, Unroll};
+/// use timetape::rnn::{models, SequenceLoss, Sequence};
 /// use timetape::{Params, Tape};
 ///
 /// let mut params = Params::<f64>::new();
@@ -143,8 +143,8 @@ impl<'a, F: Scalar, C: Recurrent<F>> Unroll<'a, F, C> {
 ///
 /// ```
 /// use ndarray::{Array2, Array3};
-/// use timetape::bptt::{unroll, Sequence};
-/// use timetape::rnn::{models, SequenceLoss};
+/// use timetape::bptt::{unroll};
+/// use timetape::rnn::{models, SequenceLoss, Sequence};
 /// use timetape::{Params, Tape};
 ///
 /// let mut params = Params::<f64>::new();

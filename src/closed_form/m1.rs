@@ -112,9 +112,9 @@ fn finish<F: Scalar>(
 ///
 /// ```
 /// use ndarray::Array3;
-/// use timetape::rnn::{self, models, SequenceLoss};
+/// use timetape::rnn::{models, SequenceLoss, Sequence};
 /// use timetape::{closed_form, Params, Tape};
-/// use timetape::bptt::{self, Sequence};
+/// use timetape::bptt;
 ///
 /// let mut params = Params::<f64>::new();
 /// let cell = models::m1(&mut params, 2, 3, 2, 0)?;

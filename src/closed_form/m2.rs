@@ -84,9 +84,9 @@ fn relu_diag<F: Scalar>(h: &Array1<F>) -> Array2<F> {
 ///
 /// ```
 /// use ndarray::{array, Array3};
-/// use timetape::rnn::{self, models, SequenceLoss, Targets};
+/// use timetape::rnn::{models, SequenceLoss, Targets, Sequence};
 /// use timetape::{closed_form, Params, Reduction, Tape};
-/// use timetape::bptt::{self, Sequence};
+/// use timetape::bptt;
 ///
 /// let mut params = Params::<f64>::new();
 /// let cell = models::m2(&mut params, 2, 3, 0)?; // d = 2 inputs, n = 3

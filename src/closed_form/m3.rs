@@ -675,9 +675,9 @@ pub(crate) fn general<F: Scalar>(
 ///
 /// ```
 /// use ndarray::{Array2, Array3};
-/// use timetape::rnn::{self, models, Activation, SequenceLoss};
+/// use timetape::rnn::{models, Activation, SequenceLoss, Sequence};
 /// use timetape::{closed_form, Params, Tape};
-/// use timetape::bptt::{self, Sequence};
+/// use timetape::bptt;
 ///
 /// let mut params = Params::<f64>::new();
 /// let cell = models::m4(&mut params, 2, 3, 2, Activation::Relu, 0)?;

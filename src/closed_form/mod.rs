@@ -59,9 +59,9 @@
 //! ```
 //! use ndarray::{Array2, Array3};
 //! use timetape::closed_form;
-//! use timetape::rnn::{self, models, SequenceLoss};
+//! use timetape::rnn::{models, SequenceLoss, Sequence};
 //! use timetape::{Params, Tape};
-//! use timetape::bptt::{self, Sequence};
+//! use timetape::bptt;
 //!
 //! let mut params = Params::<f64>::new();
 //! let cell = models::m3(&mut params, 3, 4, 2, 0)?;

@@ -80,9 +80,9 @@ pub fn truncated<F: Scalar>(
 /// ```
 /// use ndarray::{Array2, Array3};
 /// use timetape::bptt::{run, RunOptions, Truncation};
-/// use timetape::rnn::{models, SequenceLoss};
+/// use timetape::rnn::{models, SequenceLoss, Sequence};
 /// use timetape::{closed_form, Params};
-/// use timetape::bptt::{Sequence, Run};
+/// use timetape::bptt::{Run};
 ///
 /// let mut params = Params::<f64>::new();
 /// let cell = models::m3(&mut params, 2, 3, 2, 0)?;

@@ -60,9 +60,9 @@ impl Gru {
     /// ```
     /// use ndarray::{Array2, Array3};
     /// use timetape::gradcheck::{gradcheck, GradcheckOptions};
-    /// use timetape::rnn::{self, Gru, SequenceLoss};
+    /// use timetape::rnn::{Gru, SequenceLoss, Sequence};
     /// use timetape::Params;
-    /// use timetape::bptt::{self, Sequence};
+    /// use timetape::bptt;
     ///
     /// let mut params = Params::<f64>::new();
     /// let cell = Gru::new(&mut params, 2, 2, 2, 0)?; // D = 2, H = 2, Q = 2

@@ -59,9 +59,9 @@ impl Lstm {
     /// ```
     /// use ndarray::{Array2, Array3};
     /// use timetape::gradcheck::{gradcheck, GradcheckOptions};
-    /// use timetape::rnn::{self, Lstm, Recurrent, SequenceLoss};
+    /// use timetape::rnn::{Lstm, Recurrent, SequenceLoss, Sequence};
     /// use timetape::Params;
-    /// use timetape::bptt::{self, Sequence};
+    /// use timetape::bptt;
     ///
     /// let mut params = Params::<f64>::new();
     /// let cell = Lstm::new(&mut params, 2, 2, 2, 0)?; // D = 2, H = 2, Q = 2

@@ -61,6 +61,64 @@ pub trait Recurrent<F: Scalar> {
     fn output(&self, tape: &mut Tape<F>, bound: &Self::Bound, hs: Var) -> Result<Var>;
 }
 
+/// A sequence to run: its inputs `xs` (T, B, D), its initial state (zeros unless
+/// given) and its loss.
+///
+/// ```
+/// use ndarray::{Array2, Array3};
+/// use timetape::rnn::{Sequence, SequenceLoss};
+///
+/// let xs = Array3::<f64>::zeros((10, 2, 3));
+/// let labels = Array2::<usize>::zeros((10, 2));
+/// let h0 = Array2::<f64>::ones((2, 4));
+/// let seq = Sequence::new(xs.view(), SequenceLoss::classes(labels.view())).with_h0(h0.view());
+/// assert_eq!(seq.len(), 10);
+/// ```
+#[derive(Debug, Clone, Copy)]
+pub struct Sequence<'a, F> {
+    pub(crate) xs: ArrayView3<'a, F>,
+    pub(crate) h0: Option<ArrayView2<'a, F>>,
+    pub(crate) loss: SequenceLoss<'a, F>,
+}
+
+impl<'a, F: Scalar> Sequence<'a, F> {
+    /// The inputs `xs` (T, B, D) with their loss, from `h_0 = 0`.
+    pub fn new<'x: 'a, 'l: 'a>(xs: ArrayView3<'x, F>, loss: SequenceLoss<'l, F>) -> Self {
+        Sequence {
+            xs: xs.reborrow(),
+            h0: None,
+            loss: loss.reborrow(),
+        }
+    }
+
+    /// The same sequence from the initial state `h0` (B×S; checked when run), or from
+    /// zeros for `None`.
+    pub fn with_h0<'h: 'a>(mut self, h0: impl Into<Option<ArrayView2<'h, F>>>) -> Self {
+        self.h0 = h0.into().map(|h| h.reborrow());
+        self
+    }
+
+    /// Number of steps T.
+    pub fn len(&self) -> usize {
+        self.xs.dim().0
+    }
+
+    /// True if the sequence has no step.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The inputs, (T, B, D).
+    pub fn inputs(&self) -> ArrayView3<'a, F> {
+        self.xs
+    }
+
+    /// The loss.
+    pub fn loss(&self) -> &SequenceLoss<'a, F> {
+        &self.loss
+    }
+}
+
 /// Targets of a sequence loss.
 #[derive(Debug, Clone, Copy)]
 pub enum Targets<'a, F> {

@@ -36,9 +36,9 @@ use crate::scalar::Scalar;
 /// ```
 /// use ndarray::Array3;
 /// use timetape::bptt::{run, RunOptions, Truncation};
-/// use timetape::rnn::{models, SequenceLoss};
+/// use timetape::rnn::{models, SequenceLoss, Sequence};
 /// use timetape::Params;
-/// use timetape::bptt::{Sequence, Run};
+/// use timetape::bptt::{Run};
 ///
 /// let mut params = Params::<f64>::new();
 /// let cell = models::m1(&mut params, 2, 3, 2, 0)?; // D = 2, H = 3, Q = 2
@@ -78,9 +78,9 @@ pub fn m1<F: Scalar>(
 /// ```
 /// use ndarray::{array, Array3};
 /// use timetape::bptt::{run, RunOptions, Truncation};
-/// use timetape::rnn::{models, SequenceLoss, Targets};
+/// use timetape::rnn::{models, SequenceLoss, Targets, Sequence};
 /// use timetape::{Params, Reduction};
-/// use timetape::bptt::{Sequence, Run};
+/// use timetape::bptt::{Run};
 ///
 /// let mut params = Params::<f64>::new();
 /// let cell = models::m2(&mut params, 3, 4, 0)?; // input 3, n = 4
@@ -136,9 +136,9 @@ pub fn m3<F: Scalar>(
 /// ```
 /// use ndarray::{Array2, Array3};
 /// use timetape::bptt::{run, RunOptions, Truncation};
-/// use timetape::rnn::{models, Activation, SequenceLoss};
+/// use timetape::rnn::{models, Activation, SequenceLoss, Sequence};
 /// use timetape::{closed_form, Params};
-/// use timetape::bptt::{Sequence, Run};
+/// use timetape::bptt::{Run};
 ///
 /// let mut params = Params::<f64>::new();
 /// let cell = models::m4(&mut params, 2, 3, 2, Activation::Sigmoid, 0)?;
