@@ -30,7 +30,7 @@ fn table<F: Scalar>(label: &str) -> Result<(), timetape::Error> {
     let loss = SequenceLoss::classes(labels.view()).mean_over_time();
 
     let start = Instant::now();
-    let reference = closed_form::m3(&params, &cell, xs.view(), None, &loss)?;
+    let reference = closed_form::m3(&params, &cell, &Sequence::new(xs.view(), loss))?;
     let t_ref = start.elapsed();
 
     println!(

@@ -47,7 +47,7 @@ fn full_equals_the_closed_forms_of_m1_m2_m3() {
     let x1 = xs(t, b, 4);
     let labels = Array2::from_shape_fn((t, b), |(t, b)| (t + b) % 3);
     let l1 = SequenceLoss::classes(labels.view()).mean_over_time();
-    let cf = closed_form::m1_recursion(&p1, &m1, x1.view(), None, &l1).unwrap();
+    let cf = closed_form::m1_recursion(&p1, &m1, &Sequence::new(x1.view(), l1)).unwrap();
     let d = full(&m1, &p1, &x1, &l1, &Truncation::Full).max_rel_diff(&cf.grads);
     assert!(d <= TOL, "M1: {d:e}");
     // M2: ReLU, last-step sigmoid classifier.
@@ -60,7 +60,7 @@ fn full_equals_the_closed_forms_of_m1_m2_m3() {
         step_weights: None,
         time: Reduction::Sum,
     };
-    let cf = closed_form::m2(&p2, &m2, x1.view(), None, &l2).unwrap();
+    let cf = closed_form::m2(&p2, &m2, &Sequence::new(x1.view(), l2)).unwrap();
     let d = full(&m2, &p2, &x1, &l2, &Truncation::Full).max_rel_diff(&cf.grads);
     assert!(d <= TOL, "M2: {d:e}");
     // M3: tanh, softmax at every step, weights α_t.
@@ -68,7 +68,7 @@ fn full_equals_the_closed_forms_of_m1_m2_m3() {
     let m3 = models::m3(&mut p3, 4, 5, 3, 3).unwrap();
     let alphas: Vec<f64> = (0..t).map(|t| 0.1 + 0.05 * t as f64).collect();
     let l3 = SequenceLoss::classes(labels.view()).weighted(&alphas);
-    let cf = closed_form::m3(&p3, &m3, x1.view(), None, &l3).unwrap();
+    let cf = closed_form::m3(&p3, &m3, &Sequence::new(x1.view(), l3)).unwrap();
     let d = full(&m3, &p3, &x1, &l3, &Truncation::Full).max_rel_diff(&cf.grads);
     assert!(d <= TOL, "M3: {d:e}");
 }
@@ -81,9 +81,10 @@ fn fixed_and_tbptt_k_k_equal_the_truncated_closed_form() {
     let x = xs(t, b, 3);
     let labels = Array2::from_shape_fn((t, b), |(t, b)| (2 * t + b) % 3);
     let loss = SequenceLoss::classes(labels.view());
-    let whole = closed_form::m3(&params, &cell, x.view(), None, &loss).unwrap();
+    let whole = closed_form::m3(&params, &cell, &Sequence::new(x.view(), loss)).unwrap();
     for k in [1, 2, 3, 5, 8, 23] {
-        let cf = closed_form::truncated_fixed(&params, &cell, x.view(), None, &loss, k).unwrap();
+        let cf = closed_form::truncated_fixed(&params, &cell, &Sequence::new(x.view(), loss), k)
+            .unwrap();
         for tr in [Truncation::Fixed { k }, Truncation::Tbptt { k1: k, k2: k }] {
             let d = full(&cell, &params, &x, &loss, &tr).max_rel_diff(&cf.grads);
             assert!(d <= TOL, "{tr:?}: {d:e}");

@@ -256,8 +256,8 @@ proptest! {
         let h0 = p.h0.as_ref().map(|h| h.view());
         for kind in [0u8, 1] {
             let loss = loss_of(&p, kind, weighted, true);
-            let rec = closed_form::m1_recursion(&p.params, &p.cell, p.xs.view(), h0, &loss).unwrap();
-            let pow = closed_form::m1_power_sum(&p.params, &p.cell, p.xs.view(), h0, &loss).unwrap();
+            let rec = closed_form::m1_recursion(&p.params, &p.cell, &Sequence::new(p.xs.view(), loss).with_h0(h0)).unwrap();
+            let pow = closed_form::m1_power_sum(&p.params, &p.cell, &Sequence::new(p.xs.view(), loss).with_h0(h0)).unwrap();
             let tape = tape_run(&p, &loss, None);
             prop_assert!(rec.grads.global_norm() > 0.0);
             agree(&rec, &tape, &format!("M1 kind {kind}: recursion vs tape"))?;
@@ -278,8 +278,8 @@ proptest! {
         let p = problem(config, s, seed, with_h0);
         let h0 = p.h0.as_ref().map(|h| h.view());
         let loss = loss_of(&p, 3, false, false);
-        let kron = closed_form::m2(&p.params, &p.cell, p.xs.view(), h0, &loss).unwrap();
-        let outer = closed_form::m2_outer(&p.params, &p.cell, p.xs.view(), h0, &loss).unwrap();
+        let kron = closed_form::m2(&p.params, &p.cell, &Sequence::new(p.xs.view(), loss).with_h0(h0)).unwrap();
+        let outer = closed_form::m2_outer(&p.params, &p.cell, &Sequence::new(p.xs.view(), loss).with_h0(h0)).unwrap();
         let tape = tape_run(&p, &loss, None);
         agree(&kron, &tape, "M2 Kronecker vs tape")?;
         agree(&outer, &tape, "M2 outer vs tape")?;
@@ -297,7 +297,7 @@ proptest! {
         let h0 = p.h0.as_ref().map(|h| h.view());
         for weighted in [false, true] {
             let loss = loss_of(&p, 0, weighted, mean);
-            let cf = closed_form::m3(&p.params, &p.cell, p.xs.view(), h0, &loss).unwrap();
+            let cf = closed_form::m3(&p.params, &p.cell, &Sequence::new(p.xs.view(), loss).with_h0(h0)).unwrap();
             let tape = tape_run(&p, &loss, None);
             prop_assert!(cf.grads.global_norm() > 0.0);
             agree(&cf, &tape, &format!("M3 weighted {weighted} mean {mean}"))?;
@@ -311,7 +311,7 @@ proptest! {
         let p = problem(RnnConfig::new(s.d, s.h, s.q), s, seed, false);
         let alphas = [0.1, 0.1, 0.8];
         let loss = SequenceLoss::classes(p.classes.view()).weighted(&alphas);
-        let cf = closed_form::m3(&p.params, &p.cell, p.xs.view(), None, &loss).unwrap();
+        let cf = closed_form::m3(&p.params, &p.cell, &Sequence::new(p.xs.view(), loss)).unwrap();
         agree(&cf, &tape_run(&p, &loss, None), "M3 α = (0.1, 0.1, 0.8)")?;
         // The same through the workspace API with the α passed directly.
         let mut ws = M3Workspace::new();
@@ -334,7 +334,7 @@ proptest! {
         if weighted {
             loss = loss.weighted(&alphas);
         }
-        let cf = closed_form::m3(&p.params, &p.cell, p.xs.view(), None, &loss).unwrap();
+        let cf = closed_form::m3(&p.params, &p.cell, &Sequence::new(p.xs.view(), loss)).unwrap();
         let tape = tape_run(&p, &loss, None);
 
         // Forward, independently: S_t = tanh(x_t W_xh + S_{t−1} W_hh + b_h).
@@ -396,15 +396,15 @@ proptest! {
                 .iter()
                 .map(|&c| if c { Edge::Detach } else { Edge::Keep })
                 .collect();
-            let cf = closed_form::truncated_fixed(&p.params, &p.cell, p.xs.view(), h0, &loss, k).unwrap();
-            let by_cuts = closed_form::truncated(&p.params, &p.cell, p.xs.view(), h0, &loss, &cuts).unwrap();
+            let cf = closed_form::truncated_fixed(&p.params, &p.cell, &Sequence::new(p.xs.view(), loss).with_h0(h0), k).unwrap();
+            let by_cuts = closed_form::truncated(&p.params, &p.cell, &Sequence::new(p.xs.view(), loss).with_h0(h0), &cuts).unwrap();
             prop_assert_eq!(&cf, &by_cuts);
             agree(&cf, &tape_run(&p, &loss, Some(&edges)), &format!("truncated k = {k}, {activation:?}, kind {kind}"))?;
             prop_assert!(cf.dh0.iter().all(|&x| x == 0.0), "h_0 is detached at a block start");
         }
         // One block (k = T) only cuts h_0, which is not a parameter: the full gradient.
-        let one_block = closed_form::truncated_fixed(&p.params, &p.cell, p.xs.view(), h0, &loss, s.t).unwrap();
-        let full = closed_form::m4(&p.params, &p.cell, p.xs.view(), h0, &loss).unwrap();
+        let one_block = closed_form::truncated_fixed(&p.params, &p.cell, &Sequence::new(p.xs.view(), loss).with_h0(h0), s.t).unwrap();
+        let full = closed_form::m4(&p.params, &p.cell, &Sequence::new(p.xs.view(), loss).with_h0(h0)).unwrap();
         prop_assert!(one_block.grads.max_rel_diff(&full.grads) <= TOL);
     }
 
@@ -421,7 +421,7 @@ proptest! {
         let p = problem(config, s, seed, with_h0);
         let h0 = p.h0.as_ref().map(|h| h.view());
         let loss = loss_of(&p, kind, weighted, mean);
-        let cf = closed_form::m4(&p.params, &p.cell, p.xs.view(), h0, &loss).unwrap();
+        let cf = closed_form::m4(&p.params, &p.cell, &Sequence::new(p.xs.view(), loss).with_h0(h0)).unwrap();
         agree(&cf, &tape_run(&p, &loss, None), &format!("M4 {activation:?} kind {kind}"))?;
     }
 }
@@ -459,7 +459,12 @@ fn m3_workspace_reuse_gives_the_same_result_as_a_fresh_run() {
     for p in [&a, &b, &a, &a] {
         let h0 = p.h0.as_ref().map(|h| h.view());
         let loss = SequenceLoss::classes(p.classes.view()).weighted(&p.alphas);
-        let fresh = closed_form::m3(&p.params, &p.cell, p.xs.view(), h0, &loss).unwrap();
+        let fresh = closed_form::m3(
+            &p.params,
+            &p.cell,
+            &Sequence::new(p.xs.view(), loss).with_h0(h0),
+        )
+        .unwrap();
         let l = ws
             .run_with_h0(
                 &p.params,
@@ -510,7 +515,7 @@ fn m3_in_f32_matches_the_f32_tape() {
     });
     let labels = Array2::from_shape_fn((12, 3), |(t, b)| (t * 7 + b) % 3);
     let loss = SequenceLoss::classes(labels.view()).mean_over_time();
-    let cf = closed_form::m3(&params, &cell, xs.view(), None, &loss).unwrap();
+    let cf = closed_form::m3(&params, &cell, &Sequence::new(xs.view(), loss)).unwrap();
     let mut tape = Tape::new();
     let run = bptt::unroll(&cell, &mut tape, &params, &Sequence::new(xs.view(), loss)).unwrap();
     let grads = tape.backward(run.loss).unwrap();
@@ -591,9 +596,7 @@ fn bad_input_is_an_error() {
     assert!(invalid(closed_form::m1_recursion(
         &tanh.params,
         &tanh.cell,
-        tanh.xs.view(),
-        None,
-        &classes
+        &Sequence::new(tanh.xs.view(), classes)
     )));
     let linear_with_bias = problem(
         RnnConfig::new(s.d, s.h, s.q).activation(Activation::Identity),
@@ -604,24 +607,18 @@ fn bad_input_is_an_error() {
     assert!(invalid(closed_form::m1_power_sum(
         &linear_with_bias.params,
         &linear_with_bias.cell,
-        linear_with_bias.xs.view(),
-        None,
-        &classes
+        &Sequence::new(linear_with_bias.xs.view(), classes)
     )));
     let last = loss_of(&m1, 2, false, false);
     assert!(invalid(closed_form::m1_recursion(
         &m1.params,
         &m1.cell,
-        m1.xs.view(),
-        None,
-        &last
+        &Sequence::new(m1.xs.view(), last)
     )));
     assert!(invalid(closed_form::m2(
         &tanh.params,
         &tanh.cell,
-        tanh.xs.view(),
-        None,
-        &classes
+        &Sequence::new(tanh.xs.view(), classes)
     )));
     let relu3 = problem(
         RnnConfig::new(s.d, s.h, 3).activation(Activation::Relu),
@@ -633,31 +630,23 @@ fn bad_input_is_an_error() {
     assert!(invalid(closed_form::m2_outer(
         &relu3.params,
         &relu3.cell,
-        relu3.xs.view(),
-        None,
-        &bin
+        &Sequence::new(relu3.xs.view(), bin)
     )));
     assert!(invalid(closed_form::m3(
         &m1.params,
         &m1.cell,
-        m1.xs.view(),
-        None,
-        &classes
+        &Sequence::new(m1.xs.view(), classes)
     )));
     let values = SequenceLoss::values(tanh.values.view());
     assert!(invalid(closed_form::m3(
         &tanh.params,
         &tanh.cell,
-        tanh.xs.view(),
-        None,
-        &values
+        &Sequence::new(tanh.xs.view(), values)
     )));
     assert!(invalid(closed_form::m4(
         &tanh.params,
         &tanh.cell,
-        tanh.xs.view(),
-        None,
-        &bin
+        &Sequence::new(tanh.xs.view(), bin)
     )));
 
     // Shapes, empty input, labels.
@@ -666,35 +655,27 @@ fn bad_input_is_an_error() {
     let r = closed_form::m4(
         &tanh.params,
         &tanh.cell,
-        empty.view(),
-        None,
-        &SequenceLoss::classes(empty_labels.view()),
+        &Sequence::new(empty.view(), SequenceLoss::classes(empty_labels.view())),
     );
     assert!(matches!(r, Err(Error::EmptyInput { .. })));
     let narrow = Array3::<f64>::zeros((4, 2, 2));
     assert!(mismatch(closed_form::m4(
         &tanh.params,
         &tanh.cell,
-        narrow.view(),
-        None,
-        &classes
+        &Sequence::new(narrow.view(), classes)
     )));
     let bad_h0 = Array2::<f64>::zeros((2, 4));
     assert!(mismatch(closed_form::m3(
         &tanh.params,
         &tanh.cell,
-        tanh.xs.view(),
-        Some(bad_h0.view()),
-        &classes
+        &Sequence::new(tanh.xs.view(), classes).with_h0(bad_h0.view())
     )));
     let mut labels = tanh.classes.clone();
     labels[[2, 1]] = 3;
     let r = closed_form::m3(
         &tanh.params,
         &tanh.cell,
-        tanh.xs.view(),
-        None,
-        &SequenceLoss::classes(labels.view()),
+        &Sequence::new(tanh.xs.view(), SequenceLoss::classes(labels.view())),
     );
     assert!(matches!(
         r,
@@ -708,16 +689,12 @@ fn bad_input_is_an_error() {
     assert!(mismatch(closed_form::m3(
         &tanh.params,
         &tanh.cell,
-        tanh.xs.view(),
-        None,
-        &classes.weighted(&short)
+        &Sequence::new(tanh.xs.view(), classes.weighted(&short))
     )));
     assert!(mismatch(closed_form::truncated(
         &tanh.params,
         &tanh.cell,
-        tanh.xs.view(),
-        None,
-        &classes,
+        &Sequence::new(tanh.xs.view(), classes),
         &[true, false]
     )));
     assert!(matches!(
@@ -727,9 +704,7 @@ fn bad_input_is_an_error() {
     assert!(invalid(closed_form::truncated_fixed(
         &tanh.params,
         &tanh.cell,
-        tanh.xs.view(),
-        None,
-        &classes,
+        &Sequence::new(tanh.xs.view(), classes),
         0
     )));
 
@@ -739,11 +714,13 @@ fn bad_input_is_an_error() {
     assert!(mismatch(closed_form::m4(
         &reshaped,
         &tanh.cell,
-        tanh.xs.view(),
-        None,
-        &classes
+        &Sequence::new(tanh.xs.view(), classes)
     )));
-    let r = closed_form::m4(&m1.params, &tanh.cell, tanh.xs.view(), None, &classes);
+    let r = closed_form::m4(
+        &m1.params,
+        &tanh.cell,
+        &Sequence::new(tanh.xs.view(), classes),
+    );
     assert!(matches!(r, Err(Error::ForeignParam { .. })));
 
     // The workspace: no gradients before a run; α of the wrong length.

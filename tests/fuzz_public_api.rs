@@ -74,6 +74,7 @@ use timetape::optim::{clip_global_norm, Adam, Sgd};
 use timetape::rnn::{
     models, Gru, Lstm, Recurrent, Rnn, RnnBound, RnnConfig, Sequence, SequenceLoss, Targets,
 };
+
 use timetape::{
     closed_form, diagnostics, init, Activation, Axis, Error, Grads, ParamId, Params, Reduction,
     Scalar, Tape, Var,
@@ -2910,45 +2911,49 @@ fn closed_forms<F: Scalar>(
     match fz.below(9) {
         0 => {
             fz.try_call("closed_form::m1_recursion", || {
-                closed_form::m1_recursion(params, rnn, xs, h0, &loss).map(|_| ())
+                closed_form::m1_recursion(params, rnn, &Sequence::new(xs, loss).with_h0(h0))
+                    .map(|_| ())
             });
         }
         1 => {
             fz.try_call("closed_form::m1_power_sum", || {
-                closed_form::m1_power_sum(params, rnn, xs, h0, &loss).map(|_| ())
+                closed_form::m1_power_sum(params, rnn, &Sequence::new(xs, loss).with_h0(h0))
+                    .map(|_| ())
             });
         }
         2 => {
             fz.try_call("closed_form::m2", || {
-                closed_form::m2(params, rnn, xs, h0, &loss).map(|_| ())
+                closed_form::m2(params, rnn, &Sequence::new(xs, loss).with_h0(h0)).map(|_| ())
             });
         }
         3 => {
             fz.try_call("closed_form::m2_outer", || {
-                closed_form::m2_outer(params, rnn, xs, h0, &loss).map(|_| ())
+                closed_form::m2_outer(params, rnn, &Sequence::new(xs, loss).with_h0(h0)).map(|_| ())
             });
         }
         4 => {
             fz.try_call("closed_form::m3", || {
-                closed_form::m3(params, rnn, xs, h0, &loss).map(|_| ())
+                closed_form::m3(params, rnn, &Sequence::new(xs, loss).with_h0(h0)).map(|_| ())
             });
         }
         5 => {
             fz.try_call("closed_form::m4", || {
-                closed_form::m4(params, rnn, xs, h0, &loss).map(|_| ())
+                closed_form::m4(params, rnn, &Sequence::new(xs, loss).with_h0(h0)).map(|_| ())
             });
         }
         6 => {
             let n = if fz.chance(0.9) { t } else { t + 1 };
             let cuts: Vec<bool> = (0..n).map(|_| fz.chance(0.3)).collect();
             fz.try_call("closed_form::truncated", || {
-                closed_form::truncated(params, rnn, xs, h0, &loss, &cuts).map(|_| ())
+                closed_form::truncated(params, rnn, &Sequence::new(xs, loss).with_h0(h0), &cuts)
+                    .map(|_| ())
             });
         }
         7 => {
             let k = block(fz, t);
             fz.try_call("closed_form::truncated_fixed", || {
-                closed_form::truncated_fixed(params, rnn, xs, h0, &loss, k).map(|_| ())
+                closed_form::truncated_fixed(params, rnn, &Sequence::new(xs, loss).with_h0(h0), k)
+                    .map(|_| ())
             });
         }
         _ => {

@@ -111,8 +111,10 @@ impl Case {
             Some(self.h0.view()),
         );
         match cuts {
-            None => closed_form::m3(p, cell, xs, h0, loss),
-            Some(cuts) => closed_form::truncated(p, cell, xs, h0, loss, cuts),
+            None => closed_form::m3(p, cell, &Sequence::new(xs, *loss).with_h0(h0)),
+            Some(cuts) => {
+                closed_form::truncated(p, cell, &Sequence::new(xs, *loss).with_h0(h0), cuts)
+            }
         }
         .unwrap()
     }
@@ -128,9 +130,7 @@ fn check(c: &Case, what: &str) -> f64 {
     let general = closed_form::m4(
         &c.params,
         &c.cell,
-        c.xs.view(),
-        Some(c.h0.view()),
-        &c.loss(),
+        &Sequence::new(c.xs.view(), c.loss()).with_h0(c.h0.view()),
     )
     .unwrap();
     assert_grads_close(

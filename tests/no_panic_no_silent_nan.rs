@@ -193,7 +193,7 @@ fn last_step_targets_with_step_weights_are_an_error() {
             ),
             "{r:?}"
         );
-        let r = closed_form::m4(&params, &cell, xs.view(), None, &loss);
+        let r = closed_form::m4(&params, &cell, &Sequence::new(xs.view(), loss));
         assert!(r.is_err());
         let mut tape = Tape::new();
         assert!(bptt::unroll(&cell, &mut tape, &params, &Sequence::new(xs.view(), loss)).is_err());
@@ -365,9 +365,9 @@ fn exploding_rnn_is_a_non_finite_error_under_every_truncation() {
 fn exploding_rnn_is_a_non_finite_error_in_the_closed_forms() {
     let (params, cell, xs, labels) = exploding();
     let loss = SequenceLoss::classes(labels.view());
-    let r = closed_form::m1_recursion(&params, &cell, xs.view(), None, &loss);
+    let r = closed_form::m1_recursion(&params, &cell, &Sequence::new(xs.view(), loss));
     assert!(matches!(r, Err(Error::NonFinite { .. })), "{r:?}");
-    let r = closed_form::m4(&params, &cell, xs.view(), None, &loss);
+    let r = closed_form::m4(&params, &cell, &Sequence::new(xs.view(), loss));
     assert!(matches!(r, Err(Error::NonFinite { .. })), "{r:?}");
 }
 

@@ -3,7 +3,7 @@
 use super::{check, initial_state, output_adjoints, require_activation, ClosedForm, Dims};
 use crate::error::{invalid, Result};
 use crate::params::{Grads, Params};
-use crate::rnn::{Activation, Rnn, SequenceLoss};
+use crate::rnn::{Activation, Rnn, Sequence, SequenceLoss};
 use crate::scalar::Scalar;
 use ndarray::{Array2, ArrayView2, ArrayView3, Axis};
 
@@ -122,8 +122,8 @@ fn finish<F: Scalar>(
 /// let ys = Array3::from_shape_fn((6, 2, 2), |(t, b, d)| ((t * b + d) as f64).cos());
 /// let loss = SequenceLoss::values(ys.view()).mean_over_time(); // L = (1/T) Σ_t l(o_t, y_t)
 ///
-/// let cf = closed_form::m1_recursion(&params, &cell, xs.view(), None, &loss)?;
-/// let ps = closed_form::m1_power_sum(&params, &cell, xs.view(), None, &loss)?;
+/// let cf = closed_form::m1_recursion(&params, &cell, &Sequence::new(xs.view(), loss))?;
+/// let ps = closed_form::m1_power_sum(&params, &cell, &Sequence::new(xs.view(), loss))?;
 /// assert!(cf.grads.max_rel_diff(&ps.grads) < 1e-12); // eq (8) and eq (9) agree
 ///
 /// let mut tape = Tape::new();
@@ -141,10 +141,9 @@ fn finish<F: Scalar>(
 pub fn m1_recursion<F: Scalar>(
     params: &Params<F>,
     rnn: &Rnn,
-    xs: ArrayView3<'_, F>,
-    h0: Option<ArrayView2<'_, F>>,
-    loss: &SequenceLoss<'_, F>,
+    seq: &Sequence<'_, F>,
 ) -> Result<ClosedForm<F>> {
+    let (xs, h0, loss) = (seq.inputs(), seq.initial_state(), seq.loss());
     let (fw, w) = forward("closed_form::m1_recursion", params, rnn, xs, h0, loss)?;
     let t_len = fw.dims.t;
     let w_qh_t = w.w_hq.t();
@@ -180,10 +179,9 @@ pub fn m1_recursion<F: Scalar>(
 pub fn m1_power_sum<F: Scalar>(
     params: &Params<F>,
     rnn: &Rnn,
-    xs: ArrayView3<'_, F>,
-    h0: Option<ArrayView2<'_, F>>,
-    loss: &SequenceLoss<'_, F>,
+    seq: &Sequence<'_, F>,
 ) -> Result<ClosedForm<F>> {
+    let (xs, h0, loss) = (seq.inputs(), seq.initial_state(), seq.loss());
     let (fw, w) = forward("closed_form::m1_power_sum", params, rnn, xs, h0, loss)?;
     let Dims { t: t_len, b, h, .. } = fw.dims;
     // powers[k] = (W_hhᵀ)^k, k = 0..=T

@@ -3,9 +3,9 @@
 use super::{bce_logit, check, initial_state, require_activation, row_sum, sigmoid, ClosedForm};
 use crate::error::{invalid, Result};
 use crate::params::{Grads, Params};
-use crate::rnn::{Activation, Rnn, SequenceLoss, Targets};
+use crate::rnn::{Activation, Rnn, Sequence, SequenceLoss, Targets};
 use crate::scalar::Scalar;
-use ndarray::{Array1, Array2, ArrayView1, ArrayView2, ArrayView3, Axis, Slice};
+use ndarray::{Array1, Array2, ArrayView1, ArrayView3, Axis, Slice};
 
 /// Row `r` of step `t` of `xs`: the input `x_t` of one sequence.
 fn step_row<'a, F>(xs: ArrayView3<'a, F>, t: usize, r: usize) -> ArrayView1<'a, F> {
@@ -98,8 +98,8 @@ fn relu_diag<F: Scalar>(h: &Array1<F>) -> Array2<F> {
 ///     step_weights: None,
 ///     time: Reduction::Sum,
 /// };
-/// let kron = closed_form::m2(&params, &cell, xs.view(), None, &loss)?;
-/// let outer = closed_form::m2_outer(&params, &cell, xs.view(), None, &loss)?;
+/// let kron = closed_form::m2(&params, &cell, &Sequence::new(xs.view(), loss))?;
+/// let outer = closed_form::m2_outer(&params, &cell, &Sequence::new(xs.view(), loss))?;
 /// assert!(kron.grads.max_rel_diff(&outer.grads) < 1e-12);
 ///
 /// let mut tape = Tape::new();
@@ -119,10 +119,9 @@ fn relu_diag<F: Scalar>(h: &Array1<F>) -> Array2<F> {
 pub fn m2<F: Scalar>(
     params: &Params<F>,
     rnn: &Rnn,
-    xs: ArrayView3<'_, F>,
-    h0: Option<ArrayView2<'_, F>>,
-    loss: &SequenceLoss<'_, F>,
+    seq: &Sequence<'_, F>,
 ) -> Result<ClosedForm<F>> {
+    let (xs, h0, loss) = (seq.inputs(), seq.initial_state(), seq.loss());
     let op = "closed_form::m2";
     let y_gt = binary_targets(op, rnn, loss)?;
     let (dims, w) = check(op, params, rnn, xs, h0)?;
@@ -227,10 +226,9 @@ pub fn m2<F: Scalar>(
 pub fn m2_outer<F: Scalar>(
     params: &Params<F>,
     rnn: &Rnn,
-    xs: ArrayView3<'_, F>,
-    h0: Option<ArrayView2<'_, F>>,
-    loss: &SequenceLoss<'_, F>,
+    seq: &Sequence<'_, F>,
 ) -> Result<ClosedForm<F>> {
+    let (xs, h0, loss) = (seq.inputs(), seq.initial_state(), seq.loss());
     let op = "closed_form::m2_outer";
     let y_gt = binary_targets(op, rnn, loss)?;
     let (dims, w) = check(op, params, rnn, xs, h0)?;
@@ -317,8 +315,8 @@ mod tests {
             step_weights: None,
             time: crate::Reduction::Sum,
         };
-        let a = m2(&params, &cell, xs.view(), None, &loss).unwrap();
-        let b = m2_outer(&params, &cell, xs.view(), None, &loss).unwrap();
+        let a = m2(&params, &cell, &Sequence::new(xs.view(), loss)).unwrap();
+        let b = m2_outer(&params, &cell, &Sequence::new(xs.view(), loss)).unwrap();
         // Same exact formulas, different summation orders: a few ulp.
         assert!(a.grads.max_rel_diff(&b.grads) < 1e-13);
         assert!((a.loss - b.loss).abs() < 1e-14);

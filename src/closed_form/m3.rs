@@ -7,7 +7,7 @@ use super::{
 };
 use crate::error::{invalid, Error, Result};
 use crate::params::{Grads, ParamId, Params};
-use crate::rnn::{Activation, Rnn, SequenceLoss, Targets};
+use crate::rnn::{Activation, Rnn, Sequence, SequenceLoss, Targets};
 use crate::scalar::Scalar;
 use ndarray::linalg::general_mat_mul;
 use ndarray::{Array2, ArrayView2, ArrayView3, ArrayViewMut2, Axis, Slice, Zip};
@@ -471,7 +471,7 @@ fn add_row<F: Scalar>(a: &mut ArrayViewMut2<'_, F>, bias: &Array2<F>) {
 ///
 /// ```
 /// use ndarray::{Array2, Array3};
-/// use timetape::rnn::{models, SequenceLoss};
+/// use timetape::rnn::{models, SequenceLoss, Sequence};
 /// use timetape::{closed_form, Params};
 ///
 /// let mut params = Params::<f64>::new();
@@ -480,8 +480,8 @@ fn add_row<F: Scalar>(a: &mut ArrayViewMut2<'_, F>, bias: &Array2<F>) {
 /// let labels = Array2::from_shape_fn((3, 1), |(t, _)| t % 2);
 /// let weights = [0.1, 0.1, 0.8];
 /// let loss = SequenceLoss::classes(labels.view()).weighted(&weights);
-/// let cf = closed_form::m3(&params, &cell, xs.view(), None, &loss)?;
-/// let general = closed_form::m4(&params, &cell, xs.view(), None, &loss)?;
+/// let cf = closed_form::m3(&params, &cell, &Sequence::new(xs.view(), loss))?;
+/// let general = closed_form::m4(&params, &cell, &Sequence::new(xs.view(), loss))?;
 /// assert!(cf.grads.max_rel_diff(&general.grads) < 1e-12);
 /// assert_eq!(cf.dh.len(), 3);
 /// # Ok::<(), timetape::Error>(())
@@ -493,10 +493,9 @@ fn add_row<F: Scalar>(a: &mut ArrayViewMut2<'_, F>, bias: &Array2<F>) {
 pub fn m3<F: Scalar>(
     params: &Params<F>,
     rnn: &Rnn,
-    xs: ArrayView3<'_, F>,
-    h0: Option<ArrayView2<'_, F>>,
-    loss: &SequenceLoss<'_, F>,
+    seq: &Sequence<'_, F>,
 ) -> Result<ClosedForm<F>> {
+    let (xs, h0, loss) = (seq.inputs(), seq.initial_state(), seq.loss());
     let op = "closed_form::m3";
     let Targets::Classes(labels) = loss.targets else {
         return Err(invalid(op, "M3 needs Targets::Classes"));
@@ -686,7 +685,7 @@ pub(crate) fn general<F: Scalar>(
 /// let ys = Array3::from_shape_fn((5, 2, 2), |(t, b, d)| ((t + b * d) as f64).cos());
 /// let h0 = Array2::from_elem((2, 3), 0.1);
 /// let loss = SequenceLoss::values(ys.view());
-/// let cf = closed_form::m4(&params, &cell, xs.view(), Some(h0.view()), &loss)?;
+/// let cf = closed_form::m4(&params, &cell, &Sequence::new(xs.view(), loss).with_h0(h0.view()))?;
 ///
 /// let mut tape = Tape::new();
 /// let run = bptt::unroll(&cell, &mut tape, &params, &Sequence::new(xs.view(), loss).with_h0(h0.view()))?;
@@ -704,9 +703,8 @@ pub(crate) fn general<F: Scalar>(
 pub fn m4<F: Scalar>(
     params: &Params<F>,
     rnn: &Rnn,
-    xs: ArrayView3<'_, F>,
-    h0: Option<ArrayView2<'_, F>>,
-    loss: &SequenceLoss<'_, F>,
+    seq: &Sequence<'_, F>,
 ) -> Result<ClosedForm<F>> {
+    let (xs, h0, loss) = (seq.inputs(), seq.initial_state(), seq.loss());
     general("closed_form::m4", params, rnn, xs, h0, loss, None)
 }

@@ -69,7 +69,7 @@
 //! let labels = Array2::from_shape_fn((5, 2), |(t, b)| (t + b) % 2);
 //! let loss = SequenceLoss::classes(labels.view());
 //!
-//! let cf = closed_form::m3(&params, &cell, xs.view(), None, &loss)?;
+//! let cf = closed_form::m3(&params, &cell, &Sequence::new(xs.view(), loss))?;
 //!
 //! let mut tape = Tape::new();
 //! let run = bptt::unroll(&cell, &mut tape, &params, &Sequence::new(xs.view(), loss))?;

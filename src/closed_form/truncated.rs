@@ -5,9 +5,8 @@ use super::m3::general;
 use super::ClosedForm;
 use crate::error::{invalid, Result};
 use crate::params::Params;
-use crate::rnn::{Rnn, SequenceLoss};
+use crate::rnn::{Rnn, Sequence};
 use crate::scalar::Scalar;
-use ndarray::{ArrayView2, ArrayView3};
 
 /// The block starts of fixed truncation with blocks of `k` steps over `t_len` steps:
 /// `cuts[t] = (t mod k == 0)` for 0-based t, i.e. steps 1, k+1, 2k+1, … in the notes'
@@ -57,11 +56,10 @@ pub fn block_starts(t_len: usize, k: usize) -> Result<Vec<bool>> {
 pub fn truncated<F: Scalar>(
     params: &Params<F>,
     rnn: &Rnn,
-    xs: ArrayView3<'_, F>,
-    h0: Option<ArrayView2<'_, F>>,
-    loss: &SequenceLoss<'_, F>,
+    seq: &Sequence<'_, F>,
     cuts: &[bool],
 ) -> Result<ClosedForm<F>> {
+    let (xs, h0, loss) = (seq.inputs(), seq.initial_state(), seq.loss());
     general(
         "closed_form::truncated",
         params,
@@ -90,11 +88,11 @@ pub fn truncated<F: Scalar>(
 /// let labels = Array2::from_shape_fn((7, 1), |(t, _)| t % 2);
 /// let loss = SequenceLoss::classes(labels.view());
 ///
-/// let cf = closed_form::truncated_fixed(&params, &cell, xs.view(), None, &loss, 3)?;
+/// let cf = closed_form::truncated_fixed(&params, &cell, &Sequence::new(xs.view(), loss), 3)?;
 /// let tape = run(&cell, &params, &Sequence::new(xs.view(), loss), &Run::new(Truncation::Fixed { k: 3 }))?;
 /// assert!(cf.grads.max_rel_diff(&tape.grads) < 1e-12);
 /// // the truncated gradient is not the full one
-/// let full = closed_form::m4(&params, &cell, xs.view(), None, &loss)?;
+/// let full = closed_form::m4(&params, &cell, &Sequence::new(xs.view(), loss))?;
 /// assert!(cf.grads.max_rel_diff(&full.grads) > 1e-3);
 /// # Ok::<(), timetape::Error>(())
 /// ```
@@ -104,11 +102,11 @@ pub fn truncated<F: Scalar>(
 pub fn truncated_fixed<F: Scalar>(
     params: &Params<F>,
     rnn: &Rnn,
-    xs: ArrayView3<'_, F>,
-    h0: Option<ArrayView2<'_, F>>,
-    loss: &SequenceLoss<'_, F>,
+    seq: &Sequence<'_, F>,
     k: usize,
 ) -> Result<ClosedForm<F>> {
+    let (xs, h0, loss) = (seq.inputs(), seq.initial_state(), seq.loss());
     let cuts = block_starts(xs.dim().0, k)?;
-    truncated(params, rnn, xs, h0, loss, &cuts)
+    let _ = (h0, loss);
+    truncated(params, rnn, seq, &cuts)
 }

@@ -113,6 +113,11 @@ impl<'a, F: Scalar> Sequence<'a, F> {
         self.xs
     }
 
+    /// The initial state, if one was given (zeros otherwise).
+    pub fn initial_state(&self) -> Option<ArrayView2<'a, F>> {
+        self.h0
+    }
+
     /// The loss.
     pub fn loss(&self) -> &SequenceLoss<'a, F> {
         &self.loss

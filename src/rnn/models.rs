@@ -146,7 +146,7 @@ pub fn m3<F: Scalar>(
 /// let labels = Array2::from_shape_fn((4, 1), |(t, _)| t % 2);
 /// let loss = SequenceLoss::classes(labels.view());
 /// let r = run(&cell, &params, &Sequence::new(xs.view(), loss), &Run::new(Truncation::Full))?;
-/// let cf = closed_form::m4(&params, &cell, xs.view(), None, &loss)?;
+/// let cf = closed_form::m4(&params, &cell, &Sequence::new(xs.view(), loss))?;
 /// assert!(r.grads.max_rel_diff(&cf.grads) < 1e-12);
 /// # Ok::<(), timetape::Error>(())
 /// ```
