@@ -49,12 +49,13 @@
 //!
 //! On the tape, the edge `h_{t−1} → step t` is [`Tape::detach`] where ξ_t = 0 and
 //! [`Tape::scale_grad`]`(·, 1/π_t)` elsewhere; every strategy is a pattern of edges, run
-//! by [`bptt::run`] one segment at a time.
+//! by [`bptt::run`] one segment at a time: a [`rnn::Sequence`] (inputs, initial state,
+//! loss) run as a [`bptt::Run`] says (truncation, memory policy, options).
 //!
 //! | strategy | gradient | backward steps | tape memory |
 //! |---|---|---|---|
 //! | [`bptt::Truncation::Full`] | exact | T | T steps |
-//! | [`bptt::checkpointed`] | exact | T (2T forward) | ≈ 2√T steps (√T states + one segment) |
+//! | [`bptt::Memory::Checkpointed`] (with `Full`) | exact | T (2T forward) | ≈ 2√T steps (√T states + one segment) |
 //! | [`bptt::Truncation::Fixed`] `{ k }` | biased (short horizon) | T | k steps |
 //! | [`bptt::Truncation::Tbptt`] `{ k1, k2 }` | biased | ≈ T k2/k1 | k2 steps |
 //! | [`bptt::Truncation::Randomized`] `{ π }` | unbiased, with variance | T | one segment, mean 1/(1 − π) |

@@ -20,8 +20,14 @@
 //! of those k1 steps are backpropagated k2 ≥ k1 steps into the past; each update
 //! recomputes its window of k2 steps from the stored state at its start.
 //!
-//! [`checkpointed`] gives exact full-BPTT gradients with O(√T) tape memory, and
+//! [`Memory::Checkpointed`] gives exact full-BPTT gradients with O(√T) tape memory, and
 //! [`enumerate`] the exact expectation and variance of the randomized estimator.
+//!
+//! A sequence ([`Sequence`]) and how it is run ([`Run`]: truncation, memory policy,
+//! options) are values, taken alike by [`run`], [`Workspace::run`] and [`Stream`].
+//! Recording a segment (the unroll with its edges, the loss terms, the output head on
+//! chunks of steps) is done in one place, `bptt::segment`; [`unroll`] records a whole
+//! sequence on a tape of the caller's.
 
 mod checkpoint;
 pub mod enumerate;
@@ -219,7 +225,8 @@ pub struct Report<F> {
     /// The most nodes the tape held at once.
     pub peak_tape_nodes: usize,
     /// The most bytes the tape held at once (values, adjoints and recycled buffers; with
-    /// [`run_with`], buffers kept from earlier runs of the same [`Workspace`] count too).
+    /// [`Workspace::run`], buffers kept from earlier runs of the same [`Workspace`] count
+    /// too).
     pub peak_tape_bytes: usize,
     /// The last state h_T (to carry into the next sequence).
     pub h_final: Array2<F>,
