@@ -52,7 +52,7 @@ use std::time::{Duration, Instant};
 use timetape::bptt::Run;
 use timetape::bptt::{Pi, StepTarget, Stream, Truncation, Workspace};
 use timetape::closed_form::M3Workspace;
-use timetape::rnn::{models, Rnn, Sequence, SequenceLoss};
+use timetape::rnn::{models, Rnn, Sequence, SequenceLoss, Sizes};
 use timetape::{Grads, Params};
 
 #[derive(Clone, Copy)]
@@ -117,7 +117,7 @@ struct Problem {
 fn problem(s: Size) -> Problem {
     let q = s.q();
     let mut params = Params::<f32>::new();
-    let cell = models::m3(&mut params, s.d, s.h, q, 1).expect("m3");
+    let cell = models::m3(&mut params, Sizes::new(s.d, s.h, q), 1).expect("m3");
     let xs = Array3::from_shape_fn((s.t, s.b, s.d), |(t, b, k)| {
         ((t * 31 + b * 7 + k) as f32 * 0.01).sin()
     });

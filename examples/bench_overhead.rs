@@ -18,7 +18,7 @@ use std::time::Instant;
 use timetape::bptt::Run;
 use timetape::bptt::{Truncation, Workspace};
 use timetape::closed_form::M3Workspace;
-use timetape::rnn::{models, Sequence, SequenceLoss};
+use timetape::rnn::{models, Sequence, SequenceLoss, Sizes};
 use timetape::Params;
 
 struct Size {
@@ -81,7 +81,7 @@ fn main() -> Result<(), timetape::Error> {
     {
         let q = s.d;
         let mut params = Params::<f32>::new();
-        let cell = models::m3(&mut params, s.d, s.h, q, 1)?;
+        let cell = models::m3(&mut params, Sizes::new(s.d, s.h, q), 1)?;
         let xs = Array3::from_shape_fn((s.t, s.b, s.d), |(t, b, k)| {
             ((t * 31 + b * 7 + k) as f32 * 0.01).sin()
         });

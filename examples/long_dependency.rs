@@ -15,7 +15,7 @@ use std::time::Instant;
 use timetape::bptt::Run;
 use timetape::bptt::{run, Pi, Truncation};
 use timetape::optim::{clip_global_norm, Adam};
-use timetape::rnn::{models, Sequence, SequenceLoss, Targets};
+use timetape::rnn::{models, Sequence, SequenceLoss, Sizes, Targets};
 use timetape::{Params, Reduction};
 
 const L: usize = 20; // steps between the bit and the question
@@ -84,7 +84,7 @@ fn main() -> Result<(), timetape::Error> {
     for (name, truncation) in strategies {
         let start = Instant::now();
         let mut params = Params::<f32>::new();
-        let cell = models::m3(&mut params, 4, 16, 2, 11)?;
+        let cell = models::m3(&mut params, Sizes::new(4, 16, 2), 11)?;
         let mut adam = Adam::new(0.01f32)?;
         let mut data_rng = timetape::init::rng(1);
         let mut test_rng = timetape::init::rng(99);

@@ -13,14 +13,14 @@ use std::time::Instant;
 use timetape::bptt::{run, Pi, Truncation};
 use timetape::bptt::{Memory, Run};
 use timetape::closed_form;
-use timetape::rnn::{models, Sequence, SequenceLoss};
+use timetape::rnn::{models, Sequence, SequenceLoss, Sizes};
 use timetape::{Params, Scalar};
 
 fn table<F: Scalar>(label: &str) -> Result<(), timetape::Error> {
     // D = 8 inputs, H = 32 hidden units, Q = 8 classes, T = 100 steps, batch B = 4.
     let (d, h, q, t_len, b) = (8, 32, 8, 100, 4);
     let mut params = Params::<F>::new();
-    let cell = models::m3(&mut params, d, h, q, 42)?;
+    let cell = models::m3(&mut params, Sizes::new(d, h, q), 42)?;
     // A recurrent matrix with some memory: scale W_hh up a little.
     params.get_mut(cell.w_hh)?.mapv_inplace(|w| w * F::of(2.0));
     let xs = Array3::from_shape_fn((t_len, b, d), |(t, r, k)| {

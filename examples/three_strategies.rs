@@ -26,7 +26,7 @@ use std::time::Instant;
 use timetape::bptt::Run;
 use timetape::bptt::{run, Pi, Truncation};
 use timetape::optim::{clip_global_norm, Adam};
-use timetape::rnn::{models, Sequence, SequenceLoss};
+use timetape::rnn::{models, Sequence, SequenceLoss, Sizes};
 use timetape::Params;
 
 const TOPICS: usize = 4;
@@ -225,7 +225,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     for (name, truncation) in &strategies {
         let start = Instant::now();
         let mut params = Params::<f32>::new();
-        let cell = models::m3(&mut params, VOCAB, HIDDEN, VOCAB, 3)?;
+        let cell = models::m3(&mut params, Sizes::new(VOCAB, HIDDEN, VOCAB), 3)?;
         let mut adam = Adam::new(0.01f32)?;
         let mut rng = timetape::init::rng(1);
         let mut curve = Vec::new();

@@ -13,7 +13,7 @@ use plotters::prelude::*;
 use timetape::bptt;
 
 use timetape::diagnostics::{dh_norms, largest_singular_value, spectral_radius};
-use timetape::rnn::{models, Sequence, SequenceLoss};
+use timetape::rnn::{models, Sequence, SequenceLoss, Sizes};
 use timetape::{Params, Tape};
 
 /// A random orthogonal matrix by Gram–Schmidt on a seeded uniform matrix.
@@ -51,7 +51,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     );
     for rho in [0.9, 1.0, 1.1] {
         let mut params = Params::<f64>::new();
-        let cell = models::m1(&mut params, d, h, q_out, 3)?;
+        let cell = models::m1(&mut params, Sizes::new(d, h, q_out), 3)?;
         params.get_mut(cell.w_hh)?.assign(&(&q * rho));
         let w_hh = params.get(cell.w_hh)?.clone();
         let radius = spectral_radius(w_hh.view(), 200)?;

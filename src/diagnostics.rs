@@ -19,12 +19,12 @@ use ndarray::{Array1, Array2, ArrayView2};
 /// ```
 /// use ndarray::{Array2, Array3};
 /// use timetape::diagnostics::dh_norms;
-/// use timetape::rnn::{models, SequenceLoss, Sequence};
+/// use timetape::rnn::{models, SequenceLoss, Sequence, Sizes};
 /// use timetape::{Params, Tape};
 /// use timetape::bptt;
 ///
 /// let mut params = Params::<f64>::new();
-/// let cell = models::m3(&mut params, 1, 4, 2, 3)?;
+/// let cell = models::m3(&mut params, Sizes::new(1, 4, 2), 3)?;
 /// let xs = Array3::from_elem((6, 1, 1), 1.0);
 /// let labels = Array2::from_elem((6, 1), 0usize);
 /// let mut tape = Tape::new();

@@ -15,7 +15,7 @@ use ndarray::{Array1, Array2, Array3};
 use rand::Rng;
 use timetape::bptt::{self, Report, RunOptions, Truncation};
 use timetape::bptt::{Memory, Run};
-use timetape::rnn::{models, Rnn, Sequence, SequenceLoss, Targets};
+use timetape::rnn::{models, Rnn, Sequence, SequenceLoss, Sizes, Targets};
 use timetape::{init, Params, Reduction};
 
 const TOL: f64 = 1e-12;
@@ -44,9 +44,9 @@ fn case(model: Model, t: usize, seed: u64) -> Case {
     let (b, d, h, q) = (2, 3, 4, 3);
     let mut params = Params::<f64>::new();
     let cell = match model {
-        Model::M1 => models::m1(&mut params, d, h, q, seed),
+        Model::M1 => models::m1(&mut params, Sizes::new(d, h, q), seed),
         Model::M2 => models::m2(&mut params, d, h, seed),
-        Model::M3 => models::m3(&mut params, d, h, q, seed),
+        Model::M3 => models::m3(&mut params, Sizes::new(d, h, q), seed),
     }
     .unwrap();
     let q = cell.config.output;

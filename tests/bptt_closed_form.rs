@@ -10,7 +10,7 @@ use timetape::bptt;
 use timetape::bptt::Run;
 use timetape::bptt::{run, Truncation};
 use timetape::closed_form;
-use timetape::rnn::{self, models, Sequence, SequenceLoss, Targets};
+use timetape::rnn::{self, models, Sequence, SequenceLoss, Sizes, Targets};
 use timetape::{Params, Reduction, Tape};
 
 const TOL: f64 = 1e-10;
@@ -43,7 +43,7 @@ fn full_equals_the_closed_forms_of_m1_m2_m3() {
     let (t, b) = (23, 3);
     // M1 with softmax cross-entropy, mean over time.
     let mut p1 = Params::new();
-    let m1 = models::m1(&mut p1, 4, 5, 3, 1).unwrap();
+    let m1 = models::m1(&mut p1, Sizes::new(4, 5, 3), 1).unwrap();
     let x1 = xs(t, b, 4);
     let labels = Array2::from_shape_fn((t, b), |(t, b)| (t + b) % 3);
     let l1 = SequenceLoss::classes(labels.view()).mean_over_time();
@@ -65,7 +65,7 @@ fn full_equals_the_closed_forms_of_m1_m2_m3() {
     assert!(d <= TOL, "M2: {d:e}");
     // M3: tanh, softmax at every step, weights α_t.
     let mut p3 = Params::new();
-    let m3 = models::m3(&mut p3, 4, 5, 3, 3).unwrap();
+    let m3 = models::m3(&mut p3, Sizes::new(4, 5, 3), 3).unwrap();
     let alphas: Vec<f64> = (0..t).map(|t| 0.1 + 0.05 * t as f64).collect();
     let l3 = SequenceLoss::classes(labels.view()).weighted(&alphas);
     let cf = closed_form::m3(&p3, &m3, &Sequence::new(x1.view(), l3)).unwrap();
@@ -77,7 +77,7 @@ fn full_equals_the_closed_forms_of_m1_m2_m3() {
 fn fixed_and_tbptt_k_k_equal_the_truncated_closed_form() {
     let (t, b) = (23, 2);
     let mut params = Params::new();
-    let cell = models::m3(&mut params, 3, 4, 3, 7).unwrap();
+    let cell = models::m3(&mut params, Sizes::new(3, 4, 3), 7).unwrap();
     let x = xs(t, b, 3);
     let labels = Array2::from_shape_fn((t, b), |(t, b)| (2 * t + b) % 3);
     let loss = SequenceLoss::classes(labels.view());
@@ -102,7 +102,7 @@ fn fixed_and_tbptt_k_k_equal_the_truncated_closed_form() {
 fn unroll_outputs_are_the_heads_of_every_state() {
     let (t, b) = (40, 2); // with B = 2, heads run on chunks of 16 steps
     let mut params = Params::new();
-    let cell = models::m3(&mut params, 3, 4, 3, 9).unwrap();
+    let cell = models::m3(&mut params, Sizes::new(3, 4, 3), 9).unwrap();
     params.get_mut(cell.b_q.unwrap()).unwrap().fill(0.25);
     let x = xs(t, b, 3);
     let labels = Array2::from_elem((t, b), 1usize);

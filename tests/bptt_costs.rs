@@ -14,7 +14,7 @@ use ndarray::Array3;
 use rand::Rng;
 use timetape::bptt::Run;
 use timetape::bptt::{self, Pi, Report, Truncation};
-use timetape::rnn::{models, Rnn, Sequence, SequenceLoss};
+use timetape::rnn::{models, Rnn, Sequence, SequenceLoss, Sizes};
 use timetape::{init, Params};
 
 /// A tiny linear RNN (M1: D = 1, H = 2, Q = 1, B = 1) with a squared error at every step:
@@ -28,7 +28,7 @@ struct Tiny {
 
 fn tiny(t: usize) -> Tiny {
     let mut params = Params::<f64>::new();
-    let cell = models::m1(&mut params, 1, 2, 1, 9).unwrap();
+    let cell = models::m1(&mut params, Sizes::new(1, 2, 1), 9).unwrap();
     let mut rng = init::rng(99);
     *params.get_mut(cell.w_hh).unwrap() = init::uniform((2, 2), 0.4, &mut rng).unwrap();
     let xs = Array3::from_shape_simple_fn((t, 1, 1), || rng.random_range(-1.0..1.0));

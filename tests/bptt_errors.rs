@@ -5,7 +5,7 @@
 use ndarray::{Array1, Array2, Array3};
 use timetape::bptt::{self, enumerate, Pi, StepTarget, Stream, Truncation};
 use timetape::bptt::{Memory, Run};
-use timetape::rnn::{models, Rnn, Sequence, SequenceLoss, Targets};
+use timetape::rnn::{models, Rnn, Sequence, SequenceLoss, Sizes, Targets};
 use timetape::{Error, Params, Reduction};
 
 struct Setup {
@@ -18,7 +18,7 @@ struct Setup {
 /// M3 with D = 2, H = 3, Q = 2; T = 6, B = 1.
 fn setup() -> Setup {
     let mut params = Params::<f64>::new();
-    let cell = models::m3(&mut params, 2, 3, 2, 0).unwrap();
+    let cell = models::m3(&mut params, Sizes::new(2, 3, 2), 0).unwrap();
     let xs = Array3::from_shape_fn((6, 1, 2), |(t, _, d)| ((t + 2 * d) as f64 * 0.3).sin());
     let labels = Array2::from_shape_fn((6, 1), |(t, _)| t % 2);
     Setup {

@@ -16,7 +16,7 @@ use ndarray::{Array2, Array3, Axis};
 use rand::Rng;
 use timetape::bptt::{self, enumerate, Pi, Report, StepTarget, Stream, Truncation};
 use timetape::bptt::{Memory, Run};
-use timetape::rnn::{models, Rnn, Sequence, SequenceLoss};
+use timetape::rnn::{models, Rnn, Sequence, SequenceLoss, Sizes};
 use timetape::{init, Grads, Params, Scalar};
 
 const TOL: f64 = 1e-4;
@@ -39,13 +39,13 @@ struct Pair {
 fn pair(t: usize) -> Pair {
     let (b, d, h, q) = (2, 3, 4, 3);
     let mut p64 = Params::<f64>::new();
-    let cell = models::m3(&mut p64, d, h, q, 4).unwrap();
+    let cell = models::m3(&mut p64, Sizes::new(d, h, q), 4).unwrap();
     let mut rng = init::rng(404);
     *p64.get_mut(cell.w_hh).unwrap() = init::uniform((h, h), 0.45, &mut rng).unwrap();
     *p64.get_mut(cell.b_h.unwrap()).unwrap() = init::uniform((1, h), 0.3, &mut rng).unwrap();
     *p64.get_mut(cell.b_q.unwrap()).unwrap() = init::uniform((1, q), 0.3, &mut rng).unwrap();
     let mut p32 = Params::<f32>::new();
-    let cell32 = models::m3(&mut p32, d, h, q, 4).unwrap();
+    let cell32 = models::m3(&mut p32, Sizes::new(d, h, q), 4).unwrap();
     assert_eq!(cell32.config, cell.config);
     for (i32_, i64_) in p32
         .ids()

@@ -12,7 +12,7 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 use timetape::bptt::Run;
 use timetape::bptt::{Pi, StepTarget, Stream, Truncation};
-use timetape::rnn::models;
+use timetape::rnn::{models, Sizes};
 use timetape::Params;
 
 struct Counting;
@@ -49,7 +49,7 @@ fn allocated() -> u64 {
 /// Bytes allocated by this thread while a tiny M1 is streamed for `t_len` steps.
 fn bytes_for(t_len: usize, tr: &Truncation) -> u64 {
     let mut params = Params::<f64>::new();
-    let cell = models::m1(&mut params, 1, 2, 1, 0).unwrap();
+    let cell = models::m1(&mut params, Sizes::new(1, 2, 1), 0).unwrap();
     let x = Array2::from_elem((1, 1), 0.5);
     let y = Array2::from_elem((1, 1), -0.5);
     // A pattern must be exactly as long as the stream.

@@ -14,7 +14,7 @@ use ndarray::{Array2, Array3, Axis};
 use rand::Rng;
 use timetape::bptt::Run;
 use timetape::bptt::{self, Pi, Report, StepTarget, Stream, Truncation};
-use timetape::rnn::{models, Rnn, Sequence, SequenceLoss};
+use timetape::rnn::{models, Rnn, Sequence, SequenceLoss, Sizes};
 use timetape::{init, Params};
 
 const TOL: f64 = 1e-12;
@@ -33,7 +33,7 @@ struct Case {
 fn case(t: usize, seed: u64) -> Case {
     let (b, d, h, q) = (2, 3, 4, 3);
     let mut params = Params::<f64>::new();
-    let cell = models::m3(&mut params, d, h, q, seed).unwrap();
+    let cell = models::m3(&mut params, Sizes::new(d, h, q), seed).unwrap();
     let mut rng = init::rng(seed ^ 0x57ea);
     *params.get_mut(cell.w_hh).unwrap() = init::uniform((h, h), 0.45, &mut rng).unwrap();
     *params.get_mut(cell.b_h.unwrap()).unwrap() = init::uniform((1, h), 0.3, &mut rng).unwrap();
@@ -217,7 +217,7 @@ fn stream_steps_without_target_equal_zero_weights() {
 /// A tiny M3 fed `t_len` steps under `tr`, as in the `Stream` doc example.
 fn long_stream(t_len: usize, tr: Truncation) -> Report<f64> {
     let mut params = Params::<f64>::new();
-    let cell = models::m3(&mut params, 2, 8, 2, 0).unwrap();
+    let cell = models::m3(&mut params, Sizes::new(2, 8, 2), 0).unwrap();
     let mut s = Stream::new(&cell, &params, 1, &Run::new(tr)).unwrap();
     for t in 0..t_len {
         let x = Array2::from_elem((1, 2), (t as f64 * 0.1).sin());

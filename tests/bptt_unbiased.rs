@@ -16,6 +16,7 @@ use ndarray::{Array1, Array2, Array3};
 use rand::Rng;
 use timetape::bptt::Run;
 use timetape::bptt::{self, enumerate, Pi, Truncation};
+use timetape::rnn::Sizes;
 use timetape::rnn::{models, Rnn, Sequence, SequenceLoss, Targets};
 use timetape::{init, Grads, ParamId, Params, Reduction};
 
@@ -48,9 +49,9 @@ impl Case {
     ) -> Case {
         let mut params = Params::<f64>::new();
         let cell = match model {
-            Model::M1 => models::m1(&mut params, d, h, q, seed),
+            Model::M1 => models::m1(&mut params, Sizes::new(d, h, q), seed),
             Model::M2 => models::m2(&mut params, d, h, seed),
-            Model::M3 => models::m3(&mut params, d, h, q, seed),
+            Model::M3 => models::m3(&mut params, Sizes::new(d, h, q), seed),
         }
         .unwrap();
         let q = cell.config.output;

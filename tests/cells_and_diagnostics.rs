@@ -7,7 +7,7 @@ use timetape::bptt;
 
 use timetape::diagnostics::{dh_norms, largest_singular_value, spectral_radius};
 use timetape::gradcheck::{gradcheck, GradcheckOptions};
-use timetape::rnn::{models, Gru, Lstm, Recurrent, Sequence, SequenceLoss};
+use timetape::rnn::{models, Gru, Lstm, Recurrent, Sequence, SequenceLoss, Sizes};
 use timetape::{Params, Tape};
 
 /// Tolerance of the finite-difference checks: relative error (max |tape − fd| over the
@@ -47,14 +47,14 @@ fn check_cell<C: Recurrent<f64>>(cell: &C, params: &Params<f64>, q: usize) {
 #[test]
 fn gru_gradient_matches_finite_differences() {
     let mut params = Params::<f64>::new();
-    let cell = Gru::new(&mut params, 3, 4, 3, 1).unwrap();
+    let cell = Gru::new(&mut params, Sizes::new(3, 4, 3), 1).unwrap();
     check_cell(&cell, &params, 3);
 }
 
 #[test]
 fn lstm_gradient_matches_finite_differences() {
     let mut params = Params::<f64>::new();
-    let cell = Lstm::new(&mut params, 3, 4, 3, 2).unwrap();
+    let cell = Lstm::new(&mut params, Sizes::new(3, 4, 3), 2).unwrap();
     check_cell(&cell, &params, 3);
 }
 
@@ -63,7 +63,7 @@ fn lstm_gradient_matches_finite_differences() {
 #[test]
 fn lstm_forward_matches_its_equations() {
     let mut params = Params::<f64>::new();
-    let cell = Lstm::new(&mut params, 2, 3, 2, 5).unwrap();
+    let cell = Lstm::new(&mut params, Sizes::new(2, 3, 2), 5).unwrap();
     let xs = inputs(1, 1, 2);
     let mut tape = Tape::new();
     let labels = Array2::<usize>::zeros((1, 1));
@@ -106,7 +106,7 @@ fn linear_rnn_dh_ratio_is_rho_to_the_t_minus_1() {
     let qm = common::orthogonal(h, 3);
     for rho in [0.8, 1.0, 1.25] {
         let mut params = Params::<f64>::new();
-        let cell = models::m1(&mut params, d, h, q, 4).unwrap();
+        let cell = models::m1(&mut params, Sizes::new(d, h, q), 4).unwrap();
         params.get_mut(cell.w_hh).unwrap().assign(&(&qm * rho));
         let w = params.get(cell.w_hh).unwrap().clone();
         let radius = spectral_radius(w.view(), 300).unwrap();

@@ -33,7 +33,7 @@ use rand::Rng;
 use timetape::bptt;
 use timetape::bptt::Edge;
 use timetape::closed_form::{self, ClosedForm, M3Workspace};
-use timetape::rnn::{models, Activation, Rnn, RnnConfig, Sequence, SequenceLoss, Targets};
+use timetape::rnn::{models, Activation, Biases, Rnn, RnnConfig, Sequence, SequenceLoss, Targets};
 use timetape::{init, Error, Grads, Params, Reduction, Tape};
 
 const TOL: f64 = 1e-10;
@@ -235,7 +235,10 @@ fn loss_of(p: &Problem, kind: u8, weighted: bool, mean: bool) -> SequenceLoss<'_
 fn m1_config(s: Sizes) -> RnnConfig {
     RnnConfig::new(s.d, s.h, s.q)
         .activation(Activation::Identity)
-        .biases(false, false)
+        .biases(Biases {
+            hidden: false,
+            output: false,
+        })
 }
 
 proptest! {
@@ -274,7 +277,7 @@ proptest! {
         let s = Sizes { q: 1, ..s };
         let config = RnnConfig::new(s.d, s.h, 1)
             .activation(Activation::Relu)
-            .biases(biases.0, biases.1);
+            .biases(Biases { hidden: biases.0, output: biases.1 });
         let p = problem(config, s, seed, with_h0);
         let h0 = p.h0.as_ref().map(|h| h.view());
         let loss = loss_of(&p, 3, false, false);
@@ -417,7 +420,7 @@ proptest! {
     ) {
         let activation = [Activation::Relu, Activation::Sigmoid, Activation::Identity, Activation::Tanh][act];
         let s = if kind == 3 { Sizes { q: 1, ..s } } else { s };
-        let config = RnnConfig::new(s.d, s.h, s.q).activation(activation).biases(biases.0, biases.1);
+        let config = RnnConfig::new(s.d, s.h, s.q).activation(activation).biases(Biases { hidden: biases.0, output: biases.1 });
         let p = problem(config, s, seed, with_h0);
         let h0 = p.h0.as_ref().map(|h| h.view());
         let loss = loss_of(&p, kind, weighted, mean);
@@ -509,7 +512,7 @@ fn m3_workspace_reuse_gives_the_same_result_as_a_fresh_run() {
 #[test]
 fn m3_in_f32_matches_the_f32_tape() {
     let mut params = Params::<f32>::new();
-    let cell = models::m3(&mut params, 4, 6, 3, 5).unwrap();
+    let cell = models::m3(&mut params, timetape::rnn::Sizes::new(4, 6, 3), 5).unwrap();
     let xs = Array3::from_shape_fn((12, 3, 4), |(t, b, d)| {
         ((t * 13 + b * 5 + d) as f32 * 0.41).sin()
     });
@@ -534,7 +537,7 @@ fn m3_workspace_f32_first_state_is_the_exact_tanh_rounded() {
     let (b, d, h, q) = (4, 2, 8, 3);
     let dyadic = |i: usize| ((i * 37 + 11) % 17) as f32 / 8.0 - 1.0;
     let mut params = Params::<f32>::new();
-    let cell = models::m3(&mut params, d, h, q, 5).unwrap();
+    let cell = models::m3(&mut params, timetape::rnn::Sizes::new(d, h, q), 5).unwrap();
     for (k, id) in [cell.w_xh, cell.w_hh, cell.b_h.unwrap()]
         .into_iter()
         .enumerate()

@@ -72,7 +72,8 @@ use timetape::bptt::{Edge, Memory, Run};
 use timetape::gradcheck::{gradcheck, GradcheckOptions, GradcheckReport};
 use timetape::optim::{clip_global_norm, Adam, Sgd};
 use timetape::rnn::{
-    models, Gru, Lstm, Recurrent, Rnn, RnnBound, RnnConfig, Sequence, SequenceLoss, Targets,
+    models, Biases, Gru, Lstm, Recurrent, Rnn, RnnBound, RnnConfig, Sequence, SequenceLoss, Sizes,
+    Targets,
 };
 
 use timetape::{
@@ -2157,25 +2158,40 @@ fn absurd_family<F: Scalar>(fz: &mut Fuzz) {
     let seed = fz.rng.random();
     let which = fz.below(12);
     let out = match which {
-        0 => fz.call_fast("models::m1", || models::m1(&mut params, big, h, q, seed)),
-        1 => fz.call_fast("models::m1", || models::m1(&mut params, d, hidden, q, seed)),
+        0 => fz.call_fast("models::m1", || {
+            models::m1(&mut params, Sizes::new(big, h, q), seed)
+        }),
+        1 => fz.call_fast("models::m1", || {
+            models::m1(&mut params, Sizes::new(d, hidden, q), seed)
+        }),
         2 => fz.call_fast("models::m2", || models::m2(&mut params, d, hidden, seed)),
-        3 => fz.call_fast("models::m3", || models::m3(&mut params, d, h, big, seed)),
+        3 => fz.call_fast("models::m3", || {
+            models::m3(&mut params, Sizes::new(d, h, big), seed)
+        }),
         4 => {
             let act = fz.activation();
             fz.call_fast("models::m4", || {
-                models::m4(&mut params, hidden, hidden, q, act, seed)
+                models::m4(&mut params, Sizes::new(hidden, hidden, q), act, seed)
             })
         }
         5 => {
-            let c = RnnConfig::new(d, hidden, q).biases(fz.chance(0.5), fz.chance(0.5));
+            let c = RnnConfig::new(d, hidden, q).biases(Biases {
+                hidden: fz.chance(0.5),
+                output: fz.chance(0.5),
+            });
             fz.call_fast("Rnn::new", || Rnn::new(&mut params, c, seed))
         }
         6 => {
             let gru = match fz.below(3) {
-                0 => fz.call_fast("Gru::new", || Gru::new(&mut params, big, h, q, seed)),
-                1 => fz.call_fast("Gru::new", || Gru::new(&mut params, d, hidden, q, seed)),
-                _ => fz.call_fast("Gru::new", || Gru::new(&mut params, d, h, big, seed)),
+                0 => fz.call_fast("Gru::new", || {
+                    Gru::new(&mut params, Sizes::new(big, h, q), seed)
+                }),
+                1 => fz.call_fast("Gru::new", || {
+                    Gru::new(&mut params, Sizes::new(d, hidden, q), seed)
+                }),
+                _ => fz.call_fast("Gru::new", || {
+                    Gru::new(&mut params, Sizes::new(d, h, big), seed)
+                }),
             };
             fz.ensure(
                 !matches!(gru, Some(Ok(_))),
@@ -2187,9 +2203,15 @@ fn absurd_family<F: Scalar>(fz: &mut Fuzz) {
         }
         7 => {
             let lstm = match fz.below(3) {
-                0 => fz.call_fast("Lstm::new", || Lstm::new(&mut params, big, h, q, seed)),
-                1 => fz.call_fast("Lstm::new", || Lstm::new(&mut params, d, hidden, q, seed)),
-                _ => fz.call_fast("Lstm::new", || Lstm::new(&mut params, d, h, big, seed)),
+                0 => fz.call_fast("Lstm::new", || {
+                    Lstm::new(&mut params, Sizes::new(big, h, q), seed)
+                }),
+                1 => fz.call_fast("Lstm::new", || {
+                    Lstm::new(&mut params, Sizes::new(d, hidden, q), seed)
+                }),
+                _ => fz.call_fast("Lstm::new", || {
+                    Lstm::new(&mut params, Sizes::new(d, h, big), seed)
+                }),
             };
             fz.ensure(
                 !matches!(lstm, Some(Ok(_))),
@@ -2219,9 +2241,9 @@ fn absurd_family<F: Scalar>(fz: &mut Fuzz) {
         _ => {
             // A valid cell, then an absurd size handed to an entry point that allocates
             // from it.
-            let Some(Ok(mut cell)) =
-                fz.try_call("models::m3", || models::m3(&mut params, d, h, q, 0))
-            else {
+            let Some(Ok(mut cell)) = fz.try_call("models::m3", || {
+                models::m3(&mut params, Sizes::new(d, h, q), 0)
+            }) else {
                 return;
             };
             let big = fz.pick(&ABSURD_LEN);
@@ -2363,36 +2385,48 @@ fn bptt_family<F: Scalar>(fz: &mut Fuzz) {
     let seed = fz.rng.random();
     if fz.chance(0.05) {
         // A second model of the same names in one store: a name clash, an error.
-        fz.try_call("models::m3", || models::m3(&mut params, d, h, q, seed));
+        fz.try_call("models::m3", || {
+            models::m3(&mut params, Sizes::new(d, h, q), seed)
+        });
     }
     let kind = fz.below(8);
     let rnn = match kind {
-        0 => fz.try_call("models::m1", || models::m1(&mut params, d, h, q, seed)),
+        0 => fz.try_call("models::m1", || {
+            models::m1(&mut params, Sizes::new(d, h, q), seed)
+        }),
         1 => fz.try_call("models::m2", || models::m2(&mut params, d, h, seed)),
-        2 => fz.try_call("models::m3", || models::m3(&mut params, d, h, q, seed)),
+        2 => fz.try_call("models::m3", || {
+            models::m3(&mut params, Sizes::new(d, h, q), seed)
+        }),
         3 => {
             let act = fz.activation();
-            fz.try_call("models::m4", || models::m4(&mut params, d, h, q, act, seed))
+            fz.try_call("models::m4", || {
+                models::m4(&mut params, Sizes::new(d, h, q), act, seed)
+            })
         }
         4 | 7 => {
             let mut c = RnnConfig::new(d, h, q)
                 .activation(fz.activation())
-                .biases(fz.chance(0.5), fz.chance(0.5));
+                .biases(Biases {
+                    hidden: fz.chance(0.5),
+                    output: fz.chance(0.5),
+                });
             c.prefix = fz.pick(&["", "a.", "rnn/"]).to_string();
             fz.try_call("Rnn::new", || Rnn::new(&mut params, c, seed))
         }
         5 => {
-            if let Some(Ok(cell)) = fz.try_call("Gru::new", || Gru::new(&mut params, d, h, q, seed))
-            {
+            if let Some(Ok(cell)) = fz.try_call("Gru::new", || {
+                Gru::new(&mut params, Sizes::new(d, h, q), seed)
+            }) {
                 perturb(fz, &mut params);
                 bptt_calls(fz, &cell, &mut params, None);
             }
             return;
         }
         _ => {
-            if let Some(Ok(cell)) =
-                fz.try_call("Lstm::new", || Lstm::new(&mut params, d, h, q, seed))
-            {
+            if let Some(Ok(cell)) = fz.try_call("Lstm::new", || {
+                Lstm::new(&mut params, Sizes::new(d, h, q), seed)
+            }) {
                 perturb(fz, &mut params);
                 bptt_calls(fz, &cell, &mut params, None);
             }
@@ -3154,13 +3188,17 @@ fn child_case(case: &str) -> String {
     let xs = Array3::<f64>::zeros((2, 1, 2));
     let labels = Array2::<usize>::zeros((2, 1));
     let loss = SequenceLoss::classes(labels.view());
-    let mut m3 = || models::m3(&mut params, 2, 3, 2, 0);
+    let mut m3 = || models::m3(&mut params, Sizes::new(2, 3, 2), 0);
     let outcome: timetape::Result<()> = match case {
         "Rnn::new with input 2^40" => {
             Rnn::new(&mut Params::<f64>::new(), RnnConfig::new(N, 2, 2), 0).map(drop)
         }
-        "Gru::new with output 2^40" => Gru::new(&mut Params::<f64>::new(), 2, 2, N, 0).map(drop),
-        "Lstm::new with input 2^40" => Lstm::new(&mut Params::<f64>::new(), N, 2, 2, 0).map(drop),
+        "Gru::new with output 2^40" => {
+            Gru::new(&mut Params::<f64>::new(), Sizes::new(2, 2, N), 0).map(drop)
+        }
+        "Lstm::new with input 2^40" => {
+            Lstm::new(&mut Params::<f64>::new(), Sizes::new(N, 2, 2), 0).map(drop)
+        }
         "init::uniform of (2^40, 1)" => {
             init::uniform::<f64>((N, 1), 1.0, &mut init::rng(0)).map(drop)
         }

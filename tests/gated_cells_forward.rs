@@ -24,7 +24,7 @@ use common::{max_abs, max_rel_diff};
 use ndarray::{Array2, Array3, ArrayView2, Axis, Slice};
 use timetape::bptt;
 
-use timetape::rnn::{self, Gru, Lstm, Sequence, SequenceLoss};
+use timetape::rnn::{self, Gru, Lstm, Sequence, SequenceLoss, Sizes};
 use timetape::{init, ParamId, Params, Tape};
 
 const TOL: f64 = 1e-12;
@@ -286,7 +286,7 @@ fn state_difference(got: &Forward, want: &Forward) -> f64 {
 
 fn gru_case() -> (Params<f64>, Gru, Array2<f64>) {
     let mut params = Params::<f64>::new();
-    let cell = Gru::new(&mut params, D, H, Q, 11).unwrap();
+    let cell = Gru::new(&mut params, Sizes::new(D, H, Q), 11).unwrap();
     // b_q starts at zero: give it values so that the output bias is checked too.
     let b_q = init::uniform((1, Q), 0.5, &mut init::rng(12)).unwrap();
     params.get_mut(cell.b_q).unwrap().assign(&b_q);
@@ -296,7 +296,7 @@ fn gru_case() -> (Params<f64>, Gru, Array2<f64>) {
 
 fn lstm_case() -> (Params<f64>, Lstm, Array2<f64>) {
     let mut params = Params::<f64>::new();
-    let cell = Lstm::new(&mut params, D, H, Q, 21).unwrap();
+    let cell = Lstm::new(&mut params, Sizes::new(D, H, Q), 21).unwrap();
     // The gate biases start at 0 (1 for the forget gate) and b_q at 0: give every
     // quarter its own values so that a bias read from the wrong quarter shows.
     let bias = init::uniform((1, 4 * H), 0.5, &mut init::rng(22)).unwrap();

@@ -43,7 +43,7 @@ use ndarray::{Array2, Array3};
 use timetape::bptt::Run;
 use timetape::bptt::{self, Truncation};
 use timetape::closed_form::{self, ClosedForm};
-use timetape::rnn::{models, Rnn, Sequence, SequenceLoss};
+use timetape::rnn::{models, Rnn, Sequence, SequenceLoss, Sizes};
 use timetape::{Params, Tape};
 
 const TOL: f64 = 1e-10;
@@ -67,7 +67,7 @@ impl Case {
     /// h_0 and per-step weights α_t.
     fn new(t: usize, b: usize, rho: f64, seed: u64) -> Case {
         let mut params = Params::new();
-        let cell = models::m3(&mut params, D, H, Q, seed).unwrap();
+        let cell = models::m3(&mut params, Sizes::new(D, H, Q), seed).unwrap();
         params
             .get_mut(cell.w_hh)
             .unwrap()

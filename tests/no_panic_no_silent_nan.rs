@@ -9,7 +9,7 @@ use timetape::bptt::{Memory, Run};
 use timetape::diagnostics::{largest_singular_value, spectral_radius};
 use timetape::optim::{clip_global_norm, Adam, Sgd};
 use timetape::rnn::{
-    models, Activation, Gru, Lstm, Rnn, RnnConfig, Sequence, SequenceLoss, Targets,
+    models, Activation, Gru, Lstm, Rnn, RnnConfig, Sequence, SequenceLoss, Sizes, Targets,
 };
 use timetape::{closed_form, init, Error, Grads, ParamId, Params, Reduction, Tape};
 
@@ -162,7 +162,7 @@ fn optimizer_step_that_would_overflow_is_an_error_and_changes_nothing() {
 #[test]
 fn last_step_targets_with_step_weights_are_an_error() {
     let mut params = Params::<f64>::new();
-    let cell = models::m3(&mut params, 2, 3, 2, 0).unwrap();
+    let cell = models::m3(&mut params, Sizes::new(2, 3, 2), 0).unwrap();
     let xs = Array3::<f64>::zeros((5, 1, 2));
     let labels = Array1::from_elem(1, 1usize);
     let binary = Array1::from_elem(1, 1.0);
@@ -205,15 +205,15 @@ fn last_step_targets_with_step_weights_are_an_error() {
 #[test]
 fn absurd_sizes_are_errors_not_panics_or_aborts() {
     let mut params = Params::<f64>::new();
-    assert!(models::m3(&mut params, 2, usize::MAX, 2, 0).is_err());
-    assert!(Gru::new(&mut params, 2, usize::MAX / 3 + 1, 2, 0).is_err());
-    assert!(Lstm::new(&mut params, 2, usize::MAX / 4 + 1, 2, 0).is_err());
+    assert!(models::m3(&mut params, Sizes::new(2, usize::MAX, 2), 0).is_err());
+    assert!(Gru::new(&mut params, Sizes::new(2, usize::MAX / 3 + 1, 2), 0).is_err());
+    assert!(Lstm::new(&mut params, Sizes::new(2, usize::MAX / 4 + 1, 2), 0).is_err());
     // 2^40 hidden units: H×H is 2^80 entries (overflow), D×3H is 2^41·3 entries
     // (48 TiB: refused by the reservation probe before anything is allocated).
     let h = 1usize << 40;
-    assert!(models::m3(&mut params, 2, h, 2, 0).is_err());
-    assert!(Gru::new(&mut params, 2, h, 2, 0).is_err());
-    assert!(Lstm::new(&mut params, 2, h, 2, 0).is_err());
+    assert!(models::m3(&mut params, Sizes::new(2, h, 2), 0).is_err());
+    assert!(Gru::new(&mut params, Sizes::new(2, h, 2), 0).is_err());
+    assert!(Lstm::new(&mut params, Sizes::new(2, h, 2), 0).is_err());
     let config = RnnConfig::new(1 << 40, 1, 1);
     assert!(Rnn::new(&mut params, config, 0).is_err());
     assert!(init::uniform::<f32>((usize::MAX, 2), 1.0, &mut init::rng(0)).is_err());
@@ -320,7 +320,7 @@ fn clip_global_norm_clips_finite_gradients_whose_squares_overflow() {
 /// A linear RNN (M1) with W_hh = 10·I over 400 steps: h_t grows like 10^t and overflows.
 fn exploding() -> (Params<f64>, Rnn, Array3<f64>, Array2<usize>) {
     let mut params = Params::<f64>::new();
-    let cell = models::m1(&mut params, 1, 2, 2, 0).unwrap();
+    let cell = models::m1(&mut params, Sizes::new(1, 2, 2), 0).unwrap();
     params
         .set(cell.w_hh, (Array2::eye(2) * 10.0).view())
         .unwrap();
@@ -401,7 +401,7 @@ fn check_finite_names_the_op_and_step_where_an_overflow_arose() {
 #[test]
 fn nan_in_relu_weights_is_an_error_not_a_zero_gradient() {
     let mut params = Params::<f64>::new();
-    let cell = models::m4(&mut params, 2, 3, 2, Activation::Relu, 1).unwrap();
+    let cell = models::m4(&mut params, Sizes::new(2, 3, 2), Activation::Relu, 1).unwrap();
     params.get_mut(cell.w_hh).unwrap()[[0, 1]] = f64::NAN;
     let xs = Array3::from_elem((4, 1, 2), 0.5);
     let labels = Array2::zeros((4, 1));
@@ -496,7 +496,7 @@ fn f32_softmax_cross_entropy_is_accurate_at_large_logits() {
 #[test]
 fn unroll_width_error_names_the_expected_and_given_inputs() {
     let mut params = Params::<f64>::new();
-    let cell = models::m3(&mut params, 2, 7, 3, 0).unwrap();
+    let cell = models::m3(&mut params, Sizes::new(2, 7, 3), 0).unwrap();
     let xs = Array3::<f64>::zeros((4, 5, 6)); // D = 6, the cell takes 2
     let labels = Array2::<usize>::zeros((4, 5));
     let seq = Sequence::new(xs.view(), SequenceLoss::classes(labels.view()));

@@ -12,11 +12,11 @@
 //! ```
 //! use ndarray::{Array2, Array3};
 //! use timetape::bptt::{run, Memory, Run, Truncation};
-//! use timetape::rnn::{models, SequenceLoss, Sequence};
+//! use timetape::rnn::{models, SequenceLoss, Sequence, Sizes};
 //! use timetape::Params;
 //!
 //! let mut params = Params::<f64>::new();
-//! let cell = models::m3(&mut params, 2, 3, 2, 0)?;
+//! let cell = models::m3(&mut params, Sizes::new(2, 3, 2), 0)?;
 //! let xs = Array3::from_shape_fn((200, 1, 2), |(t, _, d)| ((t * (d + 1)) as f64).cos());
 //! let labels = Array2::from_shape_fn((200, 1), |(t, _)| t % 2);
 //! let seq = Sequence::new(xs.view(), SequenceLoss::classes(labels.view()));

@@ -92,11 +92,11 @@ pub struct Moments<F> {
 /// use ndarray::{Array2, Array3};
 /// use timetape::bptt::enumerate::randomized_moments;
 /// use timetape::bptt::{run, Pi, Run, Truncation};
-/// use timetape::rnn::{models, SequenceLoss, Sequence};
+/// use timetape::rnn::{models, SequenceLoss, Sequence, Sizes};
 /// use timetape::Params;
 ///
 /// let mut params = Params::<f64>::new();
-/// let cell = models::m3(&mut params, 2, 3, 2, 0)?;
+/// let cell = models::m3(&mut params, Sizes::new(2, 3, 2), 0)?;
 /// let xs = Array3::from_shape_fn((5, 1, 2), |(t, _, d)| ((t + 2 * d) as f64).sin());
 /// let labels = Array2::from_shape_fn((5, 1), |(t, _)| t % 2);
 /// let seq = Sequence::new(xs.view(), SequenceLoss::classes(labels.view()));

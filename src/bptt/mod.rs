@@ -81,12 +81,12 @@ pub enum Truncation {
     /// ```
     /// use ndarray::{Array2, Array3};
     /// use timetape::bptt::{run, RunOptions, Truncation};
-    /// use timetape::rnn::{models, SequenceLoss, Sequence};
+    /// use timetape::rnn::{models, SequenceLoss, Sequence, Sizes};
     /// use timetape::Params;
     /// use timetape::bptt::{Run};
     ///
     /// let mut params = Params::<f64>::new();
-    /// let cell = models::m3(&mut params, 2, 3, 2, 0)?;
+    /// let cell = models::m3(&mut params, Sizes::new(2, 3, 2), 0)?;
     /// let xs = Array3::from_shape_fn((10, 1, 2), |(t, _, d)| (t + d) as f64 * 0.1);
     /// let labels = Array2::from_shape_fn((10, 1), |(t, _)| t % 2);
     /// let loss = SequenceLoss::classes(labels.view());
@@ -308,11 +308,11 @@ impl From<Truncation> for Run {
 /// ```
 /// use ndarray::{Array2, Array3};
 /// use timetape::bptt::{Run, Truncation, Workspace};
-/// use timetape::rnn::{models, SequenceLoss, Sequence};
+/// use timetape::rnn::{models, SequenceLoss, Sequence, Sizes};
 /// use timetape::Params;
 ///
 /// let mut params = Params::<f32>::new();
-/// let cell = models::m3(&mut params, 2, 8, 3, 0)?;
+/// let cell = models::m3(&mut params, Sizes::new(2, 8, 3), 0)?;
 /// let xs = Array3::<f32>::zeros((30, 4, 2));
 /// let labels = Array2::<usize>::zeros((30, 4));
 /// let seq = Sequence::new(xs.view(), SequenceLoss::classes(labels.view()));
@@ -380,11 +380,11 @@ impl<F: Scalar> Workspace<F> {
 /// ```
 /// use ndarray::{Array2, Array3};
 /// use timetape::bptt::{run, Pi, Run, Truncation};
-/// use timetape::rnn::{models, SequenceLoss, Sequence};
+/// use timetape::rnn::{models, SequenceLoss, Sequence, Sizes};
 /// use timetape::Params;
 ///
 /// let mut params = Params::<f64>::new();
-/// let cell = models::m3(&mut params, 2, 4, 3, 0)?;
+/// let cell = models::m3(&mut params, Sizes::new(2, 4, 3), 0)?;
 /// let xs = Array3::from_shape_fn((20, 1, 2), |(t, _, d)| ((t + d) as f64).sin());
 /// let labels = Array2::from_shape_fn((20, 1), |(t, _)| t % 3);
 /// let seq = Sequence::new(xs.view(), SequenceLoss::classes(labels.view()));

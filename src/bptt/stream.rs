@@ -46,11 +46,11 @@ enum Kind {
 /// ```
 /// use ndarray::Array2;
 /// use timetape::bptt::{Run, Stream, StepTarget, Truncation};
-/// use timetape::rnn::models;
+/// use timetape::rnn::{models, Sizes};
 /// use timetape::Params;
 ///
 /// let mut params = Params::<f32>::new();
-/// let cell = models::m3(&mut params, 2, 8, 2, 0)?;
+/// let cell = models::m3(&mut params, Sizes::new(2, 8, 2), 0)?;
 /// let mut stream = Stream::new(&cell, &params, 1, &Run::new(Truncation::Fixed { k: 32 }))?;
 /// for t in 0..10_000 {
 ///     let x = Array2::from_elem((1, 2), (t as f32 * 0.1).sin());

@@ -48,11 +48,11 @@ impl Unrolled {
 /// ```
 /// use ndarray::{Array2, Array3};
 /// use timetape::bptt::{Edge, Unroll};
-/// use timetape::rnn::{models, SequenceLoss, Sequence};
+/// use timetape::rnn::{models, SequenceLoss, Sequence, Sizes};
 /// use timetape::{Params, Tape};
 ///
 /// let mut params = Params::<f64>::new();
-/// let cell = models::m3(&mut params, 3, 4, 2, 0)?;
+/// let cell = models::m3(&mut params, Sizes::new(3, 4, 2), 0)?;
 /// let xs = Array3::from_elem((5, 1, 3), 0.5);
 /// let labels = Array2::from_elem((5, 1), 1usize);
 /// let seq = Sequence::new(xs.view(), SequenceLoss::classes(labels.view()));
@@ -144,11 +144,11 @@ impl<'a, F: Scalar, C: Recurrent<F>> Unroll<'a, F, C> {
 /// ```
 /// use ndarray::{Array2, Array3};
 /// use timetape::bptt::{unroll};
-/// use timetape::rnn::{models, SequenceLoss, Sequence};
+/// use timetape::rnn::{models, SequenceLoss, Sequence, Sizes};
 /// use timetape::{Params, Tape};
 ///
 /// let mut params = Params::<f64>::new();
-/// let cell = models::m3(&mut params, 3, 4, 2, 0)?; // D = 3, H = 4, Q = 2, seed 0
+/// let cell = models::m3(&mut params, Sizes::new(3, 4, 2), 0)?; // D = 3, H = 4, Q = 2, seed 0
 /// let xs = Array3::from_elem((5, 1, 3), 0.5);      // T = 5, B = 1
 /// let labels = Array2::from_elem((5, 1), 1usize);
 /// let seq = Sequence::new(xs.view(), SequenceLoss::classes(labels.view()));

@@ -112,12 +112,12 @@ fn finish<F: Scalar>(
 ///
 /// ```
 /// use ndarray::Array3;
-/// use timetape::rnn::{models, SequenceLoss, Sequence};
+/// use timetape::rnn::{models, SequenceLoss, Sequence, Sizes};
 /// use timetape::{closed_form, Params, Tape};
 /// use timetape::bptt;
 ///
 /// let mut params = Params::<f64>::new();
-/// let cell = models::m1(&mut params, 2, 3, 2, 0)?;
+/// let cell = models::m1(&mut params, Sizes::new(2, 3, 2), 0)?;
 /// let xs = Array3::from_shape_fn((6, 2, 2), |(t, b, d)| ((t + 2 * b + 3 * d) as f64).sin());
 /// let ys = Array3::from_shape_fn((6, 2, 2), |(t, b, d)| ((t * b + d) as f64).cos());
 /// let loss = SequenceLoss::values(ys.view()).mean_over_time(); // L = (1/T) Σ_t l(o_t, y_t)

@@ -67,11 +67,11 @@ struct Ids {
 /// ```
 /// use ndarray::{Array2, Array3};
 /// use timetape::closed_form::M3Workspace;
-/// use timetape::rnn::models;
+/// use timetape::rnn::{models, Sizes};
 /// use timetape::{Grads, Params};
 ///
 /// let mut params = Params::<f64>::new();
-/// let cell = models::m3(&mut params, 3, 4, 2, 0)?;
+/// let cell = models::m3(&mut params, Sizes::new(3, 4, 2), 0)?;
 /// let xs = Array3::from_elem((3, 1, 3), 0.5);
 /// let labels = Array2::from_elem((3, 1), 1usize);
 /// let mut ws = M3Workspace::new();
@@ -471,11 +471,11 @@ fn add_row<F: Scalar>(a: &mut ArrayViewMut2<'_, F>, bias: &Array2<F>) {
 ///
 /// ```
 /// use ndarray::{Array2, Array3};
-/// use timetape::rnn::{models, SequenceLoss, Sequence};
+/// use timetape::rnn::{models, SequenceLoss, Sequence, Sizes};
 /// use timetape::{closed_form, Params};
 ///
 /// let mut params = Params::<f64>::new();
-/// let cell = models::m3(&mut params, 2, 3, 2, 0)?;
+/// let cell = models::m3(&mut params, Sizes::new(2, 3, 2), 0)?;
 /// let xs = Array3::from_shape_fn((3, 1, 2), |(t, _, d)| (t as f64) * 0.5 - (d as f64));
 /// let labels = Array2::from_shape_fn((3, 1), |(t, _)| t % 2);
 /// let weights = [0.1, 0.1, 0.8];
@@ -674,12 +674,12 @@ pub(crate) fn general<F: Scalar>(
 ///
 /// ```
 /// use ndarray::{Array2, Array3};
-/// use timetape::rnn::{models, Activation, SequenceLoss, Sequence};
+/// use timetape::rnn::{models, Activation, SequenceLoss, Sequence, Sizes};
 /// use timetape::{closed_form, Params, Tape};
 /// use timetape::bptt;
 ///
 /// let mut params = Params::<f64>::new();
-/// let cell = models::m4(&mut params, 2, 3, 2, Activation::Relu, 0)?;
+/// let cell = models::m4(&mut params, Sizes::new(2, 3, 2), Activation::Relu, 0)?;
 /// params.get_mut(cell.b_h.unwrap())?.fill(0.3);
 /// let xs = Array3::from_shape_fn((5, 2, 2), |(t, b, d)| ((t + 3 * b + d) as f64).sin());
 /// let ys = Array3::from_shape_fn((5, 2, 2), |(t, b, d)| ((t + b * d) as f64).cos());

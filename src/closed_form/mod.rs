@@ -59,12 +59,12 @@
 //! ```
 //! use ndarray::{Array2, Array3};
 //! use timetape::closed_form;
-//! use timetape::rnn::{models, SequenceLoss, Sequence};
+//! use timetape::rnn::{models, SequenceLoss, Sequence, Sizes};
 //! use timetape::{Params, Tape};
 //! use timetape::bptt;
 //!
 //! let mut params = Params::<f64>::new();
-//! let cell = models::m3(&mut params, 3, 4, 2, 0)?;
+//! let cell = models::m3(&mut params, Sizes::new(3, 4, 2), 0)?;
 //! let xs = Array3::from_shape_fn((5, 2, 3), |(t, b, d)| 0.1 * (t + b + d) as f64 - 0.3);
 //! let labels = Array2::from_shape_fn((5, 2), |(t, b)| (t + b) % 2);
 //! let loss = SequenceLoss::classes(labels.view());

@@ -78,12 +78,12 @@ pub fn truncated<F: Scalar>(
 /// ```
 /// use ndarray::{Array2, Array3};
 /// use timetape::bptt::{run, RunOptions, Truncation};
-/// use timetape::rnn::{models, SequenceLoss, Sequence};
+/// use timetape::rnn::{models, SequenceLoss, Sequence, Sizes};
 /// use timetape::{closed_form, Params};
 /// use timetape::bptt::{Run};
 ///
 /// let mut params = Params::<f64>::new();
-/// let cell = models::m3(&mut params, 2, 3, 2, 0)?;
+/// let cell = models::m3(&mut params, Sizes::new(2, 3, 2), 0)?;
 /// let xs = Array3::from_shape_fn((7, 1, 2), |(t, _, d)| ((3 * t + d) as f64).sin());
 /// let labels = Array2::from_shape_fn((7, 1), |(t, _)| t % 2);
 /// let loss = SequenceLoss::classes(labels.view());

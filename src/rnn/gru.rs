@@ -1,6 +1,6 @@
 //! Gated recurrent unit.
 
-use super::Recurrent;
+use super::{Recurrent, Sizes};
 use crate::error::{invalid, Result};
 use crate::init;
 use crate::params::{ParamId, Params};
@@ -21,7 +21,8 @@ use ndarray::Array2;
 /// The three gates are stored side by side: `W_x = [W_xr W_xz W_xn]` (D×3H),
 /// `W_h = [W_hr W_hz W_hn]` (H×3H), biases `b_x`, `b_h` (1×3H); then `W_hq` (H×Q),
 /// `b_q` (1×Q). Names: `gru.W_x`, `gru.W_h`, `gru.b_x`, `gru.b_h`, `gru.W_hq`, `gru.b_q`
-/// (fixed, so one store holds one GRU). The state the BPTT strategies carry is `h_t`
+/// ([`Gru::new`]), or the same under a prefix of your own ([`Gru::named`]), so that
+/// several cells share one store. The state the BPTT strategies carry is `h_t`
 /// (B×H); the sizes D, H, Q are read through [`Recurrent`].
 #[derive(Debug, Clone, PartialEq)]
 pub struct Gru {
@@ -60,12 +61,12 @@ impl Gru {
     /// ```
     /// use ndarray::{Array2, Array3};
     /// use timetape::gradcheck::{gradcheck, GradcheckOptions};
-    /// use timetape::rnn::{Gru, SequenceLoss, Sequence};
+    /// use timetape::rnn::{Gru, SequenceLoss, Sequence, Sizes};
     /// use timetape::Params;
     /// use timetape::bptt;
     ///
     /// let mut params = Params::<f64>::new();
-    /// let cell = Gru::new(&mut params, 2, 2, 2, 0)?; // D = 2, H = 2, Q = 2
+    /// let cell = Gru::new(&mut params, Sizes::new(2, 2, 2), 0)?; // D = 2, H = 2, Q = 2
     /// assert_eq!(params.num_scalars(), 2 * 6 + 2 * 6 + 6 + 6 + 2 * 2 + 2);
     /// let xs = Array3::from_shape_fn((3, 1, 2), |(t, _, d)| 0.5 * (t as f64) - 0.3 * (d as f64));
     /// let labels = Array2::from_shape_fn((3, 1), |(t, _)| t % 2);
@@ -78,14 +79,27 @@ impl Gru {
     /// ```
     ///
     /// Errors: [`Error::InvalidArgument`](crate::Error::InvalidArgument) for a zero size,
-    /// sizes whose parameters overflow or cannot be allocated, or if `params` already holds a parameter named `gru.W_x` (or another of the names).
-    pub fn new<F: Scalar>(
+    /// sizes whose parameters overflow or cannot be allocated, or if `params` already
+    /// holds a parameter named `gru.W_x` (or another of the names).
+    pub fn new<F: Scalar>(params: &mut Params<F>, sizes: Sizes, seed: u64) -> Result<Gru> {
+        Self::named(params, "gru.", sizes, seed)
+    }
+
+    /// [`Gru::new`] with the parameter names prefixed by `prefix` instead of `gru.`
+    /// (`{prefix}W_x`, …), so that several cells share one store.
+    ///
+    /// Errors: as [`Gru::new`], a clash being with a name under `prefix`.
+    pub fn named<F: Scalar>(
         params: &mut Params<F>,
-        input: usize,
-        hidden: usize,
-        output: usize,
+        prefix: &str,
+        sizes: Sizes,
         seed: u64,
     ) -> Result<Gru> {
+        let Sizes {
+            input,
+            hidden,
+            output,
+        } = sizes;
         if input == 0 || hidden == 0 || output == 0 {
             return Err(invalid("Gru::new", "sizes must be positive"));
         }
@@ -105,12 +119,27 @@ impl Gru {
             input,
             hidden,
             output,
-            w_x: params.add("gru.W_x", init::uniform(shapes[0], s, &mut rng)?)?,
-            w_h: params.add("gru.W_h", init::uniform(shapes[1], s, &mut rng)?)?,
-            b_x: params.add("gru.b_x", init::uniform(shapes[2], s, &mut rng)?)?,
-            b_h: params.add("gru.b_h", init::uniform(shapes[3], s, &mut rng)?)?,
-            w_hq: params.add("gru.W_hq", init::uniform(shapes[4], s, &mut rng)?)?,
-            b_q: params.add("gru.b_q", Array2::zeros((1, output)))?,
+            w_x: params.add(
+                format!("{prefix}W_x"),
+                init::uniform(shapes[0], s, &mut rng)?,
+            )?,
+            w_h: params.add(
+                format!("{prefix}W_h"),
+                init::uniform(shapes[1], s, &mut rng)?,
+            )?,
+            b_x: params.add(
+                format!("{prefix}b_x"),
+                init::uniform(shapes[2], s, &mut rng)?,
+            )?,
+            b_h: params.add(
+                format!("{prefix}b_h"),
+                init::uniform(shapes[3], s, &mut rng)?,
+            )?,
+            w_hq: params.add(
+                format!("{prefix}W_hq"),
+                init::uniform(shapes[4], s, &mut rng)?,
+            )?,
+            b_q: params.add(format!("{prefix}b_q"), Array2::zeros((1, output)))?,
         })
     }
 }

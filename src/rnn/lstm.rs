@@ -1,6 +1,6 @@
 //! Long short-term memory.
 
-use super::Recurrent;
+use super::{Recurrent, Sizes};
 use crate::error::{invalid, Result};
 use crate::init;
 use crate::params::{ParamId, Params};
@@ -22,8 +22,9 @@ use ndarray::Array2;
 /// carries both: [`Recurrent::state_width`] is 2H, an initial state is `[h_0 c_0]`, and
 /// the states of an unroll (and their ∂L/∂ adjoints) hold both halves. The output reads
 /// `h_t` only. Parameters: `lstm.W_x` (D×4H), `lstm.W_h` (H×4H), `lstm.b` (1×4H; the
-/// forget-gate quarter starts at 1), `lstm.W_hq` (H×Q), `lstm.b_q` (1×Q) (fixed names,
-/// so one store holds one LSTM).
+/// forget-gate quarter starts at 1), `lstm.W_hq` (H×Q), `lstm.b_q` (1×Q) ([`Lstm::new`]),
+/// or the same under a prefix of your own ([`Lstm::named`]), so that several cells share
+/// one store.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Lstm {
     input: usize,
@@ -59,12 +60,12 @@ impl Lstm {
     /// ```
     /// use ndarray::{Array2, Array3};
     /// use timetape::gradcheck::{gradcheck, GradcheckOptions};
-    /// use timetape::rnn::{Lstm, Recurrent, SequenceLoss, Sequence};
+    /// use timetape::rnn::{Lstm, Recurrent, SequenceLoss, Sequence, Sizes};
     /// use timetape::Params;
     /// use timetape::bptt;
     ///
     /// let mut params = Params::<f64>::new();
-    /// let cell = Lstm::new(&mut params, 2, 2, 2, 0)?; // D = 2, H = 2, Q = 2
+    /// let cell = Lstm::new(&mut params, Sizes::new(2, 2, 2), 0)?; // D = 2, H = 2, Q = 2
     /// assert_eq!(Recurrent::<f64>::state_width(&cell), 4); // [h c]
     /// let xs = Array3::from_shape_fn((3, 1, 2), |(t, _, d)| 0.5 * (t as f64) - 0.3 * (d as f64));
     /// let labels = Array2::from_shape_fn((3, 1), |(t, _)| t % 2);
@@ -78,13 +79,25 @@ impl Lstm {
     ///
     /// Errors: [`Error::InvalidArgument`](crate::Error::InvalidArgument) for a zero size,
     /// or if `params` already holds a parameter named `lstm.W_x` (or another of the names).
-    pub fn new<F: Scalar>(
+    pub fn new<F: Scalar>(params: &mut Params<F>, sizes: Sizes, seed: u64) -> Result<Lstm> {
+        Self::named(params, "lstm.", sizes, seed)
+    }
+
+    /// [`Lstm::new`] with the parameter names prefixed by `prefix` instead of `lstm.`
+    /// (`{prefix}W_x`, …), so that several cells share one store.
+    ///
+    /// Errors: as [`Lstm::new`], a clash being with a name under `prefix`.
+    pub fn named<F: Scalar>(
         params: &mut Params<F>,
-        input: usize,
-        hidden: usize,
-        output: usize,
+        prefix: &str,
+        sizes: Sizes,
         seed: u64,
     ) -> Result<Lstm> {
+        let Sizes {
+            input,
+            hidden,
+            output,
+        } = sizes;
         if input == 0 || hidden == 0 || output == 0 {
             return Err(invalid("Lstm::new", "sizes must be positive"));
         }
@@ -107,11 +120,20 @@ impl Lstm {
             input,
             hidden,
             output,
-            w_x: params.add("lstm.W_x", init::uniform(shapes[0], s, &mut rng)?)?,
-            w_h: params.add("lstm.W_h", init::uniform(shapes[1], s, &mut rng)?)?,
-            b: params.add("lstm.b", b)?,
-            w_hq: params.add("lstm.W_hq", init::uniform(shapes[3], s, &mut rng)?)?,
-            b_q: params.add("lstm.b_q", Array2::zeros((1, output)))?,
+            w_x: params.add(
+                format!("{prefix}W_x"),
+                init::uniform(shapes[0], s, &mut rng)?,
+            )?,
+            w_h: params.add(
+                format!("{prefix}W_h"),
+                init::uniform(shapes[1], s, &mut rng)?,
+            )?,
+            b: params.add(format!("{prefix}b"), b)?,
+            w_hq: params.add(
+                format!("{prefix}W_hq"),
+                init::uniform(shapes[3], s, &mut rng)?,
+            )?,
+            b_q: params.add(format!("{prefix}b_q"), Array2::zeros((1, output)))?,
         })
     }
 }

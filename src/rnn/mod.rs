@@ -19,7 +19,7 @@ mod vanilla;
 
 pub use gru::Gru;
 pub use lstm::Lstm;
-pub use vanilla::{Activation, Rnn, RnnBound, RnnConfig};
+pub use vanilla::{Activation, Biases, Rnn, RnnBound, RnnConfig};
 
 use crate::error::{invalid, Error, Result};
 use crate::ops::Reduction;
@@ -59,6 +59,40 @@ pub trait Recurrent<F: Scalar> {
     ) -> Result<Var>;
     /// The output head on states stacked over steps: n×S to n×Q (logits or predictions).
     fn output(&self, tape: &mut Tape<F>, bound: &Self::Bound, hs: Var) -> Result<Var>;
+}
+
+/// The widths of a cell with an output head: input D, hidden H, output Q.
+///
+/// ```
+/// use timetape::rnn::{Gru, Sizes};
+/// use timetape::Params;
+///
+/// let mut params = Params::<f64>::new();
+/// let encoder = Gru::named(&mut params, "enc.", Sizes::new(3, 8, 4), 0)?;
+/// let decoder = Gru::named(&mut params, "dec.", Sizes::new(4, 8, 3), 1)?;
+/// assert_eq!(params.name(encoder.w_h)?, "enc.W_h");
+/// assert_eq!(params.name(decoder.w_h)?, "dec.W_h");
+/// # Ok::<(), timetape::Error>(())
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Sizes {
+    /// Input width D.
+    pub input: usize,
+    /// Hidden width H.
+    pub hidden: usize,
+    /// Output width Q.
+    pub output: usize,
+}
+
+impl Sizes {
+    /// D inputs, H hidden units, Q outputs.
+    pub fn new(input: usize, hidden: usize, output: usize) -> Self {
+        Sizes {
+            input,
+            hidden,
+            output,
+        }
+    }
 }
 
 /// A sequence to run: its inputs `xs` (T, B, D), its initial state (zeros unless

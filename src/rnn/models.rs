@@ -22,7 +22,7 @@
 //! [`Targets::Values`]: super::Targets::Values
 //! [`Targets::LastBinary`]: super::Targets::LastBinary
 
-use super::{Activation, Rnn, RnnConfig};
+use super::{Activation, Biases, Rnn, RnnConfig, Sizes};
 use crate::error::Result;
 use crate::params::Params;
 use crate::scalar::Scalar;
@@ -36,12 +36,12 @@ use crate::scalar::Scalar;
 /// ```
 /// use ndarray::Array3;
 /// use timetape::bptt::{run, RunOptions, Truncation};
-/// use timetape::rnn::{models, SequenceLoss, Sequence};
+/// use timetape::rnn::{models, SequenceLoss, Sequence, Sizes};
 /// use timetape::Params;
 /// use timetape::bptt::{Run};
 ///
 /// let mut params = Params::<f64>::new();
-/// let cell = models::m1(&mut params, 2, 3, 2, 0)?; // D = 2, H = 3, Q = 2
+/// let cell = models::m1(&mut params, Sizes::new(2, 3, 2), 0)?; // D = 2, H = 3, Q = 2
 /// assert!(cell.b_h.is_none() && cell.b_q.is_none());
 /// assert_eq!(params.len(), 3); // W_xh, W_hh, W_hq
 /// let xs = Array3::from_shape_fn((4, 1, 2), |(t, _, d)| (t + d) as f64 * 0.1);
@@ -56,16 +56,13 @@ use crate::scalar::Scalar;
 /// Errors: [`Error::InvalidArgument`](crate::Error::InvalidArgument) for a zero size, or
 /// if `params` already holds a parameter of the same name (the names carry no prefix:
 /// use [`Rnn::new`] with [`RnnConfig::prefix`] for several models in one store).
-pub fn m1<F: Scalar>(
-    params: &mut Params<F>,
-    input: usize,
-    hidden: usize,
-    output: usize,
-    seed: u64,
-) -> Result<Rnn> {
-    let c = RnnConfig::new(input, hidden, output)
+pub fn m1<F: Scalar>(params: &mut Params<F>, sizes: Sizes, seed: u64) -> Result<Rnn> {
+    let c = RnnConfig::new(sizes.input, sizes.hidden, sizes.output)
         .activation(Activation::Identity)
-        .biases(false, false);
+        .biases(Biases {
+            hidden: false,
+            output: false,
+        });
     Rnn::new(params, c, seed)
 }
 
@@ -118,14 +115,9 @@ pub fn m2<F: Scalar>(
 /// Errors: [`Error::InvalidArgument`](crate::Error::InvalidArgument) for a zero size, or
 /// if `params` already holds a parameter of the same name (the names carry no prefix:
 /// use [`Rnn::new`] with [`RnnConfig::prefix`] for several models in one store).
-pub fn m3<F: Scalar>(
-    params: &mut Params<F>,
-    input: usize,
-    hidden: usize,
-    output: usize,
-    seed: u64,
-) -> Result<Rnn> {
-    Rnn::new(params, RnnConfig::new(input, hidden, output), seed)
+pub fn m3<F: Scalar>(params: &mut Params<F>, sizes: Sizes, seed: u64) -> Result<Rnn> {
+    let c = RnnConfig::new(sizes.input, sizes.hidden, sizes.output);
+    Rnn::new(params, c, seed)
 }
 
 /// M4, the general form: `h_t = f(x_t W_xh + h_{t−1} W_hh + b_h)` with any `f`
@@ -136,12 +128,12 @@ pub fn m3<F: Scalar>(
 /// ```
 /// use ndarray::{Array2, Array3};
 /// use timetape::bptt::{run, RunOptions, Truncation};
-/// use timetape::rnn::{models, Activation, SequenceLoss, Sequence};
+/// use timetape::rnn::{models, Activation, SequenceLoss, Sequence, Sizes};
 /// use timetape::{closed_form, Params};
 /// use timetape::bptt::{Run};
 ///
 /// let mut params = Params::<f64>::new();
-/// let cell = models::m4(&mut params, 2, 3, 2, Activation::Sigmoid, 0)?;
+/// let cell = models::m4(&mut params, Sizes::new(2, 3, 2), Activation::Sigmoid, 0)?;
 /// let xs = Array3::from_shape_fn((4, 1, 2), |(t, _, d)| (t as f64) - (d as f64));
 /// let labels = Array2::from_shape_fn((4, 1), |(t, _)| t % 2);
 /// let loss = SequenceLoss::classes(labels.view());
@@ -156,15 +148,10 @@ pub fn m3<F: Scalar>(
 /// use [`Rnn::new`] with [`RnnConfig::prefix`] for several models in one store).
 pub fn m4<F: Scalar>(
     params: &mut Params<F>,
-    input: usize,
-    hidden: usize,
-    output: usize,
+    sizes: Sizes,
     f: Activation,
     seed: u64,
 ) -> Result<Rnn> {
-    Rnn::new(
-        params,
-        RnnConfig::new(input, hidden, output).activation(f),
-        seed,
-    )
+    let c = RnnConfig::new(sizes.input, sizes.hidden, sizes.output).activation(f);
+    Rnn::new(params, c, seed)
 }

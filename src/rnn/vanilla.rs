@@ -9,6 +9,15 @@ use crate::params::{ParamId, Params};
 use crate::scalar::Scalar;
 use crate::tape::{Tape, Var};
 
+/// Which biases an [`Rnn`] has, by name (see [`RnnConfig::biases`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Biases {
+    /// The hidden update's bias `b_h`.
+    pub hidden: bool,
+    /// The output head's bias `b_q`.
+    pub output: bool,
+}
+
 /// Sizes and options of an [`Rnn`].
 #[derive(Debug, Clone, PartialEq)]
 pub struct RnnConfig {
@@ -48,10 +57,16 @@ impl RnnConfig {
         self
     }
 
-    /// The same configuration with or without the two biases.
-    pub fn biases(mut self, hidden_bias: bool, output_bias: bool) -> Self {
-        self.hidden_bias = hidden_bias;
-        self.output_bias = output_bias;
+    /// The same configuration with or without each bias.
+    ///
+    /// ```
+    /// use timetape::rnn::{Biases, RnnConfig};
+    /// let c = RnnConfig::new(2, 3, 1).biases(Biases { hidden: true, output: false });
+    /// assert!(c.hidden_bias && !c.output_bias);
+    /// ```
+    pub fn biases(mut self, biases: Biases) -> Self {
+        self.hidden_bias = biases.hidden;
+        self.output_bias = biases.output;
         self
     }
 }
