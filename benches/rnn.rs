@@ -139,7 +139,6 @@ fn full_bptt(c: &mut Criterion) {
     for s in [S1, S2, S3, S4] {
         let p = problem(s);
         let loss = SequenceLoss::classes(p.labels.view());
-        let alphas = vec![1.0f32; s.t];
         let mut ws = Workspace::new();
         let mut reference = M3Workspace::speed_reference();
         let mut ref_grads = Grads::zeros_like(&p.params);
@@ -154,7 +153,7 @@ fn full_bptt(c: &mut Criterion) {
             )
             .expect("tape");
         let ref_loss = reference
-            .run(&p.params, &p.cell, p.xs.view(), p.labels.view(), &alphas)
+            .run(&p.params, &p.cell, &Sequence::new(p.xs.view(), loss))
             .expect("closed form");
         reference.grads_into(&mut ref_grads).expect("grads");
         let loss_diff = ((r.loss - ref_loss) / ref_loss).abs();
@@ -206,9 +205,7 @@ fn full_bptt(c: &mut Criterion) {
                     .run(
                         &p.params,
                         &p.cell,
-                        black_box(p.xs.view()),
-                        p.labels.view(),
-                        &alphas,
+                        &Sequence::new(black_box(p.xs.view()), loss),
                     )
                     .expect("closed form");
                 reference.grads_into(&mut ref_grads).expect("grads");

@@ -87,7 +87,6 @@ fn main() -> Result<(), timetape::Error> {
         });
         let labels = Array2::from_shape_fn((s.t, s.b), |(t, b)| (t * 13 + b * 5) % q);
         let loss = SequenceLoss::classes(labels.view());
-        let alphas = vec![1.0f32; s.t];
         // FLOPs of forward + backward: 2·T·B·(2DH + 3H² + 3HQ).
         let flops = 2.0 * (s.t * s.b) as f64 * (2 * s.d * s.h + 3 * s.h * s.h + 3 * s.h * q) as f64;
         let reps = if flops > 5e9 {
@@ -101,7 +100,7 @@ fn main() -> Result<(), timetape::Error> {
         let mut reference = M3Workspace::speed_reference();
         let t_ref = time_min(reps, || {
             reference
-                .run(&params, &cell, xs.view(), labels.view(), &alphas)
+                .run(&params, &cell, &Sequence::new(xs.view(), loss))
                 .expect("reference");
         });
         let mut ws = Workspace::new();

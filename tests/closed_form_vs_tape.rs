@@ -316,9 +316,9 @@ proptest! {
         let loss = SequenceLoss::classes(p.classes.view()).weighted(&alphas);
         let cf = closed_form::m3(&p.params, &p.cell, &Sequence::new(p.xs.view(), loss)).unwrap();
         agree(&cf, &tape_run(&p, &loss, None), "M3 α = (0.1, 0.1, 0.8)")?;
-        // The same through the workspace API with the α passed directly.
+        // The same through the workspace API.
         let mut ws = M3Workspace::new();
-        let l = ws.run(&p.params, &p.cell, p.xs.view(), p.classes.view(), &alphas).unwrap();
+        let l = ws.run(&p.params, &p.cell, &Sequence::new(p.xs.view(), loss)).unwrap();
         prop_assert_eq!(l, cf.loss);
         prop_assert_eq!(ws.grads(&p.params).unwrap(), cf.grads);
     }
@@ -469,13 +469,10 @@ fn m3_workspace_reuse_gives_the_same_result_as_a_fresh_run() {
         )
         .unwrap();
         let l = ws
-            .run_with_h0(
+            .run(
                 &p.params,
                 &p.cell,
-                p.xs.view(),
-                h0,
-                p.classes.view(),
-                &p.alphas,
+                &Sequence::new(p.xs.view(), loss).with_h0(h0),
             )
             .unwrap();
         assert_eq!(l, fresh.loss);
@@ -551,15 +548,8 @@ fn m3_workspace_f32_first_state_is_the_exact_tanh_rounded() {
     let h0 = Array2::from_shape_fn((b, h), |(r, c)| dyadic(400 + r * h + c) / 2.0);
     let labels = Array2::<usize>::zeros((1, b));
     let mut ws = M3Workspace::new();
-    ws.run_with_h0(
-        &params,
-        &cell,
-        xs.view(),
-        Some(h0.view()),
-        labels.view(),
-        &[1.0],
-    )
-    .unwrap();
+    let seq = Sequence::new(xs.view(), SequenceLoss::classes(labels.view())).with_h0(h0.view());
+    ws.run(&params, &cell, &seq).unwrap();
     let p = |id| params.get(id).unwrap().mapv(f64::from);
     let x = xs.index_axis(Axis(0), 0).mapv(f64::from);
     // In f64, every product and sum here is exact (≤ 11 terms, multiples of 1/128).
@@ -732,20 +722,12 @@ fn bad_input_is_an_error() {
         ws.grads(&tanh.params),
         Err(Error::InvalidArgument { .. })
     ));
-    let r = ws.run(
-        &tanh.params,
-        &tanh.cell,
-        tanh.xs.view(),
-        tanh.classes.view(),
-        &[1.0],
-    );
+    let short = [1.0];
+    let seq = Sequence::new(tanh.xs.view(), classes.weighted(&short));
+    let r = ws.run(&tanh.params, &tanh.cell, &seq);
     assert!(matches!(r, Err(Error::ShapeMismatch { .. })));
-    let r = ws.run(
-        &tanh.params,
-        &tanh.cell,
-        tanh.xs.view(),
-        tanh.classes.view(),
-        &[1.0, f64::NAN, 1.0, 1.0],
-    );
+    let nan = [1.0, f64::NAN, 1.0, 1.0];
+    let seq = Sequence::new(tanh.xs.view(), classes.weighted(&nan));
+    let r = ws.run(&tanh.params, &tanh.cell, &seq);
     assert!(matches!(r, Err(Error::InvalidArgument { .. })));
 }

@@ -2991,11 +2991,9 @@ fn closed_forms<F: Scalar>(
             });
         }
         _ => {
-            let n = if fz.chance(0.9) { t } else { t + 1 };
-            let alphas: Vec<F> = (0..n).map(|_| F::of(fz.factor(0.0, 1.0))).collect();
             fz.try_call("M3Workspace::run", || {
                 let mut ws = closed_form::M3Workspace::new();
-                let out = ws.run_with_h0(params, rnn, xs, h0, data.labels.view(), &alphas);
+                let out = ws.run(params, rnn, &Sequence::new(xs, loss).with_h0(h0));
                 let _ = (ws.loss(), ws.dh().len(), ws.dh0().len(), ws.bytes());
                 out.and_then(|_| ws.grads(params)).map(|_| ())
             });

@@ -67,7 +67,7 @@ struct Ids {
 /// ```
 /// use ndarray::{Array2, Array3};
 /// use timetape::closed_form::M3Workspace;
-/// use timetape::rnn::{models, Sizes};
+/// use timetape::rnn::{models, Sequence, SequenceLoss, Sizes};
 /// use timetape::{Grads, Params};
 ///
 /// let mut params = Params::<f64>::new();
@@ -77,7 +77,9 @@ struct Ids {
 /// let mut ws = M3Workspace::new();
 /// let mut grads = Grads::new(&params);
 /// // The note's L = 0.1 L_1 + 0.1 L_2 + 0.8 L_3.
-/// let loss = ws.run(&params, &cell, xs.view(), labels.view(), &[0.1, 0.1, 0.8])?;
+/// let alphas = [0.1, 0.1, 0.8];
+/// let seq = Sequence::new(xs.view(), SequenceLoss::classes(labels.view()).weighted(&alphas));
+/// let loss = ws.run(&params, &cell, &seq)?;
 /// ws.grads_into(&mut grads)?;
 /// assert!(loss > 0.0);
 /// assert_eq!(grads.iter().count(), 5);
@@ -88,6 +90,8 @@ pub struct M3Workspace<F> {
     /// The tanh of the forward pass: exact ([`M3Workspace::new`]) or the tape's kernel
     /// ([`M3Workspace::speed_reference`]).
     tanh: fn(F) -> F,
+    /// The coefficients c_t of the last run (kept to avoid an allocation per run).
+    coef: Vec<F>,
     ids: Option<Ids>,
     dims: (usize, usize, usize, usize, usize),
     loss: F,
@@ -126,6 +130,7 @@ impl<F: Scalar> M3Workspace<F> {
         let e = || Array2::zeros((0, 0));
         M3Workspace {
             tanh: exact_tanh,
+            coef: Vec::new(),
             ids: None,
             dims: (0, 0, 0, 0, 0),
             loss: F::zero(),
@@ -154,44 +159,45 @@ impl<F: Scalar> M3Workspace<F> {
         }
     }
 
-    /// Runs M3 forward and backward from `h_0 = 0` and returns the loss
-    /// `L = Σ_t alphas[t] · (1/B) Σ_b CE(o_{t,b}, labels[t, b])`.
-    ///
-    /// `xs` is (T, B, D), `labels` (T, B), `alphas` the T per-step coefficients (the
-    /// note's α_t for a sum over time; pass α_t / T for a mean). The gradients are then
+    /// Runs M3 forward and backward on the sequence and returns the loss
+    /// `L = Σ_t c_t · (1/B) Σ_b CE(o_{t,b}, y_{t,b})` (`c_t = α_t`, or `α_t / T` for a
+    /// mean over time). The targets must be [`Targets::Classes`]. The gradients are then
     /// read with [`M3Workspace::grads_into`] or [`M3Workspace::grads`], the adjoints with
     /// [`M3Workspace::dh`] and [`M3Workspace::dh0`].
     ///
-    /// Errors: [`Error::InvalidArgument`] if the RNN is not tanh or an α is not finite;
-    /// [`Error::EmptyInput`] for T = 0 or B = 0; [`Error::ShapeMismatch`] for inputs,
-    /// labels, α or parameters of the wrong size; [`Error::LabelOutOfRange`];
-    /// [`Error::ForeignParam`] if the RNN's parameters are not in `params`;
+    /// Errors: [`Error::InvalidArgument`] if the RNN is not tanh or the targets are not
+    /// classes; [`SequenceLoss::validate`]'s errors for the loss; [`Error::EmptyInput`]
+    /// for T = 0 or B = 0; [`Error::ShapeMismatch`] for inputs, `h0` or parameters of the
+    /// wrong size; [`Error::ForeignParam`] if the RNN's parameters are not in `params`;
     /// [`Error::NonFinite`] if the loss or a gradient overflows. After an error the
     /// gradients cannot be read until the next successful run.
-    pub fn run(
-        &mut self,
-        params: &Params<F>,
-        rnn: &Rnn,
-        xs: ArrayView3<'_, F>,
-        labels: ArrayView2<'_, usize>,
-        alphas: &[F],
-    ) -> Result<F> {
-        self.run_with_h0(params, rnn, xs, None, labels, alphas)
+    pub fn run(&mut self, params: &Params<F>, rnn: &Rnn, seq: &Sequence<'_, F>) -> Result<F> {
+        let op = "M3Workspace::run";
+        self.ids = None;
+        let loss = seq.loss();
+        let Targets::Classes(labels) = loss.targets else {
+            return Err(invalid(op, "M3 needs Targets::Classes"));
+        };
+        let (t, b, _) = seq.inputs().dim();
+        loss.validate(t, b, rnn.config.output)?;
+        let mut coef = std::mem::take(&mut self.coef);
+        coef.clear();
+        coef.extend(step_coefficients(loss, t));
+        let out = self.run_raw(params, rnn, seq, labels, &coef);
+        self.coef = coef;
+        out
     }
 
-    /// [`M3Workspace::run`] from a given initial state `h0` (B×H; zeros if `None`).
-    ///
-    /// Errors: as [`M3Workspace::run`], and [`Error::ShapeMismatch`] for an `h0` that is
-    /// not B×H.
-    pub fn run_with_h0(
+    /// The run with the labels and the coefficients c_t at hand.
+    fn run_raw(
         &mut self,
         params: &Params<F>,
         rnn: &Rnn,
-        xs: ArrayView3<'_, F>,
-        h0: Option<ArrayView2<'_, F>>,
+        seq: &Sequence<'_, F>,
         labels: ArrayView2<'_, usize>,
         alphas: &[F],
     ) -> Result<F> {
+        let (xs, h0) = (seq.inputs(), seq.initial_state());
         let op = "M3Workspace::run";
         self.ids = None;
         require_activation(op, rnn, Activation::Tanh)?;
@@ -495,16 +501,9 @@ pub fn m3<F: Scalar>(
     rnn: &Rnn,
     seq: &Sequence<'_, F>,
 ) -> Result<ClosedForm<F>> {
-    let (xs, h0, loss) = (seq.inputs(), seq.initial_state(), seq.loss());
-    let op = "closed_form::m3";
-    let Targets::Classes(labels) = loss.targets else {
-        return Err(invalid(op, "M3 needs Targets::Classes"));
-    };
-    let (t, b, _) = xs.dim();
-    loss.validate(t, b, rnn.config.output)?;
-    let alphas = step_coefficients(loss, t);
+    let (t, b, _) = seq.inputs().dim();
     let mut ws = M3Workspace::new();
-    let value = ws.run_with_h0(params, rnn, xs, h0, labels, &alphas)?;
+    let value = ws.run(params, rnn, seq)?;
     let dh = (0..t)
         .map(|k| rows(&ws.delta, k * b..(k + 1) * b).to_owned())
         .collect();
