@@ -70,6 +70,7 @@ use timetape::bptt::{
 };
 use timetape::bptt::{Edge, Memory, Run};
 use timetape::gradcheck::{gradcheck, GradcheckOptions, GradcheckReport};
+use timetape::ops::RowsOf;
 use timetape::optim::{clip_global_norm, Adam, Sgd};
 use timetape::rnn::{
     models, Biases, Gru, Lstm, Recurrent, Rnn, RnnBound, RnnConfig, Sequence, SequenceLoss, Sizes,
@@ -1003,7 +1004,9 @@ fn tape_step<F: Scalar>(fz: &mut Fuzz, st: &mut Stores<F>, g: &mut Graph<F>) {
             } else {
                 fz.range(sa.0 + extra)
             };
-            apply(fz, g, "affine_rows", |t| t.affine_rows(a, b, c, rows, act));
+            apply(fz, g, "affine_rows", |t| {
+                t.affine_rows(a, b, RowsOf(c, rows.clone()), act)
+            });
         }
         21..=26 => {
             let b = match fz.below(3) {

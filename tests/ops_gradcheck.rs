@@ -33,6 +33,7 @@ use ndarray::Array2;
 use proptest::prelude::*;
 use std::ops::Range;
 use timetape::gradcheck::{gradcheck, GradcheckOptions};
+use timetape::ops::RowsOf;
 use timetape::{Activation, Error, Params, Reduction, Result, Tape, Var};
 
 /// Relative tolerance of the finite-difference comparison (see the module comment).
@@ -385,12 +386,12 @@ proptest! {
             let av = tape.param(p, ia)?;
             let bv = tape.param(p, ib)?;
             let cv = tape.param(p, ic)?;
-            let y = tape.affine_rows(av, bv, cv, start..start + m, act)?;
+            let y = tape.affine_rows(av, bv, RowsOf(cv, start..start + m), act)?;
             finish(tape, y, &r, &[av, bv, cv], acc)
         })?;
         let got = forward(|t| {
             let (av, bv, cv) = (t.constant(a.clone())?, t.constant(b.clone())?, t.constant(c.clone())?);
-            t.affine_rows(av, bv, cv, start..start + m, act)
+            t.affine_rows(av, bv, RowsOf(cv, start..start + m), act)
         });
         let pre = a.dot(&b) + rows(&c);
         let want = pre.mapv(|x| match act {

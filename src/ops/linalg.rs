@@ -24,6 +24,10 @@ fn beta<F: Scalar>(fresh: bool) -> F {
     }
 }
 
+/// Rows `range` of the matrix `var`, as the addend of [`Tape::affine_rows`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RowsOf(pub Var, pub std::ops::Range<usize>);
+
 impl<F: Scalar> Tape<F> {
     /// Matrix product `a b` of an m×k and a k×n matrix.
     ///
@@ -148,6 +152,20 @@ impl<F: Scalar> Tape<F> {
     /// of a taller matrix, without copying them out first. This is one step of a
     /// recurrent layer whose input projection was computed for a whole segment at once.
     ///
+    /// ```
+    /// use ndarray::array;
+    /// use timetape::ops::RowsOf;
+    /// use timetape::{Activation, Tape};
+    ///
+    /// let mut tape = Tape::<f64>::new();
+    /// let h = tape.constant(array![[1.0, 2.0]])?;
+    /// let w = tape.constant(array![[1.0, 0.0], [0.0, 1.0]])?;
+    /// let u = tape.constant(array![[0.0, 0.0], [10.0, 20.0], [30.0, 40.0]])?;
+    /// let y = tape.affine_rows(h, w, RowsOf(u, 1..2), Activation::Identity)?;
+    /// assert_eq!(tape.value(y)?, array![[11.0, 22.0]]);
+    /// # Ok::<(), timetape::Error>(())
+    /// ```
+    ///
     /// Errors: [`Error::ShapeMismatch`] if `a b` is not defined, the range does not have
     /// `a`'s number of rows, or `c` has the wrong width; [`Error::InvalidArgument`] for a
     /// range outside `c`.
@@ -155,11 +173,11 @@ impl<F: Scalar> Tape<F> {
         &mut self,
         a: Var,
         b: Var,
-        c: Var,
-        rows: std::ops::Range<usize>,
+        c: RowsOf,
         act: super::Activation,
     ) -> Result<Var> {
         let op = "affine_rows";
+        let RowsOf(c, rows) = c;
         let (ia, ib, ic) = (self.idx(op, a)?, self.idx(op, b)?, self.idx(op, c)?);
         let shape = (self.values[ia].nrows(), self.values[ib].ncols());
         let sc = self.values[ic].dim();

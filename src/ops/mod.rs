@@ -20,6 +20,7 @@ pub(crate) mod shape;
 
 pub use activation::{Activation, Unary};
 pub use elementwise::Binary;
+pub use linalg::RowsOf;
 pub use loss::Reduction;
 pub use shape::Axis;
 

@@ -3,6 +3,7 @@
 use super::{Recurrent, Sizes};
 use crate::error::{invalid, Result};
 use crate::init;
+use crate::ops::RowsOf;
 use crate::params::{ParamId, Params};
 use crate::scalar::Scalar;
 use crate::tape::{Tape, Var};
@@ -179,7 +180,7 @@ impl<F: Scalar> Recurrent<F> for Lstm {
         let n = self.hidden;
         let h = tape.slice_cols(state, 0..n)?;
         let c = tape.slice_cols(state, n..2 * n)?;
-        let a = tape.affine_rows(h, b.w_h, u, rows, crate::Activation::Identity)?;
+        let a = tape.affine_rows(h, b.w_h, RowsOf(u, rows), crate::Activation::Identity)?;
         let if_ = tape.slice_cols(a, 0..2 * n)?;
         let if_ = tape.sigmoid(if_)?;
         let i = tape.slice_cols(if_, 0..n)?;

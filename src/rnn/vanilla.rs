@@ -5,6 +5,7 @@ pub use crate::ops::Activation;
 
 use crate::error::{invalid, Result};
 use crate::init;
+use crate::ops::RowsOf;
 use crate::params::{ParamId, Params};
 use crate::scalar::Scalar;
 use crate::tape::{Tape, Var};
@@ -191,7 +192,7 @@ impl<F: Scalar> Recurrent<F> for Rnn {
         rows: std::ops::Range<usize>,
         h_prev: Var,
     ) -> Result<Var> {
-        tape.affine_rows(h_prev, bound.w_hh, u, rows, self.config.activation)
+        tape.affine_rows(h_prev, bound.w_hh, RowsOf(u, rows), self.config.activation)
     }
 
     /// `H W_hq + b_q` (one [`Tape::affine`]).
