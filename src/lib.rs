@@ -102,6 +102,9 @@ pub mod params;
 pub mod scalar;
 pub mod tape;
 
+/// The `ndarray` this crate is built on, so that users need not pin its version.
+pub use ndarray;
+
 pub use error::{Error, Result};
 pub use ops::{Activation, Axis, Binary, Reduction, Unary};
 pub use params::{Grads, ParamId, Params};
