@@ -16,7 +16,7 @@
 //! Groups:
 //!
 //! - `full_bptt/{S1..S4}/{tape,closed_form}`: the full-BPTT gradient by the tape
-//!   (`bptt::run_with`, one `Workspace` reused across iterations, `Truncation::Full`)
+//!   (`bptt::Workspace::run`, one `Workspace` reused across iterations, `Truncation::Full`)
 //!   against `closed_form::M3Workspace::run` (one workspace reused), followed by
 //!   `grads_into` a reused `Grads` so that both sides deliver their gradient in a
 //!   `Grads`. The throughput is the FLOP count of the matrix products,
@@ -30,14 +30,14 @@
 //!   T = 1e3) is measured once, outside criterion's loop, and printed as
 //!   `stream_fixed32/1e5 (one run)`. For every T the report's `peak_tape_bytes` and
 //!   `peak_tape_nodes` are printed: they do not grow with T.
-//! - `randomized/S2/{randomized,fixed32}`: `bptt::run_with` (reused `Workspace`) at S2 with
+//! - `randomized/S2/{randomized,fixed32}`: `bptt::Workspace::run` (reused `Workspace`) at S2 with
 //!   `Randomized { pi: Pi::Constant(1 − 1/32), seed }` (mean segment 32 steps; the seed
 //!   changes every iteration, so the time is averaged over ξ patterns) and with
 //!   `Fixed { k: 32 }`; throughput `Elements(T)` (steps/s).
 //!
 //! Fairness: inputs, labels and weights are built once; both sides of `full_bptt` reuse
 //! their buffers, and every result is passed to `black_box`. What remains is in the
-//! APIs: `run_with` returns an owned `Report` (a zeroed `Grads` of the parameters' size
+//! APIs: `Workspace::run` returns an owned `Report` (a zeroed `Grads` of the parameters' size
 //! and `h_final`, about 0.1 % of the work at S2) and `Stream::new` starts from a fresh
 //! tape (its first segment allocates, the others recycle).
 //!
@@ -140,7 +140,7 @@ fn full_bptt(c: &mut Criterion) {
         let p = problem(s);
         let loss = SequenceLoss::classes(p.labels.view());
         let mut ws = Workspace::new();
-        let mut reference = M3Workspace::speed_reference();
+        let mut reference = M3Workspace::with_tanh(timetape::Scalar::tanh_kernel);
         let mut ref_grads = Grads::zeros_like(&p.params);
 
         // Same loss, same gradient: check once before timing.

@@ -1,9 +1,10 @@
 //! The tape's cost on a whole BPTT: the full-BPTT gradient of a tanh RNN with softmax
-//! cross-entropy at every step, f32, one thread, by the tape (`bptt::run_with`, buffers
-//! reused across calls) against the hand-written closed form
-//! (`closed_form::M3Workspace::speed_reference`, written as a performance-minded person
-//! writes BPTT by hand: ndarray's products, the tape's f32 tanh kernel so that both do
-//! the same arithmetic; the oracle the tests use computes tanh exactly).
+//! cross-entropy at every step, f32, one thread, by the tape (`bptt::Workspace::run`,
+//! buffers reused across calls) against the hand-written closed form
+//! (`closed_form::M3Workspace::with_tanh(Scalar::tanh_kernel)`, written as a
+//! performance-minded person writes BPTT by hand: ndarray's products, and the tape's f32
+//! tanh kernel so that both do the same arithmetic; the oracle the tests use computes
+//! tanh exactly).
 //!
 //! Prints one line per size, the ratio tape / closed form last on the line, then the
 //! machine's plain matrix-product speed and the peak memory of both at S4. Each timing
@@ -97,7 +98,7 @@ fn main() -> Result<(), timetape::Error> {
             30
         };
 
-        let mut reference = M3Workspace::speed_reference();
+        let mut reference = M3Workspace::with_tanh(timetape::Scalar::tanh_kernel);
         let t_ref = time_min(reps, || {
             reference
                 .run(&params, &cell, &Sequence::new(xs.view(), loss))

@@ -487,7 +487,7 @@ fn huge_window_sizes_mean_the_whole_sequence() {
     }
 }
 
-/// `run_with` reuses one tape (and its free list of buffers, whose contents are stale)
+/// `Workspace::run` reuses one tape (and its free list of buffers, whose contents are stale)
 /// from run to run: every result must be bitwise the result of a fresh `run`, whatever
 /// ran before on the workspace (other models, lengths, strategies).
 #[test]

@@ -15,7 +15,7 @@
 //!   - `Tape::backward*`: an `Ok` has a finite loss (or seeded values) and finite
 //!     gradients (for the `_into` forms: the gradients it adds into, if they were finite);
 //!   - with `Tape::set_check_finite(true)`, every `Ok(Var)` has a finite value;
-//!   - `bptt::run`, `run_with`, `checkpointed`, `Stream::finish`: an `Ok(Report)` has a
+//!   - `bptt::run`, `Workspace::run` (any memory policy), `Stream::finish`: an `Ok(Report)` has a
 //!     finite `loss`, `grads`, `dh_norms` and `h_final`;
 //!   - `gradcheck`: an `Ok(report)` has finite errors;
 //!   - `optim::clip_global_norm`: an `Ok` norm is finite (and the clipped norm is at most
@@ -460,8 +460,15 @@ fn grads_finite<F: Scalar>(g: &Grads<F>) -> bool {
     g.iter().all(|(_, a)| all_finite(a.view()))
 }
 
+/// The largest |entry|, NaN if an entry is NaN (a plain `f64::max` fold would skip it).
 fn max_abs<F: Scalar>(a: ArrayView2<'_, F>) -> f64 {
-    a.iter().fold(0.0f64, |m, x| m.max(x.as_f64().abs()))
+    a.iter().map(|x| x.as_f64().abs()).fold(0.0f64, |m, x| {
+        if m.is_nan() || x.is_nan() {
+            f64::NAN
+        } else {
+            m.max(x)
+        }
+    })
 }
 
 /// Bitwise equality of two gradients (NaN equals NaN).
@@ -1247,11 +1254,16 @@ fn tape_step<F: Scalar>(fz: &mut Fuzz, st: &mut Stores<F>, g: &mut Graph<F>) {
                     op,
                     "Ok, but the gradients it added into are no longer finite",
                     || {
-                        let worst = g
-                            .acc
-                            .iter()
-                            .map(|(_, x)| max_abs(x.view()))
-                            .fold(0.0, f64::max);
+                        let worst = g.acc.iter().map(|(_, x)| max_abs(x.view())).fold(
+                            0.0,
+                            |m: f64, x: f64| {
+                                if m.is_nan() || x.is_nan() {
+                                    f64::NAN
+                                } else {
+                                    m.max(x)
+                                }
+                            },
+                        );
                         format!("largest |entry| now {worst:e}")
                     },
                 );

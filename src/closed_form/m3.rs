@@ -57,8 +57,7 @@ struct Ids {
 /// `∂L/∂V = Σ_t e_t S_tᵀ`, transposed). As an oracle it shares no numerical code with the
 /// tape: every product is ndarray's own (`general_mat_mul`, not the tape's kernels) and
 /// `tanh` is the exact one, evaluated in f64 and rounded to `F` (for `f32` not the
-/// tape's rational [`Scalar::tanh_kernel`], so the two differ by a few f32 ulp per
-/// step). All buffers are kept between calls and reallocated only when a size
+/// tape's rational approximation, so the two differ by a few f32 ulp per step). All buffers are kept between calls and reallocated only when a size
 /// changes: a run on a standard-layout `xs` of unchanged sizes allocates no array of its
 /// own (a non-contiguous `xs` is copied once per run; the matrix-product kernel,
 /// matrixmultiply, still allocates its packing buffers inside each product, as it does
@@ -87,8 +86,8 @@ struct Ids {
 /// ```
 #[derive(Debug, Clone)]
 pub struct M3Workspace<F> {
-    /// The tanh of the forward pass: exact ([`M3Workspace::new`]) or the tape's kernel
-    /// ([`M3Workspace::speed_reference`]).
+    /// The tanh of the forward pass: exact ([`M3Workspace::new`]) or a benchmark's
+    /// choice ([`M3Workspace::with_tanh`]).
     tanh: fn(F) -> F,
     /// The coefficients c_t of the last run (kept to avoid an allocation per run).
     coef: Vec<F>,
@@ -147,14 +146,14 @@ impl<F: Scalar> M3Workspace<F> {
         }
     }
 
-    /// A workspace for benchmarks, **not an oracle**: the same hand-written BPTT, but
-    /// its forward tanh is the tape's own kernel ([`Scalar::tanh_kernel`]: for `f32` the
-    /// vectorizable rational approximation, for `f64` the exact tanh), so that the
-    /// tape's cost is measured against a hand-written BPTT doing the same arithmetic.
-    /// Tests compare with [`M3Workspace::new`].
-    pub fn speed_reference() -> Self {
+    /// A workspace whose forward pass uses the given `tanh` instead of the exact one:
+    /// for benchmarks that time the tape against a hand-written BPTT doing the same
+    /// arithmetic (pass the tape's own kernel, [`Scalar::tanh_kernel`], for `f32`). With
+    /// any other `tanh` than the exact one it is **not an oracle**; tests compare with
+    /// [`M3Workspace::new`].
+    pub fn with_tanh(tanh: fn(F) -> F) -> Self {
         M3Workspace {
-            tanh: F::tanh_kernel,
+            tanh,
             ..Self::new()
         }
     }

@@ -121,8 +121,7 @@ pub fn grads_max_rel_diff(params: &Params<f64>, got: &Grads<f64>, want: &Grads<f
             (Some(a), Some(b)) => max_rel_diff(a.view(), b.view()),
             _ => f64::INFINITY,
         })
-        // Safe as a fold: each term is finite or +∞, never NaN.
-        .fold(0.0, f64::max)
+        .fold(0.0, nan_max)
 }
 
 /// Panics unless every parameter's gradient agrees to `tol` ([`grads_max_rel_diff`]).
@@ -176,4 +175,14 @@ pub fn orthogonal(n: usize, seed: u64) -> ndarray::Array2<f64> {
         q.column_mut(j).assign(&(v / norm));
     }
     q
+}
+
+/// The larger of two values, NaN if either is NaN (`f64::max` returns the other operand,
+/// so a running maximum built on it skips a NaN).
+pub fn nan_max(a: f64, b: f64) -> f64 {
+    if a.is_nan() || b.is_nan() {
+        f64::NAN
+    } else {
+        a.max(b)
+    }
 }
