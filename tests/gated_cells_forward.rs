@@ -81,7 +81,7 @@ fn head(states: Vec<Array2<f64>>, w_hq: &Array2<f64>, b_q: &Array2<f64>) -> Forw
         .collect();
     for (t, o) in outputs.iter().enumerate() {
         for (b, row) in o.rows().into_iter().enumerate() {
-            let m = row.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+            let m = row.iter().copied().fold(f64::NEG_INFINITY, common::nan_max);
             let lse = m + row.iter().map(|&z| (z - m).exp()).sum::<f64>().ln();
             loss += ALPHAS[t] / B as f64 * (lse - row[labels[[t, b]]]);
         }
@@ -281,7 +281,7 @@ fn state_difference(got: &Forward, want: &Forward) -> f64 {
             assert!(max_abs(a.iter().chain(b.iter()).copied()).is_finite());
             max_rel_diff(a.view(), b.view())
         })
-        .fold(0.0, f64::max)
+        .fold(0.0, common::nan_max)
 }
 
 fn gru_case() -> (Params<f64>, Gru, Array2<f64>) {

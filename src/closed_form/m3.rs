@@ -148,7 +148,7 @@ impl<F: Scalar> M3Workspace<F> {
 
     /// A workspace whose forward pass uses the given `tanh` instead of the exact one:
     /// for benchmarks that time the tape against a hand-written BPTT doing the same
-    /// arithmetic (pass the tape's own kernel, [`Scalar::tanh_kernel`], for `f32`). With
+    /// arithmetic (for `f32`, pass the tape's own kernel, the `Scalar` trait's). With
     /// any other `tanh` than the exact one it is **not an oracle**; tests compare with
     /// [`M3Workspace::new`].
     pub fn with_tanh(tanh: fn(F) -> F) -> Self {
@@ -516,7 +516,7 @@ pub fn m3<F: Scalar>(
 }
 
 /// The exact `tanh`: `f64::tanh`, rounded to `F` (for `f32`, within half an ulp plus
-/// the f64 error; never the tape's [`Scalar::tanh_kernel`] approximation).
+/// the f64 error; never the tape's rational approximation).
 fn exact_tanh<F: Scalar>(x: F) -> F {
     F::of(x.as_f64().tanh())
 }

@@ -2,11 +2,12 @@
 //! written on ndarray alone.
 //!
 //! This module never records anything on a [`Tape`](crate::Tape) and never calls the
-//! [`ops`](crate::ops) or the [`rnn`](crate::rnn) unrolls: it reads the [`Rnn`] struct
+//! tape's ops, its kernels or an unroll: it reads the [`Rnn`] struct
 //! for its [`ParamId`](crate::ParamId)s and sizes, the values in a [`Params`] store, and
 //! takes a [`SequenceLoss`] as a plain description of the loss. It is the independent
-//! oracle the tape is tested against, and [`M3Workspace`] is the hand-written speed
-//! reference the benchmarks compare the tape with.
+//! oracle the tape is tested against; [`M3Workspace`], given the tape's tanh by a
+//! benchmark ([`M3Workspace::with_tanh`]), is also the hand-written speed reference the
+//! benchmarks compare the tape with.
 //!
 //! # Conventions
 //!
