@@ -14,8 +14,8 @@ use rand::Rng;
 use timetape::bptt::Run;
 use timetape::bptt::{run, Truncation};
 use timetape::optim::{clip_global_norm, Sgd};
-use timetape::rnn::{models, Sequence, SequenceLoss, Targets};
-use timetape::{Params, Reduction};
+use timetape::rnn::{models, Sequence, SequenceLoss};
+use timetape::Params;
 
 const VOCAB: usize = 10;
 const WORDS: [&str; VOCAB] = [
@@ -70,11 +70,7 @@ fn main() -> Result<(), timetape::Error> {
             for (words, y) in set {
                 let xs = one_hot(words);
                 let yv = Array1::from_elem(1, *y);
-                let l = SequenceLoss {
-                    targets: Targets::LastBinary(yv.view()),
-                    step_weights: None,
-                    time: Reduction::Sum,
-                };
+                let l = SequenceLoss::last_binary(yv.view());
                 let r = run(
                     &cell,
                     params,
@@ -101,11 +97,7 @@ fn main() -> Result<(), timetape::Error> {
             for (words, y) in &train {
                 let xs = one_hot(words);
                 let yv = Array1::from_elem(1, *y);
-                let l = SequenceLoss {
-                    targets: Targets::LastBinary(yv.view()),
-                    step_weights: None,
-                    time: Reduction::Sum,
-                };
+                let l = SequenceLoss::last_binary(yv.view());
                 let mut r = run(
                     &cell,
                     &params,

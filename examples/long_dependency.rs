@@ -15,8 +15,8 @@ use std::time::Instant;
 use timetape::bptt::Run;
 use timetape::bptt::{run, Pi, Truncation};
 use timetape::optim::{clip_global_norm, Adam};
-use timetape::rnn::{models, Sequence, SequenceLoss, Sizes, Targets};
-use timetape::{Params, Reduction};
+use timetape::rnn::{models, Sequence, SequenceLoss, Sizes};
+use timetape::Params;
 
 const L: usize = 20; // steps between the bit and the question
 const T: usize = L + 1;
@@ -45,11 +45,7 @@ fn accuracy(
     for _ in 0..8 {
         let (xs, bits) = batch(rng);
         let mut tape = timetape::Tape::new();
-        let loss = SequenceLoss {
-            targets: Targets::LastClass(bits.view()),
-            step_weights: None,
-            time: timetape::Reduction::Sum,
-        };
+        let loss = SequenceLoss::last_class(bits.view());
         let run = timetape::bptt::unroll(cell, &mut tape, params, &Sequence::new(xs.view(), loss))?;
         let (o, _) = run
             .output(T - 1, B)
@@ -91,11 +87,7 @@ fn main() -> Result<(), timetape::Error> {
         let mut line = format!("{name:>20}:");
         for step in 1..=600 {
             let (xs, bits) = batch(&mut data_rng);
-            let loss = SequenceLoss {
-                targets: Targets::LastClass(bits.view()),
-                step_weights: None,
-                time: Reduction::Sum,
-            };
+            let loss = SequenceLoss::last_class(bits.view());
             let truncation = match &truncation {
                 Truncation::Randomized { pi, .. } => Truncation::Randomized {
                     pi: pi.clone(),

@@ -93,11 +93,7 @@ fn relu_diag<F: Scalar>(h: &Array1<F>) -> Array2<F> {
 /// params.get_mut(cell.b_h.unwrap())?.fill(0.2); // keep some units active
 /// let xs = Array3::from_shape_fn((4, 2, 2), |(t, b, d)| ((t + 2 * b + d) as f64).sin());
 /// let y_gt = array![1.0, 0.0];
-/// let loss = SequenceLoss {
-///     targets: Targets::LastBinary(y_gt.view()),
-///     step_weights: None,
-///     time: Reduction::Sum,
-/// };
+/// let loss = SequenceLoss::last_binary(y_gt.view());
 /// let kron = closed_form::m2(&params, &cell, &Sequence::new(xs.view(), loss))?;
 /// let outer = closed_form::m2_outer(&params, &cell, &Sequence::new(xs.view(), loss))?;
 /// assert!(kron.grads.max_rel_diff(&outer.grads) < 1e-12);

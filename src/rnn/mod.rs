@@ -209,6 +209,35 @@ impl<'a, F: Scalar> SequenceLoss<'a, F> {
         }
     }
 
+    /// Softmax cross-entropy of the last step's output against one class per sequence
+    /// (B labels): `L = (1/B) Σ_b CE(o_{T,b}, y_b)`.
+    ///
+    /// ```
+    /// use ndarray::Array1;
+    /// use timetape::rnn::SequenceLoss;
+    ///
+    /// let labels = Array1::from(vec![0usize, 2, 1]);
+    /// let loss = SequenceLoss::<f64>::last_class(labels.view());
+    /// assert!(loss.is_last_step());
+    /// ```
+    pub fn last_class(labels: ArrayView1<'a, usize>) -> Self {
+        SequenceLoss {
+            targets: Targets::LastClass(labels),
+            step_weights: None,
+            time: Reduction::Sum,
+        }
+    }
+
+    /// Binary cross-entropy of `σ(o_T)` (an output of width 1) against one target in
+    /// [0, 1] per sequence (B targets): the last-step loss of the notes' M2.
+    pub fn last_binary(targets: ArrayView1<'a, F>) -> Self {
+        SequenceLoss {
+            targets: Targets::LastBinary(targets),
+            step_weights: None,
+            time: Reduction::Sum,
+        }
+    }
+
     /// The same loss with per-step weights α_t.
     pub fn weighted(mut self, alphas: &'a [F]) -> Self {
         self.step_weights = Some(alphas);

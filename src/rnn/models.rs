@@ -83,11 +83,7 @@ pub fn m1<F: Scalar>(params: &mut Params<F>, sizes: Sizes, seed: u64) -> Result<
 /// let cell = models::m2(&mut params, 3, 4, 0)?; // input 3, n = 4
 /// let xs = Array3::from_shape_fn((5, 2, 3), |(t, b, d)| ((t + b + d) as f64).cos());
 /// let y_gt = array![1.0, 0.0]; // one label per sequence (B = 2)
-/// let loss = SequenceLoss {
-///     targets: Targets::LastBinary(y_gt.view()),
-///     step_weights: None,
-///     time: Reduction::Sum,
-/// };
+/// let loss = SequenceLoss::last_binary(y_gt.view());
 /// let r = run(&cell, &params, &Sequence::new(xs.view(), loss), &Run::new(Truncation::Full))?;
 /// assert_eq!(r.grads.get(cell.w_hq).unwrap().dim(), (4, 1));
 /// # Ok::<(), timetape::Error>(())
