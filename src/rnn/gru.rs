@@ -1,7 +1,7 @@
 //! Gated recurrent unit.
 
 use super::{Recurrent, Sizes};
-use crate::error::{invalid, Result};
+use crate::error::Result;
 use crate::init;
 use crate::params::{ParamId, Params};
 use crate::scalar::Scalar;
@@ -95,15 +95,12 @@ impl Gru {
         sizes: Sizes,
         seed: u64,
     ) -> Result<Gru> {
+        let op = "Gru::new";
         let Sizes {
             input,
             hidden,
             output,
-        } = sizes;
-        if input == 0 || hidden == 0 || output == 0 {
-            return Err(invalid("Gru::new", "sizes must be positive"));
-        }
-        let op = "Gru::new";
+        } = sizes.check(op)?;
         let h3 = init::times(op, hidden, 3)?;
         let shapes = [
             (input, h3),
@@ -115,31 +112,23 @@ impl Gru {
         init::check_alloc::<F>(op, &shapes)?;
         let mut rng = init::rng(seed);
         let s = 1.0 / (hidden as f64).sqrt();
+        let mut add = |name: &str, value| params.add(format!("{prefix}{name}"), value);
+        let w_x = add("W_x", init::uniform(shapes[0], s, &mut rng)?)?;
+        let w_h = add("W_h", init::uniform(shapes[1], s, &mut rng)?)?;
+        let b_x = add("b_x", init::uniform(shapes[2], s, &mut rng)?)?;
+        let b_h = add("b_h", init::uniform(shapes[3], s, &mut rng)?)?;
+        let w_hq = add("W_hq", init::uniform(shapes[4], s, &mut rng)?)?;
+        let b_q = add("b_q", Array2::zeros((1, output)))?;
         Ok(Gru {
             input,
             hidden,
             output,
-            w_x: params.add(
-                format!("{prefix}W_x"),
-                init::uniform(shapes[0], s, &mut rng)?,
-            )?,
-            w_h: params.add(
-                format!("{prefix}W_h"),
-                init::uniform(shapes[1], s, &mut rng)?,
-            )?,
-            b_x: params.add(
-                format!("{prefix}b_x"),
-                init::uniform(shapes[2], s, &mut rng)?,
-            )?,
-            b_h: params.add(
-                format!("{prefix}b_h"),
-                init::uniform(shapes[3], s, &mut rng)?,
-            )?,
-            w_hq: params.add(
-                format!("{prefix}W_hq"),
-                init::uniform(shapes[4], s, &mut rng)?,
-            )?,
-            b_q: params.add(format!("{prefix}b_q"), Array2::zeros((1, output)))?,
+            w_x,
+            w_h,
+            b_x,
+            b_h,
+            w_hq,
+            b_q,
         })
     }
 }

@@ -1,7 +1,7 @@
 //! Long short-term memory.
 
 use super::{Recurrent, Sizes};
-use crate::error::{invalid, Result};
+use crate::error::Result;
 use crate::init;
 use crate::ops::RowsOf;
 use crate::params::{ParamId, Params};
@@ -94,15 +94,12 @@ impl Lstm {
         sizes: Sizes,
         seed: u64,
     ) -> Result<Lstm> {
+        let op = "Lstm::new";
         let Sizes {
             input,
             hidden,
             output,
-        } = sizes;
-        if input == 0 || hidden == 0 || output == 0 {
-            return Err(invalid("Lstm::new", "sizes must be positive"));
-        }
-        let op = "Lstm::new";
+        } = sizes.check(op)?;
         let h4 = init::times(op, hidden, 4)?;
         let shapes = [
             (input, h4),
@@ -117,24 +114,21 @@ impl Lstm {
         let mut b = Array2::<F>::zeros((1, h4));
         b.slice_axis_mut(ndarray::Axis(1), ndarray::Slice::from(hidden..2 * hidden))
             .fill(F::one());
+        let mut add = |name: &str, value| params.add(format!("{prefix}{name}"), value);
+        let w_x = add("W_x", init::uniform(shapes[0], s, &mut rng)?)?;
+        let w_h = add("W_h", init::uniform(shapes[1], s, &mut rng)?)?;
+        let b = add("b", b)?;
+        let w_hq = add("W_hq", init::uniform(shapes[3], s, &mut rng)?)?;
+        let b_q = add("b_q", Array2::zeros((1, output)))?;
         Ok(Lstm {
             input,
             hidden,
             output,
-            w_x: params.add(
-                format!("{prefix}W_x"),
-                init::uniform(shapes[0], s, &mut rng)?,
-            )?,
-            w_h: params.add(
-                format!("{prefix}W_h"),
-                init::uniform(shapes[1], s, &mut rng)?,
-            )?,
-            b: params.add(format!("{prefix}b"), b)?,
-            w_hq: params.add(
-                format!("{prefix}W_hq"),
-                init::uniform(shapes[3], s, &mut rng)?,
-            )?,
-            b_q: params.add(format!("{prefix}b_q"), Array2::zeros((1, output)))?,
+            w_x,
+            w_h,
+            b,
+            w_hq,
+            b_q,
         })
     }
 }

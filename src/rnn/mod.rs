@@ -93,6 +93,13 @@ impl Sizes {
             output,
         }
     }
+    /// Checks that no width is zero (what every cell's constructor requires).
+    pub(crate) fn check(self, op: &'static str) -> Result<Self> {
+        if self.input == 0 || self.hidden == 0 || self.output == 0 {
+            return Err(invalid(op, "sizes must be positive"));
+        }
+        Ok(self)
+    }
 }
 
 /// A sequence to run: its inputs `xs` (T, B, D), its initial state (zeros unless

@@ -3,7 +3,7 @@
 use super::Recurrent;
 pub use crate::ops::Activation;
 
-use crate::error::{invalid, Result};
+use crate::error::Result;
 use crate::init;
 use crate::ops::RowsOf;
 use crate::params::{ParamId, Params};
@@ -120,9 +120,7 @@ impl Rnn {
     /// Errors: [`crate::Error::InvalidArgument`] for a zero size, sizes whose parameters
     /// overflow or cannot be allocated, or a name clash in the store.
     pub fn new<F: Scalar>(params: &mut Params<F>, config: RnnConfig, seed: u64) -> Result<Rnn> {
-        if config.input == 0 || config.hidden == 0 || config.output == 0 {
-            return Err(invalid("Rnn::new", "sizes must be positive"));
-        }
+        super::Sizes::new(config.input, config.hidden, config.output).check("Rnn::new")?;
         let (d, h, q) = (config.input, config.hidden, config.output);
         init::check_alloc::<F>("Rnn::new", &[(d, h), (h, h), (1, h), (h, q), (1, q)])?;
         let mut rng = init::rng(seed);

@@ -55,19 +55,7 @@ pub fn max_abs_diff(a: impl IntoIterator<Item = f64>, b: impl IntoIterator<Item 
 /// `max |a − b| / max |b|` (the absolute difference `max |a − b|` if `b` is all zeros);
 /// `+∞` if the shapes differ or any entry on either side is not finite.
 pub fn max_rel_diff(a: ArrayView2<'_, f64>, b: ArrayView2<'_, f64>) -> f64 {
-    if a.dim() != b.dim() {
-        return f64::INFINITY;
-    }
-    let diff = max_abs_diff(a.iter().copied(), b.iter().copied());
-    let scale = max_abs(b.iter().copied());
-    if !diff.is_finite() || !scale.is_finite() {
-        return f64::INFINITY;
-    }
-    if scale == 0.0 {
-        diff
-    } else {
-        diff / scale
-    }
+    max_rel_diff_floored(a, b, 0.0)
 }
 
 /// `max |a − b| / max(max |b|, floor)`: [`max_rel_diff`] with the scale floored, for an
