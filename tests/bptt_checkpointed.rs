@@ -15,8 +15,8 @@ use ndarray::{Array1, Array2, Array3};
 use rand::Rng;
 use timetape::bptt::{self, Report, RunOptions, Truncation};
 use timetape::bptt::{Memory, Run};
-use timetape::rnn::{models, Rnn, Sequence, SequenceLoss, Sizes, Targets};
-use timetape::{init, Params, Reduction};
+use timetape::rnn::{models, Rnn, Sequence, SequenceLoss, Sizes};
+use timetape::{init, Params};
 
 const TOL: f64 = 1e-12;
 
@@ -79,13 +79,13 @@ fn case(model: Model, t: usize, seed: u64) -> Case {
 impl Case {
     fn loss(&self) -> SequenceLoss<'_, f64> {
         match self.model {
-            Model::M1 => SequenceLoss::classes(self.labels.view()).mean_over_time(),
-            Model::M2 => SequenceLoss {
-                targets: Targets::LastBinary(self.y.view()),
-                step_weights: None,
-                time: Reduction::Sum,
-            },
-            Model::M3 => SequenceLoss::classes(self.labels.view()).weighted(&self.alphas),
+            Model::M1 => SequenceLoss::classes(self.labels.view())
+                .mean_over_time()
+                .into(),
+            Model::M2 => SequenceLoss::last_binary(self.y.view()).into(),
+            Model::M3 => SequenceLoss::classes(self.labels.view())
+                .weighted(&self.alphas)
+                .into(),
         }
     }
 

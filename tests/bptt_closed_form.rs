@@ -10,8 +10,8 @@ use timetape::bptt;
 use timetape::bptt::Run;
 use timetape::bptt::{run, Truncation};
 use timetape::closed_form;
-use timetape::rnn::{self, models, Sequence, SequenceLoss, Sizes, Targets};
-use timetape::{Params, Reduction, Tape};
+use timetape::rnn::{self, models, Sequence, SequenceLoss, Sizes};
+use timetape::{Params, Tape};
 
 const TOL: f64 = 1e-10;
 
@@ -48,18 +48,14 @@ fn full_equals_the_closed_forms_of_m1_m2_m3() {
     let labels = Array2::from_shape_fn((t, b), |(t, b)| (t + b) % 3);
     let l1 = SequenceLoss::classes(labels.view()).mean_over_time();
     let cf = closed_form::m1_recursion(&p1, &m1, &Sequence::new(x1.view(), l1)).unwrap();
-    let d = full(&m1, &p1, &x1, &l1, &Truncation::Full).max_rel_diff(&cf.grads);
+    let d = full(&m1, &p1, &x1, &l1.into(), &Truncation::Full).max_rel_diff(&cf.grads);
     assert!(d <= TOL, "M1: {d:e}");
     // M2: ReLU, last-step sigmoid classifier.
     let mut p2 = Params::new();
     let m2 = models::m2(&mut p2, 4, 5, 2).unwrap();
     p2.get_mut(m2.b_h.unwrap()).unwrap().fill(0.2);
     let y = Array1::from_shape_fn(b, |i| (i % 2) as f64);
-    let l2 = SequenceLoss {
-        targets: Targets::LastBinary(y.view()),
-        step_weights: None,
-        time: Reduction::Sum,
-    };
+    let l2 = SequenceLoss::last_binary(y.view()).into();
     let cf = closed_form::m2(&p2, &m2, &Sequence::new(x1.view(), l2)).unwrap();
     let d = full(&m2, &p2, &x1, &l2, &Truncation::Full).max_rel_diff(&cf.grads);
     assert!(d <= TOL, "M2: {d:e}");
@@ -69,7 +65,7 @@ fn full_equals_the_closed_forms_of_m1_m2_m3() {
     let alphas: Vec<f64> = (0..t).map(|t| 0.1 + 0.05 * t as f64).collect();
     let l3 = SequenceLoss::classes(labels.view()).weighted(&alphas);
     let cf = closed_form::m3(&p3, &m3, &Sequence::new(x1.view(), l3)).unwrap();
-    let d = full(&m3, &p3, &x1, &l3, &Truncation::Full).max_rel_diff(&cf.grads);
+    let d = full(&m3, &p3, &x1, &l3.into(), &Truncation::Full).max_rel_diff(&cf.grads);
     assert!(d <= TOL, "M3: {d:e}");
 }
 
@@ -86,7 +82,7 @@ fn fixed_and_tbptt_k_k_equal_the_truncated_closed_form() {
         let cf = closed_form::truncated_fixed(&params, &cell, &Sequence::new(x.view(), loss), k)
             .unwrap();
         for tr in [Truncation::Fixed { k }, Truncation::Tbptt { k1: k, k2: k }] {
-            let d = full(&cell, &params, &x, &loss, &tr).max_rel_diff(&cf.grads);
+            let d = full(&cell, &params, &x, &loss.into(), &tr).max_rel_diff(&cf.grads);
             assert!(d <= TOL, "{tr:?}: {d:e}");
         }
         if k < t {

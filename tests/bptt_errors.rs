@@ -5,8 +5,8 @@
 use ndarray::{Array1, Array2, Array3};
 use timetape::bptt::{self, enumerate, Pi, StepTarget, Stream, Truncation};
 use timetape::bptt::{Memory, Run};
-use timetape::rnn::{models, Rnn, Sequence, SequenceLoss, Sizes, Targets};
-use timetape::{Error, Params, Reduction};
+use timetape::rnn::{models, Rnn, Sequence, SequenceLoss, Sizes};
+use timetape::{Error, Params};
 
 struct Setup {
     params: Params<f64>,
@@ -243,14 +243,14 @@ fn targets_that_do_not_fit() {
     let short = Array2::<usize>::zeros((5, 1));
     check(
         &s,
-        SequenceLoss::classes(short.view()),
+        SequenceLoss::classes(short.view()).into(),
         "T = 5 labels",
         shape,
     );
     let long = Array2::<usize>::zeros((7, 1));
     check(
         &s,
-        SequenceLoss::classes(long.view()),
+        SequenceLoss::classes(long.view()).into(),
         "T = 7 labels",
         shape,
     );
@@ -258,33 +258,59 @@ fn targets_that_do_not_fit() {
     let wide = Array2::<usize>::zeros((6, 2));
     check(
         &s,
-        SequenceLoss::classes(wide.view()),
+        SequenceLoss::classes(wide.view()).into(),
         "B = 2 labels",
         shape,
     );
     // Label 2 with 2 classes.
     let mut bad = s.labels.clone();
     bad[[3, 0]] = 2;
-    check(&s, SequenceLoss::classes(bad.view()), "label 2", range);
+    check(
+        &s,
+        SequenceLoss::classes(bad.view()).into(),
+        "label 2",
+        range,
+    );
     // Step weights of the wrong length.
     let w = vec![1.0; 5];
     check(
         &s,
-        SequenceLoss::classes(s.labels.view()).weighted(&w),
+        SequenceLoss::classes(s.labels.view()).weighted(&w).into(),
         "5 weights",
         shape,
     );
     // Value targets of the wrong width.
     let v = Array3::<f64>::zeros((6, 1, 3));
-    check(&s, SequenceLoss::values(v.view()), "Q = 3 values", shape);
+    check(
+        &s,
+        SequenceLoss::values(v.view()).into(),
+        "Q = 3 values",
+        shape,
+    );
     // A last-step binary target on a cell with 2 outputs.
     let y = Array1::from(vec![1.0]);
-    let binary = SequenceLoss {
-        targets: Targets::LastBinary(y.view()),
-        step_weights: None,
-        time: Reduction::Sum,
-    };
+    let binary = SequenceLoss::last_binary(y.view()).into();
     check(&s, binary, "LastBinary, Q = 2", is_invalid);
+    // A last-step real target of the wrong width, of the wrong batch, or not finite.
+    let narrow = Array2::<f64>::zeros((1, 3));
+    let last = SequenceLoss::last_values(narrow.view()).into();
+    check(&s, last, "LastValues, Q = 3", shape);
+    let tall = Array2::<f64>::zeros((2, 2));
+    let last = SequenceLoss::last_values(tall.view())
+        .sum_over_batch()
+        .into();
+    check(&s, last, "LastValues, B = 2", shape);
+    let nan = Array2::from_elem((1, 2), f64::NAN);
+    let last = SequenceLoss::last_values(nan.view()).into();
+    check(&s, last, "LastValues, NaN", |e| {
+        matches!(
+            e,
+            Error::NonFinite {
+                op: "SequenceLoss",
+                ..
+            }
+        )
+    });
     // An h_0 of the wrong shape.
     let h0 = Array2::<f64>::zeros((1, 4));
     let loss = SequenceLoss::classes(s.labels.view());

@@ -128,14 +128,20 @@ impl Recurrent<f64> for Balance {
     }
 }
 
-/// A problem instance: the cell at θ, T steps from s_0 = s*(θ), targets 1, and the step
-/// weights ½ (every step) or ½ at the last step only (squared error has no ½ of its own).
+/// A problem instance: the cell at θ, T steps from s_0 = s*(θ), targets 1: per-step
+/// squared errors with weights ½, or one squared error at the last step
+/// (`SequenceLoss::last_values`). The crate's squared error has no ½ of its own: the
+/// last-step loss is `(s_T⁽¹⁾ − 1)²`, twice the notes' `½ (s_T⁽¹⁾ − 1)²`, so its
+/// gradients are halved (`notes_factor`) before they are compared with the notes.
 struct Instance {
     params: Params<f64>,
     cell: Balance,
     xs: Array3<f64>,
     ys: Array3<f64>,
+    last_y: Array2<f64>,
     weights: Vec<f64>,
+    last_only: bool,
+    notes_factor: f64,
     s0: Array2<f64>,
 }
 
@@ -144,21 +150,27 @@ impl Instance {
         let mut params = Params::new();
         let cell = Balance::new(&mut params, n, p, theta);
         let s0 = cell.fixed_point(theta);
-        let weights = (0..t)
-            .map(|s| if !last_only || s == t - 1 { 0.5 } else { 0.0 })
-            .collect();
         Instance {
             params,
             cell,
             xs: Array3::ones((t, 1, 1)),
             ys: Array3::ones((t, 1, 1)),
-            weights,
+            last_y: Array2::ones((1, 1)),
+            weights: vec![0.5; t],
+            last_only,
+            notes_factor: if last_only { 0.5 } else { 1.0 },
             s0,
         }
     }
 
     fn loss(&self) -> SequenceLoss<'_, f64> {
-        SequenceLoss::values(self.ys.view()).weighted(&self.weights)
+        if self.last_only {
+            SequenceLoss::last_values(self.last_y.view()).into()
+        } else {
+            SequenceLoss::values(self.ys.view())
+                .weighted(&self.weights)
+                .into()
+        }
     }
 
     fn report(&self, tr: &Truncation) -> Report<f64> {
@@ -176,7 +188,7 @@ impl Instance {
         let r = self.report(tr);
         let drift = max_abs_diff(r.h_final.iter().copied(), self.s0.iter().copied());
         assert!(drift <= 1e-12, "s_T left the fixed point by {drift:e}");
-        r.grads.get(self.cell.theta).unwrap()[[0, 0]]
+        self.notes_factor * r.grads.get(self.cell.theta).unwrap()[[0, 0]]
     }
 
     fn expected_randomized(&self, pi: &Pi) -> f64 {
@@ -187,7 +199,7 @@ impl Instance {
             pi,
         )
         .unwrap();
-        m.mean.get(self.cell.theta).unwrap()[[0, 0]]
+        self.notes_factor * m.mean.get(self.cell.theta).unwrap()[[0, 0]]
     }
 }
 

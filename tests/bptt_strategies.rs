@@ -27,8 +27,8 @@ use ndarray::{Array1, Array2, Array3};
 use rand::Rng;
 use timetape::bptt::{self, Pi, Report, Truncation, Workspace};
 use timetape::bptt::{Edge, Run};
-use timetape::rnn::{models, Rnn, Sequence, SequenceLoss, Sizes, Targets};
-use timetape::{init, Grads, Params, Reduction, Tape};
+use timetape::rnn::{models, Rnn, Sequence, SequenceLoss, Sizes};
+use timetape::{init, Grads, Params, Tape};
 
 const TOL: f64 = 1e-12;
 
@@ -104,13 +104,10 @@ impl Case {
         match self.model {
             Model::M1 => SequenceLoss::classes(self.labels.view())
                 .weighted(w)
-                .mean_over_time(),
-            Model::M2 => SequenceLoss {
-                targets: Targets::LastBinary(self.y.view()),
-                step_weights: None,
-                time: Reduction::Sum,
-            },
-            Model::M3 => SequenceLoss::classes(self.labels.view()).weighted(w),
+                .mean_over_time()
+                .into(),
+            Model::M2 => SequenceLoss::last_binary(self.y.view()).into(),
+            Model::M3 => SequenceLoss::classes(self.labels.view()).weighted(w).into(),
         }
     }
 

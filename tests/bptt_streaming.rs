@@ -141,9 +141,9 @@ fn stream_equals_run_with_class_targets() {
     let t = 37;
     let c = case(t, 1);
     let loss = SequenceLoss::classes(c.labels.view()).weighted(&c.alphas);
-    let full = run(&c, &loss, &Truncation::Full);
+    let full = run(&c, &loss.into(), &Truncation::Full);
     for tr in strategies(t) {
-        let r = run(&c, &loss, &tr);
+        let r = run(&c, &loss.into(), &tr);
         let s = stream(&c, &tr, |t| {
             StepTarget::Classes(c.labels.row(t).to_slice().unwrap())
         });
@@ -161,7 +161,7 @@ fn stream_equals_run_with_value_targets() {
     let c = case(t, 2);
     let loss = SequenceLoss::values(c.values.view()).weighted(&c.alphas);
     for tr in strategies(t) {
-        let r = run(&c, &loss, &tr);
+        let r = run(&c, &loss.into(), &tr);
         let s = stream(&c, &tr, |t| {
             StepTarget::Values(c.values.index_axis(Axis(0), t))
         });
@@ -183,7 +183,7 @@ fn stream_steps_without_target_equal_zero_weights() {
     let labels = c.labels.clone();
     let loss = SequenceLoss::classes(labels.view()).weighted(&weights);
     for tr in strategies(t) {
-        let r = run(&c, &loss, &tr);
+        let r = run(&c, &loss.into(), &tr);
         let s = stream(&c, &tr, |t| {
             if none(t) {
                 StepTarget::None
@@ -208,7 +208,7 @@ fn stream_steps_without_target_equal_zero_weights() {
         .collect();
     let r = run(
         &c,
-        &SequenceLoss::classes(labels.view()).weighted(&w2),
+        &SequenceLoss::classes(labels.view()).weighted(&w2).into(),
         &Truncation::Fixed { k: 4 },
     );
     assert_same_values(&s, &r, "ignored α");

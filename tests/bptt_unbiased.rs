@@ -17,8 +17,8 @@ use rand::Rng;
 use timetape::bptt::Run;
 use timetape::bptt::{self, enumerate, Pi, Truncation};
 use timetape::rnn::Sizes;
-use timetape::rnn::{models, Rnn, Sequence, SequenceLoss, Targets};
-use timetape::{init, Grads, ParamId, Params, Reduction};
+use timetape::rnn::{models, Rnn, Sequence, SequenceLoss};
+use timetape::{init, Grads, ParamId, Params};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Model {
@@ -90,13 +90,10 @@ impl Case {
         match self.model {
             Model::M1 => SequenceLoss::classes(self.labels.view())
                 .weighted(w)
-                .mean_over_time(),
-            Model::M2 => SequenceLoss {
-                targets: Targets::LastBinary(self.y.view()),
-                step_weights: None,
-                time: Reduction::Sum,
-            },
-            Model::M3 => SequenceLoss::classes(self.labels.view()).weighted(w),
+                .mean_over_time()
+                .into(),
+            Model::M2 => SequenceLoss::last_binary(self.y.view()).into(),
+            Model::M3 => SequenceLoss::classes(self.labels.view()).weighted(w).into(),
         }
     }
 

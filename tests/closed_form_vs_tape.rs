@@ -33,8 +33,8 @@ use rand::Rng;
 use timetape::bptt;
 use timetape::bptt::Edge;
 use timetape::closed_form::{self, ClosedForm, M3Workspace};
-use timetape::rnn::{models, Activation, Biases, Rnn, RnnConfig, Sequence, SequenceLoss, Targets};
-use timetape::{init, Error, Grads, Params, Reduction, Tape};
+use timetape::rnn::{models, Activation, Biases, Rnn, RnnConfig, Sequence, SequenceLoss};
+use timetape::{init, Error, Grads, Params, Tape};
 
 const TOL: f64 = 1e-10;
 /// Scale floor relative to the largest entry of a group (see the module comment).
@@ -53,6 +53,7 @@ struct Problem {
     values: Array3<f64>,
     last_class: Array1<usize>,
     last_binary: Array1<f64>,
+    last_values: Array2<f64>,
     alphas: Vec<f64>,
 }
 
@@ -110,6 +111,7 @@ fn problem(config: RnnConfig, s: Sizes, seed: u64, with_h0: bool) -> Problem {
         _ => rng.random::<f64>(),
     });
     let alphas = (0..s.t).map(|_| rng.random_range(0.0..1.0)).collect();
+    let last_values = Array2::from_shape_simple_fn((s.b, q), || rng.random_range(-1.0..1.0));
     Problem {
         params,
         cell,
@@ -119,6 +121,7 @@ fn problem(config: RnnConfig, s: Sizes, seed: u64, with_h0: bool) -> Problem {
         values,
         last_class,
         last_binary,
+        last_values,
         alphas,
     }
 }
@@ -205,31 +208,53 @@ fn agree(got: &ClosedForm<f64>, want: &ClosedForm<f64>, what: &str) -> Result<()
     Ok(())
 }
 
+/// How a loss is weighted and reduced (per-step options apply to per-step targets only).
+#[derive(Debug, Clone, Copy, Default)]
+struct LossOpts {
+    weighted: bool,
+    mean_over_time: bool,
+    sum_over_batch: bool,
+}
+
 /// The loss of problem `p` for a target kind: 0 classes, 1 values, 2 last class,
-/// 3 last binary (needs Q = 1).
-fn loss_of(p: &Problem, kind: u8, weighted: bool, mean: bool) -> SequenceLoss<'_, f64> {
-    let mut loss = match kind {
-        0 => SequenceLoss::classes(p.classes.view()),
-        1 => SequenceLoss::values(p.values.view()),
-        2 => SequenceLoss {
-            targets: Targets::LastClass(p.last_class.view()),
-            step_weights: None,
-            time: Reduction::Sum,
-        },
-        _ => SequenceLoss {
-            targets: Targets::LastBinary(p.last_binary.view()),
-            step_weights: None,
-            time: Reduction::Sum,
-        },
+/// 3 last binary (needs Q = 1), 4 last values.
+fn loss_of(p: &Problem, kind: u8, o: LossOpts) -> SequenceLoss<'_, f64> {
+    let last = match kind {
+        0 | 1 => {
+            let mut loss = match kind {
+                0 => SequenceLoss::classes(p.classes.view()),
+                _ => SequenceLoss::values(p.values.view()),
+            };
+            if o.weighted {
+                loss = loss.weighted(&p.alphas);
+            }
+            if o.mean_over_time {
+                loss = loss.mean_over_time();
+            }
+            if o.sum_over_batch {
+                loss = loss.sum_over_batch();
+            }
+            return loss.into();
+        }
+        2 => SequenceLoss::last_class(p.last_class.view()),
+        3 => SequenceLoss::last_binary(p.last_binary.view()),
+        _ => SequenceLoss::last_values(p.last_values.view()),
     };
-    // Step weights belong to per-step targets (a last-step target refuses them).
-    if weighted && !loss.is_last_step() {
-        loss = loss.weighted(&p.alphas);
+    if o.sum_over_batch {
+        last.sum_over_batch().into()
+    } else {
+        last.into()
     }
-    if mean {
-        loss = loss.mean_over_time();
+}
+
+/// The options from the bits of `bits`: weighted (1), mean over time (2), sum over the
+/// batch (4).
+fn opts(bits: u8) -> LossOpts {
+    LossOpts {
+        weighted: bits & 1 != 0,
+        mean_over_time: bits & 2 != 0,
+        sum_over_batch: bits & 4 != 0,
     }
-    loss
 }
 
 fn m1_config(s: Sizes) -> RnnConfig {
@@ -258,7 +283,7 @@ proptest! {
         let p = problem(m1_config(s), s, seed, with_h0);
         let h0 = p.h0.as_ref().map(|h| h.view());
         for kind in [0u8, 1] {
-            let loss = loss_of(&p, kind, weighted, true);
+            let loss = loss_of(&p, kind, LossOpts { weighted, mean_over_time: true, ..LossOpts::default() });
             let rec = closed_form::m1_recursion(&p.params, &p.cell, &Sequence::new(p.xs.view(), loss).with_h0(h0)).unwrap();
             let pow = closed_form::m1_power_sum(&p.params, &p.cell, &Sequence::new(p.xs.view(), loss).with_h0(h0)).unwrap();
             let tape = tape_run(&p, &loss, None);
@@ -280,7 +305,7 @@ proptest! {
             .biases(Biases { hidden: biases.0, output: biases.1 });
         let p = problem(config, s, seed, with_h0);
         let h0 = p.h0.as_ref().map(|h| h.view());
-        let loss = loss_of(&p, 3, false, false);
+        let loss = loss_of(&p, 3, LossOpts::default());
         let kron = closed_form::m2(&p.params, &p.cell, &Sequence::new(p.xs.view(), loss).with_h0(h0)).unwrap();
         let outer = closed_form::m2_outer(&p.params, &p.cell, &Sequence::new(p.xs.view(), loss).with_h0(h0)).unwrap();
         let tape = tape_run(&p, &loss, None);
@@ -294,12 +319,13 @@ proptest! {
     #[test]
     fn m3_matches_tape_with_uniform_and_random_step_weights(
         (s, seed) in sizes(), with_h0 in any::<bool>(), mean in any::<bool>(),
+        sum_over_batch in any::<bool>(),
     ) {
         let s = Sizes { q: s.q.max(2), ..s };
         let p = problem(RnnConfig::new(s.d, s.h, s.q), s, seed, with_h0);
         let h0 = p.h0.as_ref().map(|h| h.view());
         for weighted in [false, true] {
-            let loss = loss_of(&p, 0, weighted, mean);
+            let loss = loss_of(&p, 0, LossOpts { weighted, mean_over_time: mean, sum_over_batch });
             let cf = closed_form::m3(&p.params, &p.cell, &Sequence::new(p.xs.view(), loss).with_h0(h0)).unwrap();
             let tape = tape_run(&p, &loss, None);
             prop_assert!(cf.grads.global_norm() > 0.0);
@@ -315,7 +341,7 @@ proptest! {
         let alphas = [0.1, 0.1, 0.8];
         let loss = SequenceLoss::classes(p.classes.view()).weighted(&alphas);
         let cf = closed_form::m3(&p.params, &p.cell, &Sequence::new(p.xs.view(), loss)).unwrap();
-        agree(&cf, &tape_run(&p, &loss, None), "M3 α = (0.1, 0.1, 0.8)")?;
+        agree(&cf, &tape_run(&p, &loss.into(), None), "M3 α = (0.1, 0.1, 0.8)")?;
         // The same through the workspace API.
         let mut ws = M3Workspace::new();
         let l = ws.run(&p.params, &p.cell, &Sequence::new(p.xs.view(), loss)).unwrap();
@@ -338,7 +364,7 @@ proptest! {
             loss = loss.weighted(&alphas);
         }
         let cf = closed_form::m3(&p.params, &p.cell, &Sequence::new(p.xs.view(), loss)).unwrap();
-        let tape = tape_run(&p, &loss, None);
+        let tape = tape_run(&p, &loss.into(), None);
 
         // Forward, independently: S_t = tanh(x_t W_xh + S_{t−1} W_hh + b_h).
         let g = |id| p.params.get(id).unwrap().clone();
@@ -386,13 +412,14 @@ proptest! {
     /// starts equals the tape with `Edge::Detach` there, for k = 1, 2, 3, 5, T.
     #[test]
     fn truncated_matches_tape_with_detach_at_block_starts(
-        (s, seed) in sizes(), act in 0usize..4, kind in 0u8..4, with_h0 in any::<bool>(),
+        (s, seed) in sizes(), act in 0usize..4, kind in 0u8..5, with_h0 in any::<bool>(),
+        sum_over_batch in any::<bool>(),
     ) {
         let activation = [Activation::Tanh, Activation::Relu, Activation::Sigmoid, Activation::Identity][act];
         let s = if kind == 3 { Sizes { q: 1, ..s } } else { s };
         let p = problem(RnnConfig::new(s.d, s.h, s.q).activation(activation), s, seed, with_h0);
         let h0 = p.h0.as_ref().map(|h| h.view());
-        let loss = loss_of(&p, kind, kind < 2, false);
+        let loss = loss_of(&p, kind, LossOpts { weighted: kind < 2, sum_over_batch, ..LossOpts::default() });
         for k in [1, 2, 3, 5, s.t] {
             let cuts = closed_form::block_starts(s.t, k).unwrap();
             let edges: Vec<Edge<f64>> = cuts
@@ -411,19 +438,19 @@ proptest! {
         prop_assert!(one_block.grads.max_rel_diff(&full.grads) <= TOL);
     }
 
-    /// M4 (any activation, optional biases, any targets, given or zero h_0) equals the tape.
+    /// M4 (any activation, optional biases, any targets, given or zero h_0, any weights and
+    /// reductions over time and batch) equals the tape.
     #[test]
     fn m4_matches_tape_for_every_activation_and_target(
-        (s, seed) in sizes(), act in 0usize..4, kind in 0u8..4,
-        biases in any::<(bool, bool)>(), with_h0 in any::<bool>(),
-        weighted in any::<bool>(), mean in any::<bool>(),
+        (s, seed) in sizes(), act in 0usize..4, kind in 0u8..5,
+        biases in any::<(bool, bool)>(), with_h0 in any::<bool>(), bits in 0u8..8,
     ) {
         let activation = [Activation::Relu, Activation::Sigmoid, Activation::Identity, Activation::Tanh][act];
         let s = if kind == 3 { Sizes { q: 1, ..s } } else { s };
         let config = RnnConfig::new(s.d, s.h, s.q).activation(activation).biases(Biases { hidden: biases.0, output: biases.1 });
         let p = problem(config, s, seed, with_h0);
         let h0 = p.h0.as_ref().map(|h| h.view());
-        let loss = loss_of(&p, kind, weighted, mean);
+        let loss = loss_of(&p, kind, opts(bits));
         let cf = closed_form::m4(&p.params, &p.cell, &Sequence::new(p.xs.view(), loss).with_h0(h0)).unwrap();
         agree(&cf, &tape_run(&p, &loss, None), &format!("M4 {activation:?} kind {kind}"))?;
     }
@@ -602,7 +629,7 @@ fn bad_input_is_an_error() {
         &linear_with_bias.cell,
         &Sequence::new(linear_with_bias.xs.view(), classes)
     )));
-    let last = loss_of(&m1, 2, false, false);
+    let last = loss_of(&m1, 2, LossOpts::default());
     assert!(invalid(closed_form::m1_recursion(
         &m1.params,
         &m1.cell,
@@ -619,7 +646,7 @@ fn bad_input_is_an_error() {
         6,
         false,
     );
-    let bin = loss_of(&relu3, 3, false, false);
+    let bin = loss_of(&relu3, 3, LossOpts::default());
     assert!(invalid(closed_form::m2_outer(
         &relu3.params,
         &relu3.cell,

@@ -74,7 +74,6 @@ use timetape::ops::RowsOf;
 use timetape::optim::{clip_global_norm, Adam, Sgd};
 use timetape::rnn::{
     models, Biases, Gru, Lstm, Recurrent, Rnn, RnnBound, RnnConfig, Sequence, SequenceLoss, Sizes,
-    Targets,
 };
 
 use timetape::{
@@ -2518,16 +2517,18 @@ fn perturb<F: Scalar>(fz: &mut Fuzz, params: &mut Params<F>) {
     }
 }
 
-/// The targets of a sequence loss, owned: per-step classes or values, last-step class or
-/// binary target, step weights; mostly valid for the sequence, sometimes not.
+/// The targets of a sequence loss, owned: per-step classes or values, last-step class,
+/// binary or real target, step weights; mostly valid for the sequence, sometimes not.
 struct LossData<F> {
     kind: usize,
     labels: Array2<usize>,
     values: Array3<F>,
     last: Array1<usize>,
     binary: Array1<F>,
+    last_values: Array2<F>,
     weights: Option<Vec<F>>,
     mean: bool,
+    sum_over_batch: bool,
 }
 
 impl<F: Scalar> LossData<F> {
@@ -2535,7 +2536,7 @@ impl<F: Scalar> LossData<F> {
         let kind = if q == 1 && fz.chance(0.4) {
             3
         } else {
-            fz.below(4)
+            fz.below(5)
         };
         let lt = if fz.chance(0.93) { t } else { t + 1 };
         let labels = Array2::from_shape_simple_fn((lt, b), || {
@@ -2557,6 +2558,7 @@ impl<F: Scalar> LossData<F> {
                 fz.pick(&[-0.1, 1.1, f64::NAN, f64::INFINITY])
             })
         });
+        let last_values = fz.matrix::<F>((lb, vq));
         let weights = fz.chance(0.35).then(|| {
             let n = if fz.chance(0.9) { t } else { t + 1 };
             (0..n)
@@ -2577,24 +2579,37 @@ impl<F: Scalar> LossData<F> {
             binary,
             weights,
             mean: fz.chance(0.3),
+            sum_over_batch: fz.chance(0.3),
+            last_values,
         }
     }
 
     fn loss(&self) -> SequenceLoss<'_, F> {
-        let targets = match self.kind {
-            0 => Targets::Classes(self.labels.view()),
-            1 => Targets::Values(self.values.view()),
-            2 => Targets::LastClass(self.last.view()),
-            _ => Targets::LastBinary(self.binary.view()),
+        let last = match self.kind {
+            0 | 1 => {
+                let mut l = match self.kind {
+                    0 => SequenceLoss::classes(self.labels.view()),
+                    _ => SequenceLoss::values(self.values.view()),
+                };
+                if let Some(w) = &self.weights {
+                    l = l.weighted(w);
+                }
+                if self.mean {
+                    l = l.mean_over_time();
+                }
+                if self.sum_over_batch {
+                    l = l.sum_over_batch();
+                }
+                return l.into();
+            }
+            2 => SequenceLoss::last_class(self.last.view()),
+            3 => SequenceLoss::last_binary(self.binary.view()),
+            _ => SequenceLoss::last_values(self.last_values.view()),
         };
-        SequenceLoss {
-            targets,
-            step_weights: self.weights.as_deref(),
-            time: if self.mean {
-                Reduction::Mean
-            } else {
-                Reduction::Sum
-            },
+        if self.sum_over_batch {
+            last.sum_over_batch().into()
+        } else {
+            last.into()
         }
     }
 
@@ -2603,6 +2618,7 @@ impl<F: Scalar> LossData<F> {
         match self.kind {
             1 => self.values.iter().all(|&x| fin(x)),
             3 => self.binary.iter().all(|&x| fin(x)),
+            4 => self.last_values.iter().all(|&x| fin(x)),
             _ => true,
         }
     }

@@ -90,7 +90,9 @@ impl Case {
     }
 
     fn loss(&self) -> SequenceLoss<'_, f64> {
-        SequenceLoss::classes(self.labels.view()).weighted(&self.alphas)
+        SequenceLoss::classes(self.labels.view())
+            .weighted(&self.alphas)
+            .into()
     }
 
     fn closed_form(&self) -> ClosedForm<f64> {
@@ -259,8 +261,8 @@ fn long_paths_matter(c: &Case, what: &str) -> (f64, f64) {
     let last = SequenceLoss::classes(c.labels.view()).weighted(&last_only);
     let mut cuts = vec![false; t_len];
     cuts[t_len - K] = true;
-    let full_last = c.closed_form_of(&last, None);
-    let within_k = c.closed_form_of(&last, Some(&cuts));
+    let full_last = c.closed_form_of(&last.into(), None);
+    let within_k = c.closed_form_of(&last.into(), Some(&cuts));
     let d1 = max_rel_diff(w_hh(&within_k).view(), w_hh(&full_last).view());
     let blocks = closed_form::block_starts(t_len, K).unwrap();
     let d2 = max_rel_diff(

@@ -5,14 +5,12 @@
 
 mod common;
 
-use ndarray::{array, Array1, Array2, Array3};
+use ndarray::{array, Array2, Array3};
 use timetape::bptt::{self, run, Pi, RunOptions, Truncation};
 use timetape::bptt::{Memory, Run};
 use timetape::diagnostics::{largest_singular_value, spectral_radius};
 use timetape::optim::{clip_global_norm, Adam, Sgd};
-use timetape::rnn::{
-    models, Activation, Gru, Lstm, Rnn, RnnConfig, Sequence, SequenceLoss, Sizes, Targets,
-};
+use timetape::rnn::{models, Activation, Gru, Lstm, Rnn, RnnConfig, Sequence, SequenceLoss, Sizes};
 use timetape::{closed_form, init, Error, Grads, ParamId, Params, Reduction, Tape};
 
 fn store(v: Array2<f64>) -> (Params<f64>, ParamId) {
@@ -161,46 +159,9 @@ fn optimizer_step_that_would_overflow_is_an_error_and_changes_nothing() {
 
 // ---- 8: invalid losses are refused at every public entry -------------------------------
 
-#[test]
-fn last_step_targets_with_step_weights_are_an_error() {
-    let mut params = Params::<f64>::new();
-    let cell = models::m3(&mut params, Sizes::new(2, 3, 2), 0).unwrap();
-    let xs = Array3::<f64>::zeros((5, 1, 2));
-    let labels = Array1::from_elem(1, 1usize);
-    let binary = Array1::from_elem(1, 1.0);
-    // A weight vector of the wrong length: before, an index panic in bptt and closed_form.
-    let alphas = [1.0, 2.0];
-    for targets in [
-        Targets::LastClass(labels.view()),
-        Targets::LastBinary(binary.view()),
-    ] {
-        let loss = SequenceLoss {
-            targets,
-            step_weights: Some(&alphas),
-            time: Reduction::Sum,
-        };
-        let r = run(
-            &cell,
-            &params,
-            &Sequence::new(xs.view(), loss),
-            &Run::new(Truncation::Full),
-        );
-        assert!(
-            matches!(
-                r,
-                Err(Error::InvalidArgument {
-                    op: "SequenceLoss",
-                    ..
-                })
-            ),
-            "{r:?}"
-        );
-        let r = closed_form::m4(&params, &cell, &Sequence::new(xs.view(), loss));
-        assert!(r.is_err());
-        let mut tape = Tape::new();
-        assert!(bptt::unroll(&cell, &mut tape, &params, &Sequence::new(xs.view(), loss)).is_err());
-    }
-}
+// A last-step target with step weights (before, an index panic in bptt and closed_form)
+// can no longer be built: `LastStep` has no `weighted` (a compile-fail doctest on
+// `timetape::rnn::LastStep` shows it).
 
 // ---- 9: absurd sizes fail before allocating --------------------------------------------
 

@@ -9,7 +9,7 @@ use super::{Report, RunOptions, Workspace};
 use crate::error::{invalid, Error, Result};
 use crate::ops::Reduction;
 use crate::params::{Grads, Params};
-use crate::rnn::{step_weight, Recurrent, Sequence, SequenceLoss, Targets};
+use crate::rnn::{Recurrent, Sequence, SequenceLoss, Targets};
 use crate::scalar::Scalar;
 use crate::tape::{Tape, Var};
 use ndarray::{Array2, ArrayView2, ArrayView3, Axis, Slice};
@@ -381,11 +381,7 @@ impl<'a, F: Scalar> Problem<'a, F> {
                 Array2::zeros((b, cell.state_width()))
             }
         };
-        let time = match loss.time {
-            Reduction::Sum => F::one(),
-            Reduction::Mean => F::one() / F::of(t_len as f64),
-        };
-        let coef = (0..t_len).map(|t| step_weight(loss, t) * time).collect();
+        let coef = loss.step_coefficients(t_len);
         Ok(Problem {
             xs,
             loss: *loss,
@@ -416,12 +412,14 @@ impl<'a, F: Scalar> Problem<'a, F> {
             }
             Targets::LastClass(l) if to == self.len() => Targets::LastClass(l.reborrow()),
             Targets::LastBinary(y) if to == self.len() => Targets::LastBinary(y.reborrow()),
-            Targets::LastClass(_) | Targets::LastBinary(_) => return None,
+            Targets::LastValues(y) if to == self.len() => Targets::LastValues(y.reborrow()),
+            Targets::LastClass(_) | Targets::LastBinary(_) | Targets::LastValues(_) => return None,
         };
         Some(SequenceLoss {
             targets,
             step_weights: Some(&self.coef[from..to]),
             time: Reduction::Sum,
+            batch: self.loss.batch,
         })
     }
 }
@@ -492,27 +490,13 @@ impl<'l, 's, F: Scalar> StepLosses<'l, 's, F> {
         let b = tape.shape(h)?.0;
         let sc = &mut *self.scratch;
         let term = match self.loss.targets {
-            Targets::LastClass(l) => {
+            Targets::LastClass(_) | Targets::LastBinary(_) | Targets::LastValues(_) => {
                 if j + 1 != n {
                     return Ok(());
                 }
                 let o = cell.output(tape, bound, h)?;
                 sc.heads.push((t..t + 1, o));
-                sc.labels.clear();
-                sc.labels.extend(l.iter().copied());
-                tape.softmax_cross_entropy(o, &sc.labels, None, Reduction::Mean)?
-            }
-            Targets::LastBinary(y) => {
-                if j + 1 != n {
-                    return Ok(());
-                }
-                let o = cell.output(tape, bound, h)?;
-                sc.heads.push((t..t + 1, o));
-                let yv = y
-                    .to_shape((b, 1))
-                    .map_err(|e| invalid("SequenceLoss", e.to_string()))?;
-                let yt = tape.constant_view(yv.view())?;
-                tape.bce_with_logits(o, yt, Reduction::Mean)?
+                last_step_term(tape, &self.loss, o, sc)?
             }
             Targets::Classes(_) | Targets::Values(_) => {
                 sc.pending.push(h);
@@ -570,7 +554,7 @@ impl<'l, 's, F: Scalar> StepLosses<'l, 's, F> {
                 let yt = tape.constant_view(flat.view())?;
                 tape.squared_error(o, yt, Some(&sc.weights), Reduction::Sum)
             }
-            Targets::LastClass(_) | Targets::LastBinary(_) => {
+            Targets::LastClass(_) | Targets::LastBinary(_) | Targets::LastValues(_) => {
                 Err(invalid("SequenceLoss", "last-step targets have no chunks"))
             }
         }
@@ -589,13 +573,49 @@ impl<'l, 's, F: Scalar> StepLosses<'l, 's, F> {
     }
 }
 
-/// The coefficient `c_t / B` of the loss terms of step `t` (0-based) of a loss over
-/// `t_len` steps.
+/// The coefficient `c_t s_B` of the loss terms of step `t` (0-based) of a loss over
+/// `t_len` steps: `c_t = α_t` (1 without weights), divided by T for a mean over time;
+/// `s_B` the batch factor.
 fn row_weight<F: Scalar>(loss: &SequenceLoss<'_, F>, t: usize, t_len: usize, batch: usize) -> F {
-    let alpha = step_weight(loss, t);
+    let alpha = loss.step_weights.and_then(|w| w.get(t).copied());
     let time = match loss.time {
         Reduction::Sum => F::one(),
         Reduction::Mean => F::one() / F::of(t_len as f64),
     };
-    alpha * time / F::of(batch as f64)
+    alpha.unwrap_or(F::one()) * time * loss.batch_factor(batch)
+}
+
+/// The loss term of a last-step target on the last output `o` (B×Q): the batch factor
+/// `s_B` as a per-row weight, so that every target kind reduces the same way.
+fn last_step_term<F: Scalar>(
+    tape: &mut Tape<F>,
+    loss: &SequenceLoss<'_, F>,
+    o: Var,
+    sc: &mut LossScratch<F>,
+) -> Result<Var> {
+    let b = tape.shape(o)?.0;
+    sc.weights.clear();
+    sc.weights
+        .extend(std::iter::repeat_n(loss.batch_factor(b), b));
+    let reshape = |e: ndarray::ShapeError| invalid("SequenceLoss", e.to_string());
+    match loss.targets {
+        Targets::LastClass(l) => {
+            sc.labels.clear();
+            sc.labels.extend(l.iter().copied());
+            tape.softmax_cross_entropy(o, &sc.labels, Some(&sc.weights), Reduction::Sum)
+        }
+        Targets::LastBinary(y) => {
+            let yv = y.to_shape((b, 1)).map_err(reshape)?;
+            let yt = tape.constant_view(yv.view())?;
+            tape.bce_with_logits(o, yt, loss.batch)
+        }
+        Targets::LastValues(y) => {
+            let yt = tape.constant_view(y)?;
+            tape.squared_error(o, yt, Some(&sc.weights), Reduction::Sum)
+        }
+        Targets::Classes(_) | Targets::Values(_) => Err(invalid(
+            "SequenceLoss",
+            "a per-step target has no last-step term",
+        )),
+    }
 }

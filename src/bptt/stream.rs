@@ -37,7 +37,8 @@ enum Kind {
 /// [`Stream::finish`].)
 ///
 /// The loss is `Σ_t α_t (1/B) Σ_b l(o_{t,b}, y_{t,b})` (a sum over time; give
-/// `α_t = 1/T` for a mean), `l` as in [`StepTarget`]. Strategies: `Full`, `Fixed`,
+/// `α_t = 1/T` for a mean; [`Stream::sum_over_batch`] for a sum over the rows), `l` as
+/// in [`StepTarget`]. Strategies: `Full`, `Fixed`,
 /// `Tbptt { k, k }`, `Randomized` and `Pattern`; TBPTT with k2 ≠ k1 needs the sequence
 /// at hand, see [`super::run`]. Fed the same steps, the [`Report`](super::Report) of
 /// [`Stream::finish`] has the gradient of [`super::run`] with the same truncation, up to
@@ -66,6 +67,7 @@ pub struct Stream<'a, F: Scalar, C: Recurrent<F>> {
     truncation: Truncation,
     sampler: Option<XiSampler>,
     batch: usize,
+    batch_reduction: Reduction,
     kind: Kind,
     t: usize,
     h: Array2<F>,
@@ -125,6 +127,7 @@ impl<'a, F: Scalar, C: Recurrent<F>> Stream<'a, F, C> {
             truncation,
             sampler,
             batch,
+            batch_reduction: Reduction::Mean,
             kind: Kind::Unknown,
             t: 0,
             h: Array2::zeros((batch, cell.state_width())),
@@ -154,6 +157,13 @@ impl<'a, F: Scalar, C: Recurrent<F>> Stream<'a, F, C> {
         }
         self.h.assign(&h0);
         Ok(self)
+    }
+
+    /// The same stream with each step's loss summed (not averaged) over the batch rows:
+    /// `Σ_t α_t Σ_b l(o_{t,b}, y_{t,b})`.
+    pub fn sum_over_batch(mut self) -> Self {
+        self.batch_reduction = Reduction::Sum;
+        self
     }
 
     fn next_xi(&mut self) -> Result<f64> {
@@ -197,63 +207,7 @@ impl<'a, F: Scalar, C: Recurrent<F>> Stream<'a, F, C> {
         target: StepTarget<'_, F>,
         alpha: F,
     ) -> Result<()> {
-        let op = "Stream::push";
-        let d = self.engine.cell.input_width();
-        if x.dim() != (self.batch, d) {
-            return Err(Error::ShapeMismatch {
-                op,
-                lhs: (self.batch, d),
-                rhs: x.dim(),
-            });
-        }
-        if !alpha.is_finite() {
-            return Err(invalid(op, "non-finite weight α_t"));
-        }
-        if let Some(at) = crate::params::first_non_finite(x.iter()) {
-            return Err(Error::NonFinite {
-                op,
-                what: format!("entry {at} of the input x_t"),
-            });
-        }
-        let kind = match target {
-            StepTarget::None => self.kind,
-            StepTarget::Classes(l) => {
-                if l.len() != self.batch {
-                    return Err(Error::ShapeMismatch {
-                        op,
-                        lhs: (self.batch, 1),
-                        rhs: (l.len(), 1),
-                    });
-                }
-                if let Some(&label) = l.iter().find(|&&c| c >= self.q) {
-                    return Err(Error::LabelOutOfRange {
-                        op,
-                        label,
-                        classes: self.q,
-                    });
-                }
-                Kind::Classes
-            }
-            StepTarget::Values(v) => {
-                if v.dim() != (self.batch, self.q) {
-                    return Err(Error::ShapeMismatch {
-                        op,
-                        lhs: (self.batch, self.q),
-                        rhs: v.dim(),
-                    });
-                }
-                if let Some(at) = crate::params::first_non_finite(v.iter()) {
-                    return Err(Error::NonFinite {
-                        op,
-                        what: format!("entry {at} of the target y_t"),
-                    });
-                }
-                Kind::Values
-            }
-        };
-        if self.kind != Kind::Unknown && kind != self.kind {
-            return Err(invalid(op, "targets must all be classes or all be values"));
-        }
+        let kind = self.check_step(x, target, alpha)?;
         if self.kind == Kind::Unknown && kind != Kind::Unknown {
             // Earlier steps had no target: give them dummy entries of the new kind.
             let n = self.alphas.len();
@@ -290,6 +244,56 @@ impl<'a, F: Scalar, C: Recurrent<F>> Stream<'a, F, C> {
         Ok(())
     }
 
+    /// Checks a step's input, target and weight; returns the kind of target the stream
+    /// has from this step on.
+    fn check_step(
+        &self,
+        x: ArrayView2<'_, F>,
+        target: StepTarget<'_, F>,
+        alpha: F,
+    ) -> Result<Kind> {
+        let op = "Stream::push";
+        let (b, q) = (self.batch, self.q);
+        let d = self.engine.cell.input_width();
+        let mismatch = |lhs, rhs| Error::ShapeMismatch { op, lhs, rhs };
+        let non_finite = |what: &str, at| Error::NonFinite {
+            op,
+            what: format!("entry {at} of the {what}"),
+        };
+        if x.dim() != (b, d) {
+            return Err(mismatch((b, d), x.dim()));
+        }
+        if !alpha.is_finite() {
+            return Err(invalid(op, "non-finite weight α_t"));
+        }
+        if let Some(at) = crate::params::first_non_finite(x.iter()) {
+            return Err(non_finite("input x_t", at));
+        }
+        let kind = match target {
+            StepTarget::None => self.kind,
+            StepTarget::Classes(l) if l.len() != b => return Err(mismatch((b, 1), (l.len(), 1))),
+            StepTarget::Classes(l) => match l.iter().find(|&&c| c >= q) {
+                Some(&label) => {
+                    return Err(Error::LabelOutOfRange {
+                        op,
+                        label,
+                        classes: q,
+                    })
+                }
+                None => Kind::Classes,
+            },
+            StepTarget::Values(v) if v.dim() != (b, q) => return Err(mismatch((b, q), v.dim())),
+            StepTarget::Values(v) => match crate::params::first_non_finite(v.iter()) {
+                Some(at) => return Err(non_finite("target y_t", at)),
+                None => Kind::Values,
+            },
+        };
+        if self.kind != Kind::Unknown && kind != self.kind {
+            return Err(invalid(op, "targets must all be classes or all be values"));
+        }
+        Ok(kind)
+    }
+
     /// Records and backpropagates the buffered segment, then empties the buffer.
     fn flush(&mut self) -> Result<()> {
         let k = self.alphas.len();
@@ -308,25 +312,23 @@ impl<'a, F: Scalar, C: Recurrent<F>> Stream<'a, F, C> {
         });
         self.edges
             .extend(self.xi[1..].iter().map(|&x| Edge::from_xi(F::of(x))));
-        let loss = match self.kind {
+        let targets = match self.kind {
             Kind::Unknown => None,
-            Kind::Classes => Some(SequenceLoss {
-                targets: Targets::Classes(
-                    ArrayView2::from_shape((k, b), &self.labels)
-                        .map_err(|e| invalid("Stream", e.to_string()))?,
-                ),
-                step_weights: Some(&self.alphas),
-                time: Reduction::Sum,
-            }),
-            Kind::Values => Some(SequenceLoss {
-                targets: Targets::Values(
-                    ArrayView3::from_shape((k, b, self.q), &self.values)
-                        .map_err(|e| invalid("Stream", e.to_string()))?,
-                ),
-                step_weights: Some(&self.alphas),
-                time: Reduction::Sum,
-            }),
+            Kind::Classes => Some(Targets::Classes(
+                ArrayView2::from_shape((k, b), &self.labels)
+                    .map_err(|e| invalid("Stream", e.to_string()))?,
+            )),
+            Kind::Values => Some(Targets::Values(
+                ArrayView3::from_shape((k, b, self.q), &self.values)
+                    .map_err(|e| invalid("Stream", e.to_string()))?,
+            )),
         };
+        let loss = targets.map(|targets| SequenceLoss {
+            targets,
+            step_weights: Some(&self.alphas),
+            time: Reduction::Sum,
+            batch: self.batch_reduction,
+        });
         let seg = Segment {
             xs,
             edges: &self.edges,

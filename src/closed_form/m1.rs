@@ -90,7 +90,7 @@ fn finish<F: Scalar>(
 /// (identity φ, no biases; the notes' `W_hx, W_hh, W_qh` are the transposes of `W_xh,
 /// W_hh, W_hq`), with a loss at every step ([`Targets::Classes`] or [`Targets::Values`],
 /// any time reduction and step weights; the notes' `L = (1/T) Σ_t l(o_t, y_t)` is
-/// [`SequenceLoss::mean_over_time`]). With one row per sequence:
+/// [`PerStep::mean_over_time`](crate::rnn::PerStep::mean_over_time)). With one row per sequence:
 ///
 /// ```text
 /// (6)  ∂L/∂o_t  = c_t (1/B) ∂l(o_t, y_t)/∂o_t,   ∂L/∂W_hq = Σ_t h_tᵀ ∂L/∂o_t

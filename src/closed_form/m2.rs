@@ -306,11 +306,7 @@ mod tests {
             ((t * 7 + b * 3 + d) as f64 * 0.37).sin()
         });
         let y = Array1::from(vec![1.0, 0.0]);
-        let loss = SequenceLoss {
-            targets: Targets::LastBinary(y.view()),
-            step_weights: None,
-            time: crate::Reduction::Sum,
-        };
+        let loss = SequenceLoss::last_binary(y.view());
         let a = m2(&params, &cell, &Sequence::new(xs.view(), loss)).unwrap();
         let b = m2_outer(&params, &cell, &Sequence::new(xs.view(), loss)).unwrap();
         // Same exact formulas, different summation orders: a few ulp.

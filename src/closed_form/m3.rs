@@ -3,7 +3,7 @@
 
 use super::{
     check, initial_state, output_adjoints, require_activation, row_sum, sigmoid, softmax_xent_row,
-    step_coefficients, ClosedForm, Dims,
+    ClosedForm, Dims,
 };
 use crate::error::{invalid, Error, Result};
 use crate::params::{Grads, ParamId, Params};
@@ -181,7 +181,9 @@ impl<F: Scalar> M3Workspace<F> {
         loss.validate(t, b, rnn.config.output)?;
         let mut coef = std::mem::take(&mut self.coef);
         coef.clear();
-        coef.extend(step_coefficients(loss, t));
+        // run_raw divides by B; a sum over the batch undoes that here.
+        let batch = F::of(b as f64) * loss.batch_factor(b);
+        coef.extend(loss.step_coefficients(t).into_iter().map(|c| c * batch));
         let out = self.run_raw(params, rnn, seq, labels, &coef);
         self.coef = coef;
         out

@@ -19,13 +19,12 @@
 //! ```
 //!
 //! and the loss is the one of [`SequenceLoss`]: with per-step targets
-//! `L = Σ_t c_t · (1/B) Σ_b l(o_{t,b}, y_{t,b})`, `c_t = α_t` (1 without weights) for
-//! [`Reduction::Sum`] and `α_t / T` for
-//! [`Reduction::Mean`], `l` the softmax cross-entropy with an
-//! integer label or the squared error `‖o − y‖²` (no ½); with last-step targets
-//! `L = (1/B) Σ_b l(o_{T,b}, y_b)`, `l` the softmax cross-entropy
-//! ([`Targets::LastClass`]) or the binary cross-entropy
-//! of `σ(o_T)` ([`Targets::LastBinary`], Q = 1).
+//! `L = Σ_t c_t · s_B Σ_b l(o_{t,b}, y_{t,b})`, `c_t = α_t` (1 without weights) for a
+//! sum over time and `α_t / T` for a mean, `s_B = 1/B` for a mean over the batch and 1
+//! for a sum, `l` the softmax cross-entropy with an integer label or the squared error
+//! `‖o − y‖²` (no ½); with last-step targets `L = s_B Σ_b l(o_{T,b}, y_b)`, `l` the
+//! softmax cross-entropy ([`Targets::LastClass`]), the binary cross-entropy of `σ(o_T)`
+//! ([`Targets::LastBinary`], Q = 1) or the squared error ([`Targets::LastValues`]).
 //!
 //! The notes write column vectors; their matrices are the transposes of the crate's:
 //!
@@ -94,7 +93,6 @@ use crate::error::{Error, Result};
 use crate::params::{Grads, Params};
 use crate::rnn::{Activation, Rnn, SequenceLoss, Targets};
 use crate::scalar::Scalar;
-use crate::Reduction;
 use ndarray::{Array2, ArrayView2, ArrayView3, Axis};
 
 /// The result of a closed-form gradient.
@@ -275,19 +273,9 @@ pub(crate) fn softmax_xent_row<F: Scalar>(
     s.ln() - (zy - m)
 }
 
-/// The step coefficients `c_t` of a per-step loss (α_t, or α_t / T for a mean over time).
-pub(crate) fn step_coefficients<F: Scalar>(loss: &SequenceLoss<'_, F>, t_len: usize) -> Vec<F> {
-    let time = match loss.time {
-        Reduction::Sum => F::one(),
-        Reduction::Mean => F::one() / F::of(t_len as f64),
-    };
-    (0..t_len)
-        .map(|t| crate::rnn::step_weight(loss, t) * time)
-        .collect()
-}
-
 /// The loss and `e_t = ∂L/∂o_t` (each B×Q) for the outputs `outs` (o_1..o_T, each B×Q)
-/// of a validated loss: per-step terms `c_t (1/B) l(o_t, y_t)`, or the last-step term
+/// of a validated loss: per-step terms `c_t s_B l(o_t, y_t)` (`s_B` = 1/B for a mean over
+/// the batch, 1 for a sum), or the last-step term
 /// alone (then `e_t = 0` for t < T).
 ///
 /// | target | `l(o, y)` | `∂l/∂o` |
@@ -301,10 +289,10 @@ pub(crate) fn output_adjoints<F: Scalar>(
 ) -> (F, Vec<Array2<F>>) {
     let t_len = outs.len();
     let b = outs[0].nrows();
-    let inv_b = F::one() / F::of(b as f64);
+    let inv_b = loss.batch_factor(b);
     let mut total = F::zero();
     let mut es: Vec<Array2<F>> = outs.iter().map(|o| Array2::zeros(o.raw_dim())).collect();
-    let coef = step_coefficients(loss, t_len);
+    let coef = loss.step_coefficients(t_len);
     match loss.targets {
         Targets::Classes(labels) => {
             for (t, (o, e)) in outs.iter().zip(es.iter_mut()).enumerate() {
@@ -347,6 +335,19 @@ pub(crate) fn output_adjoints<F: Scalar>(
                 total = total + bce_logit(z, y[r]);
                 e[[r, 0]] = (sigmoid(z) - y[r]) * inv_b;
             }
+            total = total * inv_b;
+        }
+        Targets::LastValues(y) => {
+            let two = F::one() + F::one();
+            let e = &mut es[t_len - 1];
+            ndarray::Zip::from(e)
+                .and(&outs[t_len - 1])
+                .and(y)
+                .for_each(|e, &o, &y| {
+                    let d = o - y;
+                    total = total + d * d;
+                    *e = two * inv_b * d;
+                });
             total = total * inv_b;
         }
     }

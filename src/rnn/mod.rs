@@ -13,20 +13,21 @@
 //! Inputs are `(T, B, D)` arrays (time, batch, features); states are B×S matrices.
 
 mod gru;
+mod loss;
 mod lstm;
 pub mod models;
 mod vanilla;
 
 pub use gru::Gru;
+pub use loss::{LastStep, PerStep, SequenceLoss, Targets};
 pub use lstm::Lstm;
 pub use vanilla::{Activation, Biases, Rnn, RnnBound, RnnConfig};
 
-use crate::error::{invalid, Error, Result};
-use crate::ops::Reduction;
+use crate::error::{invalid, Result};
 use crate::params::Params;
 use crate::scalar::Scalar;
 use crate::tape::{Tape, Var};
-use ndarray::{ArrayView1, ArrayView2, ArrayView3};
+use ndarray::{ArrayView2, ArrayView3};
 
 /// A recurrent cell that any BPTT strategy can unroll.
 ///
@@ -124,11 +125,14 @@ pub struct Sequence<'a, F> {
 
 impl<'a, F: Scalar> Sequence<'a, F> {
     /// The inputs `xs` (T, B, D) with their loss, from `h_0 = 0`.
-    pub fn new<'x: 'a, 'l: 'a>(xs: ArrayView3<'x, F>, loss: SequenceLoss<'l, F>) -> Self {
+    pub fn new<'x: 'a, 'l: 'a>(
+        xs: ArrayView3<'x, F>,
+        loss: impl Into<SequenceLoss<'l, F>>,
+    ) -> Self {
         Sequence {
             xs: xs.reborrow(),
             h0: None,
-            loss: loss.reborrow(),
+            loss: loss.into().reborrow(),
         }
     }
 
@@ -162,209 +166,5 @@ impl<'a, F: Scalar> Sequence<'a, F> {
     /// The loss.
     pub fn loss(&self) -> &SequenceLoss<'a, F> {
         &self.loss
-    }
-}
-
-/// Targets of a sequence loss.
-#[derive(Debug, Clone, Copy)]
-pub enum Targets<'a, F> {
-    /// A class label at every step, shape (T, B): softmax cross-entropy on the outputs.
-    Classes(ArrayView2<'a, usize>),
-    /// A real target at every step, shape (T, B, Q): squared error `‖o_t − y_t‖²`.
-    Values(ArrayView3<'a, F>),
-    /// One class label per sequence, read at the last step, shape (B): softmax
-    /// cross-entropy on `o_T`.
-    LastClass(ArrayView1<'a, usize>),
-    /// One binary target in [0, 1] per sequence, read at the last step, shape (B): the
-    /// output must have width 1; `σ(o_T)` against it by binary cross-entropy (M2).
-    LastBinary(ArrayView1<'a, F>),
-}
-
-/// A loss over a sequence: per-step terms with weights `α_t`, summed or averaged over
-/// time, each averaged over the batch.
-///
-/// With per-step targets, `L = Σ_t c_t · (1/B) Σ_b l(o_{t,b}, y_{t,b})` where
-/// `c_t = α_t` (1 if no weights are given) for [`Reduction::Sum`] and `α_t / T` for
-/// [`Reduction::Mean`]. With last-step targets, `L = (1/B) Σ_b l(o_{T,b}, y_b)`.
-#[derive(Debug, Clone, Copy)]
-pub struct SequenceLoss<'a, F> {
-    /// What the outputs are compared with.
-    pub targets: Targets<'a, F>,
-    /// Per-step weights α_1..α_T (per-step targets only: a last-step target with
-    /// weights is refused by [`SequenceLoss::validate`]).
-    pub step_weights: Option<&'a [F]>,
-    /// Sum or mean over time (ignored for last-step targets).
-    pub time: Reduction,
-}
-
-impl<'a, F: Scalar> SequenceLoss<'a, F> {
-    /// Softmax cross-entropy at every step, summed over time, unweighted.
-    pub fn classes(labels: ArrayView2<'a, usize>) -> Self {
-        SequenceLoss {
-            targets: Targets::Classes(labels),
-            step_weights: None,
-            time: Reduction::Sum,
-        }
-    }
-
-    /// Squared error at every step, summed over time, unweighted.
-    pub fn values(targets: ArrayView3<'a, F>) -> Self {
-        SequenceLoss {
-            targets: Targets::Values(targets),
-            step_weights: None,
-            time: Reduction::Sum,
-        }
-    }
-
-    /// Softmax cross-entropy of the last step's output against one class per sequence
-    /// (B labels): `L = (1/B) Σ_b CE(o_{T,b}, y_b)`.
-    ///
-    /// ```
-    /// use ndarray::Array1;
-    /// use timetape::rnn::SequenceLoss;
-    ///
-    /// let labels = Array1::from(vec![0usize, 2, 1]);
-    /// let loss = SequenceLoss::<f64>::last_class(labels.view());
-    /// assert!(loss.is_last_step());
-    /// ```
-    pub fn last_class(labels: ArrayView1<'a, usize>) -> Self {
-        SequenceLoss {
-            targets: Targets::LastClass(labels),
-            step_weights: None,
-            time: Reduction::Sum,
-        }
-    }
-
-    /// Binary cross-entropy of `σ(o_T)` (an output of width 1) against one target in
-    /// [0, 1] per sequence (B targets): the last-step loss of the notes' M2.
-    pub fn last_binary(targets: ArrayView1<'a, F>) -> Self {
-        SequenceLoss {
-            targets: Targets::LastBinary(targets),
-            step_weights: None,
-            time: Reduction::Sum,
-        }
-    }
-
-    /// The same loss with per-step weights α_t.
-    pub fn weighted(mut self, alphas: &'a [F]) -> Self {
-        self.step_weights = Some(alphas);
-        self
-    }
-
-    /// The same loss averaged (not summed) over time.
-    pub fn mean_over_time(mut self) -> Self {
-        self.time = Reduction::Mean;
-        self
-    }
-
-    /// The same loss, borrowing its targets for a shorter lifetime (ndarray's views are
-    /// invariant in their lifetime, so this is not a plain coercion).
-    pub fn reborrow<'b>(self) -> SequenceLoss<'b, F>
-    where
-        'a: 'b,
-    {
-        let targets = match self.targets {
-            Targets::Classes(l) => Targets::Classes(l.reborrow()),
-            Targets::Values(v) => Targets::Values(v.reborrow()),
-            Targets::LastClass(l) => Targets::LastClass(l.reborrow()),
-            Targets::LastBinary(y) => Targets::LastBinary(y.reborrow()),
-        };
-        SequenceLoss {
-            targets,
-            step_weights: self.step_weights,
-            time: self.time,
-        }
-    }
-
-    /// True for losses read at the last step only.
-    pub fn is_last_step(&self) -> bool {
-        matches!(self.targets, Targets::LastClass(_) | Targets::LastBinary(_))
-    }
-
-    /// Checks the targets against a sequence of `t_len` steps of `batch` rows and a cell
-    /// with `q` outputs.
-    pub fn validate(&self, t_len: usize, batch: usize, q: usize) -> Result<()> {
-        let op = "SequenceLoss";
-        let mismatch = |got: (usize, usize)| Error::ShapeMismatch {
-            op,
-            lhs: (t_len, batch),
-            rhs: got,
-        };
-        match self.targets {
-            Targets::Classes(l) => {
-                if l.dim() != (t_len, batch) {
-                    return Err(mismatch(l.dim()));
-                }
-                labels_below(op, l.iter(), q)?;
-            }
-            Targets::Values(v) => {
-                let (a, b, c) = v.dim();
-                if (a, b) != (t_len, batch) || c != q {
-                    return Err(mismatch((a, b)));
-                }
-                if let Some(at) = crate::params::first_non_finite(v.iter()) {
-                    return Err(Error::NonFinite {
-                        op,
-                        what: format!("target value {at}"),
-                    });
-                }
-            }
-            Targets::LastClass(l) => {
-                if l.len() != batch {
-                    return Err(mismatch((1, l.len())));
-                }
-                labels_below(op, l.iter(), q)?;
-            }
-            Targets::LastBinary(y) => {
-                if y.len() != batch {
-                    return Err(mismatch((1, y.len())));
-                }
-                if q != 1 {
-                    return Err(invalid(
-                        op,
-                        format!("LastBinary needs 1 output, the cell has {q}"),
-                    ));
-                }
-                if y.iter().any(|&v| !(v >= F::zero() && v <= F::one())) {
-                    return Err(invalid(op, "binary target outside [0, 1]"));
-                }
-            }
-        }
-        if let Some(w) = self.step_weights {
-            if self.is_last_step() {
-                return Err(invalid(
-                    op,
-                    "step weights apply to per-step targets, not to a last-step target",
-                ));
-            }
-            if w.len() != t_len {
-                return Err(mismatch((w.len(), 1)));
-            }
-            if w.iter().any(|x| !x.is_finite()) {
-                return Err(invalid(op, "non-finite step weight"));
-            }
-        }
-        Ok(())
-    }
-}
-
-/// α_t of a per-step loss (1 without weights, and for a last-step target, which has
-/// none), never indexing out of range.
-pub(crate) fn step_weight<F: Scalar>(loss: &SequenceLoss<'_, F>, t: usize) -> F {
-    match loss.step_weights {
-        Some(w) if !loss.is_last_step() => w.get(t).copied().unwrap_or(F::one()),
-        _ => F::one(),
-    }
-}
-
-/// [`Error::LabelOutOfRange`] for the first label ≥ `classes`.
-fn labels_below<'l>(
-    op: &'static str,
-    mut labels: impl Iterator<Item = &'l usize>,
-    classes: usize,
-) -> Result<()> {
-    match labels.find(|&&l| l >= classes) {
-        Some(&label) => Err(Error::LabelOutOfRange { op, label, classes }),
-        None => Ok(()),
     }
 }

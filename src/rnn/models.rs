@@ -2,9 +2,9 @@
 //!
 //! | model | cell | loss |
 //! |---|---|---|
-//! | M1 | linear (`φ = id`), no biases | per step, `L = (1/T) Σ_t l(o_t, y_t)`: [`SequenceLoss::mean_over_time`] with softmax cross-entropy ([`Targets::Classes`]) or squared error ([`Targets::Values`]) |
+//! | M1 | linear (`φ = id`), no biases | per step, `L = (1/T) Σ_t l(o_t, y_t)`: [`PerStep::mean_over_time`] with softmax cross-entropy ([`Targets::Classes`]) or squared error ([`Targets::Values`]) |
 //! | M2 | ReLU with bias `b`, output bias `d`, Q = 1 | last step: `σ(o_T)` with binary cross-entropy, [`Targets::LastBinary`] |
-//! | M3 | tanh with both biases | softmax cross-entropy at every step, `L = Σ_t α_t L_t` ([`SequenceLoss::weighted`]) |
+//! | M3 | tanh with both biases | softmax cross-entropy at every step, `L = Σ_t α_t L_t` ([`PerStep::weighted`]) |
 //! | M4 | any φ ([`Activation`]), both biases | any of the above (`g` = softmax or identity) |
 //!
 //! Naming: the notes' `W_hx, W_hh, W_qh` (M1), `U, W, V, b, d` (M2), `U, W, V, b_a, b_y`
@@ -16,8 +16,8 @@
 //! zero) and returns the [`Rnn`], which any [`bptt`](crate::bptt) strategy can run and
 //! whose gradient [`closed_form`](crate::closed_form) computes by hand.
 //!
-//! [`SequenceLoss::mean_over_time`]: super::SequenceLoss::mean_over_time
-//! [`SequenceLoss::weighted`]: super::SequenceLoss::weighted
+//! [`PerStep::mean_over_time`]: super::PerStep::mean_over_time
+//! [`PerStep::weighted`]: super::PerStep::weighted
 //! [`Targets::Classes`]: super::Targets::Classes
 //! [`Targets::Values`]: super::Targets::Values
 //! [`Targets::LastBinary`]: super::Targets::LastBinary
@@ -31,7 +31,7 @@ use crate::scalar::Scalar;
 /// (the notes' `h_t = W_hx x_t + W_hh h_{t−1}`, `o_t = W_qh h_t`, transposed), with
 /// `input` = D, `hidden` = H, `output` = Q. The notes' loss `L = (1/T) Σ_t l(o_t, y_t)`
 /// is a per-step [`SequenceLoss`](super::SequenceLoss) with
-/// [`mean_over_time`](super::SequenceLoss::mean_over_time).
+/// [`mean_over_time`](super::PerStep::mean_over_time).
 ///
 /// ```
 /// use ndarray::Array3;
@@ -106,7 +106,7 @@ pub fn m2<F: Scalar>(
 /// b_h)`, logits `S_t W_hq + b_q` (the notes' `S_t = tanh(U x_t + W S_{t−1} + b_a)`,
 /// `y_t = softmax(V S_t + b_y)`). Its loss is softmax cross-entropy at every step,
 /// [`SequenceLoss::classes`](super::SequenceLoss::classes), optionally
-/// [`weighted`](super::SequenceLoss::weighted) by α_t.
+/// [`weighted`](super::PerStep::weighted) by α_t.
 ///
 /// Errors: [`Error::InvalidArgument`](crate::Error::InvalidArgument) for a zero size, or
 /// if `params` already holds a parameter of the same name (the names carry no prefix:

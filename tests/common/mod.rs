@@ -11,6 +11,8 @@
 //! own crate, so an item one file does not use is dead code there).
 #![allow(dead_code)]
 
+pub mod cases;
+
 use ndarray::ArrayView2;
 use proptest::test_runner::{Config, FileFailurePersistence};
 use timetape::{Grads, ParamId, Params};
