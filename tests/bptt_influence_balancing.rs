@@ -104,23 +104,12 @@ impl Recurrent<f64> for Balance {
         })
     }
 
-    /// θσ on every row: ones (k·B × 1) · (θ (1×1) · σ (1×n)).
-    fn project_inputs(&self, tape: &mut Tape<f64>, b: &Bound, xs: Var) -> Result<Var> {
+    /// `s_t = s_{t−1} Aᵀ + x_t θσ` (the input is 1 at every step).
+    fn step(&self, tape: &mut Tape<f64>, b: &Bound, x: Var, h: Var) -> Result<Var> {
         let ts = tape.matmul(b.theta, b.sigma)?;
-        tape.matmul(xs, ts)
-    }
-
-    fn step(
-        &self,
-        tape: &mut Tape<f64>,
-        b: &Bound,
-        u: Var,
-        rows: std::ops::Range<usize>,
-        h_prev: Var,
-    ) -> Result<Var> {
-        let u_t = tape.slice_rows(u, rows)?;
-        let r = tape.matmul(h_prev, b.a_t)?;
-        tape.add(r, u_t)
+        let u = tape.matmul(x, ts)?;
+        let r = tape.matmul(h, b.a_t)?;
+        tape.add(r, u)
     }
 
     fn output(&self, tape: &mut Tape<f64>, b: &Bound, hs: Var) -> Result<Var> {

@@ -73,7 +73,8 @@ use timetape::gradcheck::{gradcheck, GradcheckOptions, GradcheckReport};
 use timetape::ops::RowsOf;
 use timetape::optim::{clip_global_norm, Adam, Sgd};
 use timetape::rnn::{
-    models, Biases, Gru, Lstm, Recurrent, Rnn, RnnBound, RnnConfig, Sequence, SequenceLoss, Sizes,
+    models, Biases, Gru, Lstm, Projection, Recurrent, Rnn, RnnBound, RnnConfig, Sequence,
+    SequenceLoss, Sizes,
 };
 
 use timetape::{
@@ -2349,31 +2350,14 @@ impl<F: Scalar> Recurrent<F> for Rogue {
         self.inner.bind(tape, params)
     }
 
-    fn project_inputs(
-        &self,
-        tape: &mut Tape<F>,
-        bound: &RnnBound,
-        xs: Var,
-    ) -> timetape::Result<Var> {
-        self.inner.project_inputs(tape, bound, xs)
+    fn step(&self, tape: &mut Tape<F>, bound: &RnnBound, x: Var, h: Var) -> timetape::Result<Var> {
+        let rows = tape.shape(x)?.0;
+        let u = self.project_inputs(tape, bound, x)?;
+        self.step_projected(tape, bound, u, 0..rows, h)
     }
 
-    fn step(
-        &self,
-        tape: &mut Tape<F>,
-        bound: &RnnBound,
-        u: Var,
-        rows: Range<usize>,
-        h_prev: Var,
-    ) -> timetape::Result<Var> {
-        let last = rows.end == tape.shape(u)?.0;
-        let h = self.inner.step(tape, bound, u, rows, h_prev)?;
-        let s = Recurrent::<F>::state_width(&self.inner);
-        match self.mode {
-            RogueMode::WideState if last => tape.concat_cols(&[h, h]),
-            RogueMode::NarrowState if last && s > 1 => tape.slice_cols(h, 0..s - 1),
-            _ => Ok(h),
-        }
+    fn projection(&self) -> Option<&dyn Projection<F, RnnBound>> {
+        Some(self)
     }
 
     /// Reads the first `state_width` columns of wider states.
@@ -2389,6 +2373,43 @@ impl<F: Scalar> Recurrent<F> for Rogue {
             tape.concat_cols(&[o, o])
         } else {
             Ok(o)
+        }
+    }
+}
+
+/// The wrapped RNN's projection (every built-in cell has one).
+fn inner_projection<F: Scalar>(rnn: &Rnn) -> timetape::Result<&dyn Projection<F, RnnBound>> {
+    rnn.projection().ok_or(timetape::Error::EmptyInput {
+        op: "Rogue",
+        what: "projection",
+    })
+}
+
+impl<F: Scalar> Projection<F, RnnBound> for Rogue {
+    fn project_inputs(
+        &self,
+        tape: &mut Tape<F>,
+        bound: &RnnBound,
+        xs: Var,
+    ) -> timetape::Result<Var> {
+        inner_projection(&self.inner)?.project_inputs(tape, bound, xs)
+    }
+
+    fn step_projected(
+        &self,
+        tape: &mut Tape<F>,
+        bound: &RnnBound,
+        u: Var,
+        rows: Range<usize>,
+        h_prev: Var,
+    ) -> timetape::Result<Var> {
+        let last = rows.end == tape.shape(u)?.0;
+        let h = inner_projection(&self.inner)?.step_projected(tape, bound, u, rows, h_prev)?;
+        let s = Recurrent::<F>::state_width(&self.inner);
+        match self.mode {
+            RogueMode::WideState if last => tape.concat_cols(&[h, h]),
+            RogueMode::NarrowState if last && s > 1 => tape.slice_cols(h, 0..s - 1),
+            _ => Ok(h),
         }
     }
 }

@@ -165,21 +165,11 @@ impl Recurrent<f64> for ForgetfulCell {
             tape.param(params, self.w_o)?,
         ))
     }
-    fn project_inputs(&self, tape: &mut Tape<f64>, b: &Self::Bound, xs: Var) -> Result<Var> {
-        tape.matmul(xs, b.0)
-    }
-    fn step(
-        &self,
-        tape: &mut Tape<f64>,
-        b: &Self::Bound,
-        u: Var,
-        rows: std::ops::Range<usize>,
-        h_prev: Var,
-    ) -> Result<Var> {
-        let ut = tape.slice_rows(u, rows)?;
-        let h_prev = tape.detach(h_prev)?; // the bug
+    fn step(&self, tape: &mut Tape<f64>, b: &Self::Bound, x: Var, h: Var) -> Result<Var> {
+        let xw = tape.matmul(x, b.0)?;
+        let h_prev = tape.detach(h)?; // the bug
         let hw = tape.matmul(h_prev, b.1)?;
-        let a = tape.add(ut, hw)?;
+        let a = tape.add(xw, hw)?;
         tape.tanh(a)
     }
     fn output(&self, tape: &mut Tape<f64>, b: &Self::Bound, hs: Var) -> Result<Var> {

@@ -60,6 +60,7 @@ pub(crate) fn run_checkpointed<F: Scalar, C: Recurrent<F>>(
         edges.resize(e - s, Edge::Keep);
         let seg = Segment {
             xs: problem.steps(s, e),
+            tokens: problem.token_steps(s, e),
             edges: &edges,
             loss: problem.local_loss(s, e).map(|l| (0, l)),
         };
@@ -78,6 +79,7 @@ pub(crate) fn run_checkpointed<F: Scalar, C: Recurrent<F>>(
         edges.resize(e - s, Edge::Keep);
         let seg = Segment {
             xs: problem.steps(s, e),
+            tokens: problem.token_steps(s, e),
             edges: &edges,
             loss: problem.local_loss(s, e).map(|l| (0, l)),
         };

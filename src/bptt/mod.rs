@@ -465,6 +465,7 @@ fn run_pattern<F: Scalar, C: Recurrent<F>>(
         edges.extend(xi[start + 1..end].iter().map(|&x| Edge::from_xi(F::of(x))));
         let seg = Segment {
             xs: problem.steps(start, end),
+            tokens: problem.token_steps(start, end),
             edges: &edges,
             loss: problem.local_loss(start, end).map(|l| (0, l)),
         };
@@ -499,6 +500,7 @@ fn run_tbptt<F: Scalar, C: Recurrent<F>>(
         edges.resize(u - a, Edge::Keep);
         let seg = Segment {
             xs: problem.steps(a, u),
+            tokens: problem.token_steps(a, u),
             edges: &edges,
             loss: problem.local_loss(u_prev, u).map(|l| (u_prev - a, l)),
         };

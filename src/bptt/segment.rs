@@ -42,8 +42,10 @@ impl<F: Scalar> Edge<F> {
 
 /// The steps of one segment and what to record with them.
 pub(crate) struct Segment<'s, F> {
-    /// The k inputs, (k, B, D).
+    /// The k inputs, (k, B, D); (k, B, 0) for tokens.
     pub(crate) xs: ArrayView3<'s, F>,
+    /// The k steps' token ids (k, B), for a sequence of tokens.
+    pub(crate) tokens: Option<ArrayView2<'s, usize>>,
     /// The edge into each of the k steps.
     pub(crate) edges: &'s [Edge<F>],
     /// The loss terms to record: those of the local steps `from..`, with the loss local
@@ -68,6 +70,8 @@ pub(crate) enum Pass<'s, F> {
 pub(crate) struct Recording<F> {
     pub(crate) states: Vec<Var>,
     scratch: LossScratch<F>,
+    /// The token ids of the segment, step after step.
+    ids: Vec<usize>,
 }
 
 impl<F: Scalar> Recording<F> {
@@ -87,43 +91,16 @@ impl<F: Scalar> Recording<F> {
         h_in: Var,
         seg: &Segment<'_, F>,
     ) -> Result<Option<Var>> {
-        let op = "unroll";
-        let (k, b, d) = seg.xs.dim();
-        if k == 0 || b == 0 {
-            return Err(Error::EmptyInput {
-                op,
-                what: "sequence with no steps or no batch rows",
-            });
-        }
-        if d != cell.input_width() {
-            return Err(Error::ShapeMismatch {
-                op,
-                lhs: (b, cell.input_width()),
-                rhs: (b, d),
-            });
-        }
-        if seg.edges.len() != k {
-            return Err(Error::ShapeMismatch {
-                op,
-                lhs: (k, b),
-                rhs: (seg.edges.len(), 1),
-            });
-        }
-        let hs = tape.shape(h_in)?;
-        if hs != (b, cell.state_width()) {
-            return Err(Error::ShapeMismatch {
-                op,
-                lhs: (b, cell.state_width()),
-                rhs: hs,
-            });
-        }
-        let flat = seg
-            .xs
-            .to_shape((k * b, d))
-            .map_err(|e| invalid(op, e.to_string()))?;
-        let xv = tape.constant_view(flat.view())?;
-        let u = cell.project_inputs(tape, bound, xv)?;
-        let Recording { states, scratch } = self;
+        let (k, b) = check_segment(cell, tape, h_in, seg)?;
+        let xv = self.inputs(cell, bound, tape, seg)?;
+        let projection = cell.projection();
+        let u = match projection {
+            Some(p) => p.project_inputs(tape, bound, xv)?,
+            None => xv,
+        };
+        let Recording {
+            states, scratch, ..
+        } = self;
         states.clear();
         let mut loss = seg
             .loss
@@ -135,15 +112,20 @@ impl<F: Scalar> Recording<F> {
                 Edge::Detach => tape.detach(h)?,
                 Edge::Scale(c) => tape.scale_grad(h, c)?,
             };
-            h = cell
-                .step(tape, bound, u, t * b..(t + 1) * b, h_prev)
-                .map_err(|e| e.at_step(t))?;
+            let rows = t * b..(t + 1) * b;
+            h = match projection {
+                Some(p) => p.step_projected(tape, bound, u, rows, h_prev),
+                None => tape
+                    .slice_rows(u, rows)
+                    .and_then(|x| cell.step(tape, bound, x, h_prev)),
+            }
+            .map_err(|e| e.at_step(t))?;
             // A cell's contract: h_t has h_{t−1}'s shape (else the carried state breaks).
-            let got = tape.shape(h)?;
-            if got != hs {
+            let (got, want) = (tape.shape(h)?, tape.shape(h_prev)?);
+            if got != want {
                 return Err(Error::ShapeMismatch {
                     op: "Recurrent::step (the new state)",
-                    lhs: hs,
+                    lhs: want,
                     rhs: got,
                 });
             }
@@ -159,10 +141,61 @@ impl<F: Scalar> Recording<F> {
         }
     }
 
+    /// The segment's inputs on the tape, `(k·B) × D` stacked step after step: the real
+    /// inputs as a constant, or the cell's embedding of the token ids.
+    fn inputs<C: Recurrent<F>>(
+        &mut self,
+        cell: &C,
+        bound: &C::Bound,
+        tape: &mut Tape<F>,
+        seg: &Segment<'_, F>,
+    ) -> Result<Var> {
+        let (k, b, d) = seg.xs.dim();
+        if let Some(ids) = seg.tokens {
+            self.ids.clear();
+            self.ids.extend(ids.iter().copied());
+            return cell.embed(tape, bound, &self.ids);
+        }
+        let flat = seg
+            .xs
+            .to_shape((k * b, d))
+            .map_err(|e| invalid("unroll", e.to_string()))?;
+        tape.constant_view(flat.view())
+    }
+
     /// The output nodes of the last recording, each with the steps it covers.
     pub(crate) fn take_heads(&mut self) -> Vec<(Range<usize>, Var)> {
         std::mem::take(&mut self.scratch.heads)
     }
+}
+
+/// Checks a segment against the cell and its incoming state; returns (k, B).
+fn check_segment<F: Scalar, C: Recurrent<F>>(
+    cell: &C,
+    tape: &Tape<F>,
+    h_in: Var,
+    seg: &Segment<'_, F>,
+) -> Result<(usize, usize)> {
+    let op = "unroll";
+    let (k, b, d) = seg.xs.dim();
+    if k == 0 || b == 0 {
+        return Err(Error::EmptyInput {
+            op,
+            what: "sequence with no steps or no batch rows",
+        });
+    }
+    let mismatch = |lhs, rhs| Error::ShapeMismatch { op, lhs, rhs };
+    if seg.tokens.is_none() && d != cell.input_width() {
+        return Err(mismatch((b, cell.input_width()), (b, d)));
+    }
+    if seg.edges.len() != k {
+        return Err(mismatch((k, b), (seg.edges.len(), 1)));
+    }
+    let hs = tape.shape(h_in)?;
+    if hs != (b, cell.state_width()) {
+        return Err(mismatch((b, cell.state_width()), hs));
+    }
+    Ok((k, b))
 }
 
 /// The machinery shared by every strategy: one tape, reused segment after segment.
@@ -348,6 +381,7 @@ impl<'a, F: Scalar, C: Recurrent<F>> Engine<'a, F, C> {
 /// A sequence and its loss, checked, with the per-step coefficients precomputed.
 pub(crate) struct Problem<'a, F> {
     pub(crate) xs: ArrayView3<'a, F>,
+    pub(crate) tokens: Option<ArrayView2<'a, usize>>,
     pub(crate) loss: SequenceLoss<'a, F>,
     /// c_t = α_t (× 1/T for a mean over time), for per-step losses.
     pub(crate) coef: Vec<F>,
@@ -384,6 +418,7 @@ impl<'a, F: Scalar> Problem<'a, F> {
         let coef = loss.step_coefficients(t_len);
         Ok(Problem {
             xs,
+            tokens: seq.tokens,
             loss: *loss,
             coef,
             h0,
@@ -396,6 +431,14 @@ impl<'a, F: Scalar> Problem<'a, F> {
 
     pub(crate) fn steps(&self, from: usize, to: usize) -> ArrayView3<'_, F> {
         self.xs.slice_axis(Axis(0), Slice::from(from..to))
+    }
+
+    /// The token ids of steps `from..to`, for a sequence of tokens.
+    pub(crate) fn token_steps(&self, from: usize, to: usize) -> Option<ArrayView2<'_, usize>> {
+        self.tokens.map(|mut ids| {
+            ids.slice_axis_inplace(Axis(0), Slice::from(from..to));
+            ids.reborrow()
+        })
     }
 
     /// The loss of steps `from..to`, local to them (`None` if they hold no term).

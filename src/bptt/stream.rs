@@ -331,6 +331,7 @@ impl<'a, F: Scalar, C: Recurrent<F>> Stream<'a, F, C> {
         });
         let seg = Segment {
             xs,
+            tokens: None,
             edges: &self.edges,
             loss: loss.map(|l| (0, l)),
         };

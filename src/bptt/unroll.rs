@@ -122,6 +122,7 @@ impl<'a, F: Scalar, C: Recurrent<F>> Unroll<'a, F, C> {
         let keep = vec![Edge::Keep; if self.edges.is_some() { 0 } else { t_len }];
         let seg = Segment {
             xs: seq.xs.reborrow(),
+            tokens: seq.tokens.map(|ids| ids.reborrow()),
             edges: self.edges.unwrap_or(&keep),
             loss: Some((0, seq.loss.reborrow())),
         };

@@ -1,6 +1,6 @@
 //! Gated recurrent unit.
 
-use super::{Recurrent, Sizes};
+use super::{step_by_projection, Projection, Recurrent, Sizes};
 use crate::error::Result;
 use crate::init;
 use crate::params::{ParamId, Params};
@@ -159,11 +159,25 @@ impl<F: Scalar> Recurrent<F> for Gru {
         })
     }
 
+    fn step(&self, tape: &mut Tape<F>, b: &GruBound, x: Var, h: Var) -> Result<Var> {
+        step_by_projection(self, tape, b, x, h)
+    }
+
+    fn projection(&self) -> Option<&dyn Projection<F, GruBound>> {
+        Some(self)
+    }
+
+    fn output(&self, tape: &mut Tape<F>, b: &GruBound, hs: Var) -> Result<Var> {
+        tape.affine(hs, b.w_hq, Some(b.b_q), crate::Activation::Identity)
+    }
+}
+
+impl<F: Scalar> Projection<F, GruBound> for Gru {
     fn project_inputs(&self, tape: &mut Tape<F>, b: &GruBound, xs: Var) -> Result<Var> {
         tape.affine(xs, b.w_x, Some(b.b_x), crate::Activation::Identity)
     }
 
-    fn step(
+    fn step_projected(
         &self,
         tape: &mut Tape<F>,
         b: &GruBound,
@@ -188,9 +202,5 @@ impl<F: Scalar> Recurrent<F> for Gru {
         let diff = tape.sub(h, cand)?;
         let zd = tape.mul(z, diff)?;
         tape.add(cand, zd)
-    }
-
-    fn output(&self, tape: &mut Tape<F>, b: &GruBound, hs: Var) -> Result<Var> {
-        tape.affine(hs, b.w_hq, Some(b.b_q), crate::Activation::Identity)
     }
 }

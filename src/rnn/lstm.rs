@@ -1,6 +1,6 @@
 //! Long short-term memory.
 
-use super::{Recurrent, Sizes};
+use super::{step_by_projection, Projection, Recurrent, Sizes};
 use crate::error::Result;
 use crate::init;
 use crate::ops::RowsOf;
@@ -159,11 +159,36 @@ impl<F: Scalar> Recurrent<F> for Lstm {
         })
     }
 
+    fn step(&self, tape: &mut Tape<F>, b: &LstmBound, x: Var, h: Var) -> Result<Var> {
+        step_by_projection(self, tape, b, x, h)
+    }
+
+    fn projection(&self) -> Option<&dyn Projection<F, LstmBound>> {
+        Some(self)
+    }
+
+    /// `h` of the state `[h c]`: H.
+    fn next_input_width(&self) -> usize {
+        self.hidden
+    }
+
+    /// `h` of the state `[h c]`.
+    fn next_input(&self, tape: &mut Tape<F>, state: Var) -> Result<Var> {
+        tape.slice_cols(state, 0..self.hidden)
+    }
+
+    fn output(&self, tape: &mut Tape<F>, b: &LstmBound, states: Var) -> Result<Var> {
+        let h = tape.slice_cols(states, 0..self.hidden)?;
+        tape.affine(h, b.w_hq, Some(b.b_q), crate::Activation::Identity)
+    }
+}
+
+impl<F: Scalar> Projection<F, LstmBound> for Lstm {
     fn project_inputs(&self, tape: &mut Tape<F>, b: &LstmBound, xs: Var) -> Result<Var> {
         tape.affine(xs, b.w_x, Some(b.b), crate::Activation::Identity)
     }
 
-    fn step(
+    fn step_projected(
         &self,
         tape: &mut Tape<F>,
         b: &LstmBound,
@@ -189,10 +214,5 @@ impl<F: Scalar> Recurrent<F> for Lstm {
         let tc = tape.tanh(c_new)?;
         let h_new = tape.mul(o, tc)?;
         tape.concat_cols(&[h_new, c_new])
-    }
-
-    fn output(&self, tape: &mut Tape<F>, b: &LstmBound, states: Var) -> Result<Var> {
-        let h = tape.slice_cols(states, 0..self.hidden)?;
-        tape.affine(h, b.w_hq, Some(b.b_q), crate::Activation::Identity)
     }
 }

@@ -1,26 +1,34 @@
-//! Recurrent cells, and the losses of a sequence.
+//! Recurrent cells, stacks of them, and the losses of a sequence.
 //!
-//! A cell implements [`Recurrent`]: state-independent work for a whole segment at once
-//! ([`Recurrent::project_inputs`], one matrix product over all its steps), one step of
-//! the recurrence ([`Recurrent::step`]), and an output head applied to the states of a
-//! segment stacked over time ([`Recurrent::output`], again one matrix product). Cells
-//! know nothing of truncation: [`crate::bptt`] unrolls them segment by segment, with an
-//! edge (kept, detached or scaled) into every step.
+//! A cell implements [`Recurrent`]: one step of the recurrence ([`Recurrent::step`],
+//! `h_t` from `x_t` and `h_{t−1}`) and an output head applied to the states of a segment
+//! stacked over time ([`Recurrent::output`], one matrix product). Optionally, a
+//! [`Projection`]: the state-independent work of a whole segment at once (one matrix
+//! product over all its steps), which the built-in cells have. Cells know nothing of
+//! truncation: [`crate::bptt`] unrolls them segment by segment, with an edge (kept,
+//! detached or scaled) into every step.
 //!
 //! Cells: the notes' vanilla [`Rnn`] (identity, tanh, ReLU or sigmoid), [`Gru`] and
-//! [`Lstm`]. The notes' four models are [`Rnn`] configurations, see [`models`].
+//! [`Lstm`], each under a name of its own so that several share one [`Params`]; a
+//! [`Stack`] of layers; [`Embedded`] for token inputs. The notes' four models are
+//! [`Rnn`] configurations, see [`models`].
 //!
-//! Inputs are `(T, B, D)` arrays (time, batch, features); states are B×S matrices.
+//! Inputs are `(T, B, D)` arrays (time, batch, features) or `(T, B)` token ids
+//! ([`Sequence::tokens`]); states are B×S matrices.
 
+mod embedded;
 mod gru;
 mod loss;
 mod lstm;
 pub mod models;
+mod stack;
 mod vanilla;
 
+pub use embedded::{Embedded, EmbeddedBound, Embedding};
 pub use gru::Gru;
 pub use loss::{LastStep, PerStep, SequenceLoss, Targets};
 pub use lstm::Lstm;
+pub use stack::Stack;
 pub use vanilla::{Activation, Biases, Rnn, RnnBound, RnnConfig};
 
 use crate::error::{invalid, Result};
@@ -28,14 +36,54 @@ use crate::params::Params;
 use crate::scalar::Scalar;
 use crate::tape::{Tape, Var};
 use ndarray::{ArrayView2, ArrayView3};
+use std::ops::Range;
 
 /// A recurrent cell that any BPTT strategy can unroll.
 ///
-/// The state is a single B×S matrix (an LSTM packs `[h c]` side by side), so that
-/// truncation, streaming and checkpointing need only one edge per step.
+/// A cell author writes [`Recurrent::bind`] (register the parameters on a tape), the
+/// widths, [`Recurrent::step`] (`h_t` from `x_t` and `h_{t−1}`) and
+/// [`Recurrent::output`] (the head on states stacked over steps). That is all a cell
+/// needs: see `examples/custom_cell.rs`. The state is a single B×S matrix (an LSTM
+/// packs `[h c]` side by side, a [`Stack`] its layers' states), so that truncation,
+/// streaming and checkpointing need only one edge per step.
+///
+/// Two optional methods: [`Recurrent::projection`], a time-batched input projection
+/// (one matrix product over all the steps of a segment, which the built-in cells use
+/// for speed), and [`Recurrent::next_input`], what a layer above reads of the state in
+/// a [`Stack`] (the whole state unless overridden).
+///
+/// ```
+/// use timetape::rnn::Recurrent;
+/// use timetape::{Params, ParamId, Result, Tape, Var};
+///
+/// /// A leaky integrator: h_t = (1 − λ) h_{t−1} + λ tanh(x_t W + h_{t−1} U), o_t = h_t V.
+/// struct Leaky { d: usize, h: usize, q: usize, lambda: f64, w: ParamId, u: ParamId, v: ParamId }
+///
+/// impl Recurrent<f64> for Leaky {
+///     type Bound = [Var; 3];
+///     fn input_width(&self) -> usize { self.d }
+///     fn state_width(&self) -> usize { self.h }
+///     fn output_width(&self) -> usize { self.q }
+///     fn bind(&self, tape: &mut Tape<f64>, p: &Params<f64>) -> Result<[Var; 3]> {
+///         Ok([tape.param(p, self.w)?, tape.param(p, self.u)?, tape.param(p, self.v)?])
+///     }
+///     fn step(&self, tape: &mut Tape<f64>, b: &[Var; 3], x: Var, h: Var) -> Result<Var> {
+///         let xw = tape.matmul(x, b[0])?;
+///         let hu = tape.matmul(h, b[1])?;
+///         let a = tape.add(xw, hu)?;
+///         let n = tape.tanh(a)?;
+///         let keep = tape.scale(h, 1.0 - self.lambda)?;
+///         let new = tape.scale(n, self.lambda)?;
+///         tape.add(keep, new)
+///     }
+///     fn output(&self, tape: &mut Tape<f64>, b: &[Var; 3], hs: Var) -> Result<Var> {
+///         tape.matmul(hs, b[2])
+///     }
+/// }
+/// ```
 pub trait Recurrent<F: Scalar> {
     /// The cell's parameters registered on one tape.
-    type Bound: Copy;
+    type Bound;
     /// Input width D.
     fn input_width(&self) -> usize;
     /// State width S.
@@ -44,22 +92,74 @@ pub trait Recurrent<F: Scalar> {
     fn output_width(&self) -> usize;
     /// Registers the cell's parameters on the tape (once per segment).
     fn bind(&self, tape: &mut Tape<F>, params: &Params<F>) -> Result<Self::Bound>;
-    /// The part of every step that does not depend on the state, for the k steps of a
-    /// segment at once: `(k·B) × D` inputs, stacked step after step, to `(k·B) × P`.
-    fn project_inputs(&self, tape: &mut Tape<F>, bound: &Self::Bound, xs: Var) -> Result<Var>;
-    /// One step: `h_{t−1}` (B×S) to `h_t` (B×S), given the segment's projected inputs
-    /// `u` ((k·B)×P, from [`Recurrent::project_inputs`]) and the rows of `u` that belong
-    /// to this step (read them with [`Tape::affine_rows`] or [`Tape::slice_rows`]).
-    fn step(
-        &self,
-        tape: &mut Tape<F>,
-        bound: &Self::Bound,
-        u: Var,
-        rows: std::ops::Range<usize>,
-        h_prev: Var,
-    ) -> Result<Var>;
+    /// One step: the inputs `x_t` (B×D) and the state `h_{t−1}` (B×S) to `h_t` (B×S).
+    fn step(&self, tape: &mut Tape<F>, bound: &Self::Bound, x: Var, h: Var) -> Result<Var>;
     /// The output head on states stacked over steps: n×S to n×Q (logits or predictions).
     fn output(&self, tape: &mut Tape<F>, bound: &Self::Bound, hs: Var) -> Result<Var>;
+
+    /// The cell's time-batched input projection, if it has one (`None` unless
+    /// overridden): then the runners call [`Projection::project_inputs`] once per
+    /// segment and [`Projection::step_projected`] at each step, instead of
+    /// [`Recurrent::step`]. The two must compute the same `h_t`.
+    fn projection(&self) -> Option<&dyn Projection<F, Self::Bound>> {
+        None
+    }
+
+    /// Width of [`Recurrent::next_input`].
+    fn next_input_width(&self) -> usize {
+        self.state_width()
+    }
+
+    /// What the layer above reads of the state `h` (B×S) in a [`Stack`]: the whole state
+    /// unless overridden (an LSTM gives `h` of `[h c]`).
+    fn next_input(&self, tape: &mut Tape<F>, h: Var) -> Result<Var> {
+        let _ = tape;
+        Ok(h)
+    }
+
+    /// The inputs of a segment of tokens ((k·B) ids, step after step) as a (k·B)×D
+    /// matrix. Only a cell with an embedding reads tokens ([`Embedded`] overrides this);
+    /// the default refuses them.
+    fn embed(&self, tape: &mut Tape<F>, bound: &Self::Bound, ids: &[usize]) -> Result<Var> {
+        let _ = (tape, bound, ids);
+        Err(invalid(
+            "Recurrent::embed",
+            "this cell reads real inputs, not tokens: wrap it in rnn::Embedded",
+        ))
+    }
+}
+
+/// A time-batched input projection ([`Recurrent::projection`]): the state-independent
+/// part of every step of a segment computed at once, one matrix product over all of its
+/// steps instead of one per step.
+pub trait Projection<F: Scalar, B> {
+    /// The k steps' inputs, `(k·B) × D` stacked step after step, to `(k·B) × P`.
+    fn project_inputs(&self, tape: &mut Tape<F>, bound: &B, xs: Var) -> Result<Var>;
+    /// One step: `h_{t−1}` (B×S) to `h_t` (B×S), given the segment's projected inputs
+    /// `u` ((k·B)×P) and the rows of `u` that belong to this step (read them with
+    /// [`Tape::affine_rows`] or [`Tape::slice_rows`]).
+    fn step_projected(
+        &self,
+        tape: &mut Tape<F>,
+        bound: &B,
+        u: Var,
+        rows: Range<usize>,
+        h: Var,
+    ) -> Result<Var>;
+}
+
+/// [`Recurrent::step`] of a cell with a projection: the projection of the one step's
+/// inputs, then [`Projection::step_projected`] on all its rows.
+pub(crate) fn step_by_projection<F: Scalar, B>(
+    p: &dyn Projection<F, B>,
+    tape: &mut Tape<F>,
+    bound: &B,
+    x: Var,
+    h: Var,
+) -> Result<Var> {
+    let rows = tape.shape(x)?.0;
+    let u = p.project_inputs(tape, bound, x)?;
+    p.step_projected(tape, bound, u, 0..rows, h)
 }
 
 /// The widths of a cell with an output head: input D, hidden H, output Q.
@@ -118,7 +218,10 @@ impl Sizes {
 /// ```
 #[derive(Debug, Clone, Copy)]
 pub struct Sequence<'a, F> {
+    /// Real inputs (T, B, D); (T, B, 0) for a sequence of tokens.
     pub(crate) xs: ArrayView3<'a, F>,
+    /// Token ids (T, B), for a cell that embeds them ([`Embedded`]).
+    pub(crate) tokens: Option<ArrayView2<'a, usize>>,
     pub(crate) h0: Option<ArrayView2<'a, F>>,
     pub(crate) loss: SequenceLoss<'a, F>,
 }
@@ -131,6 +234,38 @@ impl<'a, F: Scalar> Sequence<'a, F> {
     ) -> Self {
         Sequence {
             xs: xs.reborrow(),
+            tokens: None,
+            h0: None,
+            loss: loss.into().reborrow(),
+        }
+    }
+
+    /// Token ids (T, B) with their loss, from `h_0 = 0`, for a cell that embeds them
+    /// ([`Embedded`]: each id selects a row of its table); a cell without an embedding
+    /// refuses them when run.
+    ///
+    /// ```
+    /// use ndarray::Array2;
+    /// use timetape::rnn::{Sequence, SequenceLoss};
+    ///
+    /// let ids = Array2::<usize>::zeros((10, 2));
+    /// let next = Array2::<usize>::ones((10, 2));
+    /// let seq = Sequence::<f32>::tokens(ids.view(), SequenceLoss::classes(next.view()));
+    /// assert_eq!(seq.len(), 10);
+    /// assert!(seq.token_ids().is_some());
+    /// ```
+    pub fn tokens<'x: 'a, 'l: 'a>(
+        ids: ArrayView2<'x, usize>,
+        loss: impl Into<SequenceLoss<'l, F>>,
+    ) -> Self {
+        let (t, b) = ids.dim();
+        let (empty, none): (&'a [F], &'a [[F; 0]]) = (&[], &[]);
+        // A (T, B, 0) view of no data cannot fail; (1, 0, 0) is the unreachable fallback.
+        let xs = ArrayView3::from_shape((t, b, 0), empty)
+            .unwrap_or_else(|_| ArrayView2::from(none).insert_axis(ndarray::Axis(0)));
+        Sequence {
+            xs,
+            tokens: Some(ids.reborrow()),
             h0: None,
             loss: loss.into().reborrow(),
         }
@@ -153,9 +288,14 @@ impl<'a, F: Scalar> Sequence<'a, F> {
         self.len() == 0
     }
 
-    /// The inputs, (T, B, D).
+    /// The real inputs, (T, B, D); (T, B, 0) for a sequence of tokens.
     pub fn inputs(&self) -> ArrayView3<'a, F> {
         self.xs
+    }
+
+    /// The token ids (T, B), for a sequence of tokens ([`Sequence::tokens`]).
+    pub fn token_ids(&self) -> Option<ArrayView2<'a, usize>> {
+        self.tokens
     }
 
     /// The initial state, if one was given (zeros otherwise).

@@ -1,6 +1,6 @@
 //! The notes' vanilla RNN cell.
 
-use super::Recurrent;
+use super::{step_by_projection, Projection, Recurrent};
 pub use crate::ops::Activation;
 
 use crate::error::Result;
@@ -175,6 +175,22 @@ impl<F: Scalar> Recurrent<F> for Rnn {
         })
     }
 
+    /// `φ(x_t W_xh + h_{t−1} W_hh + b_h)`.
+    fn step(&self, tape: &mut Tape<F>, bound: &RnnBound, x: Var, h: Var) -> Result<Var> {
+        step_by_projection(self, tape, bound, x, h)
+    }
+
+    fn projection(&self) -> Option<&dyn Projection<F, RnnBound>> {
+        Some(self)
+    }
+
+    /// `H W_hq + b_q` (one [`Tape::affine`]).
+    fn output(&self, tape: &mut Tape<F>, bound: &RnnBound, hs: Var) -> Result<Var> {
+        tape.affine(hs, bound.w_hq, bound.b_q, Activation::Identity)
+    }
+}
+
+impl<F: Scalar> Projection<F, RnnBound> for Rnn {
     /// `X W_xh + b_h` for all steps at once (one [`Tape::affine`]).
     fn project_inputs(&self, tape: &mut Tape<F>, bound: &RnnBound, xs: Var) -> Result<Var> {
         tape.affine(xs, bound.w_xh, bound.b_h, Activation::Identity)
@@ -182,7 +198,7 @@ impl<F: Scalar> Recurrent<F> for Rnn {
 
     /// `φ(h_{t−1} W_hh + u_t)`, reading `u_t` from its rows of the projection (one
     /// [`Tape::affine_rows`]).
-    fn step(
+    fn step_projected(
         &self,
         tape: &mut Tape<F>,
         bound: &RnnBound,
@@ -191,10 +207,5 @@ impl<F: Scalar> Recurrent<F> for Rnn {
         h_prev: Var,
     ) -> Result<Var> {
         tape.affine_rows(h_prev, bound.w_hh, RowsOf(u, rows), self.config.activation)
-    }
-
-    /// `H W_hq + b_q` (one [`Tape::affine`]).
-    fn output(&self, tape: &mut Tape<F>, bound: &RnnBound, hs: Var) -> Result<Var> {
-        tape.affine(hs, bound.w_hq, bound.b_q, Activation::Identity)
     }
 }
