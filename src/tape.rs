@@ -504,6 +504,24 @@ impl<F: Scalar> Tape<F> {
         seeds: &[(Var, ArrayView2<'_, F>)],
         grads: &mut Grads<F>,
     ) -> Result<()> {
+        let top = self.check_seeds(seeds)?;
+        self.staging.reset();
+        // Recycle the adjoints of an earlier pass.
+        for a in self.adjoints.drain(..).flatten() {
+            self.pool.give(a);
+        }
+        self.adjoints.resize_with(self.ops.len(), || None);
+        self.seed(seeds);
+        self.sweep(top, grads)?;
+        self.note_peak_bytes();
+        // One check of what is handed out: an overflow in the sweep, in the sum over a
+        // parameter's registrations, or in gradients added into earlier ones.
+        grads.check_finite("backward")
+    }
+
+    /// Checks every seed (a live `Var` of this tape, the shape of its node, finite, and
+    /// a finite node value to start from); gives the highest seeded node.
+    fn check_seeds(&self, seeds: &[(Var, ArrayView2<'_, F>)]) -> Result<usize> {
         if seeds.is_empty() {
             return Err(Error::EmptyInput {
                 op: "backward_with",
@@ -538,12 +556,12 @@ impl<F: Scalar> Tape<F> {
             }
             top = top.max(i);
         }
-        self.staging.reset();
-        // Recycle the adjoints of an earlier pass.
-        for a in self.adjoints.drain(..).flatten() {
-            self.pool.give(a);
-        }
-        self.adjoints.resize_with(self.ops.len(), || None);
+        Ok(top)
+    }
+
+    /// Writes (or adds, for a node seeded twice) the checked seeds into the adjoints of
+    /// the nodes that need a gradient.
+    fn seed(&mut self, seeds: &[(Var, ArrayView2<'_, F>)]) {
         for (v, a) in seeds {
             let i = v.index();
             if !self.needs_grad[i] {
@@ -558,6 +576,11 @@ impl<F: Scalar> Tape<F> {
                 }
             }
         }
+    }
+
+    /// The reverse loop from node `top` down to the first: each node's rule runs once its
+    /// adjoint is complete; parameters add theirs into `grads`.
+    fn sweep(&mut self, top: usize, grads: &mut Grads<F>) -> Result<()> {
         for i in (0..=top).rev() {
             crate::ops::flush_staged(self, i)?;
             if !self.needs_grad[i] || self.adjoints[i].is_none() {
@@ -579,10 +602,7 @@ impl<F: Scalar> Tape<F> {
                 }
             }
         }
-        self.note_peak_bytes();
-        // One check of what is handed out: an overflow in the sweep, in the sum over a
-        // parameter's registrations, or in gradients added into earlier ones.
-        grads.check_finite("backward")
+        Ok(())
     }
 
     /// Frees the adjoint of every intermediate node as soon as its backward rule has run
