@@ -200,14 +200,9 @@ pub struct Tape<F: Scalar> {
     release: bool,
     check_finite: bool,
     pub(crate) adjoints: Vec<Option<Array2<F>>>,
-    /// Parent lists of n-ary ops (concat).
-    pub(crate) lists: Vec<usize>,
-    /// Integer labels of the cross-entropy ops.
-    pub(crate) labels: Vec<usize>,
-    /// Per-row weights of the cross-entropy ops.
-    pub(crate) weights: Vec<F>,
-    /// Intermediates saved for backward (softmax probabilities).
-    pub(crate) saved: Vec<Array2<F>>,
+    /// The side lists that ops index into (concat parents, labels, weights, saved
+    /// intermediates).
+    pub(crate) side: crate::ops::Side<F>,
     pub(crate) pool: Pool<F>,
     /// Thin weight-gradient contributions gathered during a backward pass.
     pub(crate) staging: crate::ops::Staging<F>,
@@ -234,10 +229,7 @@ impl<F: Scalar> Tape<F> {
             release: false,
             check_finite: false,
             adjoints: Vec::new(),
-            lists: Vec::new(),
-            labels: Vec::new(),
-            weights: Vec::new(),
-            saved: Vec::new(),
+            side: Default::default(),
             pool: Pool::default(),
             staging: Default::default(),
             peak_nodes: 0,
@@ -261,12 +253,7 @@ impl<F: Scalar> Tape<F> {
         for a in self.adjoints.drain(..).flatten() {
             self.pool.give(a);
         }
-        for s in self.saved.drain(..) {
-            self.pool.give(s);
-        }
-        self.lists.clear();
-        self.labels.clear();
-        self.weights.clear();
+        self.side.clear(&mut self.pool);
         self.generation += 1;
     }
 
@@ -311,7 +298,7 @@ impl<F: Scalar> Tape<F> {
                 .flatten()
                 .map(|a| a.len())
                 .sum::<usize>()
-            + self.saved.iter().map(|a| a.len()).sum::<usize>();
+            + self.side.saved.iter().map(|a| a.len()).sum::<usize>();
         held * sz + self.pool.bytes
     }
 
