@@ -42,6 +42,17 @@ pub(crate) struct XentOp<F> {
     scale: F,
 }
 
+/// A recorded [`Tape::bce_with_logits`].
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct BceOp<F> {
+    /// The logits node.
+    logits: usize,
+    /// The targets node.
+    targets: usize,
+    /// 1/(number of entries) for a mean, 1 for a sum.
+    scale: F,
+}
+
 /// A recorded [`Tape::squared_error`].
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct SquaredErrorOp<F> {
@@ -241,15 +252,12 @@ impl<F: Scalar> Tape<F> {
         let mut out = self.pool.take((1, 1));
         out[[0, 0]] = total * scale;
         let ng = self.needs_grad[iz] || self.needs_grad[it];
-        self.push(
-            Op::BceWithLogits {
-                logits: iz,
-                targets: it,
-                scale,
-            },
-            out,
-            ng,
-        )
+        let bce = BceOp {
+            logits: iz,
+            targets: it,
+            scale,
+        };
+        self.push(Op::BceWithLogits(bce), out, ng)
     }
 
     /// Squared error `s Σ_r w_r Σ_c (p_rc − t_rc)²` (no ½) with optional per-row weights
@@ -335,13 +343,13 @@ pub(crate) fn softmax_xent_vjp<F: Scalar>(
     }
 }
 
-pub(crate) fn bce_vjp<F: Scalar>(
-    cx: &mut Ctx<'_, F>,
-    g: ArrayView2<'_, F>,
-    logits: usize,
-    targets: usize,
-    scale: F,
-) {
+/// `z̄ (=|+=) ḡ s (σ(z) − t)`, and `t̄ (=|+=) −ḡ s z` if the targets need a gradient.
+pub(crate) fn bce_vjp<F: Scalar>(cx: &mut Ctx<'_, F>, g: ArrayView2<'_, F>, op: BceOp<F>) {
+    let BceOp {
+        logits,
+        targets,
+        scale,
+    } = op;
     let gs = g[[0, 0]] * scale;
     let values = cx.values;
     let (z, t) = (values[logits].view(), values[targets].view());

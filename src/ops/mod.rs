@@ -63,11 +63,7 @@ pub(crate) enum Op<F> {
         start: usize,
     },
     SoftmaxXent(loss::XentOp<F>),
-    BceWithLogits {
-        logits: usize,
-        targets: usize,
-        scale: F,
-    },
+    BceWithLogits(loss::BceOp<F>),
     SquaredError(loss::SquaredErrorOp<F>),
     /// Rows of `table` picked by the ids `labels[ids..ids + (output rows)]`.
     GatherRows {
@@ -94,7 +90,7 @@ impl<F: Scalar> Op<F> {
             Op::Concat { .. } => "concat",
             Op::Slice { .. } => "slice",
             Op::SoftmaxXent(_) => "softmax_cross_entropy",
-            Op::BceWithLogits { .. } => "bce_with_logits",
+            Op::BceWithLogits(_) => "bce_with_logits",
             Op::SquaredError(_) => "squared_error",
             Op::GatherRows { .. } => "gather_rows",
             Op::Detach => "detach",
@@ -449,11 +445,7 @@ pub(crate) fn backward_node<F: Scalar>(tape: &mut Tape<F>, i: usize) -> Result<(
             start,
         } => shape::slice_vjp(&mut cx, g, axis, parent, start),
         Op::SoftmaxXent(op) => loss::softmax_xent_vjp(&mut cx, g, op, side),
-        Op::BceWithLogits {
-            logits,
-            targets,
-            scale,
-        } => loss::bce_vjp(&mut cx, g, logits, targets, scale),
+        Op::BceWithLogits(op) => loss::bce_vjp(&mut cx, g, op),
         Op::SquaredError(op) => loss::squared_error_vjp(&mut cx, g, op, side),
         Op::GatherRows { table, ids } => {
             gather::gather_rows_vjp(&mut cx, g, table, &side.labels[ids..ids + g.nrows()])
