@@ -178,7 +178,9 @@ struct Probe<'p, L> {
     params: &'p Params<f64>,
     /// A copy of them in which one entry at a time is moved to `θ ± h`.
     work: Params<f64>,
+    /// The tape the loss is recorded on, cleared before each evaluation.
     tape: Tape<f64>,
+    /// The loss closure.
     loss: L,
     /// The relative step of [`GradcheckOptions`].
     eps: f64,

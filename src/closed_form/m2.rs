@@ -111,6 +111,7 @@ impl<F: Scalar> Notes<'_, F> {
 
 /// The sums of [`m2()`] over the sequences of the batch, in the notes' row forms.
 struct KronSums<F> {
+    /// The sizes of the problem.
     dims: Dims,
     /// `Σ_b L_b` (not yet divided by B).
     loss: F,

@@ -620,7 +620,9 @@ pub(crate) fn general<F: Scalar>(
 
 /// The reverse recursion of [`general`], over its forward pass.
 struct Recursion<'a, F> {
+    /// The weights, borrowed from the store.
     w: Weights<'a, F>,
+    /// The activation φ.
     phi: Activation,
     /// `cuts[t − 1]` (0-based) is true where the edge `h_{t−1} → step t` is cut.
     cuts: Option<&'a [bool]>,
