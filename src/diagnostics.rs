@@ -68,9 +68,12 @@ fn check_square<F: Scalar>(op: &'static str, w: &ArrayView2<'_, F>, iters: usize
     Ok(())
 }
 
+/// The unit vector the power iterations start from.
 fn start_vector(n: usize) -> Array1<f64> {
     // A fixed vector with no special alignment to common structured matrices.
-    Array1::from_shape_fn(n, |i| 1.0 + 0.37 * ((i as f64) * 1.618).sin())
+    let mut v = Array1::from_shape_fn(n, |i| 1.0 + 0.37 * ((i as f64) * 1.618).sin());
+    v /= v.dot(&v).sqrt();
+    v
 }
 
 /// Estimates the spectral radius ρ(W) = max |λ| of a square W by power iteration in
@@ -97,7 +100,6 @@ pub fn spectral_radius<F: Scalar>(w: ArrayView2<'_, F>, iters: usize) -> Result<
         return Ok(0.0);
     }
     let mut v = start_vector(w.nrows());
-    v /= v.dot(&v).sqrt();
     let half = iters / 2;
     let mut log_growth = 0.0;
     for i in 0..iters {
@@ -151,7 +153,6 @@ pub fn largest_singular_value<F: Scalar>(w: ArrayView2<'_, F>, iters: usize) -> 
         return Ok(0.0);
     }
     let mut v = start_vector(w.ncols());
-    v /= v.dot(&v).sqrt();
     let mut sigma = 0.0;
     for _ in 0..iters {
         let u = w.t().dot(&w.dot(&v));

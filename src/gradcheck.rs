@@ -25,7 +25,7 @@
 //! ```
 
 use crate::error::{invalid, Error, Result};
-use crate::params::{ParamId, Params};
+use crate::params::{Grads, ParamId, Params};
 use crate::tape::{Tape, Var};
 use std::fmt;
 
@@ -143,42 +143,85 @@ where
     }
     let mut tape = Tape::new();
     let l = loss(&mut tape, params)?;
-    let at_theta = tape.scalar(l)?;
-    if !at_theta.is_finite() {
-        return Err(Error::NonFinite {
-            op: "gradcheck",
-            what: "the loss at θ".into(),
-        });
-    }
+    finite_loss(tape.scalar(l)?, "the loss at θ")?;
     let grads = tape.backward(l)?;
-    let mut work = params.clone();
-    let mut eval = |tape: &mut Tape<f64>, p: &Params<f64>| -> Result<f64> {
-        tape.clear();
-        let v = loss(tape, p)?;
-        let x = tape.scalar(v)?;
-        if !x.is_finite() {
-            return Err(Error::NonFinite {
-                op: "gradcheck",
-                what: "the loss at a perturbed point θ ± h e_i".into(),
-            });
-        }
-        Ok(x)
+    let mut probe = Probe {
+        params,
+        work: params.clone(),
+        tape,
+        loss,
+        eps: opts.eps,
     };
-    let mut report = GradcheckReport { params: Vec::new() };
-    for id in params.ids() {
-        let shape = params.get(id)?.dim();
+    let checks = params
+        .ids()
+        .map(|id| probe.check(id, &grads))
+        .collect::<Result<Vec<_>>>()?;
+    Ok(GradcheckReport { params: checks })
+}
+
+/// The loss `x`, or [`Error::NonFinite`] naming `what` if it is NaN or infinite.
+fn finite_loss(x: f64, what: &str) -> Result<f64> {
+    if x.is_finite() {
+        Ok(x)
+    } else {
+        Err(Error::NonFinite {
+            op: "gradcheck",
+            what: what.into(),
+        })
+    }
+}
+
+/// The finite-difference side of [`gradcheck`]: the loss, the tape it is recorded on, and
+/// a working copy of the parameters whose entries are moved one at a time.
+struct Probe<'p, L> {
+    /// The parameters at θ.
+    params: &'p Params<f64>,
+    /// A copy of them in which one entry at a time is moved to `θ ± h`.
+    work: Params<f64>,
+    /// The tape the loss is recorded on, cleared before each evaluation.
+    tape: Tape<f64>,
+    /// The loss closure.
+    loss: L,
+    /// The relative step of [`GradcheckOptions`].
+    eps: f64,
+}
+
+impl<L> Probe<'_, L>
+where
+    L: FnMut(&mut Tape<f64>, &Params<f64>) -> Result<Var>,
+{
+    /// The loss at the working copy, recorded on the cleared tape.
+    fn eval(&mut self) -> Result<f64> {
+        self.tape.clear();
+        let v = (self.loss)(&mut self.tape, &self.work)?;
+        finite_loss(
+            self.tape.scalar(v)?,
+            "the loss at a perturbed point θ ± h e_i",
+        )
+    }
+
+    /// The central difference `(L(θ + h e_i) − L(θ − h e_i)) / 2h` for entry `at` of
+    /// `id`, which is put back to θ afterwards.
+    fn difference(&mut self, id: ParamId, at: [usize; 2]) -> Result<f64> {
+        let theta = self.params.get(id)?[at];
+        let h = self.eps * theta.abs().max(1.0);
+        self.work.get_mut(id)?[at] = theta + h;
+        let up = self.eval()?;
+        self.work.get_mut(id)?[at] = theta - h;
+        let down = self.eval()?;
+        self.work.get_mut(id)?[at] = theta;
+        Ok((up - down) / (2.0 * h))
+    }
+
+    /// The comparison of the tape's gradient `grads` with the finite differences over
+    /// every entry of parameter `id`.
+    fn check(&mut self, id: ParamId, grads: &Grads<f64>) -> Result<ParamCheck> {
+        let shape = self.params.get(id)?.dim();
         let mut max_abs: f64 = 0.0;
         let mut scale: f64 = 0.0;
         for r in 0..shape.0 {
             for c in 0..shape.1 {
-                let theta = params.get(id)?[[r, c]];
-                let h = opts.eps * theta.abs().max(1.0);
-                work.get_mut(id)?[[r, c]] = theta + h;
-                let up = eval(&mut tape, &work)?;
-                work.get_mut(id)?[[r, c]] = theta - h;
-                let down = eval(&mut tape, &work)?;
-                work.get_mut(id)?[[r, c]] = theta;
-                let fd = (up - down) / (2.0 * h);
+                let fd = self.difference(id, [r, c])?;
                 let an = grads.get(id).map_or(0.0, |g| g[[r, c]]);
                 max_abs = nan_max(max_abs, (an - fd).abs());
                 scale = nan_max(scale, fd.abs());
@@ -186,7 +229,7 @@ where
         }
         let check = ParamCheck {
             id,
-            name: params.name(id)?.to_string(),
+            name: self.params.name(id)?.to_string(),
             max_abs_err: max_abs,
             max_rel_err: max_abs / scale.max(1e-12),
             scale,
@@ -199,11 +242,10 @@ where
                 what: format!(
                     "the error for {:?} (a difference quotient overflowed: eps = {} too small \
                      for this loss?)",
-                    check.name, opts.eps
+                    check.name, self.eps
                 ),
             });
         }
-        report.params.push(check);
+        Ok(check)
     }
-    Ok(report)
 }

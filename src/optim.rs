@@ -242,21 +242,15 @@ impl<F: Scalar> Sgd<F> {
             (p - lr * v, v)
         };
         let finite = |(p, v): (F, F)| p.is_finite() && v.is_finite();
-        for (id, g) in grads.iter() {
-            let p = params.get(id)?;
-            let ok = match self.velocity.get(id) {
-                Some(v) => Zip::from(p)
-                    .and(v)
-                    .and(g)
-                    .all(|&p, &v, &g| finite(update(p, v, g))),
-                None => Zip::from(p)
-                    .and(g)
-                    .all(|&p, &g| finite(update(p, F::zero(), g))),
-            };
-            if !ok {
-                return Err(overflowing_step(op, params, id));
-            }
-        }
+        check_steps(op, params, grads, |id, p, g| match self.velocity.get(id) {
+            Some(v) => Zip::from(p)
+                .and(v)
+                .and(g)
+                .all(|&p, &v, &g| finite(update(p, v, g))),
+            None => Zip::from(p)
+                .and(g)
+                .all(|&p, &g| finite(update(p, F::zero(), g))),
+        })?;
         for (id, g) in grads.iter() {
             let p = params.get_mut(id)?;
             if mu == F::zero() {
@@ -272,6 +266,24 @@ impl<F: Scalar> Sgd<F> {
         }
         Ok(())
     }
+}
+
+/// The dry run of a step: `finite(id, θ, g)` tells whether the step would leave parameter
+/// `id` (value θ, gradient g) and its state finite; the first one that would not is an
+/// [`overflowing_step`] error, before anything is updated.
+fn check_steps<F: Scalar>(
+    op: &'static str,
+    params: &Params<F>,
+    grads: &Grads<F>,
+    mut finite: impl FnMut(ParamId, &Array2<F>, &Array2<F>) -> bool,
+) -> Result<()> {
+    for (id, g) in grads.iter() {
+        let p = params.get(id)?;
+        if !finite(id, p, g) {
+            return Err(overflowing_step(op, params, id));
+        }
+    }
+    Ok(())
 }
 
 /// The error of a step that would leave a parameter or its state non-finite.
@@ -403,29 +415,23 @@ impl<F: Scalar> Adam<F> {
             (p, m, v)
         };
         let finite = |(p, m, v): (F, F, F)| p.is_finite() && m.is_finite() && v.is_finite();
-        for (id, g) in grads.iter() {
-            let p = params.get(id)?;
-            let ok = match self.moments.get(id) {
-                Some((t, m, v)) => {
-                    let c = corrections(t + 1);
-                    Zip::from(p)
-                        .and(m)
-                        .and(v)
-                        .and(g)
-                        .all(|&p, &m, &v, &g| finite(update(c, p, m, v, g)))
-                }
-                None => {
-                    let c = corrections(1);
-                    let zero = F::zero();
-                    Zip::from(p)
-                        .and(g)
-                        .all(|&p, &g| finite(update(c, p, zero, zero, g)))
-                }
-            };
-            if !ok {
-                return Err(overflowing_step(op, params, id));
+        check_steps(op, params, grads, |id, p, g| match self.moments.get(id) {
+            Some((t, m, v)) => {
+                let c = corrections(t + 1);
+                Zip::from(p)
+                    .and(m)
+                    .and(v)
+                    .and(g)
+                    .all(|&p, &m, &v, &g| finite(update(c, p, m, v, g)))
             }
-        }
+            None => {
+                let c = corrections(1);
+                let zero = F::zero();
+                Zip::from(p)
+                    .and(g)
+                    .all(|&p, &g| finite(update(c, p, zero, zero, g)))
+            }
+        })?;
         for (id, g) in grads.iter() {
             let p = params.get_mut(id)?;
             let (t, m, v) = self.moments.of(id, || {

@@ -200,14 +200,9 @@ pub struct Tape<F: Scalar> {
     release: bool,
     check_finite: bool,
     pub(crate) adjoints: Vec<Option<Array2<F>>>,
-    /// Parent lists of n-ary ops (concat).
-    pub(crate) lists: Vec<usize>,
-    /// Integer labels of the cross-entropy ops.
-    pub(crate) labels: Vec<usize>,
-    /// Per-row weights of the cross-entropy ops.
-    pub(crate) weights: Vec<F>,
-    /// Intermediates saved for backward (softmax probabilities).
-    pub(crate) saved: Vec<Array2<F>>,
+    /// The side lists that ops index into (concat parents, labels, weights, saved
+    /// intermediates).
+    pub(crate) side: crate::ops::Side<F>,
     pub(crate) pool: Pool<F>,
     /// Thin weight-gradient contributions gathered during a backward pass.
     pub(crate) staging: crate::ops::Staging<F>,
@@ -234,10 +229,7 @@ impl<F: Scalar> Tape<F> {
             release: false,
             check_finite: false,
             adjoints: Vec::new(),
-            lists: Vec::new(),
-            labels: Vec::new(),
-            weights: Vec::new(),
-            saved: Vec::new(),
+            side: Default::default(),
             pool: Pool::default(),
             staging: Default::default(),
             peak_nodes: 0,
@@ -261,12 +253,7 @@ impl<F: Scalar> Tape<F> {
         for a in self.adjoints.drain(..).flatten() {
             self.pool.give(a);
         }
-        for s in self.saved.drain(..) {
-            self.pool.give(s);
-        }
-        self.lists.clear();
-        self.labels.clear();
-        self.weights.clear();
+        self.side.clear(&mut self.pool);
         self.generation += 1;
     }
 
@@ -311,7 +298,7 @@ impl<F: Scalar> Tape<F> {
                 .flatten()
                 .map(|a| a.len())
                 .sum::<usize>()
-            + self.saved.iter().map(|a| a.len()).sum::<usize>();
+            + self.side.saved.iter().map(|a| a.len()).sum::<usize>();
         held * sz + self.pool.bytes
     }
 
@@ -504,6 +491,24 @@ impl<F: Scalar> Tape<F> {
         seeds: &[(Var, ArrayView2<'_, F>)],
         grads: &mut Grads<F>,
     ) -> Result<()> {
+        let top = self.check_seeds(seeds)?;
+        self.staging.reset();
+        // Recycle the adjoints of an earlier pass.
+        for a in self.adjoints.drain(..).flatten() {
+            self.pool.give(a);
+        }
+        self.adjoints.resize_with(self.ops.len(), || None);
+        self.seed(seeds);
+        self.sweep(top, grads)?;
+        self.note_peak_bytes();
+        // One check of what is handed out: an overflow in the sweep, in the sum over a
+        // parameter's registrations, or in gradients added into earlier ones.
+        grads.check_finite("backward")
+    }
+
+    /// Checks every seed (a live `Var` of this tape, the shape of its node, finite, and
+    /// a finite node value to start from); gives the highest seeded node.
+    fn check_seeds(&self, seeds: &[(Var, ArrayView2<'_, F>)]) -> Result<usize> {
         if seeds.is_empty() {
             return Err(Error::EmptyInput {
                 op: "backward_with",
@@ -538,12 +543,12 @@ impl<F: Scalar> Tape<F> {
             }
             top = top.max(i);
         }
-        self.staging.reset();
-        // Recycle the adjoints of an earlier pass.
-        for a in self.adjoints.drain(..).flatten() {
-            self.pool.give(a);
-        }
-        self.adjoints.resize_with(self.ops.len(), || None);
+        Ok(top)
+    }
+
+    /// Writes (or adds, for a node seeded twice) the checked seeds into the adjoints of
+    /// the nodes that need a gradient.
+    fn seed(&mut self, seeds: &[(Var, ArrayView2<'_, F>)]) {
         for (v, a) in seeds {
             let i = v.index();
             if !self.needs_grad[i] {
@@ -558,6 +563,11 @@ impl<F: Scalar> Tape<F> {
                 }
             }
         }
+    }
+
+    /// The reverse loop from node `top` down to the first: each node's rule runs once its
+    /// adjoint is complete; parameters add theirs into `grads`.
+    fn sweep(&mut self, top: usize, grads: &mut Grads<F>) -> Result<()> {
         for i in (0..=top).rev() {
             crate::ops::flush_staged(self, i)?;
             if !self.needs_grad[i] || self.adjoints[i].is_none() {
@@ -579,10 +589,7 @@ impl<F: Scalar> Tape<F> {
                 }
             }
         }
-        self.note_peak_bytes();
-        // One check of what is handed out: an overflow in the sweep, in the sum over a
-        // parameter's registrations, or in gradients added into earlier ones.
-        grads.check_finite("backward")
+        Ok(())
     }
 
     /// Frees the adjoint of every intermediate node as soon as its backward rule has run

@@ -298,6 +298,7 @@ proptest! {
     #[test]
     fn m2_kronecker_and_outer_forms_match_tape(
         (s, seed) in sizes(), biases in any::<(bool, bool)>(), with_h0 in any::<bool>(),
+        sum_over_batch in any::<bool>(),
     ) {
         let s = Sizes { q: 1, ..s };
         let config = RnnConfig::new(s.d, s.h, 1)
@@ -305,7 +306,7 @@ proptest! {
             .biases(Biases { hidden: biases.0, output: biases.1 });
         let p = problem(config, s, seed, with_h0);
         let h0 = p.h0.as_ref().map(|h| h.view());
-        let loss = loss_of(&p, 3, LossOpts::default());
+        let loss = loss_of(&p, 3, LossOpts { sum_over_batch, ..LossOpts::default() });
         let kron = closed_form::m2(&p.params, &p.cell, &Sequence::new(p.xs.view(), loss).with_h0(h0)).unwrap();
         let outer = closed_form::m2_outer(&p.params, &p.cell, &Sequence::new(p.xs.view(), loss).with_h0(h0)).unwrap();
         let tape = tape_run(&p, &loss, None);

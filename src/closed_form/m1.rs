@@ -1,15 +1,22 @@
 //! M1, the linear RNN without biases (FORMULAS.md §M1, eqs (6)–(9)).
 
-use super::{check, initial_state, output_adjoints, require_activation, ClosedForm, Dims};
+use super::{
+    check, initial_state, output, output_adjoints, require_activation, states, ClosedForm, Dims,
+    RnnGrads, Weights,
+};
 use crate::error::{invalid, Result};
-use crate::params::{Grads, Params};
-use crate::rnn::{Activation, Rnn, Sequence, SequenceLoss};
+use crate::params::Params;
+use crate::rnn::{Activation, Rnn, Sequence};
 use crate::scalar::Scalar;
-use ndarray::{Array2, ArrayView2, ArrayView3, Axis};
+use ndarray::{Array2, ArrayView3, Axis};
 
 /// The forward pass of M1 and the output adjoints, shared by both evaluations of δ_t.
-struct Forward<F> {
+struct Forward<'p, 's, F> {
     dims: Dims,
+    /// The weights, borrowed from the store.
+    w: Weights<'p, F>,
+    /// The inputs x_1 … x_T.
+    xs: ArrayView3<'s, F>,
     loss: F,
     /// h_0 … h_T, each B×H.
     hs: Vec<Array2<F>>,
@@ -17,14 +24,15 @@ struct Forward<F> {
     e: Vec<Array2<F>>,
 }
 
-fn forward<'p, F: Scalar>(
+/// Checks that `rnn` and the loss of `seq` are M1's, then runs the forward pass
+/// `h_t = x_t W_xh + h_{t−1} W_hh`, `o_t = h_t W_hq`.
+fn forward<'p, 's, F: Scalar>(
     op: &'static str,
     params: &'p Params<F>,
     rnn: &Rnn,
-    xs: ArrayView3<'_, F>,
-    h0: Option<ArrayView2<'_, F>>,
-    loss: &SequenceLoss<'_, F>,
-) -> Result<(Forward<F>, super::Weights<'p, F>)> {
+    seq: &Sequence<'s, F>,
+) -> Result<Forward<'p, 's, F>> {
+    let (xs, h0, loss) = (seq.inputs(), seq.initial_state(), seq.loss());
     require_activation(op, rnn, Activation::Identity)?;
     if rnn.b_h.is_some() || rnn.b_q.is_some() {
         return Err(invalid(op, "M1 has no biases; the RNN has one"));
@@ -37,16 +45,17 @@ fn forward<'p, F: Scalar>(
     }
     let (dims, w) = check(op, params, rnn, xs, h0)?;
     loss.validate(dims.t, dims.b, dims.q)?;
-    // h_t = x_t W_xh + h_{t−1} W_hh,   o_t = h_t W_hq
-    let mut hs = Vec::with_capacity(dims.t + 1);
-    hs.push(initial_state(h0, dims));
-    for x_t in xs.axis_iter(Axis(0)) {
-        let h = x_t.dot(w.w_xh) + hs[hs.len() - 1].dot(w.w_hh);
-        hs.push(h);
-    }
-    let outs: Vec<Array2<F>> = hs[1..].iter().map(|h| h.dot(w.w_hq)).collect();
+    let hs = states(&w, xs, initial_state(h0, dims), Activation::Identity);
+    let outs: Vec<Array2<F>> = hs[1..].iter().map(|h| output(&w, h)).collect();
     let (loss, e) = output_adjoints(loss, &outs);
-    Ok((Forward { dims, loss, hs, e }, w))
+    Ok(Forward {
+        dims,
+        w,
+        xs,
+        loss,
+        hs,
+        e,
+    })
 }
 
 /// The parameter gradients from the δ_t (FORMULAS.md §M1, after eq (9)), batch-major:
@@ -55,29 +64,20 @@ fn forward<'p, F: Scalar>(
 fn finish<F: Scalar>(
     params: &Params<F>,
     rnn: &Rnn,
-    xs: ArrayView3<'_, F>,
-    fw: Forward<F>,
-    w: super::Weights<'_, F>,
+    fw: Forward<'_, '_, F>,
     dh: Vec<Array2<F>>,
 ) -> Result<ClosedForm<F>> {
-    let Dims { d, h, q, .. } = fw.dims;
-    let mut g_xh = Array2::<F>::zeros((d, h));
-    let mut g_hh = Array2::<F>::zeros((h, h));
-    let mut g_hq = Array2::<F>::zeros((h, q));
-    for (t, x_t) in xs.axis_iter(Axis(0)).enumerate() {
-        g_hq = g_hq + fw.hs[t + 1].t().dot(&fw.e[t]);
-        g_xh = g_xh + x_t.t().dot(&dh[t]);
-        g_hh = g_hh + fw.hs[t].t().dot(&dh[t]);
+    let mut g = RnnGrads::zeros(fw.dims);
+    for (t, x_t) in fw.xs.axis_iter(Axis(0)).enumerate() {
+        g.w_hq = g.w_hq + fw.hs[t + 1].t().dot(&fw.e[t]);
+        g.w_xh = g.w_xh + x_t.t().dot(&dh[t]);
+        g.w_hh = g.w_hh + fw.hs[t].t().dot(&dh[t]);
     }
-    let mut grads = Grads::new(params);
-    grads.accumulate(rnn.w_xh, g_xh.view())?;
-    grads.accumulate(rnn.w_hh, g_hh.view())?;
-    grads.accumulate(rnn.w_hq, g_hq.view())?;
     // h_1 = x_1 W_xh + h_0 W_hh, so ∂L/∂h_0 = δ_1 W_hhᵀ.
-    let dh0 = dh[0].dot(&w.w_hh.t());
+    let dh0 = dh[0].dot(&fw.w.w_hh.t());
     ClosedForm {
         loss: fw.loss,
-        grads,
+        grads: g.into_grads(params, rnn)?,
         dh,
         dh0,
     }
@@ -138,16 +138,17 @@ fn finish<F: Scalar>(
 ///
 /// [`Targets::Classes`]: crate::rnn::Targets::Classes
 /// [`Targets::Values`]: crate::rnn::Targets::Values
+/// [`SequenceLoss::mean_over_time`]: crate::rnn::SequenceLoss::mean_over_time
+/// [`SequenceLoss::validate`]: crate::rnn::SequenceLoss::validate
 pub fn m1_recursion<F: Scalar>(
     params: &Params<F>,
     rnn: &Rnn,
     seq: &Sequence<'_, F>,
 ) -> Result<ClosedForm<F>> {
-    let (xs, h0, loss) = (seq.inputs(), seq.initial_state(), seq.loss());
-    let (fw, w) = forward("closed_form::m1_recursion", params, rnn, xs, h0, loss)?;
+    let fw = forward("closed_form::m1_recursion", params, rnn, seq)?;
     let t_len = fw.dims.t;
-    let w_qh_t = w.w_hq.t();
-    let w_hh_t = w.w_hh.t();
+    let w_qh_t = fw.w.w_hq.t();
+    let w_hh_t = fw.w.w_hh.t();
     let mut dh: Vec<Array2<F>> = Vec::with_capacity(t_len);
     // (7): δ_T; then (8) backwards.
     let mut delta = fw.e[t_len - 1].dot(&w_qh_t);
@@ -157,7 +158,7 @@ pub fn m1_recursion<F: Scalar>(
         dh.push(delta.clone());
     }
     dh.reverse();
-    finish(params, rnn, xs, fw, w, dh)
+    finish(params, rnn, fw, dh)
 }
 
 /// M1 by the power sum, FORMULAS.md eq (9), evaluated literally in O(T²).
@@ -181,9 +182,8 @@ pub fn m1_power_sum<F: Scalar>(
     rnn: &Rnn,
     seq: &Sequence<'_, F>,
 ) -> Result<ClosedForm<F>> {
-    let (xs, h0, loss) = (seq.inputs(), seq.initial_state(), seq.loss());
-    let (fw, w) = forward("closed_form::m1_power_sum", params, rnn, xs, h0, loss)?;
-    let Dims { t: t_len, b, h, .. } = fw.dims;
+    let fw = forward("closed_form::m1_power_sum", params, rnn, seq)?;
+    let (w, Dims { t: t_len, b, h, .. }) = (fw.w, fw.dims);
     // powers[k] = (W_hhᵀ)^k, k = 0..=T
     let mut powers: Vec<Array2<F>> = Vec::with_capacity(t_len + 1);
     powers.push(Array2::eye(h));
@@ -201,7 +201,7 @@ pub fn m1_power_sum<F: Scalar>(
         }
         dh.push(delta);
     }
-    let mut cf = finish(params, rnn, xs, fw, w, dh)?;
+    let mut cf = finish(params, rnn, fw, dh)?;
     // ∂L/∂h_0 by the same power sum (j − 0 = j + 1 in 0-based j)
     let mut dh0 = Array2::<F>::zeros((b, h));
     for (j, g_j) in g.iter().enumerate() {

@@ -1,8 +1,11 @@
 //! M2, the ReLU RNN with a last-step sigmoid classifier (FORMULAS.md §M2, seed 002).
 
-use super::{bce_logit, check, initial_state, require_activation, row_sum, sigmoid, ClosedForm};
+use super::{
+    bce_logit, check, initial_state, output, require_activation, row_sum, sigmoid, states,
+    ClosedForm, Dims, RnnGrads, Weights,
+};
 use crate::error::{invalid, Result};
-use crate::params::{Grads, Params};
+use crate::params::Params;
 use crate::rnn::{Activation, Rnn, Sequence, SequenceLoss, Targets};
 use crate::scalar::Scalar;
 use ndarray::{Array1, Array2, ArrayView1, ArrayView3, Axis, Slice};
@@ -31,6 +34,21 @@ fn binary_targets<'a, F: Scalar>(
     }
 }
 
+/// Checks that `rnn` and the sequence are M2's (as [`binary_targets`]) and of matching
+/// sizes; gives the sizes, the weights and the targets.
+fn prepare<'p, 's, F: Scalar>(
+    op: &'static str,
+    params: &'p Params<F>,
+    rnn: &Rnn,
+    seq: &Sequence<'s, F>,
+) -> Result<(Dims, Weights<'p, F>, ArrayView1<'s, F>)> {
+    let (xs, h0, loss) = (seq.inputs(), seq.initial_state(), seq.loss());
+    let y_gt = binary_targets(op, rnn, loss)?;
+    let (dims, w) = check(op, params, rnn, xs, h0)?;
+    loss.validate(dims.t, dims.b, dims.q)?;
+    Ok((dims, w, y_gt))
+}
+
 /// `I_n ⊗ vᵀ`: the n × (n·m) block-diagonal matrix with the row `vᵀ` in row i, columns
 /// `i·m .. (i+1)·m`.
 fn kron_identity_row<F: Scalar>(n: usize, v: ArrayView1<'_, F>) -> Array2<F> {
@@ -47,6 +65,154 @@ fn kron_identity_row<F: Scalar>(n: usize, v: ArrayView1<'_, F>) -> Array2<F> {
 /// `diag(1[h > 0])`, the ReLU derivative of the notes (0 at exactly 0).
 fn relu_diag<F: Scalar>(h: &Array1<F>) -> Array2<F> {
     Array2::from_diag(&h.mapv(|x| if x > F::zero() { F::one() } else { F::zero() }))
+}
+
+/// `acc += x`, entry by entry.
+fn add_to<F: Scalar>(acc: &mut Array2<F>, x: &Array2<F>) {
+    acc.zip_mut_with(x, |a, &b| *a = *a + b);
+}
+
+/// M2 as the notes write it, in their column orientation: `W = W_hhᵀ`, `U = W_xhᵀ`,
+/// `V = W_hqᵀ`, `b = b_hᵀ`, `d = b_q`, with the inputs and the targets.
+struct Notes<'a, F> {
+    /// W, n×n.
+    w: Array2<F>,
+    /// U, n×d.
+    u: Array2<F>,
+    /// V, 1×n.
+    v: Array2<F>,
+    /// b, n (zeros without a hidden bias).
+    b: Array1<F>,
+    /// d (0 without an output bias).
+    d: F,
+    /// The inputs, (T, B, d).
+    xs: ArrayView3<'a, F>,
+    /// The target of each sequence.
+    y_gt: ArrayView1<'a, F>,
+    /// 1/B, for the batch mean.
+    inv_b: F,
+}
+
+impl<F: Scalar> Notes<'_, F> {
+    /// `h_0 … h_l` of sequence `r` as columns, from `h_init`:
+    /// `h_t = ReLU(b + W h_{t−1} + U x_t)`.
+    fn states(&self, r: usize, h_init: Array1<F>) -> Vec<Array1<F>> {
+        let l = self.xs.dim().0;
+        let mut hs: Vec<Array1<F>> = Vec::with_capacity(l + 1);
+        hs.push(h_init);
+        for t in 1..=l {
+            let x_t = step_row(self.xs, t - 1, r);
+            let a = &self.b + &self.w.dot(&hs[t - 1]) + &self.u.dot(&x_t);
+            hs.push(a.mapv(|v| v.max(F::zero())));
+        }
+        hs
+    }
+}
+
+/// The sums of [`m2()`] over the sequences of the batch, in the notes' row forms.
+struct KronSums<F> {
+    /// The sizes of the problem.
+    dims: Dims,
+    /// `Σ_b L_b` (not yet reduced over the batch).
+    loss: F,
+    /// The batch factor `s_B` (1/B for a mean, 1 for a sum).
+    inv_b: F,
+    /// `∂L/∂W` as a row of length n² (W row-major).
+    g_w: Array2<F>,
+    /// `∂L/∂U` as a row of length n·d (U row-major).
+    g_u: Array2<F>,
+    /// `∂L/∂b`, 1×n.
+    g_b: Array2<F>,
+    /// `∂L/∂V`, 1×n.
+    g_v: Array2<F>,
+    /// `∂L/∂d`.
+    g_d: F,
+    /// `∂L/∂h_t` for t = 1..l, each B×n (row r for sequence r).
+    dh: Vec<Array2<F>>,
+    /// `∂L/∂h_0`, B×n.
+    dh0: Array2<F>,
+}
+
+impl<F: Scalar> KronSums<F> {
+    /// Zero sums for problems of sizes `dims`.
+    fn zeros(dims: Dims, inv_b: F) -> Self {
+        let Dims { t, b, d, h: n, .. } = dims;
+        KronSums {
+            dims,
+            loss: F::zero(),
+            inv_b,
+            g_w: Array2::zeros((1, n * n)),
+            g_u: Array2::zeros((1, n * d)),
+            g_b: Array2::zeros((1, n)),
+            g_v: Array2::zeros((1, n)),
+            g_d: F::zero(),
+            dh: vec![Array2::zeros((b, n)); t],
+            dh0: Array2::zeros((b, n)),
+        }
+    }
+
+    /// Adds the terms of sequence `r` (batch row r), whose initial state is `h_init`.
+    fn add_sequence(&mut self, notes: &Notes<'_, F>, r: usize, h_init: Array1<F>) {
+        let (l, n) = (self.dims.t, self.dims.h);
+        let hs = notes.states(r, h_init);
+        let z = notes.v.row(0).dot(&hs[l]) + notes.d;
+        let y_pred = sigmoid(z);
+        self.loss = self.loss + bce_logit(z, notes.y_gt[r]);
+        // (y_pred − y_gt), times 1/B for the batch mean.
+        let coef = (y_pred - notes.y_gt[r]) * notes.inv_b;
+        self.g_d = self.g_d + coef;
+        add_to(
+            &mut self.g_v,
+            &hs[l].view().insert_axis(Axis(0)).mapv(|h| coef * h),
+        );
+        let coef_v = notes.v.mapv(|v| coef * v); // (y_pred − y_gt) V, 1×n
+
+        // ∂L/∂h_t = (y_pred − y_gt) V · M_t with M_t = D_l W ⋯ D_{t+1} W.
+        let mut m = Array2::<F>::eye(n);
+        for t in (0..=l).rev() {
+            let dh_t = coef_v.dot(&m); // 1×n
+            if t == 0 {
+                self.dh0.row_mut(r).assign(&dh_t.row(0));
+                break;
+            }
+            self.dh[t - 1].row_mut(r).assign(&dh_t.row(0));
+            let d_t = relu_diag(&hs[t]);
+            let dh_d = dh_t.dot(&d_t); // ∂L/∂h_t D_t, 1×n
+            add_to(
+                &mut self.g_w,
+                &dh_d.dot(&kron_identity_row(n, hs[t - 1].view())),
+            );
+            let x_t = step_row(notes.xs, t - 1, r);
+            add_to(&mut self.g_u, &dh_d.dot(&kron_identity_row(n, x_t)));
+            add_to(&mut self.g_b, &dh_d);
+            m = m.dot(&d_t.dot(&notes.w));
+        }
+    }
+
+    /// The closed form named `op`: the loss times `s_B`, and the rows `∂L/∂W`, `∂L/∂U`
+    /// reshaped row-major to the notes' W (n×n) and U (n×d), then transposed to the
+    /// crate's layout, as gradients of `rnn`'s parameters in `params`.
+    fn finish(self, op: &'static str, params: &Params<F>, rnn: &Rnn) -> Result<ClosedForm<F>> {
+        let Dims { d, h: n, .. } = self.dims;
+        let to_matrix = |row: Array2<F>, cols: usize| -> Result<Array2<F>> {
+            row.into_shape_with_order((n, cols))
+                .map_err(|e| invalid(op, e.to_string()))
+        };
+        let grads = RnnGrads {
+            w_hh: to_matrix(self.g_w, n)?.reversed_axes(),
+            w_xh: to_matrix(self.g_u, d)?.reversed_axes(),
+            b_h: self.g_b,
+            w_hq: self.g_v.reversed_axes(),
+            b_q: Array2::from_elem((1, 1), self.g_d),
+        };
+        ClosedForm {
+            loss: self.loss * self.inv_b,
+            grads: grads.into_grads(params, rnn)?,
+            dh: self.dh,
+            dh0: self.dh0,
+        }
+        .checked(op)
+    }
 }
 
 /// M2 as written in the notes, one sequence (batch row) at a time, in the notes' column
@@ -117,93 +283,24 @@ pub fn m2<F: Scalar>(
     rnn: &Rnn,
     seq: &Sequence<'_, F>,
 ) -> Result<ClosedForm<F>> {
-    let (xs, h0, loss) = (seq.inputs(), seq.initial_state(), seq.loss());
     let op = "closed_form::m2";
-    let y_gt = binary_targets(op, rnn, loss)?;
-    let (dims, w) = check(op, params, rnn, xs, h0)?;
-    loss.validate(dims.t, dims.b, dims.q)?;
-    let (l, batch, d_in, n) = (dims.t, dims.b, dims.d, dims.h);
-    let inv_b = F::one() / F::of(batch as f64);
-    // The notes' matrices (column orientation).
-    let w_n = w.w_hh.t().to_owned(); // W, n×n
-    let u_n = w.w_xh.t().to_owned(); // U, n×d
-    let v_n = w.w_hq.t().to_owned(); // V, 1×n
-    let b_n: Array1<F> = w.b_h.map_or(Array1::zeros(n), |b| b.row(0).to_owned());
-    let d_n = w.b_q.map_or(F::zero(), |d| d[[0, 0]]);
-    let h_init = initial_state(h0, dims);
-
-    let mut loss_total = F::zero();
-    let mut g_w = Array2::<F>::zeros((1, n * n));
-    let mut g_u = Array2::<F>::zeros((1, n * d_in));
-    let mut g_b = Array2::<F>::zeros((1, n));
-    let mut g_v = Array2::<F>::zeros((1, n));
-    let mut g_d = F::zero();
-    let mut dh: Vec<Array2<F>> = vec![Array2::zeros((batch, n)); l];
-    let mut dh0 = Array2::<F>::zeros((batch, n));
-
-    for r in 0..batch {
-        // Forward: h_0 … h_l as columns.
-        let mut hs: Vec<Array1<F>> = Vec::with_capacity(l + 1);
-        hs.push(h_init.row(r).to_owned());
-        for t in 1..=l {
-            let x_t = step_row(xs, t - 1, r);
-            let a = &b_n + &w_n.dot(&hs[t - 1]) + &u_n.dot(&x_t);
-            hs.push(a.mapv(|v| v.max(F::zero())));
-        }
-        let z = v_n.row(0).dot(&hs[l]) + d_n;
-        let y_pred = sigmoid(z);
-        loss_total = loss_total + bce_logit(z, y_gt[r]);
-        // (y_pred − y_gt), times 1/B for the batch mean.
-        let coef = (y_pred - y_gt[r]) * inv_b;
-        g_d = g_d + coef;
-        g_v = g_v + &(hs[l].view().insert_axis(Axis(0)).mapv(|h| coef * h));
-        let coef_v = v_n.mapv(|v| coef * v); // (y_pred − y_gt) V, 1×n
-
-        // ∂L/∂h_t = (y_pred − y_gt) V · M_t with M_t = D_l W ⋯ D_{t+1} W.
-        let mut m = Array2::<F>::eye(n);
-        for t in (0..=l).rev() {
-            let dh_t = coef_v.dot(&m); // 1×n
-            if t == 0 {
-                dh0.row_mut(r).assign(&dh_t.row(0));
-                break;
-            }
-            dh[t - 1].row_mut(r).assign(&dh_t.row(0));
-            let d_t = relu_diag(&hs[t]);
-            let dh_d = dh_t.dot(&d_t); // ∂L/∂h_t D_t, 1×n
-            g_w = g_w + dh_d.dot(&kron_identity_row(n, hs[t - 1].view()));
-            g_u = g_u + dh_d.dot(&kron_identity_row(n, step_row(xs, t - 1, r)));
-            g_b = g_b + &dh_d;
-            m = m.dot(&d_t.dot(&w_n));
-        }
-    }
-    loss_total = loss_total * inv_b;
-
-    // Row-major reshapes to the notes' W (n×n) and U (n×d), then to the crate's layout.
-    let to_matrix = |row: Array2<F>, cols: usize| -> Result<Array2<F>> {
-        row.into_shape_with_order((n, cols))
-            .map_err(|e| invalid(op, e.to_string()))
+    let (dims, w, y_gt) = prepare(op, params, rnn, seq)?;
+    let notes = Notes {
+        w: w.w_hh.t().to_owned(),
+        u: w.w_xh.t().to_owned(),
+        v: w.w_hq.t().to_owned(),
+        b: w.b_h.map_or(Array1::zeros(dims.h), |b| b.row(0).to_owned()),
+        d: w.b_q.map_or(F::zero(), |d| d[[0, 0]]),
+        xs: seq.inputs(),
+        y_gt,
+        inv_b: seq.loss().batch_factor(dims.b),
     };
-    let g_w_hh = to_matrix(g_w, n)?.reversed_axes();
-    let g_w_xh = to_matrix(g_u, d_in)?.reversed_axes();
-    let g_w_hq = g_v.reversed_axes();
-
-    let mut grads = Grads::new(params);
-    grads.accumulate(rnn.w_xh, g_w_xh.view())?;
-    grads.accumulate(rnn.w_hh, g_w_hh.view())?;
-    if let Some(id) = rnn.b_h {
-        grads.accumulate(id, g_b.view())?;
+    let h_init = initial_state(seq.initial_state(), dims);
+    let mut sums = KronSums::zeros(dims, notes.inv_b);
+    for r in 0..dims.b {
+        sums.add_sequence(&notes, r, h_init.row(r).to_owned());
     }
-    grads.accumulate(rnn.w_hq, g_w_hq.view())?;
-    if let Some(id) = rnn.b_q {
-        grads.accumulate(id, Array2::from_elem((1, 1), g_d).view())?;
-    }
-    ClosedForm {
-        loss: loss_total,
-        grads,
-        dh,
-        dh0,
-    }
-    .checked("closed_form::m2")
+    sums.finish(op, params, rnn)
 }
 
 /// M2 by the outer-product form, batched: the same model and result as [`m2()`].
@@ -224,26 +321,14 @@ pub fn m2_outer<F: Scalar>(
     rnn: &Rnn,
     seq: &Sequence<'_, F>,
 ) -> Result<ClosedForm<F>> {
-    let (xs, h0, loss) = (seq.inputs(), seq.initial_state(), seq.loss());
     let op = "closed_form::m2_outer";
-    let y_gt = binary_targets(op, rnn, loss)?;
-    let (dims, w) = check(op, params, rnn, xs, h0)?;
-    loss.validate(dims.t, dims.b, dims.q)?;
+    let (dims, w, y_gt) = prepare(op, params, rnn, seq)?;
+    let xs = seq.inputs();
     let (l, batch) = (dims.t, dims.b);
-    let inv_b = F::one() / F::of(batch as f64);
-    let mut hs: Vec<Array2<F>> = Vec::with_capacity(l + 1);
-    hs.push(initial_state(h0, dims));
-    for x_t in xs.axis_iter(Axis(0)) {
-        let mut a = x_t.dot(w.w_xh) + hs[hs.len() - 1].dot(w.w_hh);
-        if let Some(b) = w.b_h {
-            a = a + b;
-        }
-        hs.push(a.mapv(|v| v.max(F::zero())));
-    }
-    let mut z = hs[l].dot(w.w_hq);
-    if let Some(d) = w.b_q {
-        z = z + d;
-    }
+    let inv_b = seq.loss().batch_factor(batch);
+    let h_init = initial_state(seq.initial_state(), dims);
+    let hs = states(&w, xs, h_init, Activation::Relu);
+    let z = output(&w, &hs[l]);
     let mut loss_total = F::zero();
     let mut e = Array2::<F>::zeros((batch, 1));
     for r in 0..batch {
@@ -252,9 +337,7 @@ pub fn m2_outer<F: Scalar>(
     }
     loss_total = loss_total * inv_b;
 
-    let mut g_xh = Array2::<F>::zeros(w.w_xh.raw_dim());
-    let mut g_hh = Array2::<F>::zeros(w.w_hh.raw_dim());
-    let mut g_b = Array2::<F>::zeros((1, dims.h));
+    let mut g = RnnGrads::zeros(dims);
     let mut dh: Vec<Array2<F>> = Vec::with_capacity(l);
     let mut delta = e.dot(&w.w_hq.t());
     for t in (1..=l).rev() {
@@ -265,29 +348,21 @@ pub fn m2_outer<F: Scalar>(
                 *r = F::zero();
             }
         });
-        g_hh = g_hh + hs[t - 1].t().dot(&r_t);
-        g_xh = g_xh + xs.index_axis(Axis(0), t - 1).t().dot(&r_t);
-        g_b = g_b + row_sum(&r_t);
+        g.w_hh = g.w_hh + hs[t - 1].t().dot(&r_t);
+        g.w_xh = g.w_xh + xs.index_axis(Axis(0), t - 1).t().dot(&r_t);
+        g.b_h = g.b_h + row_sum(&r_t);
         delta = r_t.dot(&w.w_hh.t());
     }
     dh.reverse();
-    let mut grads = Grads::new(params);
-    grads.accumulate(rnn.w_xh, g_xh.view())?;
-    grads.accumulate(rnn.w_hh, g_hh.view())?;
-    if let Some(id) = rnn.b_h {
-        grads.accumulate(id, g_b.view())?;
-    }
-    grads.accumulate(rnn.w_hq, hs[l].t().dot(&e).view())?;
-    if let Some(id) = rnn.b_q {
-        grads.accumulate(id, row_sum(&e).view())?;
-    }
+    g.w_hq = hs[l].t().dot(&e);
+    g.b_q = row_sum(&e);
     ClosedForm {
         loss: loss_total,
-        grads,
+        grads: g.into_grads(params, rnn)?,
         dh,
         dh0: delta,
     }
-    .checked("closed_form::m2_outer")
+    .checked(op)
 }
 
 #[cfg(test)]

@@ -2,12 +2,12 @@
 //! the hand-written speed reference; and M4, the general form (FORMULAS.md §M4, seed 003).
 
 use super::{
-    check, initial_state, output_adjoints, require_activation, row_sum, sigmoid, softmax_xent_row,
-    ClosedForm, Dims,
+    check, exact_tanh, initial_state, output, output_adjoints, require_activation, row_sum,
+    softmax_xent_row, states, ClosedForm, Dims, RnnGrads, Weights,
 };
 use crate::error::{invalid, Error, Result};
 use crate::params::{Grads, ParamId, Params};
-use crate::rnn::{Activation, Rnn, Sequence, SequenceLoss, Targets};
+use crate::rnn::{Activation, Rnn, Sequence, Targets};
 use crate::scalar::Scalar;
 use ndarray::linalg::general_mat_mul;
 use ndarray::{Array2, ArrayView2, ArrayView3, ArrayViewMut2, Axis, Slice, Zip};
@@ -92,7 +92,7 @@ pub struct M3Workspace<F> {
     /// The coefficients c_t of the last run (kept to avoid an allocation per run).
     coef: Vec<F>,
     ids: Option<Ids>,
-    dims: (usize, usize, usize, usize, usize),
+    dims: Dims,
     loss: F,
     /// h_0, h_1 … h_T stacked: (T+1)·B × H. Rows B.. first hold `X W_xh + b_h`.
     hs: Array2<F>,
@@ -116,6 +116,7 @@ impl<F: Scalar> Default for M3Workspace<F> {
     }
 }
 
+/// Reallocates `buf` as zeros of `shape` unless it has that shape already.
 fn ensure<F: Scalar>(buf: &mut Array2<F>, shape: (usize, usize)) {
     if buf.dim() != shape {
         *buf = Array2::zeros(shape);
@@ -131,7 +132,13 @@ impl<F: Scalar> M3Workspace<F> {
             tanh: exact_tanh,
             coef: Vec::new(),
             ids: None,
-            dims: (0, 0, 0, 0, 0),
+            dims: Dims {
+                t: 0,
+                b: 0,
+                d: 0,
+                h: 0,
+                q: 0,
+            },
             loss: F::zero(),
             hs: e(),
             e: e(),
@@ -170,6 +177,8 @@ impl<F: Scalar> M3Workspace<F> {
     /// wrong size; [`Error::ForeignParam`] if the RNN's parameters are not in `params`;
     /// [`Error::NonFinite`] if the loss or a gradient overflows. After an error the
     /// gradients cannot be read until the next successful run.
+    ///
+    /// [`SequenceLoss::validate`]: crate::rnn::SequenceLoss::validate
     pub fn run(&mut self, params: &Params<F>, rnn: &Rnn, seq: &Sequence<'_, F>) -> Result<F> {
         let op = "M3Workspace::run";
         self.ids = None;
@@ -203,31 +212,20 @@ impl<F: Scalar> M3Workspace<F> {
         self.ids = None;
         require_activation(op, rnn, Activation::Tanh)?;
         let (dims, w) = check(op, params, rnn, xs, h0)?;
+        check_targets(op, labels, alphas, dims)?;
+        self.resize(dims);
+        let x = xs
+            .to_shape((dims.t * dims.b, dims.d))
+            .map_err(|e| invalid(op, e.to_string()))?;
+        self.forward(x.view(), &w, h0);
+        self.loss = self.softmax_outputs(&w, labels, alphas);
+        self.backward(x.view(), &w);
+        self.finish(rnn)
+    }
+
+    /// Sizes the buffers for `dims`, reallocating only those whose shape changes.
+    fn resize(&mut self, dims: Dims) {
         let Dims { t, b, d, h, q } = dims;
-        if labels.dim() != (t, b) {
-            return Err(Error::ShapeMismatch {
-                op,
-                lhs: (t, b),
-                rhs: labels.dim(),
-            });
-        }
-        if let Some(&label) = labels.iter().find(|&&l| l >= q) {
-            return Err(Error::LabelOutOfRange {
-                op,
-                label,
-                classes: q,
-            });
-        }
-        if alphas.len() != t {
-            return Err(Error::ShapeMismatch {
-                op,
-                lhs: (t, 1),
-                rhs: (alphas.len(), 1),
-            });
-        }
-        if alphas.iter().any(|a| !a.is_finite()) {
-            return Err(invalid(op, "non-finite step weight"));
-        }
         let tb = t * b;
         ensure(&mut self.hs, ((t + 1) * b, h));
         ensure(&mut self.e, (tb, q));
@@ -239,15 +237,14 @@ impl<F: Scalar> M3Workspace<F> {
         ensure(&mut self.g_bh, (1, h));
         ensure(&mut self.g_hq, (h, q));
         ensure(&mut self.g_bq, (1, q));
-        self.dims = (t, b, d, h, q);
+        self.dims = dims;
+    }
 
-        let x = xs
-            .to_shape((tb, d))
-            .map_err(|e| invalid(op, e.to_string()))?;
-        let one = F::one();
-        let zero = F::zero();
-
-        // ---- forward ----
+    /// The forward sweep over the inputs `x` ((T·B) × D): `h_0`, then
+    /// `A = X W_xh + b_h` for all steps, then `h_t = tanh(A_t + h_{t−1} W_hh)` step by step.
+    fn forward(&mut self, x: ArrayView2<'_, F>, w: &Weights<'_, F>, h0: Option<ArrayView2<'_, F>>) {
+        let Dims { t, b, .. } = self.dims;
+        let (one, zero) = (F::one(), F::zero());
         match h0 {
             Some(h0) => rows_mut(&mut self.hs, 0..b).assign(&h0),
             None => rows_mut(&mut self.hs, 0..b).fill(zero),
@@ -268,38 +265,55 @@ impl<F: Scalar> M3Workspace<F> {
             general_mat_mul(one, &h_prev, w.w_hh, one, &mut cur);
             cur.mapv_inplace(self.tanh);
         }
-        // O = H W_hq + b_q, then E = α_t/B (softmax(O) − onehot) in place.
-        general_mat_mul(
-            one,
-            &rows(&self.hs, b..(t + 1) * b),
-            w.w_hq,
-            zero,
-            &mut self.e,
-        );
+    }
+
+    /// `O = H W_hq + b_q`, then `E = α_t/B (softmax(O) − onehot)` in place; gives the loss.
+    fn softmax_outputs(
+        &mut self,
+        w: &Weights<'_, F>,
+        labels: ArrayView2<'_, usize>,
+        alphas: &[F],
+    ) -> F {
+        let Dims { t, b, .. } = self.dims;
+        let one = F::one();
+        let hs = rows(&self.hs, b..(t + 1) * b);
+        general_mat_mul(one, &hs, w.w_hq, F::zero(), &mut self.e);
         if let Some(bq) = w.b_q {
             add_row(&mut self.e.view_mut(), bq);
         }
         let inv_b = one / F::of(b as f64);
-        let mut loss = zero;
+        let mut loss = F::zero();
         for (row, z) in self.e.axis_iter_mut(Axis(0)).enumerate() {
             let (step, r) = (row / b, row % b);
             let c = alphas[step] * inv_b;
             loss = loss + c * softmax_xent_row(z, labels[[step, r]], c);
         }
-        self.loss = loss;
+        loss
+    }
 
-        // ---- backward ----
-        // ∂L/∂W_hq = Hᵀ E, ∂L/∂b_q = Σ_rows E
-        general_mat_mul(
-            one,
-            &rows(&self.hs, b..(t + 1) * b).t(),
-            &self.e,
-            zero,
-            &mut self.g_hq,
-        );
+    /// The backward sweep: `∂L/∂W_hq = Hᵀ E`, `∂L/∂b_q = Σ_rows E`, the adjoints of the
+    /// states, then `∂L/∂h_0 = r_1 W_hhᵀ`, `∂L/∂W_xh = Xᵀ R`, `∂L/∂W_hh = H_prevᵀ R`,
+    /// `∂L/∂b_h = Σ_rows R`.
+    fn backward(&mut self, x: ArrayView2<'_, F>, w: &Weights<'_, F>) {
+        let Dims { t, b, .. } = self.dims;
+        let (one, zero) = (F::one(), F::zero());
+        let hs = rows(&self.hs, b..(t + 1) * b);
+        general_mat_mul(one, &hs.t(), &self.e, zero, &mut self.g_hq);
         column_sums(&self.e, &mut self.g_bq);
-        // Δ = E W_hqᵀ for all steps, then δ_t += r_{t+1} W_hhᵀ and r_t = (1 − h_t²) ⊙ δ_t.
-        general_mat_mul(one, &self.e, &w.w_hq.t(), zero, &mut self.delta);
+        self.state_adjoints(w);
+        general_mat_mul(one, &rows(&self.r, 0..b), &w.w_hh.t(), zero, &mut self.dh0);
+        general_mat_mul(one, &x.t(), &self.r, zero, &mut self.g_xh);
+        let h_prev = rows(&self.hs, 0..t * b);
+        general_mat_mul(one, &h_prev.t(), &self.r, zero, &mut self.g_hh);
+        column_sums(&self.r, &mut self.g_bh);
+    }
+
+    /// `Δ = E W_hqᵀ` for all steps, then from t = T down `δ_t += r_{t+1} W_hhᵀ` and
+    /// `r_t = (1 − h_t²) ⊙ δ_t`.
+    fn state_adjoints(&mut self, w: &Weights<'_, F>) {
+        let Dims { t, b, .. } = self.dims;
+        let one = F::one();
+        general_mat_mul(one, &self.e, &w.w_hq.t(), F::zero(), &mut self.delta);
         for step in (0..t).rev() {
             let span = step * b..(step + 1) * b;
             if step + 1 < t {
@@ -312,26 +326,17 @@ impl<F: Scalar> M3Workspace<F> {
                 .and(rows(&self.hs, span.start + b..span.end + b))
                 .for_each(|r, &dl, &h| *r = (one - h * h) * dl);
         }
-        // ∂L/∂h_0 = r_1 W_hhᵀ
-        general_mat_mul(one, &rows(&self.r, 0..b), &w.w_hh.t(), zero, &mut self.dh0);
-        // ∂L/∂W_xh = Xᵀ R, ∂L/∂W_hh = H_prevᵀ R, ∂L/∂b_h = Σ_rows R
-        general_mat_mul(one, &x.t(), &self.r, zero, &mut self.g_xh);
-        general_mat_mul(
-            one,
-            &rows(&self.hs, 0..tb).t(),
-            &self.r,
-            zero,
-            &mut self.g_hh,
-        );
-        column_sums(&self.r, &mut self.g_bh);
+    }
 
-        // The policy on non-finite values (crate docs): an overflow is an error, and
-        // the gradients of this run are not readable.
+    /// The policy on non-finite values (crate docs): an overflow is an error, and the
+    /// gradients of this run are not readable. Otherwise the gradients become readable
+    /// for the parameters of `rnn`, and the loss is returned.
+    fn finish(&mut self, rnn: &Rnn) -> Result<F> {
         let grads = [&self.g_xh, &self.g_hh, &self.g_bh, &self.g_hq, &self.g_bq];
         let finite = grads
             .iter()
             .all(|g| crate::params::first_non_finite(g.iter()).is_none());
-        if !(loss.is_finite() && finite) {
+        if !(self.loss.is_finite() && finite) {
             self.ids = None;
             return Err(Error::NonFinite {
                 op: "M3Workspace::run",
@@ -345,7 +350,7 @@ impl<F: Scalar> M3Workspace<F> {
             w_hq: rnn.w_hq,
             b_q: rnn.b_q,
         });
-        Ok(loss)
+        Ok(self.loss)
     }
 
     /// The loss of the last successful run.
@@ -417,7 +422,7 @@ impl<F: Scalar> M3Workspace<F> {
     /// The states `h_1 … h_T` of the last successful run stacked step after step:
     /// (T·B) × H.
     pub fn states(&self) -> ArrayView2<'_, F> {
-        rows(&self.hs, self.dims.1..self.hs.nrows())
+        rows(&self.hs, self.dims.b..self.hs.nrows())
     }
 
     /// Bytes of matrix data the workspace holds (activations, adjoints and gradients):
@@ -441,6 +446,42 @@ impl<F: Scalar> M3Workspace<F> {
         .sum();
         n * std::mem::size_of::<F>()
     }
+}
+
+/// Errors unless `labels` is T×B with every label below Q, and `alphas` holds T finite
+/// step weights.
+fn check_targets<F: Scalar>(
+    op: &'static str,
+    labels: ArrayView2<'_, usize>,
+    alphas: &[F],
+    dims: Dims,
+) -> Result<()> {
+    let Dims { t, b, q, .. } = dims;
+    if labels.dim() != (t, b) {
+        return Err(Error::ShapeMismatch {
+            op,
+            lhs: (t, b),
+            rhs: labels.dim(),
+        });
+    }
+    if let Some(&label) = labels.iter().find(|&&l| l >= q) {
+        return Err(Error::LabelOutOfRange {
+            op,
+            label,
+            classes: q,
+        });
+    }
+    if alphas.len() != t {
+        return Err(Error::ShapeMismatch {
+            op,
+            lhs: (t, 1),
+            rhs: (alphas.len(), 1),
+        });
+    }
+    if alphas.iter().any(|a| !a.is_finite()) {
+        return Err(invalid(op, "non-finite step weight"));
+    }
+    Ok(())
 }
 
 /// `out (1×n) = Σ_rows a` without allocating.
@@ -497,6 +538,9 @@ fn add_row<F: Scalar>(a: &mut ArrayViewMut2<'_, F>, bias: &Array2<F>) {
 /// Errors: [`Error::InvalidArgument`] unless the RNN is tanh and the targets are
 /// [`Targets::Classes`]; otherwise as [`M3Workspace::run`] (with
 /// [`SequenceLoss::validate`]'s errors for the loss).
+///
+/// [`SequenceLoss`]: crate::rnn::SequenceLoss
+/// [`SequenceLoss::validate`]: crate::rnn::SequenceLoss::validate
 pub fn m3<F: Scalar>(
     params: &Params<F>,
     rnn: &Rnn,
@@ -515,22 +559,6 @@ pub fn m3<F: Scalar>(
         dh0: ws.dh0.clone(),
     }
     .checked("closed_form::m3")
-}
-
-/// The exact `tanh`: `f64::tanh`, rounded to `F` (for `f32`, within half an ulp plus
-/// the f64 error; never the tape's rational approximation).
-fn exact_tanh<F: Scalar>(x: F) -> F {
-    F::of(x.as_f64().tanh())
-}
-
-/// `φ(a)` of an activation.
-fn activate<F: Scalar>(phi: Activation, a: F) -> F {
-    match phi {
-        Activation::Identity => a,
-        Activation::Tanh => exact_tanh(a),
-        Activation::Relu => a.max(F::zero()),
-        Activation::Sigmoid => sigmoid(a),
-    }
 }
 
 /// `φ′(a)` written from `h = φ(a)`: 1, `1 − h²`, `1[h > 0]` (0 at 0), `h (1 − h)`.
@@ -555,100 +583,102 @@ pub(crate) fn general<F: Scalar>(
     op: &'static str,
     params: &Params<F>,
     rnn: &Rnn,
-    xs: ArrayView3<'_, F>,
-    h0: Option<ArrayView2<'_, F>>,
-    loss: &SequenceLoss<'_, F>,
+    seq: &Sequence<'_, F>,
     cuts: Option<&[bool]>,
 ) -> Result<ClosedForm<F>> {
+    let (xs, h0, loss) = (seq.inputs(), seq.initial_state(), seq.loss());
     let (dims, w) = check(op, params, rnn, xs, h0)?;
-    let Dims { t: t_len, b, h, .. } = dims;
-    loss.validate(t_len, b, dims.q)?;
+    loss.validate(dims.t, dims.b, dims.q)?;
     if let Some(c) = cuts {
-        if c.len() != t_len {
+        if c.len() != dims.t {
             return Err(Error::ShapeMismatch {
                 op,
-                lhs: (t_len, 1),
+                lhs: (dims.t, 1),
                 rhs: (c.len(), 1),
             });
         }
     }
-    let cut = |step: usize| cuts.is_some_and(|c| c[step]);
     let phi = rnn.config.activation;
-
     // Forward: a_t = x_t W_xh + h_{t−1} W_hh + b_h, h_t = φ(a_t), o_t = h_t W_hq + b_q.
-    let mut hs: Vec<Array2<F>> = Vec::with_capacity(t_len + 1);
-    hs.push(initial_state(h0, dims));
-    for x_t in xs.axis_iter(Axis(0)) {
-        let mut a = x_t.dot(w.w_xh) + hs[hs.len() - 1].dot(w.w_hh);
-        if let Some(bh) = w.b_h {
-            a = a + bh;
-        }
-        a.mapv_inplace(|v| activate(phi, v));
-        hs.push(a);
-    }
-    let outs: Vec<Array2<F>> = hs[1..]
-        .iter()
-        .map(|h_t| {
-            let o = h_t.dot(w.w_hq);
-            match w.b_q {
-                Some(bq) => o + bq,
-                None => o,
-            }
-        })
-        .collect();
+    let hs = states(&w, xs, initial_state(h0, dims), phi);
+    let outs: Vec<Array2<F>> = hs[1..].iter().map(|h_t| output(&w, h_t)).collect();
     let (value, e) = output_adjoints(loss, &outs);
-
-    // Backward: δ_t = e_t W_hqᵀ + r_{t+1} W_hhᵀ (unless step t+1 is cut off from h_t),
-    // r_t = φ′(a_t) ⊙ δ_t.
-    let mut g_xh = Array2::<F>::zeros(w.w_xh.raw_dim());
-    let mut g_hh = Array2::<F>::zeros(w.w_hh.raw_dim());
-    let mut g_bh = Array2::<F>::zeros((1, h));
-    let mut g_hq = Array2::<F>::zeros(w.w_hq.raw_dim());
-    let mut g_bq = Array2::<F>::zeros((1, dims.q));
-    let mut dh: Vec<Array2<F>> = Vec::with_capacity(t_len);
-    let mut r_next: Option<Array2<F>> = None;
-    for step in (0..t_len).rev() {
-        // hs[step + 1] is h_t for t = step + 1; step `step + 1` (0-based) consumes it.
-        let mut delta = e[step].dot(&w.w_hq.t());
-        if let Some(r1) = &r_next {
-            if !cut(step + 1) {
-                delta = delta + r1.dot(&w.w_hh.t());
-            }
-        }
-        let mut r_t = delta.clone();
-        Zip::from(&mut r_t)
-            .and(&hs[step + 1])
-            .for_each(|r, &h_t| *r = *r * derivative(phi, h_t));
-        g_hq = g_hq + hs[step + 1].t().dot(&e[step]);
-        g_bq = g_bq + row_sum(&e[step]);
-        g_xh = g_xh + xs.index_axis(Axis(0), step).t().dot(&r_t);
-        g_hh = g_hh + hs[step].t().dot(&r_t);
-        g_bh = g_bh + row_sum(&r_t);
-        dh.push(delta);
-        r_next = Some(r_t);
-    }
-    dh.reverse();
-    let dh0 = match r_next {
-        Some(r1) if !cut(0) => r1.dot(&w.w_hh.t()),
-        _ => Array2::zeros((b, h)),
+    let recursion = Recursion {
+        w,
+        phi,
+        cuts,
+        hs,
+        e,
     };
-    let mut grads = Grads::new(params);
-    grads.accumulate(rnn.w_xh, g_xh.view())?;
-    grads.accumulate(rnn.w_hh, g_hh.view())?;
-    if let Some(id) = rnn.b_h {
-        grads.accumulate(id, g_bh.view())?;
-    }
-    grads.accumulate(rnn.w_hq, g_hq.view())?;
-    if let Some(id) = rnn.b_q {
-        grads.accumulate(id, g_bq.view())?;
-    }
+    let (grads, dh, dh0) = recursion.backward(xs, dims);
     ClosedForm {
         loss: value,
-        grads,
+        grads: grads.into_grads(params, rnn)?,
         dh,
         dh0,
     }
     .checked(op)
+}
+
+/// The reverse recursion of [`general`], over its forward pass.
+struct Recursion<'a, F> {
+    /// The weights, borrowed from the store.
+    w: Weights<'a, F>,
+    /// The activation φ.
+    phi: Activation,
+    /// `cuts[t − 1]` (0-based) is true where the edge `h_{t−1} → step t` is cut.
+    cuts: Option<&'a [bool]>,
+    /// h_0 … h_T, each B×H.
+    hs: Vec<Array2<F>>,
+    /// `e_t = ∂L/∂o_t` for t = 1..T, each B×Q.
+    e: Vec<Array2<F>>,
+}
+
+impl<F: Scalar> Recursion<'_, F> {
+    /// Whether step `step` (0-based) is cut off from the state before it.
+    fn cut(&self, step: usize) -> bool {
+        self.cuts.is_some_and(|c| c[step])
+    }
+
+    /// Backward: δ_t = e_t W_hqᵀ + r_{t+1} W_hhᵀ (unless step t+1 is cut off from h_t),
+    /// r_t = φ′(a_t) ⊙ δ_t, over the inputs `xs` of the forward pass. Gives the
+    /// gradients, `δ_1 … δ_T` and `∂L/∂h_0`.
+    fn backward(
+        &self,
+        xs: ArrayView3<'_, F>,
+        dims: Dims,
+    ) -> (RnnGrads<F>, Vec<Array2<F>>, Array2<F>) {
+        let (w, hs, e) = (&self.w, &self.hs, &self.e);
+        let mut g = RnnGrads::zeros(dims);
+        let mut dh: Vec<Array2<F>> = Vec::with_capacity(dims.t);
+        let mut r_next: Option<Array2<F>> = None;
+        for step in (0..dims.t).rev() {
+            // hs[step + 1] is h_t for t = step + 1; step `step + 1` (0-based) consumes it.
+            let mut delta = e[step].dot(&w.w_hq.t());
+            if let Some(r1) = &r_next {
+                if !self.cut(step + 1) {
+                    delta = delta + r1.dot(&w.w_hh.t());
+                }
+            }
+            let mut r_t = delta.clone();
+            Zip::from(&mut r_t)
+                .and(&hs[step + 1])
+                .for_each(|r, &h_t| *r = *r * derivative(self.phi, h_t));
+            g.w_hq = g.w_hq + hs[step + 1].t().dot(&e[step]);
+            g.b_q = g.b_q + row_sum(&e[step]);
+            g.w_xh = g.w_xh + xs.index_axis(Axis(0), step).t().dot(&r_t);
+            g.w_hh = g.w_hh + hs[step].t().dot(&r_t);
+            g.b_h = g.b_h + row_sum(&r_t);
+            dh.push(delta);
+            r_next = Some(r_t);
+        }
+        dh.reverse();
+        let dh0 = match r_next {
+            Some(r1) if !self.cut(0) => r1.dot(&w.w_hh.t()),
+            _ => Array2::zeros((dims.b, dims.h)),
+        };
+        (g, dh, dh0)
+    }
 }
 
 /// M4, the general RNN (FORMULAS.md §M4, seed 003): any activation φ ([`Activation`]),
@@ -700,11 +730,12 @@ pub(crate) fn general<F: Scalar>(
 /// [`Error::LabelOutOfRange`], [`Error::InvalidArgument`] for bad inputs (as
 /// [`SequenceLoss::validate`], and for an RNN with a zero size);
 /// [`Error::ForeignParam`] if the RNN's parameters are not in `params`.
+///
+/// [`SequenceLoss::validate`]: crate::rnn::SequenceLoss::validate
 pub fn m4<F: Scalar>(
     params: &Params<F>,
     rnn: &Rnn,
     seq: &Sequence<'_, F>,
 ) -> Result<ClosedForm<F>> {
-    let (xs, h0, loss) = (seq.inputs(), seq.initial_state(), seq.loss());
-    general("closed_form::m4", params, rnn, xs, h0, loss, None)
+    general("closed_form::m4", params, rnn, seq, None)
 }

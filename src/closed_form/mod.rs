@@ -130,6 +130,51 @@ impl<F: Scalar> ClosedForm<F> {
     }
 }
 
+/// The gradients of an RNN's five parameters in the crate's layout, as a closed form sums
+/// them; the entry of a bias the RNN does not have is dropped.
+#[derive(Debug, Clone)]
+pub(crate) struct RnnGrads<F> {
+    /// `∂L/∂W_xh`, D×H.
+    pub w_xh: Array2<F>,
+    /// `∂L/∂W_hh`, H×H.
+    pub w_hh: Array2<F>,
+    /// `∂L/∂b_h`, 1×H.
+    pub b_h: Array2<F>,
+    /// `∂L/∂W_hq`, H×Q.
+    pub w_hq: Array2<F>,
+    /// `∂L/∂b_q`, 1×Q.
+    pub b_q: Array2<F>,
+}
+
+impl<F: Scalar> RnnGrads<F> {
+    /// Zeros of the parameter shapes of `dims`.
+    pub(crate) fn zeros(dims: Dims) -> Self {
+        let Dims { d, h, q, .. } = dims;
+        RnnGrads {
+            w_xh: Array2::zeros((d, h)),
+            w_hh: Array2::zeros((h, h)),
+            b_h: Array2::zeros((1, h)),
+            w_hq: Array2::zeros((h, q)),
+            b_q: Array2::zeros((1, q)),
+        }
+    }
+
+    /// One entry per parameter of `rnn`, in a new [`Grads`] for `params`.
+    pub(crate) fn into_grads(self, params: &Params<F>, rnn: &Rnn) -> Result<Grads<F>> {
+        let mut grads = Grads::new(params);
+        grads.accumulate(rnn.w_xh, self.w_xh.view())?;
+        grads.accumulate(rnn.w_hh, self.w_hh.view())?;
+        if let Some(id) = rnn.b_h {
+            grads.accumulate(id, self.b_h.view())?;
+        }
+        grads.accumulate(rnn.w_hq, self.w_hq.view())?;
+        if let Some(id) = rnn.b_q {
+            grads.accumulate(id, self.b_q.view())?;
+        }
+        Ok(grads)
+    }
+}
+
 /// Sizes of one problem: T steps, B rows, D inputs, H hidden units, Q outputs.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Dims {
@@ -236,6 +281,52 @@ pub(crate) fn initial_state<F: Scalar>(h0: Option<ArrayView2<'_, F>>, dims: Dims
     match h0 {
         Some(h) => h.to_owned(),
         None => Array2::zeros((dims.b, dims.h)),
+    }
+}
+
+/// The states `h_0 … h_T` of the forward pass `h_t = φ(x_t W_xh + h_{t−1} W_hh + b_h)`
+/// from `h_0 = h_init`.
+pub(crate) fn states<F: Scalar>(
+    w: &Weights<'_, F>,
+    xs: ArrayView3<'_, F>,
+    h_init: Array2<F>,
+    phi: Activation,
+) -> Vec<Array2<F>> {
+    let mut hs: Vec<Array2<F>> = Vec::with_capacity(xs.dim().0 + 1);
+    hs.push(h_init);
+    for x_t in xs.axis_iter(Axis(0)) {
+        let mut a = x_t.dot(w.w_xh) + hs[hs.len() - 1].dot(w.w_hh);
+        if let Some(bh) = w.b_h {
+            a = a + bh;
+        }
+        a.mapv_inplace(|v| activate(phi, v));
+        hs.push(a);
+    }
+    hs
+}
+
+/// The output `o = h W_hq + b_q` of a state `h`.
+pub(crate) fn output<F: Scalar>(w: &Weights<'_, F>, h: &Array2<F>) -> Array2<F> {
+    let o = h.dot(w.w_hq);
+    match w.b_q {
+        Some(bq) => o + bq,
+        None => o,
+    }
+}
+
+/// The exact `tanh`: `f64::tanh`, rounded to `F` (for `f32`, within half an ulp plus
+/// the f64 error; never the tape's rational approximation).
+pub(crate) fn exact_tanh<F: Scalar>(x: F) -> F {
+    F::of(x.as_f64().tanh())
+}
+
+/// `φ(a)` of an activation.
+pub(crate) fn activate<F: Scalar>(phi: Activation, a: F) -> F {
+    match phi {
+        Activation::Identity => a,
+        Activation::Tanh => exact_tanh(a),
+        Activation::Relu => a.max(F::zero()),
+        Activation::Sigmoid => sigmoid(a),
     }
 }
 

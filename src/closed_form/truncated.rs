@@ -59,16 +59,7 @@ pub fn truncated<F: Scalar>(
     seq: &Sequence<'_, F>,
     cuts: &[bool],
 ) -> Result<ClosedForm<F>> {
-    let (xs, h0, loss) = (seq.inputs(), seq.initial_state(), seq.loss());
-    general(
-        "closed_form::truncated",
-        params,
-        rnn,
-        xs,
-        h0,
-        loss,
-        Some(cuts),
-    )
+    general("closed_form::truncated", params, rnn, seq, Some(cuts))
 }
 
 /// [`truncated()`] with blocks of `k` steps: cuts at [`block_starts`]`(T, k)` (the
@@ -105,8 +96,6 @@ pub fn truncated_fixed<F: Scalar>(
     seq: &Sequence<'_, F>,
     k: usize,
 ) -> Result<ClosedForm<F>> {
-    let (xs, h0, loss) = (seq.inputs(), seq.initial_state(), seq.loss());
-    let cuts = block_starts(xs.dim().0, k)?;
-    let _ = (h0, loss);
+    let cuts = block_starts(seq.inputs().dim().0, k)?;
     truncated(params, rnn, seq, &cuts)
 }

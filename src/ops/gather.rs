@@ -56,8 +56,8 @@ impl<F: Scalar> Tape<F> {
         for (mut row, &id) in out.rows_mut().into_iter().zip(ids) {
             row.assign(&src.row(id));
         }
-        let start = self.labels.len();
-        self.labels.extend_from_slice(ids);
+        let start = self.side.labels.len();
+        self.side.labels.extend_from_slice(ids);
         let ng = self.needs_grad[it];
         self.push(
             Op::GatherRows {

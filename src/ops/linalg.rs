@@ -33,15 +33,7 @@ impl<F: Scalar> Tape<F> {
     ///
     /// Errors: [`Error::ShapeMismatch`] if the inner dimensions differ.
     pub fn matmul(&mut self, a: Var, b: Var) -> Result<Var> {
-        let (ia, ib) = (self.idx("matmul", a)?, self.idx("matmul", b)?);
-        let ((m, k), (k2, n)) = (self.values[ia].dim(), self.values[ib].dim());
-        if k != k2 {
-            return Err(Error::ShapeMismatch {
-                op: "matmul",
-                lhs: (m, k),
-                rhs: (k2, n),
-            });
-        }
+        let (ia, ib, (m, n)) = self.factors("matmul", a, b)?;
         let mut out = self.pool.take((m, n));
         gemm(
             F::one(),
@@ -52,6 +44,20 @@ impl<F: Scalar> Tape<F> {
         );
         let ng = self.needs_grad[ia] || self.needs_grad[ib];
         self.push(Op::MatMul(ia, ib), out, ng)
+    }
+
+    /// The nodes of the factors of a product `a b`, an m×k and a k×n matrix, and (m, n).
+    fn factors(&self, op: &'static str, a: Var, b: Var) -> Result<(usize, usize, (usize, usize))> {
+        let (ia, ib) = (self.idx(op, a)?, self.idx(op, b)?);
+        let ((m, k), (k2, n)) = (self.values[ia].dim(), self.values[ib].dim());
+        if k != k2 {
+            return Err(Error::ShapeMismatch {
+                op,
+                lhs: (m, k),
+                rhs: (k2, n),
+            });
+        }
+        Ok((ia, ib, (m, n)))
     }
 
     /// Transpose `aᵀ` (a copy).
@@ -204,15 +210,7 @@ impl<F: Scalar> Tape<F> {
         c: Option<(usize, Addend)>,
         act: super::Activation,
     ) -> Result<Var> {
-        let (ia, ib) = (self.idx("affine", a)?, self.idx("affine", b)?);
-        let ((m, k), (k2, n)) = (self.values[ia].dim(), self.values[ib].dim());
-        if k != k2 {
-            return Err(Error::ShapeMismatch {
-                op: "affine",
-                lhs: (m, k),
-                rhs: (k2, n),
-            });
-        }
+        let (ia, ib, (m, n)) = self.factors("affine", a, b)?;
         let mut out = self.pool.take((m, n));
         if let Some((ic, mode)) = c {
             let vc = &self.values[ic];

@@ -9,12 +9,12 @@
 //! `s` is the reduction factor: 1 for [`Reduction::Sum`]; for [`Reduction::Mean`], 1/B
 //! for the cross-entropy (per row) and 1/(number of entries) for the others.
 
-use super::{put2, put3, Ctx, Op};
+use super::{put2, put3, Ctx, Op, Side};
 use crate::error::{invalid, Error, Result};
 use crate::ops::activation::sigmoid;
 use crate::scalar::Scalar;
 use crate::tape::{Tape, Var};
-use ndarray::{ArrayView2, Zip};
+use ndarray::{Array2, ArrayView2, Zip};
 
 /// How a loss reduces over rows (or entries).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -25,6 +25,93 @@ pub enum Reduction {
     Mean,
     /// The plain sum.
     Sum,
+}
+
+/// A recorded [`Tape::softmax_cross_entropy`].
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct XentOp<F> {
+    /// The logits node.
+    logits: usize,
+    /// Start of this op's labels in the tape's side lists.
+    labels: usize,
+    /// Start of this op's weights in the side lists, if it has any.
+    weights: Option<usize>,
+    /// Index of the saved softmax probabilities.
+    saved: usize,
+    /// 1/B for a mean, 1 for a sum.
+    scale: F,
+}
+
+/// A recorded [`Tape::bce_with_logits`].
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct BceOp<F> {
+    /// The logits node.
+    logits: usize,
+    /// The targets node.
+    targets: usize,
+    /// 1/(number of entries) for a mean, 1 for a sum.
+    scale: F,
+}
+
+/// A recorded [`Tape::squared_error`].
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct SquaredErrorOp<F> {
+    /// The prediction node.
+    pred: usize,
+    /// The target node.
+    target: usize,
+    /// Start of this op's weights in the side lists, if it has any.
+    weights: Option<usize>,
+    /// 1/(number of entries) for a mean, 1 for a sum.
+    scale: F,
+}
+
+/// Errors unless `weights`, if given, has one finite entry per row of a `shape` operand.
+fn check_row_weights<F: Scalar>(
+    op: &'static str,
+    weights: Option<&[F]>,
+    shape: (usize, usize),
+) -> Result<()> {
+    if let Some(w) = weights {
+        if w.len() != shape.0 {
+            return Err(Error::ShapeMismatch {
+                op,
+                lhs: shape,
+                rhs: (w.len(), 1),
+            });
+        }
+        if w.iter().any(|x| !x.is_finite()) {
+            return Err(invalid(op, "non-finite weight"));
+        }
+    }
+    Ok(())
+}
+
+/// Writes the softmax of every row of the logits `z` into `probs` (same shape) and gives
+/// `Σ_r w_r (logsumexp(z_r) − z_{r,y_r})`, with the row maximum subtracted.
+fn softmax_rows<F: Scalar>(
+    z: &Array2<F>,
+    labels: &[usize],
+    weights: Option<&[F]>,
+    probs: &mut Array2<F>,
+) -> F {
+    let mut total = F::zero();
+    for (r, &label) in labels.iter().enumerate() {
+        let zr = z.row(r);
+        let m = zr.iter().fold(F::neg_infinity(), |m, &x| m.max(x));
+        let mut pr = probs.row_mut(r);
+        Zip::from(&mut pr)
+            .and(&zr)
+            .for_each(|p, &x| *p = (x - m).exp());
+        let s = pr.iter().fold(F::zero(), |s, &x| s + x);
+        let inv = F::one() / s;
+        pr.mapv_inplace(|p| p * inv);
+        let w = weights.map_or(F::one(), |w| w[r]);
+        // ln Σ exp(z − m) − (z_y − m): both terms are O(ln C + spread of z), so
+        // nothing of the size of m is added and then cancelled (f32 at logits ~1e4).
+        total = total + w * (s.ln() - (zr[label] - m));
+    }
+    total
 }
 
 impl<F: Scalar> Tape<F> {
@@ -74,63 +161,29 @@ impl<F: Scalar> Tape<F> {
         if let Some(&label) = labels.iter().find(|&&l| l >= classes) {
             return Err(Error::LabelOutOfRange { op, label, classes });
         }
-        if let Some(w) = weights {
-            if w.len() != rows {
-                return Err(Error::ShapeMismatch {
-                    op,
-                    lhs: (rows, classes),
-                    rhs: (w.len(), 1),
-                });
-            }
-            if w.iter().any(|x| !x.is_finite()) {
-                return Err(invalid(op, "non-finite weight"));
-            }
-        }
+        check_row_weights(op, weights, (rows, classes))?;
         let scale = match reduction {
             Reduction::Mean => F::one() / F::of(rows as f64),
             Reduction::Sum => F::one(),
         };
         let mut probs = self.pool.take((rows, classes));
-        let z = &self.values[iz];
-        let mut total = F::zero();
-        for r in 0..rows {
-            let zr = z.row(r);
-            let m = zr.iter().fold(F::neg_infinity(), |m, &x| m.max(x));
-            let mut pr = probs.row_mut(r);
-            Zip::from(&mut pr)
-                .and(&zr)
-                .for_each(|p, &x| *p = (x - m).exp());
-            let s = pr.iter().fold(F::zero(), |s, &x| s + x);
-            let inv = F::one() / s;
-            pr.mapv_inplace(|p| p * inv);
-            let w = weights.map_or(F::one(), |w| w[r]);
-            // ln Σ exp(z − m) − (z_y − m): both terms are O(ln C + spread of z), so
-            // nothing of the size of m is added and then cancelled (f32 at logits ~1e4).
-            total = total + w * (s.ln() - (zr[labels[r]] - m));
-        }
+        let total = softmax_rows(&self.values[iz], labels, weights, &mut probs);
         let mut out = self.pool.take((1, 1));
         out[[0, 0]] = total * scale;
-        let lab = self.labels.len();
-        self.labels.extend_from_slice(labels);
-        let wts = weights.map(|w| {
-            let at = self.weights.len();
-            self.weights.extend_from_slice(w);
-            at
-        });
-        let saved = self.saved.len();
-        self.saved.push(probs);
+        let lab = self.side.labels.len();
+        self.side.labels.extend_from_slice(labels);
+        let wts = self.side.push_weights(weights);
+        let saved = self.side.saved.len();
+        self.side.saved.push(probs);
         let ng = self.needs_grad[iz];
-        self.push(
-            Op::SoftmaxXent {
-                logits: iz,
-                labels: lab,
-                weights: wts,
-                saved,
-                scale,
-            },
-            out,
-            ng,
-        )
+        let xent = XentOp {
+            logits: iz,
+            labels: lab,
+            weights: wts,
+            saved,
+            scale,
+        };
+        self.push(Op::SoftmaxXent(xent), out, ng)
     }
 
     fn pair(&self, op: &'static str, a: Var, b: Var) -> Result<(usize, usize)> {
@@ -199,15 +252,12 @@ impl<F: Scalar> Tape<F> {
         let mut out = self.pool.take((1, 1));
         out[[0, 0]] = total * scale;
         let ng = self.needs_grad[iz] || self.needs_grad[it];
-        self.push(
-            Op::BceWithLogits {
-                logits: iz,
-                targets: it,
-                scale,
-            },
-            out,
-            ng,
-        )
+        let bce = BceOp {
+            logits: iz,
+            targets: it,
+            scale,
+        };
+        self.push(Op::BceWithLogits(bce), out, ng)
     }
 
     /// Squared error `s Σ_r w_r Σ_c (p_rc − t_rc)²` (no ½) with optional per-row weights
@@ -229,18 +279,7 @@ impl<F: Scalar> Tape<F> {
         let op = "squared_error";
         let (ip, it) = self.pair(op, pred, target)?;
         let rows = self.values[ip].nrows();
-        if let Some(w) = weights {
-            if w.len() != rows {
-                return Err(Error::ShapeMismatch {
-                    op,
-                    lhs: self.values[ip].dim(),
-                    rhs: (w.len(), 1),
-                });
-            }
-            if w.iter().any(|x| !x.is_finite()) {
-                return Err(invalid(op, "non-finite weight"));
-            }
-        }
+        check_row_weights(op, weights, self.values[ip].dim())?;
         let scale = self.entry_scale(ip, reduction);
         let mut total = F::zero();
         for r in 0..rows {
@@ -252,22 +291,15 @@ impl<F: Scalar> Tape<F> {
         }
         let mut out = self.pool.take((1, 1));
         out[[0, 0]] = total * scale;
-        let wts = weights.map(|w| {
-            let at = self.weights.len();
-            self.weights.extend_from_slice(w);
-            at
-        });
+        let wts = self.side.push_weights(weights);
         let ng = self.needs_grad[ip] || self.needs_grad[it];
-        self.push(
-            Op::SquaredError {
-                pred: ip,
-                target: it,
-                weights: wts,
-                scale,
-            },
-            out,
-            ng,
-        )
+        let sq = SquaredErrorOp {
+            pred: ip,
+            target: it,
+            weights: wts,
+            scale,
+        };
+        self.push(Op::SquaredError(sq), out, ng)
     }
 
     /// Mean squared error `(1/n) Σ (p − t)²` over the n entries: [`Tape::squared_error`]
@@ -279,17 +311,20 @@ impl<F: Scalar> Tape<F> {
     }
 }
 
+/// `z̄_r (=|+=) ḡ s w_r (softmax(z_r) − onehot(y_r))`, with the labels, weights and
+/// saved softmax of `op` read from the side lists.
 pub(crate) fn softmax_xent_vjp<F: Scalar>(
     cx: &mut Ctx<'_, F>,
     g: ArrayView2<'_, F>,
-    logits: usize,
-    labels: &[usize],
-    weights: Option<&[F]>,
-    probs: ArrayView2<'_, F>,
-    scale: F,
+    op: XentOp<F>,
+    side: &Side<F>,
 ) {
-    let gs = g[[0, 0]] * scale;
-    let Some((acc, fresh)) = cx.slot(logits) else {
+    let rows = cx.values[op.logits].nrows();
+    let labels = &side.labels[op.labels..op.labels + rows];
+    let weights = side.weights(op.weights, rows);
+    let probs = side.saved[op.saved].view();
+    let gs = g[[0, 0]] * op.scale;
+    let Some((acc, fresh)) = cx.slot(op.logits) else {
         return;
     };
     for (r, &label) in labels.iter().enumerate() {
@@ -308,13 +343,13 @@ pub(crate) fn softmax_xent_vjp<F: Scalar>(
     }
 }
 
-pub(crate) fn bce_vjp<F: Scalar>(
-    cx: &mut Ctx<'_, F>,
-    g: ArrayView2<'_, F>,
-    logits: usize,
-    targets: usize,
-    scale: F,
-) {
+/// `z̄ (=|+=) ḡ s (σ(z) − t)`, and `t̄ (=|+=) −ḡ s z` if the targets need a gradient.
+pub(crate) fn bce_vjp<F: Scalar>(cx: &mut Ctx<'_, F>, g: ArrayView2<'_, F>, op: BceOp<F>) {
+    let BceOp {
+        logits,
+        targets,
+        scale,
+    } = op;
     let gs = g[[0, 0]] * scale;
     let values = cx.values;
     let (z, t) = (values[logits].view(), values[targets].view());
@@ -326,14 +361,21 @@ pub(crate) fn bce_vjp<F: Scalar>(
     }
 }
 
+/// `p̄ (=|+=) 2 ḡ s w_r (p − t)` and the same with a minus sign into `t`, with the
+/// weights of `op` read from the side lists.
 pub(crate) fn squared_error_vjp<F: Scalar>(
     cx: &mut Ctx<'_, F>,
     g: ArrayView2<'_, F>,
-    pred: usize,
-    target: usize,
-    weights: Option<&[F]>,
-    scale: F,
+    op: SquaredErrorOp<F>,
+    side: &Side<F>,
 ) {
+    let SquaredErrorOp {
+        pred,
+        target,
+        weights,
+        scale,
+    } = op;
+    let weights = side.weights(weights, cx.values[pred].nrows());
     let two_gs = (F::one() + F::one()) * g[[0, 0]] * scale;
     let values = cx.values;
     let (p, t) = (values[pred].view(), values[target].view());

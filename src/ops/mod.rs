@@ -62,27 +62,9 @@ pub(crate) enum Op<F> {
         parent: usize,
         start: usize,
     },
-    SoftmaxXent {
-        logits: usize,
-        /// Start of this op's labels (and weights, if any) in the tape's side lists.
-        labels: usize,
-        weights: Option<usize>,
-        /// Index of the saved softmax probabilities.
-        saved: usize,
-        /// 1/B for a mean, 1 for a sum.
-        scale: F,
-    },
-    BceWithLogits {
-        logits: usize,
-        targets: usize,
-        scale: F,
-    },
-    SquaredError {
-        pred: usize,
-        target: usize,
-        weights: Option<usize>,
-        scale: F,
-    },
+    SoftmaxXent(loss::XentOp<F>),
+    BceWithLogits(loss::BceOp<F>),
+    SquaredError(loss::SquaredErrorOp<F>),
     /// Rows of `table` picked by the ids `labels[ids..ids + (output rows)]`.
     GatherRows {
         table: usize,
@@ -107,9 +89,9 @@ impl<F: Scalar> Op<F> {
             Op::Sum(..) => "sum",
             Op::Concat { .. } => "concat",
             Op::Slice { .. } => "slice",
-            Op::SoftmaxXent { .. } => "softmax_cross_entropy",
-            Op::BceWithLogits { .. } => "bce_with_logits",
-            Op::SquaredError { .. } => "squared_error",
+            Op::SoftmaxXent(_) => "softmax_cross_entropy",
+            Op::BceWithLogits(_) => "bce_with_logits",
+            Op::SquaredError(_) => "squared_error",
             Op::GatherRows { .. } => "gather_rows",
             Op::Detach => "detach",
             Op::ScaleGrad(..) => "scale_grad",
@@ -219,6 +201,46 @@ impl<F: Scalar> Staged<F> {
         self.a.clear();
         self.r.clear();
         out
+    }
+}
+
+/// The tape's side lists, which ops index into by position (so that [`Op`] stays small
+/// and `Copy`).
+#[derive(Debug, Default)]
+pub(crate) struct Side<F> {
+    /// Parent lists of n-ary ops (concat).
+    pub(crate) lists: Vec<usize>,
+    /// Integer labels of the cross-entropy ops and ids of the gather ops.
+    pub(crate) labels: Vec<usize>,
+    /// Per-row weights of the cross-entropy and squared-error ops.
+    pub(crate) weights: Vec<F>,
+    /// Intermediates saved for backward (softmax probabilities).
+    pub(crate) saved: Vec<Array2<F>>,
+}
+
+impl<F: Scalar> Side<F> {
+    /// Empties the lists; the saved intermediates go to `pool`.
+    pub(crate) fn clear(&mut self, pool: &mut Pool<F>) {
+        for s in self.saved.drain(..) {
+            pool.give(s);
+        }
+        self.lists.clear();
+        self.labels.clear();
+        self.weights.clear();
+    }
+
+    /// Appends an op's per-row weights, if it has any; gives where they start.
+    pub(crate) fn push_weights(&mut self, weights: Option<&[F]>) -> Option<usize> {
+        weights.map(|w| {
+            let at = self.weights.len();
+            self.weights.extend_from_slice(w);
+            at
+        })
+    }
+
+    /// The `rows` weights starting at `start`, for an op that has weights.
+    pub(crate) fn weights(&self, start: Option<usize>, rows: usize) -> Option<&[F]> {
+        start.map(|w| &self.weights[w..w + rows])
     }
 }
 
@@ -387,10 +409,7 @@ pub(crate) fn backward_node<F: Scalar>(tape: &mut Tape<F>, i: usize) -> Result<(
         values,
         needs_grad,
         adjoints,
-        lists,
-        labels,
-        weights,
-        saved,
+        side,
         pool,
         staging,
         ..
@@ -418,44 +437,18 @@ pub(crate) fn backward_node<F: Scalar>(tape: &mut Tape<F>, i: usize) -> Result<(
         Op::Unary(kind, a) => activation::unary_vjp(&mut cx, g, y, kind, a),
         Op::Sum(a, c) => reduce::sum_vjp(&mut cx, g, a, c),
         Op::Concat { axis, start, len } => {
-            let parents = &lists[start..(start + len)];
-            shape::concat_vjp(&mut cx, g, axis, parents)
+            shape::concat_vjp(&mut cx, g, axis, &side.lists[start..start + len])
         }
         Op::Slice {
             axis,
             parent,
             start,
         } => shape::slice_vjp(&mut cx, g, axis, parent, start),
-        Op::SoftmaxXent {
-            logits,
-            labels: l,
-            weights: w,
-            saved: s,
-            scale,
-        } => {
-            let rows = cx.values[logits].nrows();
-            let l = &labels[l..l + rows];
-            let w = w.map(|w| &weights[w..w + rows]);
-            loss::softmax_xent_vjp(&mut cx, g, logits, l, w, saved[s].view(), scale)
-        }
-        Op::BceWithLogits {
-            logits,
-            targets,
-            scale,
-        } => loss::bce_vjp(&mut cx, g, logits, targets, scale),
-        Op::SquaredError {
-            pred,
-            target,
-            weights: w,
-            scale,
-        } => {
-            let rows = cx.values[pred].nrows();
-            let w = w.map(|w| &weights[w..w + rows]);
-            loss::squared_error_vjp(&mut cx, g, pred, target, w, scale)
-        }
+        Op::SoftmaxXent(op) => loss::softmax_xent_vjp(&mut cx, g, op, side),
+        Op::BceWithLogits(op) => loss::bce_vjp(&mut cx, g, op),
+        Op::SquaredError(op) => loss::squared_error_vjp(&mut cx, g, op, side),
         Op::GatherRows { table, ids } => {
-            let ids = &labels[ids..ids + g.nrows()];
-            gather::gather_rows_vjp(&mut cx, g, table, ids)
+            gather::gather_rows_vjp(&mut cx, g, table, &side.labels[ids..ids + g.nrows()])
         }
         Op::ScaleGrad(a, c) => control::scale_grad_vjp(&mut cx, g, a, c),
     }

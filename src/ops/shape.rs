@@ -66,7 +66,7 @@ impl<F: Scalar> Tape<F> {
         let ax = axis.nd();
         let mut extent = 0;
         let mut ng = false;
-        let start = self.lists.len();
+        let start = self.side.lists.len();
         for &p in parts {
             let i = self.idx(op, p)?;
             let s = self.values[i].dim();
@@ -75,7 +75,7 @@ impl<F: Scalar> Tape<F> {
                 Axis::Cols => s.0 == s0.0,
             };
             if !same_other {
-                self.lists.truncate(start);
+                self.side.lists.truncate(start);
                 return Err(Error::ShapeMismatch {
                     op,
                     lhs: s0,
@@ -84,7 +84,7 @@ impl<F: Scalar> Tape<F> {
             }
             extent += self.values[i].len_of(ax);
             ng |= self.needs_grad[i];
-            self.lists.push(i);
+            self.side.lists.push(i);
         }
         let shape = match axis {
             Axis::Rows => (extent, s0.1),
@@ -92,7 +92,7 @@ impl<F: Scalar> Tape<F> {
         };
         let mut out = self.pool.take(shape);
         let mut at = 0;
-        for &p in &self.lists[start..] {
+        for &p in &self.side.lists[start..] {
             let v = &self.values[p];
             let n = v.len_of(ax);
             out.slice_axis_mut(ax, Slice::from(at..at + n)).assign(v);
