@@ -56,6 +56,13 @@ pub enum Error {
         /// The operation that was asked for.
         op: &'static str,
     },
+    /// A parameter with no gradient in a [`Grads`](crate::Grads): the loss of the
+    /// backward pass does not reach it, or it was not registered on the tape.
+    #[error("{op}: no gradient for this parameter (the loss does not reach it)")]
+    NoGradient {
+        /// The operation that was asked for.
+        op: &'static str,
+    },
     /// A class label that is not below the number of classes.
     #[error("{op}: label {label} out of range for {classes} classes")]
     LabelOutOfRange {

@@ -106,7 +106,7 @@ pub mod tape;
 pub use ndarray;
 
 pub use error::{Error, Result};
-pub use ops::{Activation, Axis, Binary, Reduction, Unary};
+pub use ops::{Activation, Along, Binary, Reduction};
 pub use params::{Grads, ParamId, Params};
 pub use scalar::Scalar;
 pub use tape::{Tape, TapeStats, Var};

@@ -306,20 +306,31 @@ impl<F: Scalar> Grads<F> {
         }
     }
 
-    /// The gradient of one parameter, if it has an entry (for the gradients of a
-    /// backward pass: if the loss reached it). `None` for an id of another store.
-    pub fn get(&self, id: ParamId) -> Option<&Array2<F>> {
+    /// The gradient of one parameter.
+    ///
+    /// Errors, as [`Params::get`] answers a foreign id: [`Error::ForeignParam`] for an
+    /// id of another store (whenever this `Grads` holds an entry at its position);
+    /// [`Error::NoGradient`] if the parameter has no entry (for the gradients of a
+    /// backward pass: the loss does not reach it). The runners of
+    /// [`bptt`](crate::bptt) give an entry, zero if need be, to every parameter.
+    pub fn get(&self, id: ParamId) -> Result<&Array2<F>> {
         match self.slots.get(id.index) {
-            Some(Some((k, a))) if *k == id.key => Some(a),
-            _ => None,
+            Some(Some((k, a))) if *k == id.key => Ok(a),
+            Some(Some(_)) => Err(Error::ForeignParam { op: "Grads::get" }),
+            _ => Err(Error::NoGradient { op: "Grads::get" }),
         }
     }
 
-    /// Mutable access to one parameter's gradient (`None` as for [`Grads::get`]).
-    pub fn get_mut(&mut self, id: ParamId) -> Option<&mut Array2<F>> {
+    /// Mutable access to one parameter's gradient (errors as for [`Grads::get`]).
+    pub fn get_mut(&mut self, id: ParamId) -> Result<&mut Array2<F>> {
         match self.slots.get_mut(id.index) {
-            Some(Some((k, a))) if *k == id.key => Some(a),
-            _ => None,
+            Some(Some((k, a))) if *k == id.key => Ok(a),
+            Some(Some(_)) => Err(Error::ForeignParam {
+                op: "Grads::get_mut",
+            }),
+            _ => Err(Error::NoGradient {
+                op: "Grads::get_mut",
+            }),
         }
     }
 
@@ -337,7 +348,7 @@ impl<F: Scalar> Grads<F> {
     /// grads.accumulate(b, array![[0.25]].view())?;
     /// let entries: Vec<_> = grads.iter().map(|(id, g)| (id, g[[0, 0]])).collect();
     /// assert_eq!(entries, vec![(b, 0.75)]);
-    /// assert!(grads.get(a).is_none());
+    /// assert!(grads.get(a).is_err());
     /// # Ok::<(), timetape::Error>(())
     /// ```
     pub fn iter(&self) -> impl Iterator<Item = (ParamId, &Array2<F>)> + '_ {

@@ -171,7 +171,7 @@ fn agree(got: &ClosedForm<f64>, want: &ClosedForm<f64>, what: &str) -> Result<()
     let g_max = finite_scale(want.grads.iter().flat_map(|(_, g)| g.iter().copied()), what);
     for &id in &ids {
         let (a, b) = (got.grads.get(id), want.grads.get(id).unwrap());
-        prop_assert!(a.is_some(), "{}: no gradient for {:?}", what, id);
+        prop_assert!(a.is_ok(), "{}: no gradient for {:?}", what, id);
         let d = max_rel_diff_floored(a.unwrap().view(), b.view(), FLOOR * g_max);
         prop_assert!(
             d <= TOL,

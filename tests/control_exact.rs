@@ -77,7 +77,7 @@ fn detach_blocks_the_gradient_but_keeps_its_own_adjoint() {
     let grads = tape.backward(loss).unwrap();
 
     // The parameter is reached only through detach: no gradient (or an all-zero one).
-    if let Some(gw) = grads.get(w) {
+    if let Ok(gw) = grads.get(w) {
         assert!(
             gw.iter().all(|&x| x == 0.0),
             "gradient leaked through detach: {gw}"

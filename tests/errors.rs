@@ -15,6 +15,7 @@ fn variant(e: &Error) -> &'static str {
         Error::ForeignVar { .. } => "ForeignVar",
         Error::StaleVar { .. } => "StaleVar",
         Error::ForeignParam { .. } => "ForeignParam",
+        Error::NoGradient { .. } => "NoGradient",
         Error::LabelOutOfRange { .. } => "LabelOutOfRange",
         Error::NonScalarLoss { .. } => "NonScalarLoss",
         Error::EmptyInput { .. } => "EmptyInput",
@@ -618,4 +619,28 @@ fn gradcheck_passes_the_loss_closure_errors_through() {
     });
     let e = err(r, &["matmul", "(2, 3)"]);
     assert!(matches!(e, Error::ShapeMismatch { op: "matmul", .. }));
+}
+
+/// `Grads::get` answers a foreign id as `Params::get` does, and a parameter the loss
+/// does not reach with `NoGradient`.
+#[test]
+fn grads_get_names_foreign_ids_and_missing_gradients() {
+    let mut a = Params::<f64>::new();
+    let w = a.add("w", ndarray::array![[2.0]]).unwrap();
+    let unused = a.add("unused", ndarray::array![[1.0]]).unwrap();
+    let mut b = Params::<f64>::new();
+    let other = b.add("other", ndarray::array![[1.0]]).unwrap();
+    let mut tape = Tape::new();
+    let wv = tape.param(&a, w).unwrap();
+    let y = tape.mul(wv, wv).unwrap();
+    let grads = tape.backward(y).unwrap();
+    assert_eq!(grads.get(w).unwrap()[[0, 0]], 4.0);
+    let e = err(grads.get(other), &["Grads::get", "does not belong"]);
+    assert!(matches!(e, Error::ForeignParam { op: "Grads::get" }));
+    assert!(matches!(
+        a.get(other),
+        Err(Error::ForeignParam { op: "Params::get" })
+    ));
+    let e = err(grads.get(unused), &["Grads::get", "no gradient"]);
+    assert!(matches!(e, Error::NoGradient { op: "Grads::get" }));
 }

@@ -79,7 +79,7 @@ fn run<F: Scalar, G: Graph>(
         .map(|&id| {
             grads
                 .get(id)
-                .unwrap_or_else(|| panic!("no gradient for parameter {}", id.index()))
+                .unwrap_or_else(|_| panic!("no gradient for parameter {}", id.index()))
                 .mapv(Scalar::as_f64)
         })
         .collect();

@@ -78,7 +78,7 @@ use timetape::rnn::{
 };
 
 use timetape::{
-    closed_form, diagnostics, init, Activation, Axis, Error, Grads, ParamId, Params, Reduction,
+    closed_form, diagnostics, init, Activation, Along, Error, Grads, ParamId, Params, Reduction,
     Scalar, Tape, Var,
 };
 
@@ -1050,16 +1050,16 @@ fn tape_step<F: Scalar>(fz: &mut Fuzz, st: &mut Stores<F>, g: &mut Graph<F>) {
         }
         40..=42 => {
             let axis = if fz.chance(0.5) {
-                Axis::Rows
+                Along::Rows
             } else {
-                Axis::Cols
+                Along::Cols
             };
             let mut parts = Vec::new();
             for _ in 0..fz.below(5) {
                 let extent = fz.pos();
                 let want = match axis {
-                    Axis::Rows => (extent, sa.1),
-                    Axis::Cols => (sa.0, extent),
+                    Along::Rows => (extent, sa.1),
+                    Along::Cols => (sa.0, extent),
                 };
                 let part = if fz.chance(0.3) {
                     Some(a)
@@ -1077,7 +1077,7 @@ fn tape_step<F: Scalar>(fz: &mut Fuzz, st: &mut Stores<F>, g: &mut Graph<F>) {
         43..=45 => {
             let rows = fz.chance(0.5);
             let r = fz.range(if rows { sa.0 } else { sa.1 });
-            let axis = if rows { Axis::Rows } else { Axis::Cols };
+            let axis = if rows { Along::Rows } else { Along::Cols };
             match fz.below(2) {
                 0 => apply(fz, g, "slice", |t| t.slice(a, axis, r)),
                 _ if rows => apply(fz, g, "slice_rows", |t| t.slice_rows(a, r)),
@@ -1374,7 +1374,7 @@ fn grads_ops<F: Scalar>(fz: &mut Fuzz, st: &Stores<F>, g: &mut Graph<F>) {
             }
             4 => {
                 let _ = acc.get(id).map(|a| a.len());
-                if let Some(a) = acc.get_mut(id) {
+                if let Ok(a) = acc.get_mut(id) {
                     a.fill(c);
                 }
                 for (_, a) in acc.iter_mut() {

@@ -535,7 +535,7 @@ proptest! {
                 (parts, mat(b, total, rd()), Just(repeat), Just(acc))
             })
     ) {
-        check_concat(timetape::Axis::Cols, &parts, &r, repeat, acc)?;
+        check_concat(timetape::Along::Cols, &parts, &r, repeat, acc)?;
     }
 
     #[test]
@@ -547,7 +547,7 @@ proptest! {
                 (parts, mat(total, n, rd()), Just(repeat), Just(acc))
             })
     ) {
-        check_concat(timetape::Axis::Rows, &parts, &r, repeat, acc)?;
+        check_concat(timetape::Along::Rows, &parts, &r, repeat, acc)?;
     }
 
     #[test]
@@ -556,7 +556,7 @@ proptest! {
             (mat(b, n, val()), slice_case(b, n, false), slice_case(b, n, false), Just(acc))
         })
     ) {
-        check_slice(timetape::Axis::Cols, &x, &r1, &r2, acc)?;
+        check_slice(timetape::Along::Cols, &x, &r1, &r2, acc)?;
     }
 
     #[test]
@@ -565,7 +565,7 @@ proptest! {
             (mat(b, n, val()), slice_case(b, n, true), slice_case(b, n, true), Just(acc))
         })
     ) {
-        check_slice(timetape::Axis::Rows, &x, &r1, &r2, acc)?;
+        check_slice(timetape::Along::Rows, &x, &r1, &r2, acc)?;
     }
 
     // ----- losses
@@ -719,7 +719,7 @@ fn slice_case(
 /// Concatenation of the parts (each a parameter; the first one repeated at the end if
 /// `repeat`, so that its adjoint receives two blocks).
 fn check_concat(
-    axis: timetape::Axis,
+    axis: timetape::Along,
     parts: &[Array2<f64>],
     r: &Array2<f64>,
     repeat: bool,
@@ -741,8 +741,8 @@ fn check_concat(
             vars.push(vars[0]);
         }
         let y = match axis {
-            timetape::Axis::Cols => tape.concat_cols(&vars)?,
-            timetape::Axis::Rows => tape.concat_rows(&vars)?,
+            timetape::Along::Cols => tape.concat_cols(&vars)?,
+            timetape::Along::Rows => tape.concat_rows(&vars)?,
         };
         finish(tape, y, r, &inputs, acc)
     })?;
@@ -761,8 +761,8 @@ fn check_concat(
         views.push(parts[0].view());
     }
     let nd_axis = match axis {
-        timetape::Axis::Cols => ndarray::Axis(1),
-        timetape::Axis::Rows => ndarray::Axis(0),
+        timetape::Along::Cols => ndarray::Axis(1),
+        timetape::Along::Rows => ndarray::Axis(0),
     };
     assert_close(&got, &ndarray::concatenate(nd_axis, &views).unwrap())
 }
@@ -770,7 +770,7 @@ fn check_concat(
 /// Two slices of one parameter, each with its own readout: the second slice's rule
 /// accumulates into the adjoint the first one wrote (the ranges may overlap).
 fn check_slice(
-    axis: timetape::Axis,
+    axis: timetape::Along,
     x: &Array2<f64>,
     (range1, r1): &(Range<usize>, Array2<f64>),
     (range2, r2): &(Range<usize>, Array2<f64>),
@@ -789,13 +789,13 @@ fn check_slice(
     let got = forward(|t| {
         let xv = t.constant(x.clone())?;
         match axis {
-            timetape::Axis::Cols => t.slice_cols(xv, range1.clone()),
-            timetape::Axis::Rows => t.slice_rows(xv, range1.clone()),
+            timetape::Along::Cols => t.slice_cols(xv, range1.clone()),
+            timetape::Along::Rows => t.slice_rows(xv, range1.clone()),
         }
     });
     let want = match axis {
-        timetape::Axis::Cols => x.slice(ndarray::s![.., range1.clone()]).to_owned(),
-        timetape::Axis::Rows => x.slice(ndarray::s![range1.clone(), ..]).to_owned(),
+        timetape::Along::Cols => x.slice(ndarray::s![.., range1.clone()]).to_owned(),
+        timetape::Along::Rows => x.slice(ndarray::s![range1.clone(), ..]).to_owned(),
     };
     assert_close(&got, &want)
 }

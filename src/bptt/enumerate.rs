@@ -127,7 +127,7 @@ pub fn randomized_moments<F: Scalar, C: Recurrent<F>>(
         let g = r.grads;
         let pf = F::of(*p);
         for (id, a) in g.iter() {
-            if let Some(m) = mean.get_mut(id) {
+            if let Ok(m) = mean.get_mut(id) {
                 Zip::from(m).and(a).for_each(|m, &a| *m = *m + pf * a);
             }
         }
@@ -136,7 +136,7 @@ pub fn randomized_moments<F: Scalar, C: Recurrent<F>>(
     let mut variance = Grads::zeros_like(params);
     for (g, pf) in &estimates {
         for (id, a) in g.iter() {
-            if let (Some(v), Some(m)) = (variance.get_mut(id), mean.get(id)) {
+            if let (Ok(v), Ok(m)) = (variance.get_mut(id), mean.get(id)) {
                 Zip::from(v)
                     .and(a)
                     .and(m)

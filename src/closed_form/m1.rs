@@ -138,7 +138,7 @@ fn finish<F: Scalar>(
 ///
 /// [`Targets::Classes`]: crate::rnn::Targets::Classes
 /// [`Targets::Values`]: crate::rnn::Targets::Values
-/// [`SequenceLoss::mean_over_time`]: crate::rnn::SequenceLoss::mean_over_time
+/// [`SequenceLoss::mean_over_time`]: crate::rnn::PerStep::mean_over_time
 /// [`SequenceLoss::validate`]: crate::rnn::SequenceLoss::validate
 pub fn m1_recursion<F: Scalar>(
     params: &Params<F>,

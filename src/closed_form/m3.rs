@@ -384,15 +384,15 @@ impl<F: Scalar> M3Workspace<F> {
         for (id, g) in self.entries()? {
             let Some(id) = id else { continue };
             match grads.get_mut(id) {
-                Some(dst) if dst.dim() == g.dim() => dst.assign(g),
-                Some(dst) => {
+                Ok(dst) if dst.dim() == g.dim() => dst.assign(g),
+                Ok(dst) => {
                     return Err(Error::ShapeMismatch {
                         op: "M3Workspace::grads_into",
                         lhs: dst.dim(),
                         rhs: g.dim(),
                     })
                 }
-                None => grads.accumulate(id, g.view())?,
+                Err(_) => grads.accumulate(id, g.view())?,
             }
         }
         Ok(())

@@ -17,22 +17,20 @@ use crate::scalar::Scalar;
 use crate::tape::{Tape, Var};
 use ndarray::ArrayView2;
 
-/// The elementwise unary ops, as recorded on the tape. They are applied with the
-/// [`Tape`] methods of the same names ([`Tape::neg`], [`Tape::scale`], [`Tape::tanh`],
-/// [`Tape::relu`], [`Tape::sigmoid`], [`Tape::exp`], [`Tape::log`]), whose docs give
-/// each backward rule.
+/// The elementwise unary ops, as recorded on the tape: an [`Activation`] (its f and f′
+/// written once, in [`Activation::apply`] and [`Activation::derivative_at_output`],
+/// shared with the fused [`Tape::affine`]), or one of the other four. They are applied
+/// with the [`Tape`] methods of the same names ([`Tape::neg`], [`Tape::scale`],
+/// [`Tape::tanh`], [`Tape::relu`], [`Tape::sigmoid`], [`Tape::activate`],
+/// [`Tape::exp`], [`Tape::log`]).
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub enum Unary<F> {
+pub(crate) enum Unary<F> {
     /// `−x`
     Neg,
     /// `c x`
     Scale(F),
-    /// `tanh x` ([`Scalar::tanh_kernel`]: exact for f64, Eigen's rational form for f32)
-    Tanh,
-    /// `max(x, 0)`
-    Relu,
-    /// the logistic sigmoid `σ(x) = 1 / (1 + e^{−x})`, computed stably for both signs of x
-    Sigmoid,
+    /// `φ(x)`
+    Act(Activation),
     /// `e^x`
     Exp,
     /// `ln x` (x > 0)
@@ -110,12 +108,39 @@ impl<F: Scalar> Unary<F> {
         match self {
             Unary::Neg => "neg",
             Unary::Scale(_) => "scale",
-            Unary::Tanh => "tanh",
-            Unary::Relu => "relu",
-            Unary::Sigmoid => "sigmoid",
+            Unary::Act(Activation::Identity) => "identity",
+            Unary::Act(Activation::Tanh) => "tanh",
+            Unary::Act(Activation::Relu) => "relu",
+            Unary::Act(Activation::Sigmoid) => "sigmoid",
             Unary::Exp => "exp",
             Unary::Log => "log",
         }
+    }
+}
+
+/// `o = φ(x)`, one branch per activation outside the loop.
+fn act_forward<F: Scalar>(o: &mut ndarray::Array2<F>, x: ArrayView2<'_, F>, act: Activation) {
+    match act {
+        Activation::Identity => put1(o, true, x, |x| x),
+        Activation::Tanh => put1(o, true, x, |x| Activation::Tanh.apply(x)),
+        Activation::Relu => put1(o, true, x, |x| Activation::Relu.apply(x)),
+        Activation::Sigmoid => put1(o, true, x, |x| Activation::Sigmoid.apply(x)),
+    }
+}
+
+/// `acc (+)= ȳ φ′` from the output `y`, one branch per activation outside the loop.
+fn act_vjp<F: Scalar>(
+    acc: &mut ndarray::Array2<F>,
+    fresh: bool,
+    (g, y): (ArrayView2<'_, F>, ArrayView2<'_, F>),
+    act: Activation,
+) {
+    let d = |act: Activation| move |g: F, y: F| g * act.derivative_at_output(y);
+    match act {
+        Activation::Identity => put1(acc, fresh, g, |g| g),
+        Activation::Tanh => put2(acc, fresh, g, y, d(Activation::Tanh)),
+        Activation::Relu => put2(acc, fresh, g, y, d(Activation::Relu)),
+        Activation::Sigmoid => put2(acc, fresh, g, y, d(Activation::Sigmoid)),
     }
 }
 
@@ -137,9 +162,7 @@ impl<F: Scalar> Tape<F> {
         match kind {
             Unary::Neg => put1(o, true, x, |x| -x),
             Unary::Scale(c) => put1(o, true, x, |x| c * x),
-            Unary::Tanh => put1(o, true, x, |x| x.tanh_kernel()),
-            Unary::Relu => put1(o, true, x, relu),
-            Unary::Sigmoid => put1(o, true, x, sigmoid),
+            Unary::Act(act) => act_forward(o, x, act),
             Unary::Exp => put1(o, true, x, |x| x.exp()),
             Unary::Log => put1(o, true, x, |x| x.ln()),
         }
@@ -170,7 +193,7 @@ impl<F: Scalar> Tape<F> {
     /// Errors: [`crate::Error::ForeignVar`] or [`crate::Error::StaleVar`] if `a` is not a
     /// live `Var` of this tape.
     pub fn tanh(&mut self, a: Var) -> Result<Var> {
-        self.unary(Unary::Tanh, a)
+        self.unary(Unary::Act(Activation::Tanh), a)
     }
 
     /// `max(a, 0)`, elementwise; backward `ā += ȳ · 1[y > 0]` (the derivative at 0 is
@@ -179,7 +202,7 @@ impl<F: Scalar> Tape<F> {
     /// Errors: [`crate::Error::ForeignVar`] or [`crate::Error::StaleVar`] if `a` is not a
     /// live `Var` of this tape.
     pub fn relu(&mut self, a: Var) -> Result<Var> {
-        self.unary(Unary::Relu, a)
+        self.unary(Unary::Act(Activation::Relu), a)
     }
 
     /// The logistic sigmoid `σ(a) = 1 / (1 + e^{−a})`, elementwise, computed without
@@ -188,7 +211,27 @@ impl<F: Scalar> Tape<F> {
     /// Errors: [`crate::Error::ForeignVar`] or [`crate::Error::StaleVar`] if `a` is not a
     /// live `Var` of this tape.
     pub fn sigmoid(&mut self, a: Var) -> Result<Var> {
-        self.unary(Unary::Sigmoid, a)
+        self.unary(Unary::Act(Activation::Sigmoid), a)
+    }
+
+    /// `φ(a)`, elementwise, for an activation chosen at run time (the same f and f′ as
+    /// [`Tape::tanh`], [`Tape::relu`], [`Tape::sigmoid`] and the fused [`Tape::affine`]).
+    ///
+    /// ```
+    /// use ndarray::array;
+    /// use timetape::{Activation, Tape};
+    ///
+    /// let mut tape = Tape::<f64>::new();
+    /// let x = tape.variable(array![[-1.0, 2.0]].view())?;
+    /// let y = tape.activate(x, Activation::Relu)?;
+    /// assert_eq!(tape.value(y)?, array![[0.0, 2.0]]);
+    /// # Ok::<(), timetape::Error>(())
+    /// ```
+    ///
+    /// Errors: [`crate::Error::ForeignVar`] or [`crate::Error::StaleVar`] if `a` is not a
+    /// live `Var` of this tape.
+    pub fn activate(&mut self, a: Var, act: Activation) -> Result<Var> {
+        self.unary(Unary::Act(act), a)
     }
 
     /// `e^a`, elementwise; backward `ā += ȳ y`. Not checked for overflow: an entry above
@@ -221,25 +264,10 @@ pub(crate) fn unary_vjp<F: Scalar>(
     let Some((acc, fresh)) = cx.slot(a) else {
         return;
     };
-    let one = F::one();
     match kind {
         Unary::Neg => put1(acc, fresh, g, |g| -g),
         Unary::Scale(c) => put1(acc, fresh, g, |g| c * g),
-        Unary::Tanh => put2(acc, fresh, g, y, |g, y| g * (one - y * y)),
-        Unary::Relu => put2(
-            acc,
-            fresh,
-            g,
-            y,
-            |g, y| {
-                if y > F::zero() {
-                    g
-                } else {
-                    F::zero()
-                }
-            },
-        ),
-        Unary::Sigmoid => put2(acc, fresh, g, y, |g, y| g * y * (one - y)),
+        Unary::Act(act) => act_vjp(acc, fresh, (g, y), act),
         Unary::Exp => put2(acc, fresh, g, y, |g, y| g * y),
         Unary::Log => {
             let x = values[a].view();

@@ -18,11 +18,12 @@ pub(crate) mod loss;
 pub(crate) mod reduce;
 pub(crate) mod shape;
 
-pub use activation::{Activation, Unary};
+pub use activation::Activation;
+pub(crate) use activation::Unary;
 pub use elementwise::Binary;
 pub use linalg::RowsOf;
 pub use loss::Reduction;
-pub use shape::Axis;
+pub use shape::Along;
 
 use crate::error::{Error, Result};
 use crate::params::ParamId;
@@ -52,13 +53,13 @@ pub(crate) enum Op<F> {
     Sum(usize, F),
     /// Concatenation of `lists[start..start + len]` along `axis`.
     Concat {
-        axis: Axis,
+        axis: Along,
         start: usize,
         len: usize,
     },
     /// Rows or columns `start..start + (output extent)` of the parent.
     Slice {
-        axis: Axis,
+        axis: Along,
         parent: usize,
         start: usize,
     },

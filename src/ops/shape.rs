@@ -12,23 +12,24 @@ use super::{put1, Ctx, Op};
 use crate::error::{Error, Result};
 use crate::scalar::Scalar;
 use crate::tape::{Tape, Var};
-use ndarray::{ArrayView2, Axis as NdAxis, Slice};
+use ndarray::{ArrayView2, Axis, Slice};
 use std::ops::Range;
 
-/// The axis of a concatenation or a slice.
+/// The direction of a concatenation or a slice: along rows or along columns (named so
+/// as not to collide with `ndarray::Axis`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Axis {
+pub enum Along {
     /// Along rows (stacking vertically; a batch or time dimension).
     Rows,
     /// Along columns (stacking horizontally; features, gates).
     Cols,
 }
 
-impl Axis {
-    fn nd(self) -> NdAxis {
+impl Along {
+    fn nd(self) -> Axis {
         match self {
-            Axis::Rows => NdAxis(0),
-            Axis::Cols => NdAxis(1),
+            Along::Rows => Axis(0),
+            Along::Cols => Axis(1),
         }
     }
 }
@@ -39,14 +40,14 @@ impl<F: Scalar> Tape<F> {
     ///
     /// ```
     /// use ndarray::array;
-    /// use timetape::{Axis, Tape};
+    /// use timetape::{Along, Tape};
     ///
     /// let mut tape = Tape::<f64>::new();
     /// let a = tape.constant(array![[1.0], [2.0]])?;
     /// let b = tape.constant(array![[3.0, 4.0], [5.0, 6.0]])?;
-    /// let ab = tape.concat(&[a, b], Axis::Cols)?;
+    /// let ab = tape.concat(&[a, b], Along::Cols)?;
     /// assert_eq!(tape.value(ab)?, array![[1.0, 3.0, 4.0], [2.0, 5.0, 6.0]]);
-    /// let b1 = tape.slice(ab, Axis::Cols, 2..3)?;
+    /// let b1 = tape.slice(ab, Along::Cols, 2..3)?;
     /// assert_eq!(tape.value(b1)?, array![[4.0], [6.0]]);
     /// # Ok::<(), timetape::Error>(())
     /// ```
@@ -54,7 +55,7 @@ impl<F: Scalar> Tape<F> {
     /// Errors: [`Error::EmptyInput`] for no parts; [`Error::ShapeMismatch`] if the other
     /// dimension differs between parts; [`Error::ForeignVar`] or [`Error::StaleVar`] for
     /// a `Var` that is not a live `Var` of this tape.
-    pub fn concat(&mut self, parts: &[Var], axis: Axis) -> Result<Var> {
+    pub fn concat(&mut self, parts: &[Var], axis: Along) -> Result<Var> {
         let op = "concat";
         let Some(&first) = parts.first() else {
             return Err(Error::EmptyInput {
@@ -71,8 +72,8 @@ impl<F: Scalar> Tape<F> {
             let i = self.idx(op, p)?;
             let s = self.values[i].dim();
             let same_other = match axis {
-                Axis::Rows => s.1 == s0.1,
-                Axis::Cols => s.0 == s0.0,
+                Along::Rows => s.1 == s0.1,
+                Along::Cols => s.0 == s0.0,
             };
             if !same_other {
                 self.side.lists.truncate(start);
@@ -87,8 +88,8 @@ impl<F: Scalar> Tape<F> {
             self.side.lists.push(i);
         }
         let shape = match axis {
-            Axis::Rows => (extent, s0.1),
-            Axis::Cols => (s0.0, extent),
+            Along::Rows => (extent, s0.1),
+            Along::Cols => (s0.0, extent),
         };
         let mut out = self.pool.take(shape);
         let mut at = 0;
@@ -106,14 +107,14 @@ impl<F: Scalar> Tape<F> {
     ///
     /// Errors: as [`Tape::concat`].
     pub fn concat_cols(&mut self, parts: &[Var]) -> Result<Var> {
-        self.concat(parts, Axis::Cols)
+        self.concat(parts, Along::Cols)
     }
 
     /// [`Tape::concat`] along rows (the parts stacked; all have n columns).
     ///
     /// Errors: as [`Tape::concat`].
     pub fn concat_rows(&mut self, parts: &[Var]) -> Result<Var> {
-        self.concat(parts, Axis::Rows)
+        self.concat(parts, Along::Rows)
     }
 
     /// The rows or columns `range` of `a` (a copy); backward `ā[range] += ȳ` along
@@ -122,7 +123,7 @@ impl<F: Scalar> Tape<F> {
     /// Errors: [`Error::InvalidArgument`] for an empty or out-of-bounds range;
     /// [`Error::ForeignVar`] or [`Error::StaleVar`] for a `Var` that is not a live `Var`
     /// of this tape.
-    pub fn slice(&mut self, a: Var, axis: Axis, range: Range<usize>) -> Result<Var> {
+    pub fn slice(&mut self, a: Var, axis: Along, range: Range<usize>) -> Result<Var> {
         let op = "slice";
         let ia = self.idx(op, a)?;
         let ax = axis.nd();
@@ -152,21 +153,21 @@ impl<F: Scalar> Tape<F> {
     ///
     /// Errors: as [`Tape::slice`].
     pub fn slice_cols(&mut self, a: Var, range: Range<usize>) -> Result<Var> {
-        self.slice(a, Axis::Cols, range)
+        self.slice(a, Along::Cols, range)
     }
 
     /// Rows `range` of `a`: [`Tape::slice`] along rows.
     ///
     /// Errors: as [`Tape::slice`].
     pub fn slice_rows(&mut self, a: Var, range: Range<usize>) -> Result<Var> {
-        self.slice(a, Axis::Rows, range)
+        self.slice(a, Along::Rows, range)
     }
 }
 
 pub(crate) fn concat_vjp<F: Scalar>(
     cx: &mut Ctx<'_, F>,
     g: ArrayView2<'_, F>,
-    axis: Axis,
+    axis: Along,
     parents: &[usize],
 ) {
     let ax = axis.nd();
@@ -183,7 +184,7 @@ pub(crate) fn concat_vjp<F: Scalar>(
 pub(crate) fn slice_vjp<F: Scalar>(
     cx: &mut Ctx<'_, F>,
     g: ArrayView2<'_, F>,
-    axis: Axis,
+    axis: Along,
     parent: usize,
     start: usize,
 ) {

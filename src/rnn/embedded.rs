@@ -70,7 +70,7 @@ impl Embedding {
 /// let next = Array2::from_shape_fn((12, 2), |(t, b)| (t + b + 1) % 27);
 /// let seq = Sequence::tokens(ids.view(), SequenceLoss::classes(next.view()));
 /// let report = bptt::run(&model, &params, &seq, &Run::new(Truncation::Full))?;
-/// assert!(report.grads.get(table.table).is_some());
+/// assert!(report.grads.get(table.table).is_ok());
 /// # Ok::<(), timetape::Error>(())
 /// ```
 #[derive(Debug, Clone, PartialEq)]
