@@ -58,6 +58,13 @@ impl RnnConfig {
         self
     }
 
+    /// The same configuration with its parameter names prefixed by `prefix` (`{prefix}W_xh`,
+    /// …), so that several RNNs share one store.
+    pub fn named(mut self, prefix: impl Into<String>) -> Self {
+        self.prefix = prefix.into();
+        self
+    }
+
     /// The same configuration with or without each bias.
     ///
     /// ```
