@@ -30,12 +30,13 @@
 //! # Ok::<(), timetape::Error>(())
 //! ```
 
-use super::segment::{Engine, Pass, Problem, Segment};
+use super::segment::{Engine, Pass, Problem};
 use super::Edge;
 use crate::error::{invalid, Result};
 use crate::rnn::Recurrent;
 use crate::scalar::Scalar;
 use ndarray::Array2;
+use std::ops::Range;
 
 /// Checkpointed full BPTT on `engine` (see the module docs); gives h_T.
 pub(crate) fn run_checkpointed<F: Scalar, C: Recurrent<F>>(
@@ -48,45 +49,57 @@ pub(crate) fn run_checkpointed<F: Scalar, C: Recurrent<F>>(
     if stride == 0 {
         return Err(invalid("Memory::Checkpointed", "stride must be ≥ 1"));
     }
-    let starts: Vec<usize> = (0..t_len).step_by(stride).collect();
+    let segments: Vec<Range<usize>> = (0..t_len)
+        .step_by(stride)
+        .map(|s| s..(s + stride).min(t_len))
+        .collect();
+    let (saved, h_final) = forward_sweep(engine, problem, &segments)?;
+    backward_sweep(engine, problem, &segments, &saved)?;
+    Ok(h_final)
+}
+
+/// The forward sweep: the loss of every segment, and the state at each segment start
+/// (kept), then h_T.
+fn forward_sweep<F: Scalar, C: Recurrent<F>>(
+    engine: &mut Engine<'_, F, C>,
+    problem: &Problem<'_, F>,
+    segments: &[Range<usize>],
+) -> Result<(Vec<Array2<F>>, Array2<F>)> {
     let mut edges: Vec<Edge<F>> = Vec::new();
-    // Forward: keep the state at each segment start, count the loss.
-    let mut saved: Vec<Array2<F>> = Vec::with_capacity(starts.len());
+    let mut saved: Vec<Array2<F>> = Vec::with_capacity(segments.len());
     let mut h = problem.h0.clone();
-    for &s in &starts {
-        let e = (s + stride).min(t_len);
+    for r in segments {
         saved.push(h.clone());
         edges.clear();
-        edges.resize(e - s, Edge::Keep);
-        let seg = Segment {
-            xs: problem.steps(s, e),
-            tokens: problem.token_steps(s, e),
-            edges: &edges,
-            loss: problem.local_loss(s, e).map(|l| (0, l)),
-        };
+        edges.resize(r.len(), Edge::Keep);
+        let seg = problem.segment(r.clone(), &edges, r.start);
         engine
             .segment(h.view(), &seg, Pass::Forward)
-            .map_err(|err| err.at_step_offset(s))?;
-        h.assign(&engine.state(e - s - 1)?);
+            .map_err(|err| err.at_step_offset(r.start))?;
+        h.assign(&engine.state(r.len() - 1)?);
     }
-    let h_final = h;
-    // Backward: last segment first, passing ∂L/∂h back.
+    Ok((saved, h))
+}
+
+/// The backward sweep: each segment recomputed from its saved start, last segment
+/// first, passing ∂L/∂h at its start back to the one before.
+fn backward_sweep<F: Scalar, C: Recurrent<F>>(
+    engine: &mut Engine<'_, F, C>,
+    problem: &Problem<'_, F>,
+    segments: &[Range<usize>],
+    saved: &[Array2<F>],
+) -> Result<()> {
+    let mut edges: Vec<Edge<F>> = Vec::new();
     let mut carry: Option<Array2<F>> = None;
     let mut norms_rev: Vec<Vec<F>> = Vec::new();
-    for (j, &s) in starts.iter().enumerate().rev() {
-        let e = (s + stride).min(t_len);
+    for (r, h_start) in segments.iter().zip(saved).rev() {
         edges.clear();
-        edges.resize(e - s, Edge::Keep);
-        let seg = Segment {
-            xs: problem.steps(s, e),
-            tokens: problem.token_steps(s, e),
-            edges: &edges,
-            loss: problem.local_loss(s, e).map(|l| (0, l)),
-        };
+        edges.resize(r.len(), Edge::Keep);
+        let seg = problem.segment(r.clone(), &edges, r.start);
         let end_seed = carry.as_ref().map(|c| c.view());
         engine
-            .segment(saved[j].view(), &seg, Pass::Recompute { end_seed })
-            .map_err(|err| err.at_step_offset(s))?;
+            .segment(h_start.view(), &seg, Pass::Recompute { end_seed })
+            .map_err(|err| err.at_step_offset(r.start))?;
         if engine.dh_norms.is_some() {
             let before = engine.dh_norms.as_ref().map_or(0, |v| v.len());
             engine.record_dh_norms(0)?;
@@ -97,15 +110,14 @@ pub(crate) fn run_checkpointed<F: Scalar, C: Recurrent<F>>(
         let h_in = engine
             .h_in
             .ok_or_else(|| invalid("checkpointed", "no segment"))?;
-        let dh = engine.tape.adjoint(h_in)?;
-        carry = Some(match dh {
+        carry = Some(match engine.tape.adjoint(h_in)? {
             Some(a) => a.to_owned(),
-            None => Array2::zeros(saved[j].dim()),
+            None => Array2::zeros(h_start.dim()),
         });
     }
     if let Some(v) = engine.dh_norms.as_mut() {
         v.clear();
         v.extend(norms_rev.into_iter().rev().flatten());
     }
-    Ok(h_final)
+    Ok(())
 }

@@ -47,7 +47,7 @@ use crate::rnn::{Recurrent, Sequence};
 use crate::scalar::Scalar;
 use crate::tape::Tape;
 use ndarray::Array2;
-use segment::{Engine, Pass, Problem, Recording, Segment};
+use segment::{Engine, Pass, Problem, Recording};
 
 /// How far gradients travel back in time.
 #[derive(Debug, Clone)]
@@ -463,12 +463,7 @@ fn run_pattern<F: Scalar, C: Recurrent<F>>(
         };
         edges.push(first);
         edges.extend(xi[start + 1..end].iter().map(|&x| Edge::from_xi(F::of(x))));
-        let seg = Segment {
-            xs: problem.steps(start, end),
-            tokens: problem.token_steps(start, end),
-            edges: &edges,
-            loss: problem.local_loss(start, end).map(|l| (0, l)),
-        };
+        let seg = problem.segment(start..end, &edges, start);
         engine
             .segment(h.view(), &seg, Pass::Backward)
             .map_err(|e| e.at_step_offset(start))?;
@@ -498,12 +493,7 @@ fn run_tbptt<F: Scalar, C: Recurrent<F>>(
         let u = u_prev + k1.min(t_len - u_prev);
         edges.clear();
         edges.resize(u - a, Edge::Keep);
-        let seg = Segment {
-            xs: problem.steps(a, u),
-            tokens: problem.token_steps(a, u),
-            edges: &edges,
-            loss: problem.local_loss(u_prev, u).map(|l| (u_prev - a, l)),
-        };
+        let seg = problem.segment(a..u, &edges, u_prev);
         engine
             .segment(h_a.view(), &seg, Pass::Backward)
             .map_err(|e| e.at_step_offset(a))?;

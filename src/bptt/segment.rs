@@ -433,6 +433,23 @@ impl<'a, F: Scalar> Problem<'a, F> {
         self.xs.slice_axis(Axis(0), Slice::from(from..to))
     }
 
+    /// The segment of the steps `steps` with `edges` on them, holding the loss terms of
+    /// the steps `loss_from..steps.end` (the loss local to them).
+    pub(crate) fn segment<'s>(
+        &'s self,
+        steps: Range<usize>,
+        edges: &'s [Edge<F>],
+        loss_from: usize,
+    ) -> Segment<'s, F> {
+        let (a, u) = (steps.start, steps.end);
+        Segment {
+            xs: self.steps(a, u),
+            tokens: self.token_steps(a, u),
+            edges,
+            loss: self.local_loss(loss_from, u).map(|l| (loss_from - a, l)),
+        }
+    }
+
     /// The token ids of steps `from..to`, for a sequence of tokens.
     pub(crate) fn token_steps(&self, from: usize, to: usize) -> Option<ArrayView2<'_, usize>> {
         self.tokens.map(|mut ids| {

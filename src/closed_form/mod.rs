@@ -93,7 +93,7 @@ use crate::error::{Error, Result};
 use crate::params::{Grads, Params};
 use crate::rnn::{Activation, Rnn, SequenceLoss, Targets};
 use crate::scalar::Scalar;
-use ndarray::{Array2, ArrayView2, ArrayView3, Axis};
+use ndarray::{Array2, ArrayView1, ArrayView2, ArrayView3, Axis};
 
 /// The result of a closed-form gradient.
 #[derive(Debug, Clone, PartialEq)]
@@ -384,43 +384,24 @@ pub(crate) fn output_adjoints<F: Scalar>(
     let mut total = F::zero();
     let mut es: Vec<Array2<F>> = outs.iter().map(|o| Array2::zeros(o.raw_dim())).collect();
     let coef = loss.step_coefficients(t_len);
+    let last = t_len - 1;
     match loss.targets {
         Targets::Classes(labels) => {
             for (t, (o, e)) in outs.iter().zip(es.iter_mut()).enumerate() {
-                let w = coef[t] * inv_b;
-                e.assign(o);
-                let mut step = F::zero();
-                for (r, row) in e.axis_iter_mut(Axis(0)).enumerate() {
-                    step = step + softmax_xent_row(row, labels[[t, r]], w);
-                }
-                total = total + w * step;
+                total = total + class_term(o, e, labels.row(t), coef[t] * inv_b);
             }
         }
         Targets::Values(y) => {
-            let two = F::one() + F::one();
             for (t, (o, e)) in outs.iter().zip(es.iter_mut()).enumerate() {
-                let w = coef[t] * inv_b;
                 let yt = y.index_axis(Axis(0), t);
-                let mut step = F::zero();
-                ndarray::Zip::from(e).and(o).and(&yt).for_each(|e, &o, &y| {
-                    let d = o - y;
-                    step = step + d * d;
-                    *e = two * w * d;
-                });
-                total = total + w * step;
+                total = total + value_term(o, yt, e, coef[t] * inv_b);
             }
         }
         Targets::LastClass(labels) => {
-            let e = &mut es[t_len - 1];
-            e.assign(&outs[t_len - 1]);
-            for (r, row) in e.axis_iter_mut(Axis(0)).enumerate() {
-                total = total + softmax_xent_row(row, labels[r], inv_b);
-            }
-            total = total * inv_b;
+            total = class_term(&outs[last], &mut es[last], labels, inv_b);
         }
         Targets::LastBinary(y) => {
-            let e = &mut es[t_len - 1];
-            let o = &outs[t_len - 1];
+            let (e, o) = (&mut es[last], &outs[last]);
             for r in 0..b {
                 let z = o[[r, 0]];
                 total = total + bce_logit(z, y[r]);
@@ -429,20 +410,39 @@ pub(crate) fn output_adjoints<F: Scalar>(
             total = total * inv_b;
         }
         Targets::LastValues(y) => {
-            let two = F::one() + F::one();
-            let e = &mut es[t_len - 1];
-            ndarray::Zip::from(e)
-                .and(&outs[t_len - 1])
-                .and(y)
-                .for_each(|e, &o, &y| {
-                    let d = o - y;
-                    total = total + d * d;
-                    *e = two * inv_b * d;
-                });
-            total = total * inv_b;
+            total = value_term(&outs[last], y, &mut es[last], inv_b);
         }
     }
     (total, es)
+}
+
+/// `w Σ_r CE(o_r, y_r)` of one step's outputs `o` (B×Q) against `labels` (B), and its
+/// adjoint `e = w (softmax(o) − onehot(y))`.
+fn class_term<F: Scalar>(
+    o: &Array2<F>,
+    e: &mut Array2<F>,
+    labels: ArrayView1<'_, usize>,
+    w: F,
+) -> F {
+    e.assign(o);
+    let mut step = F::zero();
+    for (r, row) in e.axis_iter_mut(Axis(0)).enumerate() {
+        step = step + softmax_xent_row(row, labels[r], w);
+    }
+    w * step
+}
+
+/// `w Σ ‖o − y‖²` of one step's outputs `o` (B×Q) against `y` (B×Q), and its adjoint
+/// `e = 2 w (o − y)`.
+fn value_term<F: Scalar>(o: &Array2<F>, y: ArrayView2<'_, F>, e: &mut Array2<F>, w: F) -> F {
+    let two = F::one() + F::one();
+    let mut step = F::zero();
+    ndarray::Zip::from(e).and(o).and(&y).for_each(|e, &o, &y| {
+        let d = o - y;
+        step = step + d * d;
+        *e = two * w * d;
+    });
+    w * step
 }
 
 /// `Σ` of the rows of `a` as a 1×n matrix.
