@@ -87,7 +87,10 @@
 //!
 //! - [`tape`], [`ops`]: the engine and its ops (forward and backward side by side).
 //! - [`params`]: parameters and gradients; [`gradcheck`]: central finite differences.
-//! - [`rnn`]: the notes' RNN (M1–M4), GRU and LSTM cells, sequence losses.
+//! - [`rnn`]: cells ([`rnn::Recurrent`]: the notes' RNN (M1–M4), GRU, LSTM, or your
+//!   own, which needs only `bind`, its widths, `step` and `output`), stacks of them
+//!   ([`rnn::Stack`]), token inputs ([`rnn::Embedded`], [`rnn::Sequence::tokens`]), and
+//!   sequence losses built from their targets ([`rnn::SequenceLoss`]).
 //! - [`bptt`]: the strategies, streaming, checkpointing, exact enumeration.
 //! - [`optim`]: SGD, Adam, clipping; [`diagnostics`]: ‖∂L/∂h_t‖, spectral radius.
 //!
