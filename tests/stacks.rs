@@ -217,6 +217,47 @@ fn embedding_gradient_is_exact_for_repeated_ids() {
 }
 
 #[test]
+fn streamed_tokens_equal_the_batch_runner() {
+    let (ids, next) = tokens();
+    let mut params = Params::new();
+    let table = Embedding::new(&mut params, "emb", (4, D), 7).unwrap();
+    let model = Embedded::new(table, gru_stack(&mut params, D));
+    let seq = Sequence::tokens(ids.view(), SequenceLoss::classes(next.view()));
+    for tr in [Truncation::Full, Truncation::Fixed { k: 4 }] {
+        let how = Run::new(tr.clone());
+        let batch = bptt::run(&model, &params, &seq, &how).unwrap();
+        let mut s = Stream::new(&model, &params, B, &how).unwrap();
+        for t in 0..T {
+            let (x, y) = (ids.row(t).to_vec(), next.row(t).to_vec());
+            s.push_tokens(&x, StepTarget::Classes(&y), 1.0).unwrap();
+        }
+        let streamed = s.finish().unwrap();
+        assert_grads_close(
+            &params,
+            &streamed.grads,
+            &batch.grads,
+            SAME,
+            &format!("{tr:?}"),
+        );
+    }
+    // A stream takes tokens or real inputs, not both.
+    let mut s = Stream::new(&model, &params, B, &Run::new(Truncation::Full)).unwrap();
+    s.push_tokens(&[0, 1], StepTarget::None, 1.0).unwrap();
+    let x = Array2::<f64>::zeros((B, D));
+    let e = s.push(x.view(), StepTarget::None, 1.0).unwrap_err();
+    assert!(
+        matches!(
+            e,
+            Error::InvalidArgument {
+                op: "Stream::push",
+                ..
+            }
+        ),
+        "{e}"
+    );
+}
+
+#[test]
 fn embedded_stack_matches_finite_differences_through_the_table() {
     let (ids, next) = tokens();
     let mut params = Params::new();

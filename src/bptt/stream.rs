@@ -22,6 +22,13 @@ pub enum StepTarget<'a, F> {
     Values(ArrayView2<'a, F>),
 }
 
+/// The input of one step: real values or token ids.
+#[derive(Clone, Copy)]
+enum StepInput<'x, F> {
+    Values(ArrayView2<'x, F>),
+    Tokens(&'x [usize]),
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Kind {
     Unknown,
@@ -71,8 +78,11 @@ pub struct Stream<'a, F: Scalar, C: Recurrent<F>> {
     kind: Kind,
     t: usize,
     h: Array2<F>,
+    /// Whether the stream takes tokens (set by its first step).
+    tokens: bool,
     // The buffered segment.
     xs: Vec<F>,
+    ids: Vec<usize>,
     labels: Vec<usize>,
     values: Vec<F>,
     alphas: Vec<F>,
@@ -131,7 +141,9 @@ impl<'a, F: Scalar, C: Recurrent<F>> Stream<'a, F, C> {
             kind: Kind::Unknown,
             t: 0,
             h: Array2::zeros((batch, cell.state_width())),
+            tokens: false,
             xs: Vec::new(),
+            ids: Vec::new(),
             labels: Vec::new(),
             values: Vec::new(),
             alphas: Vec::new(),
@@ -207,7 +219,33 @@ impl<'a, F: Scalar, C: Recurrent<F>> Stream<'a, F, C> {
         target: StepTarget<'_, F>,
         alpha: F,
     ) -> Result<()> {
-        let kind = self.check_step(x, target, alpha)?;
+        self.push_step(StepInput::Values(x), target, alpha)
+    }
+
+    /// Feeds step t of a sequence of tokens, for a cell that embeds them
+    /// ([`crate::rnn::Embedded`]): one id per batch row (B ids), its target and its loss
+    /// weight α_t, as [`Stream::push`]. A stream takes real inputs or tokens, not both.
+    ///
+    /// Errors: as [`Stream::push`]; [`Error::LabelOutOfRange`] for an id beyond the
+    /// table (when the segment is recorded); [`Error::InvalidArgument`] for tokens after
+    /// real inputs (or the reverse), or for a cell without an embedding.
+    pub fn push_tokens(
+        &mut self,
+        ids: &[usize],
+        target: StepTarget<'_, F>,
+        alpha: F,
+    ) -> Result<()> {
+        self.push_step(StepInput::Tokens(ids), target, alpha)
+    }
+
+    /// [`Stream::push`] or [`Stream::push_tokens`].
+    fn push_step(
+        &mut self,
+        input: StepInput<'_, F>,
+        target: StepTarget<'_, F>,
+        alpha: F,
+    ) -> Result<()> {
+        let kind = self.check_step(input, target, alpha)?;
         if self.kind == Kind::Unknown && kind != Kind::Unknown {
             // Earlier steps had no target: give them dummy entries of the new kind.
             let n = self.alphas.len();
@@ -226,7 +264,10 @@ impl<'a, F: Scalar, C: Recurrent<F>> Stream<'a, F, C> {
             all.push(xi);
         }
         self.xi.push(xi);
-        self.xs.extend(x.iter().copied());
+        match input {
+            StepInput::Values(x) => self.xs.extend(x.iter().copied()),
+            StepInput::Tokens(ids) => self.ids.extend_from_slice(ids),
+        }
         match (target, kind) {
             (StepTarget::Classes(l), _) => self.labels.extend_from_slice(l),
             (StepTarget::Values(v), _) => self.values.extend(v.iter().copied()),
@@ -247,8 +288,8 @@ impl<'a, F: Scalar, C: Recurrent<F>> Stream<'a, F, C> {
     /// Checks a step's input, target and weight; returns the kind of target the stream
     /// has from this step on.
     fn check_step(
-        &self,
-        x: ArrayView2<'_, F>,
+        &mut self,
+        input: StepInput<'_, F>,
         target: StepTarget<'_, F>,
         alpha: F,
     ) -> Result<Kind> {
@@ -260,14 +301,28 @@ impl<'a, F: Scalar, C: Recurrent<F>> Stream<'a, F, C> {
             op,
             what: format!("entry {at} of the {what}"),
         };
-        if x.dim() != (b, d) {
-            return Err(mismatch((b, d), x.dim()));
+        let tokens = matches!(input, StepInput::Tokens(_));
+        if self.t > 0 && tokens != self.tokens {
+            return Err(invalid(
+                op,
+                "a stream takes real inputs or tokens, not both",
+            ));
+        }
+        self.tokens = tokens;
+        match input {
+            StepInput::Values(x) if x.dim() != (b, d) => return Err(mismatch((b, d), x.dim())),
+            StepInput::Values(x) => {
+                if let Some(at) = crate::params::first_non_finite(x.iter()) {
+                    return Err(non_finite("input x_t", at));
+                }
+            }
+            StepInput::Tokens(ids) if ids.len() != b => {
+                return Err(mismatch((b, 1), (ids.len(), 1)))
+            }
+            StepInput::Tokens(_) => {}
         }
         if !alpha.is_finite() {
             return Err(invalid(op, "non-finite weight α_t"));
-        }
-        if let Some(at) = crate::params::first_non_finite(x.iter()) {
-            return Err(non_finite("input x_t", at));
         }
         let kind = match target {
             StepTarget::None => self.kind,
@@ -300,9 +355,18 @@ impl<'a, F: Scalar, C: Recurrent<F>> Stream<'a, F, C> {
         if k == 0 {
             return Ok(());
         }
-        let (b, d) = (self.batch, self.engine.cell.input_width());
-        let xs = ArrayView3::from_shape((k, b, d), &self.xs)
-            .map_err(|e| invalid("Stream", e.to_string()))?;
+        let b = self.batch;
+        let d = if self.tokens {
+            0
+        } else {
+            self.engine.cell.input_width()
+        };
+        let shape = |e: ndarray::ShapeError| invalid("Stream", e.to_string());
+        let xs = ArrayView3::from_shape((k, b, d), &self.xs).map_err(shape)?;
+        let tokens = match self.tokens {
+            true => Some(ArrayView2::from_shape((k, b), &self.ids).map_err(shape)?),
+            false => None,
+        };
         self.edges.clear();
         let first_segment = self.t == k;
         self.edges.push(if first_segment {
@@ -331,7 +395,7 @@ impl<'a, F: Scalar, C: Recurrent<F>> Stream<'a, F, C> {
         });
         let seg = Segment {
             xs,
-            tokens: None,
+            tokens,
             edges: &self.edges,
             loss: loss.map(|l| (0, l)),
         };
@@ -342,6 +406,7 @@ impl<'a, F: Scalar, C: Recurrent<F>> Stream<'a, F, C> {
         self.engine.record_dh_norms(0)?;
         self.h.assign(&self.engine.state(k - 1)?);
         self.xs.clear();
+        self.ids.clear();
         self.labels.clear();
         self.values.clear();
         self.alphas.clear();
