@@ -74,7 +74,7 @@ use timetape::ops::RowsOf;
 use timetape::optim::{clip_global_norm, Adam, Sgd};
 use timetape::rnn::{
     models, Biases, Gru, Lstm, Projection, Recurrent, Rnn, RnnBound, RnnConfig, Sequence,
-    SequenceLoss, Sizes,
+    SequenceLoss, Sizes, Stack,
 };
 
 use timetape::{
@@ -2424,7 +2424,7 @@ fn bptt_family<F: Scalar>(fz: &mut Fuzz) {
             models::m3(&mut params, Sizes::new(d, h, q), seed)
         });
     }
-    let kind = fz.below(8);
+    let kind = fz.below(9);
     let rnn = match kind {
         0 => fz.try_call("models::m1", || {
             models::m1(&mut params, Sizes::new(d, h, q), seed)
@@ -2455,6 +2455,23 @@ fn bptt_family<F: Scalar>(fz: &mut Fuzz) {
             }) {
                 perturb(fz, &mut params);
                 bptt_calls(fz, &cell, &mut params, None);
+            }
+            return;
+        }
+        8 => {
+            // A two-layer stack, sometimes with layer widths that do not fit.
+            let h_in = if fz.chance(0.9) { h } else { fz.pos() };
+            let l0 = fz.try_call("Gru::named", || {
+                Gru::named(&mut params, "l0.", Sizes::new(d, h, 1), seed)
+            });
+            let l1 = fz.try_call("Gru::named", || {
+                Gru::named(&mut params, "l1.", Sizes::new(h_in, h, q), seed)
+            });
+            if let (Some(Ok(l0)), Some(Ok(l1))) = (l0, l1) {
+                if let Some(Ok(stack)) = fz.try_call("Stack::new", || Stack::new(vec![l0, l1])) {
+                    perturb(fz, &mut params);
+                    bptt_calls(fz, &stack, &mut params, None);
+                }
             }
             return;
         }
