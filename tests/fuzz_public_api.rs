@@ -2353,7 +2353,7 @@ impl<F: Scalar> Recurrent<F> for Rogue {
     fn step(&self, tape: &mut Tape<F>, bound: &RnnBound, x: Var, h: Var) -> timetape::Result<Var> {
         let rows = tape.shape(x)?.0;
         let u = self.project_inputs(tape, bound, x)?;
-        self.step_projected(tape, bound, u, 0..rows, h)
+        self.step_projected(tape, bound, RowsOf(u, 0..rows), h)
     }
 
     fn projection(&self) -> Option<&dyn Projection<F, RnnBound>> {
@@ -2399,12 +2399,11 @@ impl<F: Scalar> Projection<F, RnnBound> for Rogue {
         &self,
         tape: &mut Tape<F>,
         bound: &RnnBound,
-        u: Var,
-        rows: Range<usize>,
+        u: RowsOf,
         h_prev: Var,
     ) -> timetape::Result<Var> {
-        let last = rows.end == tape.shape(u)?.0;
-        let h = inner_projection(&self.inner)?.step_projected(tape, bound, u, rows, h_prev)?;
+        let last = u.1.end == tape.shape(u.0)?.0;
+        let h = inner_projection(&self.inner)?.step_projected(tape, bound, u, h_prev)?;
         let s = Recurrent::<F>::state_width(&self.inner);
         match self.mode {
             RogueMode::WideState if last => tape.concat_cols(&[h, h]),

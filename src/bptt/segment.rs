@@ -8,6 +8,7 @@
 use super::{Report, RunOptions, Workspace};
 use crate::error::{invalid, Error, Result};
 use crate::ops::Reduction;
+use crate::ops::RowsOf;
 use crate::params::{Grads, Params};
 use crate::rnn::{Recurrent, Sequence, SequenceLoss, Targets};
 use crate::scalar::Scalar;
@@ -114,7 +115,7 @@ impl<F: Scalar> Recording<F> {
             };
             let rows = t * b..(t + 1) * b;
             h = match projection {
-                Some(p) => p.step_projected(tape, bound, u, rows, h_prev),
+                Some(p) => p.step_projected(tape, bound, RowsOf(u, rows), h_prev),
                 None => tape
                     .slice_rows(u, rows)
                     .and_then(|x| cell.step(tape, bound, x, h_prev)),

@@ -3,10 +3,10 @@
 use super::{Projection, Recurrent};
 use crate::error::{invalid, Error, Result};
 use crate::init;
+use crate::ops::RowsOf;
 use crate::params::{ParamId, Params};
 use crate::scalar::Scalar;
 use crate::tape::{Tape, Var};
-use std::ops::Range;
 
 /// An embedding table: V rows of width D, one per token id.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -177,12 +177,11 @@ impl<F: Scalar, C: Recurrent<F>> Projection<F, EmbeddedBound<C::Bound>> for Embe
         &self,
         tape: &mut Tape<F>,
         b: &EmbeddedBound<C::Bound>,
-        u: Var,
-        rows: Range<usize>,
+        u: RowsOf,
         h: Var,
     ) -> Result<Var> {
         match self.inner.projection() {
-            Some(p) => p.step_projected(tape, &b.inner, u, rows, h),
+            Some(p) => p.step_projected(tape, &b.inner, u, h),
             None => Err(invalid("Embedded", "the cell has no input projection")),
         }
     }

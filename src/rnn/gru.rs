@@ -3,6 +3,7 @@
 use super::{step_by_projection, Projection, Recurrent, Sizes};
 use crate::error::Result;
 use crate::init;
+use crate::ops::RowsOf;
 use crate::params::{ParamId, Params};
 use crate::scalar::Scalar;
 use crate::tape::{Tape, Var};
@@ -177,15 +178,9 @@ impl<F: Scalar> Projection<F, GruBound> for Gru {
         tape.affine(xs, b.w_x, Some(b.b_x), crate::Activation::Identity)
     }
 
-    fn step_projected(
-        &self,
-        tape: &mut Tape<F>,
-        b: &GruBound,
-        u: Var,
-        rows: std::ops::Range<usize>,
-        h: Var,
-    ) -> Result<Var> {
+    fn step_projected(&self, tape: &mut Tape<F>, b: &GruBound, u: RowsOf, h: Var) -> Result<Var> {
         let n = self.hidden;
+        let RowsOf(u, rows) = u;
         let u = tape.slice_rows(u, rows)?;
         let g = tape.affine(h, b.w_h, Some(b.b_h), crate::Activation::Identity)?;
         let rz_u = tape.slice_cols(u, 0..2 * n)?;

@@ -192,14 +192,13 @@ impl<F: Scalar> Projection<F, LstmBound> for Lstm {
         &self,
         tape: &mut Tape<F>,
         b: &LstmBound,
-        u: Var,
-        rows: std::ops::Range<usize>,
+        u: RowsOf,
         state: Var,
     ) -> Result<Var> {
         let n = self.hidden;
         let h = tape.slice_cols(state, 0..n)?;
         let c = tape.slice_cols(state, n..2 * n)?;
-        let a = tape.affine_rows(h, b.w_h, RowsOf(u, rows), crate::Activation::Identity)?;
+        let a = tape.affine_rows(h, b.w_h, u, crate::Activation::Identity)?;
         let if_ = tape.slice_cols(a, 0..2 * n)?;
         let if_ = tape.sigmoid(if_)?;
         let i = tape.slice_cols(if_, 0..n)?;

@@ -32,11 +32,11 @@ pub use stack::Stack;
 pub use vanilla::{Activation, Biases, Rnn, RnnBound, RnnConfig};
 
 use crate::error::{invalid, Result};
+use crate::ops::RowsOf;
 use crate::params::Params;
 use crate::scalar::Scalar;
 use crate::tape::{Tape, Var};
 use ndarray::{ArrayView2, ArrayView3};
-use std::ops::Range;
 
 /// A recurrent cell that any BPTT strategy can unroll.
 ///
@@ -135,17 +135,10 @@ pub trait Recurrent<F: Scalar> {
 pub trait Projection<F: Scalar, B> {
     /// The k steps' inputs, `(k·B) × D` stacked step after step, to `(k·B) × P`.
     fn project_inputs(&self, tape: &mut Tape<F>, bound: &B, xs: Var) -> Result<Var>;
-    /// One step: `h_{t−1}` (B×S) to `h_t` (B×S), given the segment's projected inputs
-    /// `u` ((k·B)×P) and the rows of `u` that belong to this step (read them with
-    /// [`Tape::affine_rows`] or [`Tape::slice_rows`]).
-    fn step_projected(
-        &self,
-        tape: &mut Tape<F>,
-        bound: &B,
-        u: Var,
-        rows: Range<usize>,
-        h: Var,
-    ) -> Result<Var>;
+    /// One step: `h_{t−1}` (B×S) to `h_t` (B×S), given the rows of the segment's
+    /// projected inputs ((k·B)×P) that belong to this step, `RowsOf(u, rows)` (read them
+    /// with [`Tape::affine_rows`] or [`Tape::slice_rows`]).
+    fn step_projected(&self, tape: &mut Tape<F>, bound: &B, u: RowsOf, h: Var) -> Result<Var>;
 }
 
 /// [`Recurrent::step`] of a cell with a projection: the projection of the one step's
@@ -159,7 +152,7 @@ pub(crate) fn step_by_projection<F: Scalar, B>(
 ) -> Result<Var> {
     let rows = tape.shape(x)?.0;
     let u = p.project_inputs(tape, bound, x)?;
-    p.step_projected(tape, bound, u, 0..rows, h)
+    p.step_projected(tape, bound, RowsOf(u, 0..rows), h)
 }
 
 /// The widths of a cell with an output head: input D, hidden H, output Q.

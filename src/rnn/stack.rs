@@ -2,6 +2,7 @@
 
 use super::{Projection, Recurrent};
 use crate::error::{Error, Result};
+use crate::ops::RowsOf;
 use crate::params::Params;
 use crate::scalar::Scalar;
 use crate::tape::{Tape, Var};
@@ -67,8 +68,8 @@ impl<C> Stack<C> {
 enum Bottom {
     /// The step's inputs `x_t` (B×D).
     Inputs(Var),
-    /// The rows of the segment's projected inputs.
-    Projected(Var, Range<usize>),
+    /// The step's rows of the segment's projected inputs.
+    Projected(RowsOf),
 }
 
 impl<C> Stack<C> {
@@ -107,8 +108,8 @@ impl<C> Stack<C> {
             };
             at += s;
             let new = match (l, input, &bottom) {
-                (0, _, Bottom::Projected(u, rows)) => match layer.projection() {
-                    Some(p) => p.step_projected(tape, b, *u, rows.clone(), h_l)?,
+                (0, _, Bottom::Projected(u)) => match layer.projection() {
+                    Some(p) => p.step_projected(tape, b, u.clone(), h_l)?,
                     None => return Err(no_projection()),
                 },
                 (0, _, Bottom::Inputs(x)) => layer.step(tape, b, *x, h_l)?,
@@ -216,10 +217,9 @@ impl<F: Scalar, C: Recurrent<F>> Projection<F, Vec<C::Bound>> for Stack<C> {
         &self,
         tape: &mut Tape<F>,
         bound: &Vec<C::Bound>,
-        u: Var,
-        rows: Range<usize>,
+        u: RowsOf,
         h: Var,
     ) -> Result<Var> {
-        self.step_layers(tape, bound, Bottom::Projected(u, rows), h)
+        self.step_layers(tape, bound, Bottom::Projected(u), h)
     }
 }

@@ -209,10 +209,9 @@ impl<F: Scalar> Projection<F, RnnBound> for Rnn {
         &self,
         tape: &mut Tape<F>,
         bound: &RnnBound,
-        u: Var,
-        rows: std::ops::Range<usize>,
+        u: RowsOf,
         h_prev: Var,
     ) -> Result<Var> {
-        tape.affine_rows(h_prev, bound.w_hh, RowsOf(u, rows), self.config.activation)
+        tape.affine_rows(h_prev, bound.w_hh, u, self.config.activation)
     }
 }
