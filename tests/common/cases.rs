@@ -20,6 +20,13 @@ pub struct Shape {
     pub q: usize,
 }
 
+impl Shape {
+    /// T steps of B rows, D inputs and Q outputs.
+    pub fn new(t: usize, b: usize, d: usize, q: usize) -> Shape {
+        Shape { t, b, d, q }
+    }
+}
+
 /// Inputs and targets of every kind for one [`Shape`], from one seed: inputs in ±1,
 /// labels below Q, real targets in ±1, binary targets in {0, 1} and (0, 1), step
 /// weights in [0.2, 1.2).
@@ -113,24 +120,13 @@ pub struct Case {
 impl Case {
     /// The model over `t` steps, weights and data from `seed`.
     pub fn new(model: Model, t: usize, seed: u64) -> Case {
-        Case::sized(
-            model,
-            Shape {
-                t,
-                b: 2,
-                d: 3,
-                q: 3,
-            },
-            4,
-            0.45,
-            seed,
-        )
+        Case::sized(model, Shape::new(t, 2, 3, 3), 4, 0.45, seed)
     }
 
     /// The model with the sizes of `s` (`s.q` outputs, but one for M2: its data then
     /// has Q = 1) and `h` hidden units, `W_hh` uniform in ±`w_hh`, biases as in
     /// [`Case::new`], weights and data from `seed`. `Case::new` is
-    /// `Case::sized(model, Shape { t, b: 2, d: 3, q: 3 }, 4, 0.45, seed)`.
+    /// `Case::sized(model, Shape::new(t, 2, 3, 3), 4, 0.45, seed)`.
     pub fn sized(model: Model, s: Shape, h: usize, w_hh: f64, seed: u64) -> Case {
         let Shape { t, b, d, q } = s;
         let mut params = Params::<f64>::new();
