@@ -2,6 +2,9 @@
 //! never a panic (a panic fails these tests too), for `run`, `Stream`, `checkpointed`
 //! and `enumerate`.
 
+mod common;
+
+use common::cases::{Data, Shape};
 use ndarray::{Array1, Array2, Array3};
 use timetape::bptt::{self, enumerate, Pi, StepTarget, Stream, Truncation};
 use timetape::bptt::{Memory, Run};
@@ -11,30 +14,24 @@ use timetape::{Error, Params};
 struct Setup {
     params: Params<f64>,
     cell: Rnn,
-    xs: Array3<f64>,
-    labels: Array2<usize>,
+    data: Data,
 }
 
-/// M3 with D = 2, H = 3, Q = 2; T = 6, B = 1.
+/// M3 with D = 2, H = 3, Q = 2 (the weights of `models::m3`); T = 6, B = 1, inputs and
+/// labels from the shared `Data`.
 fn setup() -> Setup {
     let mut params = Params::<f64>::new();
     let cell = models::m3(&mut params, Sizes::new(2, 3, 2), 0).unwrap();
-    let xs = Array3::from_shape_fn((6, 1, 2), |(t, _, d)| ((t + 2 * d) as f64 * 0.3).sin());
-    let labels = Array2::from_shape_fn((6, 1), |(t, _)| t % 2);
-    Setup {
-        params,
-        cell,
-        xs,
-        labels,
-    }
+    let data = Data::new(Shape::new(6, 1, 2, 2), 0);
+    Setup { params, cell, data }
 }
 
 fn run_err(s: &Setup, tr: Truncation) -> Error {
-    let loss = SequenceLoss::classes(s.labels.view());
+    let loss = SequenceLoss::classes(s.data.labels.view());
     match bptt::run(
         &s.cell,
         &s.params,
-        &Sequence::new(s.xs.view(), loss),
+        &Sequence::new(s.data.xs.view(), loss),
         &Run::new(tr.clone()),
     ) {
         Ok(_) => panic!("{tr:?} was accepted"),
@@ -207,7 +204,7 @@ fn check<'a>(s: &'a Setup, loss: SequenceLoss<'a, f64>, what: &str, want: fn(&Er
         let e = bptt::run(
             &s.cell,
             &s.params,
-            &Sequence::new(s.xs.view(), loss),
+            &Sequence::new(s.data.xs.view(), loss),
             &Run::new(tr.clone()),
         )
         .unwrap_err();
@@ -216,7 +213,7 @@ fn check<'a>(s: &'a Setup, loss: SequenceLoss<'a, f64>, what: &str, want: fn(&Er
     let e = bptt::run(
         &s.cell,
         &s.params,
-        &Sequence::new(s.xs.view(), loss),
+        &Sequence::new(s.data.xs.view(), loss),
         &Run::new(Truncation::Full).memory(Memory::Checkpointed { stride: Some(2) }),
     )
     .unwrap_err();
@@ -263,7 +260,7 @@ fn targets_that_do_not_fit() {
         shape,
     );
     // Label 2 with 2 classes.
-    let mut bad = s.labels.clone();
+    let mut bad = s.data.labels.clone();
     bad[[3, 0]] = 2;
     check(
         &s,
@@ -275,7 +272,9 @@ fn targets_that_do_not_fit() {
     let w = vec![1.0; 5];
     check(
         &s,
-        SequenceLoss::classes(s.labels.view()).weighted(&w).into(),
+        SequenceLoss::classes(s.data.labels.view())
+            .weighted(&w)
+            .into(),
         "5 weights",
         shape,
     );
@@ -313,11 +312,11 @@ fn targets_that_do_not_fit() {
     });
     // An h_0 of the wrong shape.
     let h0 = Array2::<f64>::zeros((1, 4));
-    let loss = SequenceLoss::classes(s.labels.view());
+    let loss = SequenceLoss::classes(s.data.labels.view());
     let e = bptt::run(
         &s.cell,
         &s.params,
-        &Sequence::new(s.xs.view(), loss).with_h0(h0.view()),
+        &Sequence::new(s.data.xs.view(), loss).with_h0(h0.view()),
         &Run::new(Truncation::Full),
     )
     .unwrap_err();
@@ -440,11 +439,11 @@ fn stream_errors() {
 #[test]
 fn checkpointed_stride_zero() {
     let s = setup();
-    let loss = SequenceLoss::classes(s.labels.view());
+    let loss = SequenceLoss::classes(s.data.labels.view());
     let e = bptt::run(
         &s.cell,
         &s.params,
-        &Sequence::new(s.xs.view(), loss),
+        &Sequence::new(s.data.xs.view(), loss),
         &Run::new(Truncation::Full).memory(Memory::Checkpointed { stride: Some(0) }),
     )
     .unwrap_err();

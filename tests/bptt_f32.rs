@@ -11,66 +11,54 @@
 
 mod common;
 
+use common::cases::{Case, Model};
 use common::max_rel_diff;
-use ndarray::{Array2, Array3, Axis};
-use rand::Rng;
+use ndarray::{Array3, Axis};
 use timetape::bptt::{self, enumerate, Pi, Report, StepTarget, Stream, Truncation};
 use timetape::bptt::{Memory, Run};
 use timetape::rnn::{models, Rnn, Sequence, SequenceLoss, Sizes};
-use timetape::{init, Grads, Params, Scalar};
+use timetape::{Grads, Params, Scalar};
 
 const TOL: f64 = 1e-4;
 
+/// The same model in f64 and in f32.
 struct Pair {
-    p64: Params<f64>,
+    /// The f64 side: the shared M3 case with its weights, inputs and α_t rounded to f32.
+    c: Case,
     p32: Params<f32>,
-    cell: Rnn,
     cell32: Rnn,
-    xs64: Array3<f64>,
     xs32: Array3<f32>,
-    labels: Array2<usize>,
-    alphas64: Vec<f64>,
     alphas32: Vec<f32>,
 }
 
-/// M3 with B = 2, D = 3, H = 4, Q = 3, `W_hh` in ±0.45; the f32 model holds the f64
-/// values rounded to f32, and the f64 model is then reset to exactly those values, so
-/// both evaluate the same function.
+/// M3 from the shared fixture (`Case::new`: B = 2, D = 3, H = 4, Q = 3, `W_hh` in
+/// ±0.45); the f32 model holds the f64 values rounded to f32, and the f64 case is then
+/// reset to exactly those values, so both evaluate the same function.
 fn pair(t: usize) -> Pair {
-    let (b, d, h, q) = (2, 3, 4, 3);
-    let mut p64 = Params::<f64>::new();
-    let cell = models::m3(&mut p64, Sizes::new(d, h, q), 4).unwrap();
-    let mut rng = init::rng(404);
-    *p64.get_mut(cell.w_hh).unwrap() = init::uniform((h, h), 0.45, &mut rng).unwrap();
-    *p64.get_mut(cell.b_h.unwrap()).unwrap() = init::uniform((1, h), 0.3, &mut rng).unwrap();
-    *p64.get_mut(cell.b_q.unwrap()).unwrap() = init::uniform((1, q), 0.3, &mut rng).unwrap();
+    let mut c = Case::new(Model::M3, t, 4);
+    let cfg = &c.cell.config;
     let mut p32 = Params::<f32>::new();
-    let cell32 = models::m3(&mut p32, Sizes::new(d, h, q), 4).unwrap();
-    assert_eq!(cell32.config, cell.config);
+    let cell32 = models::m3(&mut p32, Sizes::new(cfg.input, cfg.hidden, cfg.output), 4).unwrap();
+    assert_eq!(cell32.config, c.cell.config);
     for (i32_, i64_) in p32
         .ids()
         .collect::<Vec<_>>()
         .into_iter()
-        .zip(p64.ids().collect::<Vec<_>>())
+        .zip(c.params.ids().collect::<Vec<_>>())
     {
-        let v = p64.get(i64_).unwrap().mapv(|x| x as f32);
-        *p64.get_mut(i64_).unwrap() = v.mapv(f64::from);
-        *p32.get_mut(i32_).unwrap() = v;
+        let v = c.params.get(i64_).unwrap().mapv(|x| x as f32);
+        c.params.set(i64_, v.mapv(f64::from).view()).unwrap();
+        p32.set(i32_, v.view()).unwrap();
     }
-    let xs32 = Array3::from_shape_simple_fn((t, b, d), || rng.random_range(-1.0f32..1.0));
-    let xs64 = xs32.mapv(f64::from);
-    let labels = Array2::from_shape_simple_fn((t, b), || rng.random_range(0..q));
-    let alphas32: Vec<f32> = (0..t).map(|_| rng.random_range(0.2f32..1.2)).collect();
-    let alphas64 = alphas32.iter().map(|&a| f64::from(a)).collect();
+    let xs32 = c.data.xs.mapv(|x| x as f32);
+    c.data.xs = xs32.mapv(f64::from);
+    let alphas32: Vec<f32> = c.data.alphas.iter().map(|&a| a as f32).collect();
+    c.data.alphas = alphas32.iter().map(|&a| f64::from(a)).collect();
     Pair {
-        p64,
+        c,
         p32,
-        cell,
         cell32,
-        xs64,
         xs32,
-        labels,
-        alphas64,
         alphas32,
     }
 }
@@ -92,18 +80,12 @@ fn rel_diff(g32: &Grads<f32>, p32: &Params<f32>, g64: &Grads<f64>, p64: &Params<
 
 impl Pair {
     fn run64(&self, tr: &Truncation) -> Report<f64> {
-        let loss = SequenceLoss::classes(self.labels.view()).weighted(&self.alphas64);
-        bptt::run(
-            &self.cell,
-            &self.p64,
-            &Sequence::new(self.xs64.view(), loss),
-            &Run::new(tr.clone()),
-        )
-        .unwrap()
+        let c = &self.c;
+        bptt::run(&c.cell, &c.params, &c.seq(), &Run::new(tr.clone())).unwrap()
     }
 
     fn run32(&self, tr: &Truncation) -> Report<f32> {
-        let loss = SequenceLoss::classes(self.labels.view()).weighted(&self.alphas32);
+        let loss = SequenceLoss::classes(self.c.data.labels.view()).weighted(&self.alphas32);
         bptt::run(
             &self.cell32,
             &self.p32,
@@ -114,7 +96,7 @@ impl Pair {
     }
 
     fn check(&self, r32: &Report<f32>, r64: &Report<f64>, what: &str) {
-        let d = rel_diff(&r32.grads, &self.p32, &r64.grads, &self.p64);
+        let d = rel_diff(&r32.grads, &self.p32, &r64.grads, &self.c.params);
         assert!(d <= TOL, "{what}: f32 vs f64 {d:e}");
         assert!(r32.loss.is_finite(), "{what}: loss");
         let dl = (r32.loss.as_f64() - r64.loss).abs() / r64.loss.abs();
@@ -171,7 +153,7 @@ fn f32_pattern() {
 #[test]
 fn f32_checkpointed() {
     let p = pair(20);
-    let l32 = SequenceLoss::classes(p.labels.view()).weighted(&p.alphas32);
+    let l32 = SequenceLoss::classes(p.c.data.labels.view()).weighted(&p.alphas32);
     let r32 = bptt::run(
         &p.cell32,
         &p.p32,
@@ -180,7 +162,7 @@ fn f32_checkpointed() {
     )
     .unwrap();
     let r64 = p.run64(&Truncation::Full);
-    let d = rel_diff(&r32.grads, &p.p32, &r64.grads, &p.p64);
+    let d = rel_diff(&r32.grads, &p.p32, &r64.grads, &p.c.params);
     assert!(d <= TOL, "checkpointed f32 vs Full f64 {d:e}");
     assert_eq!(r32.forward_steps, 40);
 }
@@ -193,7 +175,7 @@ fn f32_stream() {
     for t in 0..20 {
         s.push(
             p.xs32.index_axis(Axis(0), t),
-            StepTarget::Classes(p.labels.row(t).to_slice().unwrap()),
+            StepTarget::Classes(p.c.data.labels.row(t).to_slice().unwrap()),
             p.alphas32[t],
         )
         .unwrap();
@@ -206,7 +188,7 @@ fn f32_stream() {
 #[test]
 fn f32_enumerated_mean() {
     let p = pair(6);
-    let l32 = SequenceLoss::classes(p.labels.view()).weighted(&p.alphas32);
+    let l32 = SequenceLoss::classes(p.c.data.labels.view()).weighted(&p.alphas32);
     let m = enumerate::randomized_moments(
         &p.cell32,
         &p.p32,
@@ -215,7 +197,7 @@ fn f32_enumerated_mean() {
     )
     .unwrap();
     let full = p.run64(&Truncation::Full);
-    let d = rel_diff(&m.mean, &p.p32, &full.grads, &p.p64);
+    let d = rel_diff(&m.mean, &p.p32, &full.grads, &p.c.params);
     assert!(d <= TOL, "E[Ĝ] f32 vs Full f64 {d:e}");
     assert_eq!(m.patterns, 64);
 }

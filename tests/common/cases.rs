@@ -20,6 +20,13 @@ pub struct Shape {
     pub q: usize,
 }
 
+impl Shape {
+    /// T steps of B rows, D inputs and Q outputs.
+    pub fn new(t: usize, b: usize, d: usize, q: usize) -> Shape {
+        Shape { t, b, d, q }
+    }
+}
+
 /// Inputs and targets of every kind for one [`Shape`], from one seed: inputs in ±1,
 /// labels below Q, real targets in ±1, binary targets in {0, 1} and (0, 1), step
 /// weights in [0.2, 1.2).
@@ -96,6 +103,7 @@ pub const MODELS: [Model; 3] = [Model::M1, Model::M2, Model::M3];
 /// A model of the notes with contractive weights and its data: B = 2, D = 3, H = 4,
 /// Q = 3 (Q = 1 for M2). `W_hh` uniform in ±0.45 (spectral radius ≈ 0.5: no overflow
 /// or saturation), biases in ±0.3 (plus 0.2 on M2's b_h so that most ReLUs are active).
+/// Other sizes and `W_hh` scales: [`Case::sized`]; a non-zero h_0: [`Case::with_h0`].
 pub struct Case {
     /// Which model.
     pub model: Model,
@@ -105,12 +113,22 @@ pub struct Case {
     pub cell: Rnn,
     /// Inputs and targets.
     pub data: Data,
+    /// The initial state h_0 (B, H), or `None` for h_0 = 0 ([`Case::with_h0`]).
+    pub h0: Option<Array2<f64>>,
 }
 
 impl Case {
     /// The model over `t` steps, weights and data from `seed`.
     pub fn new(model: Model, t: usize, seed: u64) -> Case {
-        let (b, d, h, q) = (2, 3, 4, 3);
+        Case::sized(model, Shape::new(t, 2, 3, 3), 4, 0.45, seed)
+    }
+
+    /// The model with the sizes of `s` (`s.q` outputs, but one for M2: its data then
+    /// has Q = 1) and `h` hidden units, `W_hh` uniform in ±`w_hh`, biases as in
+    /// [`Case::new`], weights and data from `seed`. `Case::new` is
+    /// `Case::sized(model, Shape::new(t, 2, 3, 3), 4, 0.45, seed)`.
+    pub fn sized(model: Model, s: Shape, h: usize, w_hh: f64, seed: u64) -> Case {
+        let Shape { t, b, d, q } = s;
         let mut params = Params::<f64>::new();
         let cell = match model {
             Model::M1 => models::m1(&mut params, Sizes::new(d, h, q), seed),
@@ -120,7 +138,7 @@ impl Case {
         .unwrap();
         let q = cell.config.output;
         let mut rng = init::rng(seed ^ 0xb977);
-        let w_hh = init::uniform((h, h), 0.45, &mut rng).unwrap();
+        let w_hh = init::uniform((h, h), w_hh, &mut rng).unwrap();
         params.set(cell.w_hh, w_hh.view()).unwrap();
         if let Some(id) = cell.b_h {
             let shift = if model == Model::M2 { 0.2 } else { 0.0 };
@@ -137,12 +155,44 @@ impl Case {
             params,
             cell,
             data,
+            h0: None,
         }
+    }
+
+    /// The same case started from a seeded h_0 uniform in ±0.5 ([`initial_state`]).
+    pub fn with_h0(mut self, seed: u64) -> Case {
+        let b = self.data.xs.dim().1;
+        self.h0 = Some(initial_state(b, self.cell.config.hidden, seed));
+        self
     }
 
     /// Steps T.
     pub fn t(&self) -> usize {
         self.data.xs.dim().0
+    }
+
+    /// The step weights of the model's loss: α_t for M3, 1 for M1 (and for M2, whose
+    /// last-step loss takes none).
+    pub fn weights(&self) -> Vec<f64> {
+        match self.model {
+            Model::M3 => self.data.alphas.clone(),
+            Model::M1 | Model::M2 => vec![1.0; self.t()],
+        }
+    }
+
+    /// The model's loss with the step weights `w` in place of [`Case::weights`] (M2's
+    /// last-step loss ignores them): M1 classes weighted by `w` and averaged over time,
+    /// M3 classes weighted by `w`.
+    pub fn loss_with<'a>(&'a self, w: &'a [f64]) -> SequenceLoss<'a, f64> {
+        let d = &self.data;
+        match self.model {
+            Model::M1 => SequenceLoss::classes(d.labels.view())
+                .weighted(w)
+                .mean_over_time()
+                .into(),
+            Model::M2 => SequenceLoss::last_binary(d.last_binary.view()).into(),
+            Model::M3 => SequenceLoss::classes(d.labels.view()).weighted(w).into(),
+        }
     }
 
     /// The model's loss: M1 classes averaged over time, M2 the last-step binary target,
@@ -158,8 +208,22 @@ impl Case {
         }
     }
 
-    /// The inputs with the model's loss, from h_0 = 0.
+    /// The inputs with the model's loss, from h_0 = 0 (or the case's h_0,
+    /// [`Case::with_h0`]).
     pub fn seq(&self) -> Sequence<'_, f64> {
-        self.data.seq(self.loss())
+        self.seq_with(self.loss())
     }
+
+    /// The inputs with `loss`, from the case's h_0 (0 unless [`Case::with_h0`]).
+    pub fn seq_with<'a>(&'a self, loss: SequenceLoss<'a, f64>) -> Sequence<'a, f64> {
+        self.data
+            .seq(loss)
+            .with_h0(self.h0.as_ref().map(|h| h.view()))
+    }
+}
+
+/// A seeded initial state h_0 of B rows and H units, uniform in ±0.5 (a state a tanh or
+/// ReLU cell could reach, far from 0).
+pub fn initial_state(b: usize, h: usize, seed: u64) -> Array2<f64> {
+    init::uniform((b, h), 0.5, &mut init::rng(seed ^ 0x4830)).unwrap()
 }
