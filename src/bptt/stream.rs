@@ -246,6 +246,7 @@ impl<'a, F: Scalar, C: Recurrent<F>> Stream<'a, F, C> {
         alpha: F,
     ) -> Result<()> {
         let kind = self.check_step(input, target, alpha)?;
+        self.tokens = matches!(input, StepInput::Tokens(_));
         if self.kind == Kind::Unknown && kind != Kind::Unknown {
             // Earlier steps had no target: give them dummy entries of the new kind.
             let n = self.alphas.len();
@@ -288,7 +289,7 @@ impl<'a, F: Scalar, C: Recurrent<F>> Stream<'a, F, C> {
     /// Checks a step's input, target and weight; returns the kind of target the stream
     /// has from this step on.
     fn check_step(
-        &mut self,
+        &self,
         input: StepInput<'_, F>,
         target: StepTarget<'_, F>,
         alpha: F,
@@ -308,7 +309,6 @@ impl<'a, F: Scalar, C: Recurrent<F>> Stream<'a, F, C> {
                 "a stream takes real inputs or tokens, not both",
             ));
         }
-        self.tokens = tokens;
         match input {
             StepInput::Values(x) if x.dim() != (b, d) => return Err(mismatch((b, d), x.dim())),
             StepInput::Values(x) => {
