@@ -1,65 +1,33 @@
-//! The tape's cost on a whole BPTT: the full-BPTT gradient of a tanh RNN with softmax
-//! cross-entropy at every step, f32, one thread, by the tape (`bptt::Workspace::run`,
-//! buffers reused across calls) against the hand-written closed form
-//! (`closed_form::M3Workspace::with_tanh(Scalar::tanh_kernel)`, written as a
-//! performance-minded person writes BPTT by hand: ndarray's products, and the tape's f32
-//! tanh kernel so that both do the same arithmetic; the oracle the tests use computes
-//! tanh exactly).
+//! The tape's cost on the standard jobs: full BPTT (forward + backward, every gradient)
+//! with softmax cross-entropy at every step, mean over time and batch, f32, one thread,
+//! on the data and weights the peer benchmarks draw (PyTorch and JAX get the same loss:
+//! compare the printed `loss` with theirs).
 //!
-//! Prints one line per size, the ratio tape / closed form last on the line, then the
-//! machine's plain matrix-product speed and the peak memory of both at S4. Each timing
-//! is the minimum over repeated runs (the least disturbed by other load). Takes about
-//! 30 seconds.
+//! For each job it prints the tape's time (`bptt::Workspace::run`, buffers reused) and
+//! two references:
+//! - **skeleton**: the same matrix products and nothing else (no activation, no loss,
+//!   no copy): the limit of any implementation on this matrix-product kernel;
+//! - **closed form** (tanh RNN only): BPTT written by hand
+//!   (`closed_form::M3Workspace::with_tanh(Scalar::tanh_kernel)`: ndarray's products and
+//!   the tape's f32 tanh kernel, so that both do the same arithmetic).
 //!
-//! `cargo run --release --example bench_overhead` (or `… -- S1 S3` for some sizes only).
+//! Jobs: the tanh RNN at S1–S4, GRU and LSTM at G1–G3 (the dimensions of S1–S3). Each
+//! timing is the minimum over repeated runs (the least disturbed by other load). Then
+//! the machine's plain matrix-product speed and the peak memory at S4.
+//!
+//! `cargo run --release --example bench_overhead` (or `… -- S1 G2` for some jobs only).
+
+#[path = "peers/mod.rs"]
+mod peers;
 
 use ndarray::linalg::general_mat_mul;
-use ndarray::{Array2, Array3};
+use ndarray::{s, Array2, ArrayView2, ArrayViewMut2};
+use peers::{Size, GATED_SIZES, RNN_SIZES};
 use std::time::Instant;
-use timetape::bptt::Run;
-use timetape::bptt::{Truncation, Workspace};
+use timetape::bptt::{Run, Truncation, Workspace};
 use timetape::closed_form::M3Workspace;
-use timetape::rnn::{models, Sequence, SequenceLoss, Sizes};
-use timetape::Params;
-
-struct Size {
-    name: &'static str,
-    b: usize,
-    d: usize,
-    h: usize,
-    t: usize,
-}
-
-const SIZES: [Size; 4] = [
-    Size {
-        name: "S1",
-        b: 1,
-        d: 32,
-        h: 64,
-        t: 100,
-    },
-    Size {
-        name: "S2",
-        b: 32,
-        d: 64,
-        h: 256,
-        t: 100,
-    },
-    Size {
-        name: "S3",
-        b: 64,
-        d: 128,
-        h: 512,
-        t: 50,
-    },
-    Size {
-        name: "S4",
-        b: 32,
-        d: 64,
-        h: 256,
-        t: 1000,
-    },
-];
+use timetape::rnn::{models, Gru, Lstm, Recurrent, Sequence, SequenceLoss, Sizes};
+use timetape::{ParamId, Params, Result};
 
 /// Minimum wall time of `f` over `reps` runs after one warm-up, in seconds.
 fn time_min(reps: usize, mut f: impl FnMut()) -> f64 {
@@ -73,65 +41,215 @@ fn time_min(reps: usize, mut f: impl FnMut()) -> f64 {
         .fold(f64::INFINITY, f64::min)
 }
 
-fn main() -> Result<(), timetape::Error> {
-    let only: Vec<String> = std::env::args().skip(1).collect();
-    let mut peak = None;
-    for s in SIZES
-        .iter()
-        .filter(|s| only.is_empty() || only.iter().any(|o| o == s.name))
-    {
-        let q = s.d;
-        let mut params = Params::<f32>::new();
-        let cell = models::m3(&mut params, Sizes::new(s.d, s.h, q), 1)?;
-        let xs = Array3::from_shape_fn((s.t, s.b, s.d), |(t, b, k)| {
-            ((t * 31 + b * 7 + k) as f32 * 0.01).sin()
-        });
-        let labels = Array2::from_shape_fn((s.t, s.b), |(t, b)| (t * 13 + b * 5) % q);
-        let loss = SequenceLoss::classes(labels.view());
-        // FLOPs of forward + backward: 2·T·B·(2DH + 3H² + 3HQ).
-        let flops = 2.0 * (s.t * s.b) as f64 * (2 * s.d * s.h + 3 * s.h * s.h + 3 * s.h * q) as f64;
-        let reps = if flops > 5e9 {
-            3
-        } else if flops > 5e8 {
-            6
-        } else {
-            30
-        };
+/// Repetitions for a job of `flops`: fewer for the long ones.
+fn reps(flops: f64) -> usize {
+    if flops > 5e9 {
+        3
+    } else if flops > 5e8 {
+        6
+    } else {
+        30
+    }
+}
 
-        let mut reference = M3Workspace::with_tanh(timetape::Scalar::tanh_kernel);
-        let t_ref = time_min(reps, || {
-            reference
-                .run(&params, &cell, &Sequence::new(xs.view(), loss))
-                .expect("reference");
-        });
-        let mut ws = Workspace::new();
-        let mut tape_bytes = 0;
-        let t_tape = time_min(reps, || {
-            let r = ws
-                .run(
-                    &cell,
-                    &params,
-                    &Sequence::new(xs.view(), loss),
-                    &Run::new(Truncation::Full),
-                )
-                .expect("tape");
-            tape_bytes = r.peak_tape_bytes;
-        });
-        println!(
-            "{} B={:<3} D=Q={:<4} H={:<4} T={:<5} closed form {:>8.2} ms ({:>5.1} GFLOP/s)  tape {:>8.2} ms  ratio {:.2}",
-            s.name,
-            s.b,
-            s.d,
-            s.h,
-            s.t,
-            1e3 * t_ref,
-            flops / t_ref / 1e9,
-            1e3 * t_tape,
-            t_tape / t_ref
-        );
-        if s.name == "S4" {
-            peak = Some((reference.bytes(), tape_bytes));
+/// `c = a b` (or `c += a b` with `add`), ndarray's product.
+fn mm(a: ArrayView2<'_, f32>, b: ArrayView2<'_, f32>, c: ArrayViewMut2<'_, f32>, add: f32) {
+    general_mat_mul(1.0, &a, &b, add, &mut { c });
+}
+
+/// The matrix products of full BPTT for a cell with `g` gate blocks and nothing else:
+/// forward `A = X W_x` (all steps), `A_t += h_{t−1} W_h` (h = the first H columns of
+/// A_t), `O = H W_hq`; backward `∂W_hq = Hᵀ ∂O`, `∂H = ∂O W_hqᵀ`,
+/// `∂h_{t−1} += ∂A_t W_hᵀ`, `∂W_h = H_prevᵀ ∂A` and `∂W_x = Xᵀ ∂A` (merged over steps).
+struct Skeleton {
+    x: Array2<f32>,
+    w_x: Array2<f32>,
+    w_h: Array2<f32>,
+    w_hq: Array2<f32>,
+    a: Array2<f32>,
+    o: Array2<f32>,
+    dh: Array2<f32>,
+    grads: [Array2<f32>; 3],
+}
+
+impl Skeleton {
+    fn new(s: &Size, g: usize) -> Skeleton {
+        let (tb, d, h) = (s.t * s.b, s.d, s.h);
+        let fill = |r, c| Array2::from_elem((r, c), 0.01f32);
+        Skeleton {
+            x: fill(tb, d),
+            w_x: fill(d, g * h),
+            w_h: fill(h, g * h),
+            w_hq: fill(h, d),
+            a: fill(tb, g * h),
+            o: fill(tb, d),
+            dh: fill(tb, h),
+            grads: [fill(d, g * h), fill(h, g * h), fill(h, d)],
         }
+    }
+
+    fn run(&mut self, s: &Size) {
+        let (b, h, t) = (s.b, s.h, s.t);
+        let Skeleton {
+            x,
+            w_x,
+            w_h,
+            w_hq,
+            a,
+            o,
+            dh,
+            grads,
+        } = self;
+        mm(x.view(), w_x.view(), a.view_mut(), 0.0);
+        for step in 1..t {
+            let (prev, mut cur) = a.multi_slice_mut((
+                s![(step - 1) * b..step * b, ..h],
+                s![step * b..(step + 1) * b, ..],
+            ));
+            general_mat_mul(1.0, &prev, w_h, 1.0, &mut cur);
+        }
+        let hs = a.slice(s![.., ..h]);
+        mm(hs, w_hq.view(), o.view_mut(), 0.0);
+        mm(hs.t(), o.view(), grads[2].view_mut(), 0.0);
+        mm(o.view(), w_hq.t(), dh.view_mut(), 0.0);
+        for step in (1..t).rev() {
+            let da = a.slice(s![step * b..(step + 1) * b, ..]);
+            let prev = dh.slice_mut(s![(step - 1) * b..step * b, ..]);
+            mm(da, w_h.t(), prev, 1.0);
+        }
+        let h_prev = a.slice(s![..(t - 1) * b, ..h]);
+        let da = a.slice(s![b.., ..]);
+        mm(h_prev.t(), da, grads[1].view_mut(), 0.0);
+        mm(x.t(), a.view(), grads[0].view_mut(), 0.0);
+    }
+}
+
+/// Sets a parameter to the peers' draw (seed, scale).
+fn draw(params: &mut Params<f32>, id: ParamId, seed: u64, scale: f64) -> Result<()> {
+    let shape = params.get(id)?.dim();
+    params.set(id, peers::matrix(seed, shape, scale).view())
+}
+
+/// The tape's time and loss on the job `s` for `cell`.
+fn tape<C: Recurrent<f32>>(cell: &C, params: &Params<f32>, s: &Size) -> Result<(f64, f32)> {
+    let (xs, labels) = s.data();
+    let seq = Sequence::new(
+        xs.view(),
+        SequenceLoss::classes(labels.view()).mean_over_time(),
+    );
+    let mut ws = Workspace::new();
+    let how = Run::new(Truncation::Full);
+    let loss = ws.run(cell, params, &seq, &how)?.loss;
+    let n = reps(s.flops(1));
+    let t = time_min(n, || {
+        let _ = ws.run(cell, params, &seq, &how);
+    });
+    Ok((t, loss))
+}
+
+/// One line of the table.
+fn line(job: &str, s: &Size, (t_tape, loss): (f64, f32), refs: (f64, Option<f64>)) {
+    let (skeleton, closed) = refs;
+    let closed = closed.map_or(String::from("        —          "), |c| {
+        format!("{:>8.2} ms ({:.2})", 1e3 * c, t_tape / c)
+    });
+    println!(
+        "{job:<5}{} B={:<3} H={:<4} T={:<5} loss {loss:<10.7} tape {:>8.2} ms  skeleton {:>8.2} ms ({:.2})  closed form {closed}",
+        s.name,
+        s.b,
+        s.h,
+        s.t,
+        1e3 * t_tape,
+        1e3 * skeleton,
+        t_tape / skeleton,
+    );
+}
+
+fn rnn_job(s: &Size) -> Result<()> {
+    let mut params = Params::<f32>::new();
+    let cell = models::m3(&mut params, Sizes::new(s.d, s.h, s.d), 1)?;
+    let scales = [
+        (cell.w_xh, 1, s.d),
+        (cell.w_hh, 2, s.h),
+        (cell.w_hq, 4, s.h),
+    ];
+    for (id, seed, fan_in) in scales {
+        draw(&mut params, id, seed, 1.0 / (fan_in as f64).sqrt())?;
+    }
+    if let (Some(b_h), Some(b_q)) = (cell.b_h, cell.b_q) {
+        draw(&mut params, b_h, 3, 0.1)?;
+        draw(&mut params, b_q, 5, 0.1)?;
+    }
+    let measured = tape(&cell, &params, s)?;
+    let (xs, labels) = s.data();
+    let seq = Sequence::new(
+        xs.view(),
+        SequenceLoss::classes(labels.view()).mean_over_time(),
+    );
+    let mut reference = M3Workspace::with_tanh(timetape::Scalar::tanh_kernel);
+    let n = reps(s.flops(1));
+    let closed = time_min(n, || {
+        let _ = reference.run(&params, &cell, &seq);
+    });
+    let mut skeleton = Skeleton::new(s, 1);
+    let t_skel = time_min(n, || skeleton.run(s));
+    line("tanh", s, measured, (t_skel, Some(closed)));
+    if s.name == "S4" {
+        let r = Workspace::new().run(&cell, &params, &seq, &Run::new(Truncation::Full))?;
+        println!(
+            "peak memory at S4: closed form {:.1} MiB, tape {:.1} MiB",
+            reference.bytes() as f64 / 1048576.0,
+            r.peak_tape_bytes as f64 / 1048576.0
+        );
+    }
+    Ok(())
+}
+
+/// The gated cells.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Gated {
+    Gru,
+    Lstm,
+}
+
+fn gated_job(s: &Size, kind: Gated) -> Result<()> {
+    let mut params = Params::<f32>::new();
+    let sizes = Sizes::new(s.d, s.h, s.d);
+    let (rd, rh) = (1.0 / (s.d as f64).sqrt(), 1.0 / (s.h as f64).sqrt());
+    let (measured, g) = if kind == Gated::Lstm {
+        let cell = Lstm::new(&mut params, sizes, 1)?;
+        for (id, seed, scale) in [(cell.w_x, 1, rd), (cell.w_h, 2, rh), (cell.b, 3, 0.1)] {
+            draw(&mut params, id, seed, scale)?;
+        }
+        draw(&mut params, cell.w_hq, 4, rh)?;
+        draw(&mut params, cell.b_q, 5, 0.1)?;
+        (tape(&cell, &params, s)?, 4)
+    } else {
+        let cell = Gru::new(&mut params, sizes, 1)?;
+        for (id, seed, scale) in [(cell.w_x, 1, rd), (cell.w_h, 2, rh), (cell.b_x, 3, 0.1)] {
+            draw(&mut params, id, seed, scale)?;
+        }
+        draw(&mut params, cell.b_h, 6, 0.1)?;
+        draw(&mut params, cell.w_hq, 4, rh)?;
+        draw(&mut params, cell.b_q, 5, 0.1)?;
+        (tape(&cell, &params, s)?, 3)
+    };
+    let mut skeleton = Skeleton::new(s, g);
+    let t_skel = time_min(reps(s.flops(g)), || skeleton.run(s));
+    let name = if g == 4 { "lstm" } else { "gru" };
+    line(name, s, measured, (t_skel, None));
+    Ok(())
+}
+
+fn main() -> Result<()> {
+    let only: Vec<String> = std::env::args().skip(1).collect();
+    let wanted = |s: &Size| only.is_empty() || only.iter().any(|o| o == s.name);
+    for s in RNN_SIZES.iter().filter(|s| wanted(s)) {
+        rnn_job(s)?;
+    }
+    for s in GATED_SIZES.iter().filter(|s| wanted(s)) {
+        gated_job(s, Gated::Gru)?;
+        gated_job(s, Gated::Lstm)?;
     }
     // The machine's plain matrix-product speed, f32, one thread.
     let n = 512;
@@ -143,13 +261,5 @@ fn main() -> Result<(), timetape::Error> {
         "plain matrix product {n}×{n}×{n}: {:.1} GFLOP/s",
         2.0 * (n * n * n) as f64 / t / 1e9
     );
-    if let Some((r, t)) = peak {
-        println!(
-            "peak memory at S4: closed form {:.1} MiB, tape {:.1} MiB, ratio {:.2}",
-            r as f64 / 1048576.0,
-            t as f64 / 1048576.0,
-            t as f64 / r as f64
-        );
-    }
     Ok(())
 }
