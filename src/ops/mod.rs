@@ -12,6 +12,7 @@
 pub(crate) mod activation;
 pub(crate) mod control;
 pub(crate) mod elementwise;
+pub(crate) mod gates;
 pub(crate) mod gather;
 pub(crate) mod linalg;
 pub(crate) mod loss;
@@ -71,6 +72,17 @@ pub(crate) enum Op<F> {
         table: usize,
         ids: usize,
     },
+    /// One fused LSTM step: gate pre-activations and the state `[h c]`.
+    LstmCell {
+        a: usize,
+        state: usize,
+    },
+    /// One fused GRU step: input part, state part and the state `h`.
+    GruCell {
+        u: usize,
+        s: usize,
+        h: usize,
+    },
     /// A detached copy: backward stops here.
     Detach,
     ScaleGrad(usize, F),
@@ -94,6 +106,8 @@ impl<F: Scalar> Op<F> {
             Op::BceWithLogits(_) => "bce_with_logits",
             Op::SquaredError(_) => "squared_error",
             Op::GatherRows { .. } => "gather_rows",
+            Op::LstmCell { .. } => "lstm_cell",
+            Op::GruCell { .. } => "gru_cell",
             Op::Detach => "detach",
             Op::ScaleGrad(..) => "scale_grad",
         }
@@ -451,6 +465,8 @@ pub(crate) fn backward_node<F: Scalar>(tape: &mut Tape<F>, i: usize) -> Result<(
         Op::GatherRows { table, ids } => {
             gather::gather_rows_vjp(&mut cx, g, table, &side.labels[ids..ids + g.nrows()])
         }
+        Op::LstmCell { a, state } => gates::lstm_cell_vjp(&mut cx, g, y, (a, state)),
+        Op::GruCell { u, s, h } => gates::gru_cell_vjp(&mut cx, g, (u, s, h)),
         Op::ScaleGrad(a, c) => control::scale_grad_vjp(&mut cx, g, a, c),
     }
     cx.failed.map_or(Ok(()), Err)

@@ -179,23 +179,11 @@ impl<F: Scalar> Projection<F, GruBound> for Gru {
     }
 
     fn step_projected(&self, tape: &mut Tape<F>, b: &GruBound, u: RowsOf, h: Var) -> Result<Var> {
-        let n = self.hidden;
+        // Three nodes a step: the step's rows of the projected inputs, the state part
+        // (one product), and the fused gates and state update.
         let RowsOf(u, rows) = u;
         let u = tape.slice_rows(u, rows)?;
-        let g = tape.affine(h, b.w_h, Some(b.b_h), crate::Activation::Identity)?;
-        let rz_u = tape.slice_cols(u, 0..2 * n)?;
-        let rz_g = tape.slice_cols(g, 0..2 * n)?;
-        let rz = tape.add(rz_u, rz_g)?;
-        let rz = tape.sigmoid(rz)?;
-        let r = tape.slice_cols(rz, 0..n)?;
-        let z = tape.slice_cols(rz, n..2 * n)?;
-        let n_u = tape.slice_cols(u, 2 * n..3 * n)?;
-        let n_g = tape.slice_cols(g, 2 * n..3 * n)?;
-        let rn = tape.mul(r, n_g)?;
-        let cand = tape.add(n_u, rn)?;
-        let cand = tape.tanh(cand)?;
-        let diff = tape.sub(h, cand)?;
-        let zd = tape.mul(z, diff)?;
-        tape.add(cand, zd)
+        let s = tape.affine(h, b.w_h, Some(b.b_h), crate::Activation::Identity)?;
+        tape.gru_cell(u, s, h)
     }
 }

@@ -195,23 +195,10 @@ impl<F: Scalar> Projection<F, LstmBound> for Lstm {
         u: RowsOf,
         state: Var,
     ) -> Result<Var> {
-        let n = self.hidden;
-        let h = tape.slice_cols(state, 0..n)?;
-        let c = tape.slice_cols(state, n..2 * n)?;
+        // Three nodes a step: h of the state, the gate pre-activations (one product
+        // plus the step's projected inputs), and the fused gates and state update.
+        let h = tape.slice_cols(state, 0..self.hidden)?;
         let a = tape.affine_rows(h, b.w_h, u, crate::Activation::Identity)?;
-        let if_ = tape.slice_cols(a, 0..2 * n)?;
-        let if_ = tape.sigmoid(if_)?;
-        let i = tape.slice_cols(if_, 0..n)?;
-        let f = tape.slice_cols(if_, n..2 * n)?;
-        let g = tape.slice_cols(a, 2 * n..3 * n)?;
-        let g = tape.tanh(g)?;
-        let o = tape.slice_cols(a, 3 * n..4 * n)?;
-        let o = tape.sigmoid(o)?;
-        let fc = tape.mul(f, c)?;
-        let ig = tape.mul(i, g)?;
-        let c_new = tape.add(fc, ig)?;
-        let tc = tape.tanh(c_new)?;
-        let h_new = tape.mul(o, tc)?;
-        tape.concat_cols(&[h_new, c_new])
+        tape.lstm_cell(a, state)
     }
 }

@@ -1,0 +1,172 @@
+//! The fused gated-cell ops (`Tape::lstm_cell`, `Tape::gru_cell`): against central finite
+//! differences (1e-6: f64 central differences with eps = 1e-5, truncation error ~1e-10,
+//! rounding ~1e-11 relative on O(1) values), and against the same step written with the
+//! tape's elementwise ops (the same functions composed node by node: equal up to the
+//! order of a few roundings, 1e-14 relative).
+
+mod common;
+
+use common::assert_close;
+use ndarray::Array2;
+use timetape::gradcheck::{gradcheck, GradcheckOptions};
+use timetape::{init, Error, Params, Tape, Var};
+
+const FD: f64 = 1e-6;
+const SAME: f64 = 1e-14;
+/// Batch rows and hidden width.
+const B: usize = 3;
+const H: usize = 4;
+
+/// `Σ w ⊙ y` with fixed weights `w`: every entry of `y` reaches the loss differently.
+fn weighted_sum(tape: &mut Tape<f64>, y: Var, seed: u64) -> timetape::Result<Var> {
+    let shape = tape.shape(y)?;
+    let w = init::uniform(shape, 1.0, &mut init::rng(seed))?;
+    let wv = tape.constant(w)?;
+    let p = tape.mul(y, wv)?;
+    tape.sum(p)
+}
+
+fn store(shapes: &[(&str, (usize, usize))]) -> Params<f64> {
+    let mut params = Params::new();
+    for (k, (name, shape)) in shapes.iter().enumerate() {
+        let v = init::uniform(*shape, 1.5, &mut init::rng(k as u64 + 1)).unwrap();
+        params.add(*name, v).unwrap();
+    }
+    params
+}
+
+/// The LSTM step node by node: slices, activations, products, sums, a concat.
+fn lstm_unfused(tape: &mut Tape<f64>, a: Var, state: Var) -> timetape::Result<Var> {
+    let c_prev = tape.slice_cols(state, H..2 * H)?;
+    let gate = |tape: &mut Tape<f64>, k: usize| tape.slice_cols(a, k * H..(k + 1) * H);
+    let (i, f, g, o) = (
+        gate(tape, 0)?,
+        gate(tape, 1)?,
+        gate(tape, 2)?,
+        gate(tape, 3)?,
+    );
+    let (i, f, g, o) = (
+        tape.sigmoid(i)?,
+        tape.sigmoid(f)?,
+        tape.tanh(g)?,
+        tape.sigmoid(o)?,
+    );
+    let fc = tape.mul(f, c_prev)?;
+    let ig = tape.mul(i, g)?;
+    let c = tape.add(fc, ig)?;
+    let tc = tape.tanh(c)?;
+    let h = tape.mul(o, tc)?;
+    tape.concat_cols(&[h, c])
+}
+
+/// The GRU step node by node.
+fn gru_unfused(tape: &mut Tape<f64>, u: Var, s: Var, h: Var) -> timetape::Result<Var> {
+    let part = |tape: &mut Tape<f64>, m: Var, k: usize| tape.slice_cols(m, k * H..(k + 1) * H);
+    let (ur, uz, un) = (part(tape, u, 0)?, part(tape, u, 1)?, part(tape, u, 2)?);
+    let (sr, sz, sn) = (part(tape, s, 0)?, part(tape, s, 1)?, part(tape, s, 2)?);
+    let r = tape.add(ur, sr)?;
+    let r = tape.sigmoid(r)?;
+    let z = tape.add(uz, sz)?;
+    let z = tape.sigmoid(z)?;
+    let rs = tape.mul(r, sn)?;
+    let n = tape.add(un, rs)?;
+    let n = tape.tanh(n)?;
+    let d = tape.sub(h, n)?;
+    let zd = tape.mul(z, d)?;
+    tape.add(n, zd)
+}
+
+#[test]
+fn lstm_cell_matches_finite_differences_and_the_unfused_step() {
+    let params = store(&[("a", (B, 4 * H)), ("state", (B, 2 * H))]);
+    let ids: Vec<_> = params.ids().collect();
+    let fused = |tape: &mut Tape<f64>, p: &Params<f64>| {
+        let (a, s) = (tape.param(p, ids[0])?, tape.param(p, ids[1])?);
+        let y = tape.lstm_cell(a, s)?;
+        weighted_sum(tape, y, 9)
+    };
+    let report = gradcheck(&params, GradcheckOptions::default(), fused).unwrap();
+    assert!(report.passes(FD), "{report}");
+    let unfused = |tape: &mut Tape<f64>, p: &Params<f64>| {
+        let (a, s) = (tape.param(p, ids[0])?, tape.param(p, ids[1])?);
+        let y = lstm_unfused(tape, a, s)?;
+        weighted_sum(tape, y, 9)
+    };
+    compare(&params, fused, unfused);
+}
+
+#[test]
+fn gru_cell_matches_finite_differences_and_the_unfused_step() {
+    let params = store(&[("u", (B, 3 * H)), ("s", (B, 3 * H)), ("h", (B, H))]);
+    let ids: Vec<_> = params.ids().collect();
+    let fused = |tape: &mut Tape<f64>, p: &Params<f64>| {
+        let (u, s, h) = (
+            tape.param(p, ids[0])?,
+            tape.param(p, ids[1])?,
+            tape.param(p, ids[2])?,
+        );
+        let y = tape.gru_cell(u, s, h)?;
+        weighted_sum(tape, y, 9)
+    };
+    let report = gradcheck(&params, GradcheckOptions::default(), fused).unwrap();
+    assert!(report.passes(FD), "{report}");
+    let unfused = |tape: &mut Tape<f64>, p: &Params<f64>| {
+        let (u, s, h) = (
+            tape.param(p, ids[0])?,
+            tape.param(p, ids[1])?,
+            tape.param(p, ids[2])?,
+        );
+        let y = gru_unfused(tape, u, s, h)?;
+        weighted_sum(tape, y, 9)
+    };
+    compare(&params, fused, unfused);
+}
+
+/// The loss and every gradient of two programs agree to [`SAME`].
+fn compare(
+    params: &Params<f64>,
+    a: impl Fn(&mut Tape<f64>, &Params<f64>) -> timetape::Result<Var>,
+    b: impl Fn(&mut Tape<f64>, &Params<f64>) -> timetape::Result<Var>,
+) {
+    let run = |f: &dyn Fn(&mut Tape<f64>, &Params<f64>) -> timetape::Result<Var>| {
+        let mut tape = Tape::new();
+        let l = f(&mut tape, params).unwrap();
+        (tape.scalar(l).unwrap(), tape.backward(l).unwrap())
+    };
+    let ((la, ga), (lb, gb)) = (run(&a), run(&b));
+    assert!((la - lb).abs() <= SAME * lb.abs(), "{la} vs {lb}");
+    for id in params.ids() {
+        let name = params.name(id).unwrap();
+        assert_close(
+            ga.get(id).unwrap().view(),
+            gb.get(id).unwrap().view(),
+            SAME,
+            name,
+        );
+    }
+}
+
+#[test]
+fn gate_shape_errors_name_the_op() {
+    let mut tape = Tape::<f64>::new();
+    let a = tape.constant(Array2::zeros((2, 8))).unwrap();
+    let s = tape.constant(Array2::zeros((2, 3))).unwrap();
+    let e = tape.lstm_cell(a, s).unwrap_err();
+    assert!(
+        matches!(
+            e,
+            Error::ShapeMismatch {
+                op: "lstm_cell",
+                ..
+            }
+        ),
+        "{e}"
+    );
+    let u = tape.constant(Array2::zeros((2, 6))).unwrap();
+    let h = tape.constant(Array2::zeros((2, 3))).unwrap();
+    let e = tape.gru_cell(u, u, h).unwrap_err();
+    assert!(
+        matches!(e, Error::ShapeMismatch { op: "gru_cell", .. }),
+        "{e}"
+    );
+}
