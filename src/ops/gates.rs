@@ -1,6 +1,6 @@
 //! Fused gated-cell updates: the gate activations and the state update of one LSTM or
 //! GRU step as one node, with one backward rule (no slice, concat or elementwise nodes
-//! in between). The gates are recomputed from the saved pre-activations in backward.
+//! in between). The activated gates are saved in forward for the backward rule.
 //!
 //! LSTM, pre-activations `a = [a_i a_f a_g a_o]` (B×4H), state `[h c]` (B×2H):
 //!
@@ -36,31 +36,34 @@ fn flat<F: Scalar>(m: ArrayView2<'_, F>) -> Cow<'_, [F]> {
     }
 }
 
-/// The gates of entry `j` of an LSTM row of pre-activations `a` (4H): (i, f, g, o).
+/// `o = v` if fresh, else `o += v`.
 #[inline]
-fn lstm_gates<F: Scalar>(a: &[F], j: usize, n: usize) -> (F, F, F, F) {
-    (
-        sigmoid(a[j]),
-        sigmoid(a[n + j]),
-        a[2 * n + j].tanh_kernel(),
-        sigmoid(a[3 * n + j]),
-    )
+fn put<F: Scalar>(o: &mut F, fresh: bool, v: F) {
+    *o = if fresh { v } else { *o + v };
 }
 
-/// The gates of entry `j` of a GRU row, from its input and state parts (3H each):
-/// (r, z, n).
-#[inline]
-fn gru_gates<F: Scalar>(u: &[F], s: &[F], j: usize, n: usize) -> (F, F, F) {
-    let r = sigmoid(u[j] + s[j]);
-    let z = sigmoid(u[n + j] + s[n + j]);
-    let c = (u[2 * n + j] + r * s[2 * n + j]).tanh_kernel();
-    (r, z, c)
-}
-
-/// `acc = v` if fresh, else `acc += v`, entry by entry.
-fn put_all<F: Scalar>(acc: &mut Array2<F>, fresh: bool, v: impl Iterator<Item = F>) {
-    for (a, v) in acc.iter_mut().zip(v) {
-        *a = if fresh { v } else { *a + v };
+/// Runs `rule(row, out_row, fresh)` on each row of the adjoint of parent `p` (width
+/// `w`), if it needs one; a non-contiguous buffer is reported, not skipped.
+fn each_row<F: Scalar>(
+    cx: &mut Ctx<'_, F>,
+    (p, w): (usize, usize),
+    mut rule: impl FnMut(usize, &mut [F], bool),
+) {
+    let Some((acc, fresh)) = cx.slot(p) else {
+        return;
+    };
+    let done = match acc.as_slice_mut() {
+        Some(o) => {
+            o.chunks_mut(w.max(1))
+                .enumerate()
+                .for_each(|(r, row)| rule(r, row, fresh));
+            true
+        }
+        None => false,
+    };
+    if !done {
+        let e = invalid("backward (gated cell)", "non-contiguous adjoint");
+        cx.failed.get_or_insert(e);
     }
 }
 
@@ -72,8 +75,8 @@ impl<F: Scalar> Tape<F> {
     /// `h_t = o tanh c_t`. Backward, with `c̄_t` the total adjoint of `c_t`
     /// (`c̄ + h̄ o (1 − tanh² c_t)`): `ā_i = c̄_t g i (1 − i)`, `ā_f = c̄_t c_{t−1} f (1 − f)`,
     /// `ā_g = c̄_t i (1 − g²)`, `ā_o = h̄ tanh(c_t) o (1 − o)`, and `[0, c̄_t f]` for the state
-    /// (`h_{t−1}` reaches the step through `a`). The gates are recomputed from `a` in
-    /// backward rather than stored.
+    /// (`h_{t−1}` reaches the step through `a`). The gates and `tanh c_t` are saved for
+    /// the backward pass.
     ///
     /// ```
     /// use ndarray::array;
@@ -102,23 +105,35 @@ impl<F: Scalar> Tape<F> {
             return Err(Error::ShapeMismatch { op, lhs, rhs });
         }
         let n = ws / 2;
-        let mut out = self.pool.take((b, ws));
+        let (mut out, mut gates) = (self.pool.take((b, ws)), self.pool.take((b, 5 * n)));
         let (av, sv) = (flat(self.values[ia].view()), flat(self.values[is].view()));
-        let o = out
-            .as_slice_mut()
-            .ok_or_else(|| invalid(op, "non-contiguous buffer"))?;
-        for r in 0..b {
+        let non_contiguous = || invalid(op, "non-contiguous buffer");
+        let o = out.as_slice_mut().ok_or_else(non_contiguous)?;
+        let gs = gates.as_slice_mut().ok_or_else(non_contiguous)?;
+        let rows = o.chunks_mut(ws).zip(gs.chunks_mut(5 * n));
+        for (r, (or, gr)) in rows.enumerate() {
             let (ar, sr) = (&av[r * w..(r + 1) * w], &sv[r * ws..(r + 1) * ws]);
-            let or = &mut o[r * ws..(r + 1) * ws];
             for j in 0..n {
-                let (i, f, g, og) = lstm_gates(ar, j, n);
+                let (i, f) = (sigmoid(ar[j]), sigmoid(ar[n + j]));
+                let (g, og) = (ar[2 * n + j].tanh_kernel(), sigmoid(ar[3 * n + j]));
                 let c = f * sr[n + j] + i * g;
-                or[j] = og * c.tanh_kernel();
+                let tc = c.tanh_kernel();
+                or[j] = og * tc;
                 or[n + j] = c;
+                for (k, v) in [i, f, g, og, tc].into_iter().enumerate() {
+                    gr[k * n + j] = v;
+                }
             }
         }
+        let saved = self.side.saved.len();
+        self.side.saved.push(gates);
         let ng = self.needs_grad[ia] || self.needs_grad[is];
-        self.push(Op::LstmCell { a: ia, state: is }, out, ng)
+        let node = Op::LstmCell {
+            a: ia,
+            state: is,
+            saved,
+        };
+        self.push(node, out, ng)
     }
 
     /// One GRU step fused into one node: from the input part `u` (B×3H, `x_t W_x + b_x`,
@@ -126,7 +141,8 @@ impl<F: Scalar> Tape<F> {
     /// `h_{t−1}` (B×H), the new state `h_t` (B×H): `r, z = σ(u_r + s_r), σ(u_z + s_z)`,
     /// `n = tanh(u_n + r s_n)`, `h_t = n + z (h_{t−1} − n)`. Backward:
     /// `ā_n = h̄′ (1 − z)(1 − n²)`, `ā_r = ā_n s_n r (1 − r)`, `ā_z = h̄′ (h − n) z (1 − z)`;
-    /// `ū = [ā_r ā_z ā_n]`, `s̄ = [ā_r ā_z ā_n r]`, `h̄ += h̄′ z`.
+    /// `ū = [ā_r ā_z ā_n]`, `s̄ = [ā_r ā_z ā_n r]`, `h̄ += h̄′ z`. The gates are saved for
+    /// the backward pass.
     ///
     /// Errors: [`Error::ShapeMismatch`] unless `u` and `s` are B×3H and `h` B×H;
     /// [`Error::ForeignVar`] or [`Error::StaleVar`] for a `Var` that is not a live `Var`
@@ -137,126 +153,117 @@ impl<F: Scalar> Tape<F> {
         let (su, ss) = (self.values[iu].dim(), self.values[is].dim());
         let (b, n) = self.values[ih].dim();
         if su != ss || su != (b, 3 * n) {
-            return Err(Error::ShapeMismatch {
-                op,
-                lhs: su,
-                rhs: (b, n),
-            });
+            return Err(Error::ShapeMismatch { op, lhs: su, rhs: (b, n) });
         }
-        let mut out = self.pool.take((b, n));
+        let (mut out, mut gates) = (self.pool.take((b, n)), self.pool.take((b, 3 * n)));
         let (uv, sv) = (flat(self.values[iu].view()), flat(self.values[is].view()));
         let hv = flat(self.values[ih].view());
-        let o = out
-            .as_slice_mut()
-            .ok_or_else(|| invalid(op, "non-contiguous buffer"))?;
-        for r in 0..b {
-            let (ur, sr) = (
-                &uv[r * 3 * n..(r + 1) * 3 * n],
-                &sv[r * 3 * n..(r + 1) * 3 * n],
-            );
+        let non_contiguous = || invalid(op, "non-contiguous buffer");
+        let o = out.as_slice_mut().ok_or_else(non_contiguous)?;
+        let gs = gates.as_slice_mut().ok_or_else(non_contiguous)?;
+        let w = 3 * n;
+        for (r, (or, gr)) in o.chunks_mut(n.max(1)).zip(gs.chunks_mut(w.max(1))).enumerate() {
+            let (ur, sr, hr) = (&uv[r * w..(r + 1) * w], &sv[r * w..(r + 1) * w], &hv[r * n..]);
             for j in 0..n {
-                let (_, z, c) = gru_gates(ur, sr, j, n);
-                o[r * n + j] = c + z * (hv[r * n + j] - c);
+                let rg = sigmoid(ur[j] + sr[j]);
+                let z = sigmoid(ur[n + j] + sr[n + j]);
+                let c = (ur[2 * n + j] + rg * sr[2 * n + j]).tanh_kernel();
+                or[j] = c + z * (hr[j] - c);
+                (gr[j], gr[n + j], gr[2 * n + j]) = (rg, z, c);
             }
         }
+        let saved = self.side.saved.len();
+        self.side.saved.push(gates);
         let ng = self.needs_grad[iu] || self.needs_grad[is] || self.needs_grad[ih];
-        self.push(
-            Op::GruCell {
-                u: iu,
-                s: is,
-                h: ih,
-            },
-            out,
-            ng,
-        )
+        let node = Op::GruCell {
+            u: iu,
+            s: is,
+            h: ih,
+            saved,
+        };
+        self.push(node, out, ng)
     }
 }
 
-/// Backward of [`Tape::lstm_cell`]: `ā`, and `[0 c̄_{t−1}]` for the state.
+/// Backward of [`Tape::lstm_cell`]: `ā`, and `[0 c̄_{t−1}]` for the state; `gates` the
+/// saved `[i f g o tanh c]`.
 pub(crate) fn lstm_cell_vjp<F: Scalar>(
     cx: &mut Ctx<'_, F>,
     g: ArrayView2<'_, F>,
-    y: ArrayView2<'_, F>,
     (a, state): (usize, usize),
+    gates: ArrayView2<'_, F>,
 ) {
-    let (b, n) = (y.nrows(), y.ncols() / 2);
+    let n = g.ncols() / 2;
     let one = F::one();
-    let (av, sv) = (flat(cx.values[a].view()), flat(cx.values[state].view()));
-    let (gv, yv) = (flat(g), flat(y));
-    // Row r: ā (4H), then [0 c̄_{t−1}] (2H).
-    let mut d: Array2<F> = cx.scratch((b, 6 * n));
-    for r in 0..b {
-        let ar = &av[r * 4 * n..(r + 1) * 4 * n];
+    let (gv, sv, gs) = (flat(g), flat(cx.values[state].view()), flat(gates));
+    // c̄_t of entry (r, j).
+    let dct = |r: usize, j: usize| {
+        let (o, tc) = (gs[r * 5 * n + 3 * n + j], gs[r * 5 * n + 4 * n + j]);
+        gv[r * 2 * n + n + j] + gv[r * 2 * n + j] * o * (one - tc * tc)
+    };
+    each_row(cx, (a, 4 * n), |r, acc, fresh| {
+        let gr = &gs[r * 5 * n..(r + 1) * 5 * n];
         for j in 0..n {
-            let (i, f, gg, o) = lstm_gates(ar, j, n);
-            let tc = yv[r * 2 * n + n + j].tanh_kernel();
-            let (dh, dc) = (gv[r * 2 * n + j], gv[r * 2 * n + n + j]);
-            let dct = dc + dh * o * (one - tc * tc);
+            let (i, f, gg, o, tc) = (gr[j], gr[n + j], gr[2 * n + j], gr[3 * n + j], gr[4 * n + j]);
+            let (d, dh) = (dct(r, j), gv[r * 2 * n + j]);
             let c_prev = sv[r * 2 * n + n + j];
-            d[[r, j]] = dct * gg * i * (one - i);
-            d[[r, n + j]] = dct * c_prev * f * (one - f);
-            d[[r, 2 * n + j]] = dct * i * (one - gg * gg);
-            d[[r, 3 * n + j]] = dh * tc * o * (one - o);
-            d[[r, 4 * n + j]] = F::zero();
-            d[[r, 5 * n + j]] = dct * f;
+            put(&mut acc[j], fresh, d * gg * i * (one - i));
+            put(&mut acc[n + j], fresh, d * c_prev * f * (one - f));
+            put(&mut acc[2 * n + j], fresh, d * i * (one - gg * gg));
+            put(&mut acc[3 * n + j], fresh, dh * tc * o * (one - o));
         }
-    }
-    if let Some((acc, fresh)) = cx.slot(a) {
-        let rows = d.rows().into_iter();
-        put_all(
-            acc,
-            fresh,
-            rows.flat_map(|r| r.into_iter().take(4 * n).copied()),
-        );
-    }
-    if let Some((acc, fresh)) = cx.slot(state) {
-        let rows = d.rows().into_iter();
-        put_all(
-            acc,
-            fresh,
-            rows.flat_map(|r| r.into_iter().skip(4 * n).copied()),
-        );
-    }
-    cx.recycle(d);
+    });
+    each_row(cx, (state, 2 * n), |r, acc, fresh| {
+        for j in 0..n {
+            put(&mut acc[j], fresh, F::zero());
+            put(&mut acc[n + j], fresh, dct(r, j) * gs[r * 5 * n + n + j]);
+        }
+    });
 }
 
-/// Backward of [`Tape::gru_cell`]: `ū`, `s̄`, and the direct part `h̄′ z` of `h̄`.
+/// Backward of [`Tape::gru_cell`]: `ū`, `s̄`, and the direct part `h̄′ z` of `h̄`;
+/// `gates` the saved `[r z n]`.
 pub(crate) fn gru_cell_vjp<F: Scalar>(
     cx: &mut Ctx<'_, F>,
     g: ArrayView2<'_, F>,
     (u, s, h): (usize, usize, usize),
+    gates: ArrayView2<'_, F>,
 ) {
-    let (b, n) = g.dim();
+    let n = g.ncols();
     let one = F::one();
-    let (uv, sv) = (flat(cx.values[u].view()), flat(cx.values[s].view()));
-    let (hv, gv) = (flat(cx.values[h].view()), flat(g));
-    // Row r: ū = [ā_r ā_z ā_n] (3H), s̄ = [ā_r ā_z ā_n r] (3H), h̄′ z (H).
-    let mut d: Array2<F> = cx.scratch((b, 7 * n));
-    for r in 0..b {
-        let (ur, sr) = (
-            &uv[r * 3 * n..(r + 1) * 3 * n],
-            &sv[r * 3 * n..(r + 1) * 3 * n],
-        );
-        for j in 0..n {
-            let (rg, z, c) = gru_gates(ur, sr, j, n);
-            let dy = gv[r * n + j];
-            let da_n = dy * (one - z) * (one - c * c);
-            let da_r = da_n * sr[2 * n + j] * rg * (one - rg);
-            let da_z = dy * (hv[r * n + j] - c) * z * (one - z);
-            for (k, v) in [da_r, da_z, da_n, da_r, da_z, da_n * rg, dy * z]
-                .into_iter()
-                .enumerate()
-            {
-                d[[r, k * n + j]] = v;
+    let (gv, gs) = (flat(g), flat(gates));
+    let (sv, hv) = (flat(cx.values[s].view()), flat(cx.values[h].view()));
+    // [ā_r ā_z ā_n] of row r.
+    let mut d: Array2<F> = cx.scratch((g.nrows(), 3 * n));
+    if let Some(dv) = d.as_slice_mut() {
+        for (r, dr) in dv.chunks_mut(3 * n).enumerate() {
+            let gr = &gs[r * 3 * n..(r + 1) * 3 * n];
+            for j in 0..n {
+                let (rg, z, c) = (gr[j], gr[n + j], gr[2 * n + j]);
+                let dy = gv[r * n + j];
+                let da_n = dy * (one - z) * (one - c * c);
+                dr[j] = da_n * sv[r * 3 * n + 2 * n + j] * rg * (one - rg);
+                dr[n + j] = dy * (hv[r * n + j] - c) * z * (one - z);
+                dr[2 * n + j] = da_n;
             }
         }
     }
-    for (parent, cols) in [(u, 0..3 * n), (s, 3 * n..6 * n), (h, 6 * n..7 * n)] {
-        if let Some((acc, fresh)) = cx.slot(parent) {
-            let rows = d.rows().into_iter();
-            let part = rows.flat_map(|r| r.into_iter().skip(cols.start).take(cols.len()).copied());
-            put_all(acc, fresh, part);
+    let dv = flat(d.view());
+    each_row(cx, (u, 3 * n), |r, acc, fresh| {
+        for (k, o) in acc.iter_mut().enumerate() {
+            put(o, fresh, dv[r * 3 * n + k]);
         }
-    }
+    });
+    each_row(cx, (s, 3 * n), |r, acc, fresh| {
+        for (k, o) in acc.iter_mut().enumerate() {
+            let v = dv[r * 3 * n + k];
+            put(o, fresh, if k < 2 * n { v } else { v * gs[r * 3 * n + k - 2 * n] });
+        }
+    });
+    each_row(cx, (h, n), |r, acc, fresh| {
+        for (j, o) in acc.iter_mut().enumerate() {
+            put(o, fresh, gv[r * n + j] * gs[r * 3 * n + n + j]);
+        }
+    });
     cx.recycle(d);
 }

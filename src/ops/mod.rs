@@ -76,12 +76,14 @@ pub(crate) enum Op<F> {
     LstmCell {
         a: usize,
         state: usize,
+        saved: usize,
     },
     /// One fused GRU step: input part, state part and the state `h`.
     GruCell {
         u: usize,
         s: usize,
         h: usize,
+        saved: usize,
     },
     /// A detached copy: backward stops here.
     Detach,
@@ -465,8 +467,12 @@ pub(crate) fn backward_node<F: Scalar>(tape: &mut Tape<F>, i: usize) -> Result<(
         Op::GatherRows { table, ids } => {
             gather::gather_rows_vjp(&mut cx, g, table, &side.labels[ids..ids + g.nrows()])
         }
-        Op::LstmCell { a, state } => gates::lstm_cell_vjp(&mut cx, g, y, (a, state)),
-        Op::GruCell { u, s, h } => gates::gru_cell_vjp(&mut cx, g, (u, s, h)),
+        Op::LstmCell { a, state, saved } => {
+            gates::lstm_cell_vjp(&mut cx, g, (a, state), side.saved[saved].view())
+        }
+        Op::GruCell { u, s, h, saved } => {
+            gates::gru_cell_vjp(&mut cx, g, (u, s, h), side.saved[saved].view())
+        }
         Op::ScaleGrad(a, c) => control::scale_grad_vjp(&mut cx, g, a, c),
     }
     cx.failed.map_or(Ok(()), Err)
