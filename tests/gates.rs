@@ -122,13 +122,16 @@ fn gru_cell_matches_finite_differences_and_the_unfused_step() {
     compare(&params, fused, unfused);
 }
 
+/// A loss built on a tape from the parameters.
+type Program<'a> = &'a dyn Fn(&mut Tape<f64>, &Params<f64>) -> timetape::Result<Var>;
+
 /// The loss and every gradient of two programs agree to [`SAME`].
 fn compare(
     params: &Params<f64>,
     a: impl Fn(&mut Tape<f64>, &Params<f64>) -> timetape::Result<Var>,
     b: impl Fn(&mut Tape<f64>, &Params<f64>) -> timetape::Result<Var>,
 ) {
-    let run = |f: &dyn Fn(&mut Tape<f64>, &Params<f64>) -> timetape::Result<Var>| {
+    let run = |f: Program<'_>| {
         let mut tape = Tape::new();
         let l = f(&mut tape, params).unwrap();
         (tape.scalar(l).unwrap(), tape.backward(l).unwrap())

@@ -110,7 +110,7 @@ impl<F: Scalar> Tape<F> {
         let non_contiguous = || invalid(op, "non-contiguous buffer");
         let o = out.as_slice_mut().ok_or_else(non_contiguous)?;
         let gs = gates.as_slice_mut().ok_or_else(non_contiguous)?;
-        let rows = o.chunks_mut(ws).zip(gs.chunks_mut(5 * n));
+        let rows = o.chunks_mut(ws.max(1)).zip(gs.chunks_mut((5 * n).max(1)));
         for (r, (or, gr)) in rows.enumerate() {
             let (ar, sr) = (&av[r * w..(r + 1) * w], &sv[r * ws..(r + 1) * ws]);
             for j in 0..n {
@@ -153,7 +153,11 @@ impl<F: Scalar> Tape<F> {
         let (su, ss) = (self.values[iu].dim(), self.values[is].dim());
         let (b, n) = self.values[ih].dim();
         if su != ss || su != (b, 3 * n) {
-            return Err(Error::ShapeMismatch { op, lhs: su, rhs: (b, n) });
+            return Err(Error::ShapeMismatch {
+                op,
+                lhs: su,
+                rhs: (b, n),
+            });
         }
         let (mut out, mut gates) = (self.pool.take((b, n)), self.pool.take((b, 3 * n)));
         let (uv, sv) = (flat(self.values[iu].view()), flat(self.values[is].view()));
@@ -162,8 +166,16 @@ impl<F: Scalar> Tape<F> {
         let o = out.as_slice_mut().ok_or_else(non_contiguous)?;
         let gs = gates.as_slice_mut().ok_or_else(non_contiguous)?;
         let w = 3 * n;
-        for (r, (or, gr)) in o.chunks_mut(n.max(1)).zip(gs.chunks_mut(w.max(1))).enumerate() {
-            let (ur, sr, hr) = (&uv[r * w..(r + 1) * w], &sv[r * w..(r + 1) * w], &hv[r * n..]);
+        for (r, (or, gr)) in o
+            .chunks_mut(n.max(1))
+            .zip(gs.chunks_mut(w.max(1)))
+            .enumerate()
+        {
+            let (ur, sr, hr) = (
+                &uv[r * w..(r + 1) * w],
+                &sv[r * w..(r + 1) * w],
+                &hv[r * n..],
+            );
             for j in 0..n {
                 let rg = sigmoid(ur[j] + sr[j]);
                 let z = sigmoid(ur[n + j] + sr[n + j]);
@@ -204,7 +216,13 @@ pub(crate) fn lstm_cell_vjp<F: Scalar>(
     each_row(cx, (a, 4 * n), |r, acc, fresh| {
         let gr = &gs[r * 5 * n..(r + 1) * 5 * n];
         for j in 0..n {
-            let (i, f, gg, o, tc) = (gr[j], gr[n + j], gr[2 * n + j], gr[3 * n + j], gr[4 * n + j]);
+            let (i, f, gg, o, tc) = (
+                gr[j],
+                gr[n + j],
+                gr[2 * n + j],
+                gr[3 * n + j],
+                gr[4 * n + j],
+            );
             let (d, dh) = (dct(r, j), gv[r * 2 * n + j]);
             let c_prev = sv[r * 2 * n + n + j];
             put(&mut acc[j], fresh, d * gg * i * (one - i));
@@ -236,7 +254,7 @@ pub(crate) fn gru_cell_vjp<F: Scalar>(
     // [ā_r ā_z ā_n] of row r.
     let mut d: Array2<F> = cx.scratch((g.nrows(), 3 * n));
     if let Some(dv) = d.as_slice_mut() {
-        for (r, dr) in dv.chunks_mut(3 * n).enumerate() {
+        for (r, dr) in dv.chunks_mut((3 * n).max(1)).enumerate() {
             let gr = &gs[r * 3 * n..(r + 1) * 3 * n];
             for j in 0..n {
                 let (rg, z, c) = (gr[j], gr[n + j], gr[2 * n + j]);
@@ -257,7 +275,15 @@ pub(crate) fn gru_cell_vjp<F: Scalar>(
     each_row(cx, (s, 3 * n), |r, acc, fresh| {
         for (k, o) in acc.iter_mut().enumerate() {
             let v = dv[r * 3 * n + k];
-            put(o, fresh, if k < 2 * n { v } else { v * gs[r * 3 * n + k - 2 * n] });
+            put(
+                o,
+                fresh,
+                if k < 2 * n {
+                    v
+                } else {
+                    v * gs[r * 3 * n + k - 2 * n]
+                },
+            );
         }
     });
     each_row(cx, (h, n), |r, acc, fresh| {

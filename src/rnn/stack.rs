@@ -99,6 +99,7 @@ impl<C> Stack<C> {
         let mut parts = Vec::with_capacity(self.layers.len());
         let mut input = None;
         let mut at = 0;
+        layer_bound(bound, self.layers.len() - 1)?;
         for (l, (layer, b)) in self.layers.iter().zip(bound).enumerate() {
             let s = layer.state_width();
             let h_l = if single {
@@ -124,6 +125,16 @@ impl<C> Stack<C> {
             many => tape.concat_cols(many),
         }
     }
+}
+
+/// Layer `l`'s part of a stack's bound parameters (an error for a bound that is not the
+/// stack's own).
+fn layer_bound<B>(bound: &[B], l: usize) -> Result<&B> {
+    bound.get(l).ok_or(Error::ShapeMismatch {
+        op: "Stack (bound parameters)",
+        lhs: (l + 1, 1),
+        rhs: (bound.len(), 1),
+    })
 }
 
 /// The error for a projected step of a stack whose bottom layer has no projection (the
@@ -171,7 +182,7 @@ impl<F: Scalar, C: Recurrent<F>> Recurrent<F> for Stack<C> {
     /// The top layer's head on its part of the stacked states.
     fn output(&self, tape: &mut Tape<F>, bound: &Vec<C::Bound>, hs: Var) -> Result<Var> {
         let (top, cols) = self.top();
-        let b = &bound[bound.len() - 1];
+        let b = layer_bound(bound, self.layers.len() - 1)?;
         if self.layers.len() == 1 {
             return top.output(tape, b, hs);
         }
@@ -190,7 +201,7 @@ impl<F: Scalar, C: Recurrent<F>> Recurrent<F> for Stack<C> {
 
     /// The bottom layer's embedding of tokens.
     fn embed(&self, tape: &mut Tape<F>, bound: &Vec<C::Bound>, ids: &[usize]) -> Result<Var> {
-        self.layers[0].embed(tape, &bound[0], ids)
+        self.layers[0].embed(tape, layer_bound(bound, 0)?, ids)
     }
 
     /// What the top layer gives of its part of the state.
@@ -208,7 +219,7 @@ impl<F: Scalar, C: Recurrent<F>> Projection<F, Vec<C::Bound>> for Stack<C> {
     /// The bottom layer's projection of the inputs.
     fn project_inputs(&self, tape: &mut Tape<F>, bound: &Vec<C::Bound>, xs: Var) -> Result<Var> {
         match self.layers[0].projection() {
-            Some(p) => p.project_inputs(tape, &bound[0], xs),
+            Some(p) => p.project_inputs(tape, layer_bound(bound, 0)?, xs),
             None => Err(no_projection()),
         }
     }
