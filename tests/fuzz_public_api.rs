@@ -1942,7 +1942,7 @@ fn junk_pi(fz: &mut Fuzz) -> Pi {
                 }
             }
             2 => {
-                if n % 2 == 0 {
+                if n.is_multiple_of(2) {
                     p
                 } else {
                     0.7

@@ -183,7 +183,7 @@ impl<'a, F: Scalar, C: Recurrent<F>> Stream<'a, F, C> {
         Ok(match &self.truncation {
             Truncation::Full => 1.0,
             Truncation::Fixed { k } | Truncation::Tbptt { k1: k, .. } => {
-                if t % *k == 0 {
+                if t.is_multiple_of(*k) {
                     0.0
                 } else {
                     1.0
@@ -355,6 +355,7 @@ impl<'a, F: Scalar, C: Recurrent<F>> Stream<'a, F, C> {
         if k == 0 {
             return Ok(());
         }
+        self.fill_edges(k);
         let b = self.batch;
         let d = if self.tokens {
             0
@@ -367,24 +368,13 @@ impl<'a, F: Scalar, C: Recurrent<F>> Stream<'a, F, C> {
             true => Some(ArrayView2::from_shape((k, b), &self.ids).map_err(shape)?),
             false => None,
         };
-        self.edges.clear();
-        let first_segment = self.t == k;
-        self.edges.push(if first_segment {
-            Edge::from_xi(F::of(self.xi[0]))
-        } else {
-            Edge::Keep
-        });
-        self.edges
-            .extend(self.xi[1..].iter().map(|&x| Edge::from_xi(F::of(x))));
         let targets = match self.kind {
             Kind::Unknown => None,
             Kind::Classes => Some(Targets::Classes(
-                ArrayView2::from_shape((k, b), &self.labels)
-                    .map_err(|e| invalid("Stream", e.to_string()))?,
+                ArrayView2::from_shape((k, b), &self.labels).map_err(shape)?,
             )),
             Kind::Values => Some(Targets::Values(
-                ArrayView3::from_shape((k, b, self.q), &self.values)
-                    .map_err(|e| invalid("Stream", e.to_string()))?,
+                ArrayView3::from_shape((k, b, self.q), &self.values).map_err(shape)?,
             )),
         };
         let loss = targets.map(|targets| SequenceLoss {
@@ -412,6 +402,19 @@ impl<'a, F: Scalar, C: Recurrent<F>> Stream<'a, F, C> {
         self.alphas.clear();
         self.xi.clear();
         Ok(())
+    }
+
+    /// The edges into the `k` buffered steps: ξ as drawn, except that the first edge of
+    /// a later segment leaves a fresh variable (nothing to cut).
+    fn fill_edges(&mut self, k: usize) {
+        self.edges.clear();
+        let first = match self.t == k {
+            true => Edge::from_xi(F::of(self.xi[0])),
+            false => Edge::Keep,
+        };
+        self.edges.push(first);
+        let rest = self.xi[1..].iter().map(|&x| Edge::from_xi(F::of(x)));
+        self.edges.extend(rest);
     }
 
     /// Steps fed so far.
