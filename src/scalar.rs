@@ -30,6 +30,11 @@ pub trait Scalar:
     /// `f64::tanh`; for `f32` it is the rational approximation used by Eigen and XLA
     /// (`generic_fast_tanh_float`), accurate to a few ulp and vectorizable.
     fn tanh_kernel(self) -> Self;
+    /// The logistic sigmoid used by the tape's `sigmoid` op and the fused gates. For
+    /// `f64`, `1 / (1 + e^{−x})` computed stably for both signs of x; for `f32`,
+    /// `½ + ½ tanh(x/2)` on [`Scalar::tanh_kernel`] (as XLA expands the logistic), with
+    /// an absolute error of a few 1e-8 and no call to `exp`.
+    fn sigmoid_kernel(self) -> Self;
 }
 
 impl Scalar for f64 {
@@ -45,6 +50,15 @@ impl Scalar for f64 {
     fn tanh_kernel(self) -> Self {
         self.tanh()
     }
+    #[inline]
+    fn sigmoid_kernel(self) -> Self {
+        if self >= 0.0 {
+            1.0 / (1.0 + (-self).exp())
+        } else {
+            let e = self.exp();
+            e / (1.0 + e)
+        }
+    }
 }
 
 impl Scalar for f32 {
@@ -59,6 +73,10 @@ impl Scalar for f32 {
     #[inline]
     fn tanh_kernel(self) -> Self {
         fast_tanh_f32(self)
+    }
+    #[inline]
+    fn sigmoid_kernel(self) -> Self {
+        0.5 + 0.5 * fast_tanh_f32(0.5 * self)
     }
 }
 

@@ -48,7 +48,7 @@ pub enum Activation {
     Tanh,
     /// `φ(a) = max(a, 0)` (M2), derivative `1[a > 0]`.
     Relu,
-    /// `φ(a) = σ(a)`, derivative `y (1 − y)`.
+    /// `φ(a) = σ(a)`, derivative `y (1 − y)`; [`Scalar::sigmoid_kernel`] forward.
     Sigmoid,
 }
 
@@ -60,7 +60,7 @@ impl Activation {
             Activation::Identity => x,
             Activation::Tanh => x.tanh_kernel(),
             Activation::Relu => relu(x),
-            Activation::Sigmoid => sigmoid(x),
+            Activation::Sigmoid => x.sigmoid_kernel(),
         }
     }
 

@@ -19,7 +19,6 @@
 //! | `n = tanh(u_n + r s_n)` | `ā_n = n̄ (1 − n²)`, `ā_r = ā_n s_n r (1 − r)`, `ā_z = z̄ z (1 − z)` |
 //! | `h′ = n + z (h − n)` | `ū = [ā_r ā_z ā_n]`, `s̄ = [ā_r ā_z ā_n r]` |
 
-use super::activation::sigmoid;
 use super::{Ctx, Op};
 use crate::error::{invalid, Error, Result};
 use crate::scalar::Scalar;
@@ -114,8 +113,8 @@ impl<F: Scalar> Tape<F> {
         for (r, (or, gr)) in rows.enumerate() {
             let (ar, sr) = (&av[r * w..(r + 1) * w], &sv[r * ws..(r + 1) * ws]);
             for j in 0..n {
-                let (i, f) = (sigmoid(ar[j]), sigmoid(ar[n + j]));
-                let (g, og) = (ar[2 * n + j].tanh_kernel(), sigmoid(ar[3 * n + j]));
+                let (i, f) = (ar[j].sigmoid_kernel(), ar[n + j].sigmoid_kernel());
+                let (g, og) = (ar[2 * n + j].tanh_kernel(), ar[3 * n + j].sigmoid_kernel());
                 let c = f * sr[n + j] + i * g;
                 let tc = c.tanh_kernel();
                 or[j] = og * tc;
@@ -177,8 +176,8 @@ impl<F: Scalar> Tape<F> {
                 &hv[r * n..],
             );
             for j in 0..n {
-                let rg = sigmoid(ur[j] + sr[j]);
-                let z = sigmoid(ur[n + j] + sr[n + j]);
+                let rg = (ur[j] + sr[j]).sigmoid_kernel();
+                let z = (ur[n + j] + sr[n + j]).sigmoid_kernel();
                 let c = (ur[2 * n + j] + rg * sr[2 * n + j]).tanh_kernel();
                 or[j] = c + z * (hr[j] - c);
                 (gr[j], gr[n + j], gr[2 * n + j]) = (rg, z, c);
