@@ -148,4 +148,22 @@ mod tests {
         assert_eq!(fast_tanh_f32(0.0), 0.0);
         assert!(fast_tanh_f32(f32::NAN).is_nan());
     }
+
+    #[test]
+    fn f32_sigmoid_kernel_is_within_the_tanh_kernel_error_of_the_exact_sigmoid() {
+        // ½ + ½ tanh(x/2): half of fast_tanh_f32's bound (6e-7, above) plus the rounding
+        // of the sum (½ ulp of 1, 6e-8): 3.6e-7 absolute.
+        let mut x = -40.0f32;
+        while x <= 40.0 {
+            let exact = 1.0 / (1.0 + (-(x as f64)).exp());
+            let got = <f32 as Scalar>::sigmoid_kernel(x) as f64;
+            assert!((got - exact).abs() <= 3.6e-7, "x = {x}: {got} vs {exact}");
+            assert!((0.0..=1.0).contains(&got), "x = {x}: {got}");
+            x += 1.0e-3;
+        }
+        assert!(<f32 as Scalar>::sigmoid_kernel(f32::NAN).is_nan());
+        // f64 keeps the exact, stable form.
+        assert_eq!(<f64 as Scalar>::sigmoid_kernel(-800.0), 0.0);
+        assert_eq!(<f64 as Scalar>::sigmoid_kernel(0.0), 0.5);
+    }
 }
