@@ -2726,6 +2726,7 @@ fn bptt_calls<F: Scalar, C: Recurrent<F>>(
     let opts = RunOptions {
         dh_norms: fz.chance(0.3),
         check_finite: fz.chance(0.3),
+        flush_subnormals: fz.chance(0.3),
     };
     let inputs_finite = xs.iter().all(|&x| fin(x))
         && h0.as_ref().is_none_or(|h| all_finite(h.view()))

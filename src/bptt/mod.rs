@@ -198,6 +198,11 @@ pub struct RunOptions {
     /// reported as [`Error::NonFinite`] naming the op and the step where it arose,
     /// instead of by the backward pass that meets it. Costs one pass over every value.
     pub check_finite: bool,
+    /// Set subnormal adjoint entries to zero before they propagate
+    /// ([`Tape::set_flush_subnormals`]): f32 runs whose adjoints vanish over a long
+    /// segment avoid the slow subnormal arithmetic; the gradient changes by less than
+    /// the smallest normal number in any entry it touches.
+    pub flush_subnormals: bool,
 }
 
 /// What a run computed and what it cost.

@@ -236,6 +236,7 @@ impl<'a, F: Scalar, C: Recurrent<F>> Engine<'a, F, C> {
         // states are read after a backward pass: release every other adjoint.
         tape.set_release_adjoints(true);
         tape.set_check_finite(opts.check_finite);
+        tape.set_flush_subnormals(opts.flush_subnormals);
         Engine {
             cell,
             params,
