@@ -602,11 +602,11 @@ impl<F: Scalar> Tape<F> {
     /// propagated (`true`), or leaves them (`false`, the default). Arithmetic on
     /// subnormal numbers is slow on most processors, and the adjoints of a long,
     /// contractive unroll in f32 pass through the subnormal range: full BPTT of a tanh
-    /// RNN over 1000 steps with a last-step loss ran 5× slower for it on this project's
+    /// RNN over 1000 steps with a last-step loss ran 13× slower for it on this project's
     /// machine (`examples/subnormals.rs`). The change to the gradient is below the
     /// smallest normal number in every entry it touches. Costs one pass over each
-    /// adjoint. The crate forbids `unsafe`, so this is done in the sweep rather than by
-    /// the processor's flush-to-zero mode.
+    /// adjoint. (The processor's flush-to-zero mode would need code this crate does not
+    /// allow itself, hence the pass in the sweep.)
     pub fn set_flush_subnormals(&mut self, flush: bool) {
         self.flush_subnormals = flush;
     }
