@@ -639,12 +639,7 @@ impl<'l, 's, F: Scalar> StepLosses<'l, 's, F> {
 /// `t_len` steps: `c_t = α_t` (1 without weights), divided by T for a mean over time;
 /// `s_B` the batch factor.
 fn row_weight<F: Scalar>(loss: &SequenceLoss<'_, F>, t: usize, t_len: usize, batch: usize) -> F {
-    let alpha = loss.step_weights.and_then(|w| w.get(t).copied());
-    let time = match loss.time {
-        Reduction::Sum => F::one(),
-        Reduction::Mean => F::one() / F::of(t_len as f64),
-    };
-    alpha.unwrap_or(F::one()) * time * loss.batch_factor(batch)
+    loss.coefficient(t, t_len) * loss.batch_factor(batch)
 }
 
 /// The loss term of a last-step target on the last output `o` (B×Q): the batch factor

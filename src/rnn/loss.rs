@@ -244,16 +244,21 @@ impl<'a, F: Scalar> SequenceLoss<'a, F> {
     /// The coefficients `c_t` of a per-step loss over `t_len` steps (α_t, or α_t / T
     /// for a mean over time; 1 for a last-step target), without the batch factor.
     pub(crate) fn step_coefficients(&self, t_len: usize) -> Vec<F> {
-        let time = match self.time {
-            Reduction::Sum => F::one(),
-            Reduction::Mean => F::one() / F::of(t_len as f64),
+        (0..t_len).map(|t| self.coefficient(t, t_len)).collect()
+    }
+
+    /// The coefficient `c_t` of step `t` (0-based) of a loss over `t_len` steps: `α_t`
+    /// (1 without weights, and for a last-step target), divided by T for a mean over
+    /// time; without the batch factor.
+    pub(crate) fn coefficient(&self, t: usize, t_len: usize) -> F {
+        let alpha = match self.step_weights {
+            Some(w) if !self.is_last_step() => w.get(t).copied().unwrap_or(F::one()),
+            _ => F::one(),
         };
-        (0..t_len)
-            .map(|t| match self.step_weights {
-                Some(w) if !self.is_last_step() => w.get(t).copied().unwrap_or(F::one()) * time,
-                _ => time,
-            })
-            .collect()
+        match self.time {
+            Reduction::Sum => alpha,
+            Reduction::Mean => alpha / F::of(t_len as f64),
+        }
     }
 
     /// Checks the targets against a sequence of `t_len` steps of `batch` rows and a cell
