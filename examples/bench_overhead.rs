@@ -6,7 +6,8 @@
 //! For each job it prints the tape's time (`bptt::Workspace::run`, buffers reused) and
 //! two references:
 //! - **skeleton**: the same matrix products and nothing else (no activation, no loss,
-//!   no copy): the limit of any implementation on this matrix-product kernel;
+//!   no copy), by the tape's kernel (`timetape::kernels::matmul_into`): the limit of any
+//!   implementation on this kernel;
 //! - **closed form** (tanh RNN only): BPTT written by hand
 //!   (`closed_form::M3Workspace::with_tanh(Scalar::tanh_kernel)`: ndarray's products and
 //!   the tape's f32 tanh kernel, so that both do the same arithmetic).
@@ -26,6 +27,7 @@ use peers::{Size, GATED_SIZES, RNN_SIZES};
 use std::time::Instant;
 use timetape::bptt::{Run, Truncation, Workspace};
 use timetape::closed_form::M3Workspace;
+use timetape::kernels::{matmul_into, Write};
 use timetape::rnn::{models, Gru, Lstm, Recurrent, Sequence, SequenceLoss, Sizes};
 use timetape::{ParamId, Params, Result};
 
@@ -52,21 +54,23 @@ fn reps(flops: f64) -> usize {
     }
 }
 
-/// `c = a b` (or `c += a b` with `add`), ndarray's product.
-fn mm(a: ArrayView2<'_, f32>, b: ArrayView2<'_, f32>, c: ArrayViewMut2<'_, f32>, add: f32) {
-    general_mat_mul(1.0, &a, &b, add, &mut { c });
+/// `c = a b` or `c += a b` by the tape's kernel (the shapes fit by construction).
+fn mm(a: ArrayView2<'_, f32>, b: ArrayView2<'_, f32>, c: ArrayViewMut2<'_, f32>, w: Write) {
+    matmul_into(a, b, c, w).expect("the skeleton's shapes fit");
 }
 
 /// The matrix products of full BPTT for a cell with `g` gate blocks and nothing else:
-/// forward `A = X W_x` (all steps), `A_t += h_{t−1} W_h` (h = the first H columns of
-/// A_t), `O = H W_hq`; backward `∂W_hq = Hᵀ ∂O`, `∂H = ∂O W_hqᵀ`,
-/// `∂h_{t−1} += ∂A_t W_hᵀ`, `∂W_h = H_prevᵀ ∂A` and `∂W_x = Xᵀ ∂A` (merged over steps).
+/// forward `A = X W_x` (all steps), `A_t += h_{t−1} W_h`, `O = H W_hq`; backward
+/// `∂W_hq = Hᵀ ∂O`, `∂H = ∂O W_hqᵀ`, `∂h_{t−1} += ∂A_t W_hᵀ`, `∂W_h = H_prevᵀ ∂A` and
+/// `∂W_x = Xᵀ ∂A` (merged over steps). The states H stay constant: only the products'
+/// shapes and layouts matter.
 struct Skeleton {
     x: Array2<f32>,
     w_x: Array2<f32>,
     w_h: Array2<f32>,
     w_hq: Array2<f32>,
     a: Array2<f32>,
+    hs: Array2<f32>,
     o: Array2<f32>,
     dh: Array2<f32>,
     grads: [Array2<f32>; 3],
@@ -82,6 +86,7 @@ impl Skeleton {
             w_h: fill(h, g * h),
             w_hq: fill(h, d),
             a: fill(tb, g * h),
+            hs: fill(tb, h),
             o: fill(tb, d),
             dh: fill(tb, h),
             grads: [fill(d, g * h), fill(h, g * h), fill(h, d)],
@@ -89,38 +94,36 @@ impl Skeleton {
     }
 
     fn run(&mut self, s: &Size) {
-        let (b, h, t) = (s.b, s.h, s.t);
+        let (b, t) = (s.b, s.t);
         let Skeleton {
             x,
             w_x,
             w_h,
             w_hq,
             a,
+            hs,
             o,
             dh,
             grads,
         } = self;
-        mm(x.view(), w_x.view(), a.view_mut(), 0.0);
+        mm(x.view(), w_x.view(), a.view_mut(), Write::Set);
         for step in 1..t {
-            let (prev, mut cur) = a.multi_slice_mut((
-                s![(step - 1) * b..step * b, ..h],
-                s![step * b..(step + 1) * b, ..],
-            ));
-            general_mat_mul(1.0, &prev, w_h, 1.0, &mut cur);
+            let prev = hs.slice(s![(step - 1) * b..step * b, ..]);
+            let cur = a.slice_mut(s![step * b..(step + 1) * b, ..]);
+            mm(prev, w_h.view(), cur, Write::Add);
         }
-        let hs = a.slice(s![.., ..h]);
-        mm(hs, w_hq.view(), o.view_mut(), 0.0);
-        mm(hs.t(), o.view(), grads[2].view_mut(), 0.0);
-        mm(o.view(), w_hq.t(), dh.view_mut(), 0.0);
+        mm(hs.view(), w_hq.view(), o.view_mut(), Write::Set);
+        mm(hs.t(), o.view(), grads[2].view_mut(), Write::Set);
+        mm(o.view(), w_hq.t(), dh.view_mut(), Write::Set);
         for step in (1..t).rev() {
             let da = a.slice(s![step * b..(step + 1) * b, ..]);
             let prev = dh.slice_mut(s![(step - 1) * b..step * b, ..]);
-            mm(da, w_h.t(), prev, 1.0);
+            mm(da, w_h.t(), prev, Write::Add);
         }
-        let h_prev = a.slice(s![..(t - 1) * b, ..h]);
+        let h_prev = hs.slice(s![..(t - 1) * b, ..]);
         let da = a.slice(s![b.., ..]);
-        mm(h_prev.t(), da, grads[1].view_mut(), 0.0);
-        mm(x.t(), a.view(), grads[0].view_mut(), 0.0);
+        mm(h_prev.t(), da, grads[1].view_mut(), Write::Set);
+        mm(x.t(), a.view(), grads[0].view_mut(), Write::Set);
     }
 }
 

@@ -117,7 +117,7 @@ pub mod bptt;
 pub mod closed_form;
 pub mod diagnostics;
 pub mod init;
-mod kernels;
+pub mod kernels;
 pub mod optim;
 pub mod rnn;
 

@@ -19,8 +19,21 @@ use std::iter::Sum;
 /// assert_eq!(0.1f32.as_f64(), 0.10000000149011612); // exact
 /// assert_eq!(<f64 as Scalar>::tanh_kernel(0.5), 0.5f64.tanh());
 /// ```
+///
+/// It is implemented for `f32` and `f64` only (sealed): the tape's matrix products go
+/// through a kernel chosen per type.
 pub trait Scalar:
-    Float + LinalgScalar + ScalarOperand + Debug + Display + Default + Sum + Send + Sync + 'static
+    Float
+    + LinalgScalar
+    + ScalarOperand
+    + Debug
+    + Display
+    + Default
+    + Sum
+    + Send
+    + Sync
+    + 'static
+    + sealed::Kernel
 {
     /// Converts from `f64` (rounding to nearest for `f32`).
     fn of(x: f64) -> Self;
@@ -35,6 +48,51 @@ pub trait Scalar:
     /// `½ + ½ tanh(x/2)` on [`Scalar::tanh_kernel`] (as XLA expands the logistic), with
     /// an absolute error of a few 1e-8 and no call to `exp`.
     fn sigmoid_kernel(self) -> Self;
+}
+
+/// The per-type matrix-product kernel behind [`crate::kernels`], in a module users cannot
+/// name, so that no other type implements [`Scalar`].
+pub(crate) mod sealed {
+    use ndarray::{ArrayView2, ArrayViewMut2};
+
+    /// `c ← α a b + β c` by faer's kernel (the `gemm` crate's, with run-time CPU
+    /// dispatch); `false`, leaving `c` untouched, when an operand has no slice layout
+    /// faer takes or β is neither 0 nor 1.
+    pub trait Kernel: Sized {
+        fn faer_gemm(
+            alpha: Self,
+            a: &ArrayView2<'_, Self>,
+            b: &ArrayView2<'_, Self>,
+            beta: Self,
+            c: &mut ArrayViewMut2<'_, Self>,
+        ) -> bool;
+    }
+
+    impl Kernel for f64 {
+        #[inline]
+        fn faer_gemm(
+            alpha: f64,
+            a: &ArrayView2<'_, f64>,
+            b: &ArrayView2<'_, f64>,
+            beta: f64,
+            c: &mut ArrayViewMut2<'_, f64>,
+        ) -> bool {
+            crate::kernels::faer_gemm(alpha, a, b, beta, c)
+        }
+    }
+
+    impl Kernel for f32 {
+        #[inline]
+        fn faer_gemm(
+            alpha: f32,
+            a: &ArrayView2<'_, f32>,
+            b: &ArrayView2<'_, f32>,
+            beta: f32,
+            c: &mut ArrayViewMut2<'_, f32>,
+        ) -> bool {
+            crate::kernels::faer_gemm(alpha, a, b, beta, c)
+        }
+    }
 }
 
 impl Scalar for f64 {

@@ -57,6 +57,42 @@ fn zeros(r: usize, c: usize) -> Array2<f64> {
 // ShapeMismatch
 
 #[test]
+fn matmul_into_with_unequal_inner_dimensions_or_a_wrong_destination_is_a_shape_mismatch() {
+    use timetape::kernels::{matmul_into, Write};
+    let (a, b) = (zeros(2, 3), zeros(4, 5));
+    let mut c = Array2::from_elem((2, 5), 7.0);
+    let e = err(
+        matmul_into(a.view(), b.view(), c.view_mut(), Write::Set),
+        &["matmul_into", "(2, 3)", "(4, 5)"],
+    );
+    assert!(matches!(
+        e,
+        Error::ShapeMismatch {
+            op: "matmul_into",
+            lhs: (2, 3),
+            rhs: (4, 5)
+        }
+    ));
+    let b = zeros(3, 5);
+    let mut wrong = Array2::from_elem((5, 2), 7.0);
+    let e = err(
+        matmul_into(a.view(), b.view(), wrong.view_mut(), Write::Add),
+        &["matmul_into", "(2, 5)", "(5, 2)"],
+    );
+    assert!(matches!(
+        e,
+        Error::ShapeMismatch {
+            lhs: (2, 5),
+            rhs: (5, 2),
+            ..
+        }
+    ));
+    assert!(wrong.iter().all(|&x| x == 7.0), "a failed product wrote");
+    matmul_into(a.view(), b.view(), c.view_mut(), Write::Set).unwrap();
+    assert!(c.iter().all(|&x| x == 0.0));
+}
+
+#[test]
 fn matmul_with_unequal_inner_dimensions_is_a_shape_mismatch() {
     let mut tape = Tape::<f64>::new();
     let a = tape.constant(zeros(2, 3)).unwrap();
