@@ -80,8 +80,10 @@ pub(crate) struct Pool<F> {
     /// Per capacity, the free buffers with the epoch in which each was given back.
     free: Vec<(usize, Vec<FreeBuffer<F>>)>,
     bytes: usize,
-    /// Moves on at every [`Pool::trim`] (a tape's `clear`).
+    /// Moves on at every [`Pool::trim`] (a tape's `clear`) that follows a request.
     epoch: u64,
+    /// Whether a buffer was asked for in this epoch.
+    asked: bool,
 }
 
 impl<F> Default for Pool<F> {
@@ -90,6 +92,7 @@ impl<F> Default for Pool<F> {
             free: Vec::new(),
             bytes: 0,
             epoch: 0,
+            asked: false,
         }
     }
 }
@@ -97,6 +100,7 @@ impl<F> Default for Pool<F> {
 impl<F: Scalar> Pool<F> {
     /// A buffer of the given shape; its contents are arbitrary (the caller overwrites it).
     pub(crate) fn take(&mut self, shape: (usize, usize)) -> Array2<F> {
+        self.asked = true;
         if let Some(a) = self.try_take(shape) {
             return a;
         }
@@ -117,6 +121,7 @@ impl<F: Scalar> Pool<F> {
     /// A free buffer of the given shape, if one fits (capacity in `[n, 2n]`; no
     /// allocation).
     pub(crate) fn try_take(&mut self, shape: (usize, usize)) -> Option<Array2<F>> {
+        self.asked = true;
         let n = shape.0 * shape.1;
         let (cap, list) = self
             .free
@@ -146,8 +151,13 @@ impl<F: Scalar> Pool<F> {
     }
 
     /// Drops the buffers that stayed free through the whole epoch that ends now (no
-    /// request of the last segment wanted them), and starts a new epoch.
+    /// request of the last segment wanted them), and starts a new epoch. An epoch in
+    /// which nothing was asked for (two clears in a row) says nothing about what the
+    /// next segment wants: it keeps every buffer and goes on.
     pub(crate) fn trim(&mut self) {
+        if !std::mem::take(&mut self.asked) {
+            return;
+        }
         let (epoch, sz) = (self.epoch, std::mem::size_of::<F>());
         let mut dropped = 0;
         for (cap, list) in &mut self.free {
@@ -667,5 +677,35 @@ fn flush_subnormal<F: Scalar>(adjoint: Option<&mut Array2<F>>) {
     if let Some(a) = adjoint {
         let tiny = F::min_positive_value();
         a.mapv_inplace(|x| if x.abs() < tiny { F::zero() } else { x });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ndarray::Array2;
+
+    /// `Workspace::run` clears its tape on entry and again before recording the segment.
+    /// The second clear follows no request, so it must not count as an epoch in which
+    /// the adjoints given back by the last backward pass went unwanted: before this,
+    /// it dropped them and every run allocated (and page-faulted) them again.
+    #[test]
+    fn two_clears_in_a_row_keep_the_buffers_the_next_recording_wants() -> Result<()> {
+        let mut tape = Tape::<f64>::new();
+        let record = |tape: &mut Tape<f64>| -> Result<()> {
+            tape.set_release_adjoints(true);
+            let x = tape.variable(Array2::from_elem((64, 64), 0.5).view())?;
+            let y = tape.tanh(x)?;
+            let z = tape.tanh(y)?;
+            let loss = tape.sum(z)?;
+            tape.backward(loss)?;
+            Ok(())
+        };
+        record(&mut tape)?;
+        tape.clear();
+        let held = tape.pool.bytes;
+        tape.clear();
+        assert_eq!(tape.pool.bytes, held, "the second clear dropped buffers");
+        Ok(())
     }
 }
