@@ -217,6 +217,8 @@ pub struct Tape<F: Scalar> {
     pub(crate) pool: Pool<F>,
     /// Thin weight-gradient contributions gathered during a backward pass.
     pub(crate) staging: crate::ops::Staging<F>,
+    /// Row-major copies of right factors used transposed in backward rules.
+    pub(crate) transposes: crate::ops::Transposes<F>,
     peak_nodes: usize,
     peak_bytes: usize,
 }
@@ -244,6 +246,7 @@ impl<F: Scalar> Tape<F> {
             side: Default::default(),
             pool: Pool::default(),
             staging: Default::default(),
+            transposes: Default::default(),
             peak_nodes: 0,
             peak_bytes: 0,
         }
@@ -266,6 +269,7 @@ impl<F: Scalar> Tape<F> {
             self.pool.give(a);
         }
         self.side.clear(&mut self.pool);
+        self.transposes.clear(&mut self.pool);
         self.generation += 1;
     }
 
@@ -310,7 +314,8 @@ impl<F: Scalar> Tape<F> {
                 .flatten()
                 .map(|a| a.len())
                 .sum::<usize>()
-            + self.side.saved.iter().map(|a| a.len()).sum::<usize>();
+            + self.side.saved.iter().map(|a| a.len()).sum::<usize>()
+            + self.transposes.len();
         held * sz + self.pool.bytes
     }
 

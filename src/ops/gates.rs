@@ -35,10 +35,32 @@ fn flat<F: Scalar>(m: ArrayView2<'_, F>) -> Cow<'_, [F]> {
     }
 }
 
-/// `o = v` if fresh, else `o += v`.
-#[inline]
-fn put<F: Scalar>(o: &mut F, fresh: bool, v: F) {
-    *o = if fresh { v } else { *o + v };
+/// `o_j = v(j)` if fresh, else `o_j += v(j)`, for every j: the branch outside the loop,
+/// so that each loop vectorizes.
+#[inline(always)]
+fn emit<F: Scalar>(o: &mut [F], fresh: bool, v: impl Fn(usize) -> F) {
+    if fresh {
+        o.iter_mut().enumerate().for_each(|(j, o)| *o = v(j));
+    } else {
+        o.iter_mut().enumerate().for_each(|(j, o)| *o = *o + v(j));
+    }
+}
+
+/// The `K` consecutive blocks of width `n` at the start of `row` (its gate blocks).
+#[inline(always)]
+fn blocks<F, const K: usize>(row: &[F], n: usize) -> [&[F]; K] {
+    std::array::from_fn(|k| &row[k * n..(k + 1) * n])
+}
+
+/// [`blocks`], mutable.
+#[inline(always)]
+fn blocks_mut<F, const K: usize>(row: &mut [F], n: usize) -> [&mut [F]; K] {
+    let mut rest = row;
+    std::array::from_fn(|_| {
+        let (head, tail) = std::mem::take(&mut rest).split_at_mut(n);
+        rest = tail;
+        head
+    })
 }
 
 /// Runs `rule(row, out_row, fresh)` on each row of the adjoint of parent `p` (width
@@ -111,17 +133,31 @@ impl<F: Scalar> Tape<F> {
         let gs = gates.as_slice_mut().ok_or_else(non_contiguous)?;
         let rows = o.chunks_mut(ws.max(1)).zip(gs.chunks_mut((5 * n).max(1)));
         for (r, (or, gr)) in rows.enumerate() {
-            let (ar, sr) = (&av[r * w..(r + 1) * w], &sv[r * ws..(r + 1) * ws]);
-            for j in 0..n {
-                let (i, f) = (ar[j].sigmoid_kernel(), ar[n + j].sigmoid_kernel());
-                let (g, og) = (ar[2 * n + j].tanh_kernel(), ar[3 * n + j].sigmoid_kernel());
-                let c = f * sr[n + j] + i * g;
-                let tc = c.tanh_kernel();
-                or[j] = og * tc;
-                or[n + j] = c;
-                for (k, v) in [i, f, g, og, tc].into_iter().enumerate() {
-                    gr[k * n + j] = v;
-                }
+            let [ai, af, ag, ao] = blocks::<_, 4>(&av[r * w..(r + 1) * w], n);
+            let [_, c_prev] = blocks::<_, 2>(&sv[r * ws..(r + 1) * ws], n);
+            let [i, f, g, og, tc] = blocks_mut::<_, 5>(gr, n);
+            let [h, c] = blocks_mut::<_, 2>(or, n);
+            // One pass per gate block: each loop is branch-free and vectorizes.
+            i.iter_mut()
+                .zip(ai)
+                .for_each(|(o, &a)| *o = a.sigmoid_kernel());
+            f.iter_mut()
+                .zip(af)
+                .for_each(|(o, &a)| *o = a.sigmoid_kernel());
+            g.iter_mut()
+                .zip(ag)
+                .for_each(|(o, &a)| *o = a.tanh_kernel());
+            og.iter_mut()
+                .zip(ao)
+                .for_each(|(o, &a)| *o = a.sigmoid_kernel());
+            for (j, c) in c.iter_mut().enumerate() {
+                *c = f[j] * c_prev[j] + i[j] * g[j];
+            }
+            tc.iter_mut()
+                .zip(&*c)
+                .for_each(|(o, &c)| *o = c.tanh_kernel());
+            for (j, h) in h.iter_mut().enumerate() {
+                *h = og[j] * tc[j];
             }
         }
         let saved = self.side.saved.len();
@@ -165,22 +201,24 @@ impl<F: Scalar> Tape<F> {
         let o = out.as_slice_mut().ok_or_else(non_contiguous)?;
         let gs = gates.as_slice_mut().ok_or_else(non_contiguous)?;
         let w = 3 * n;
-        for (r, (or, gr)) in o
-            .chunks_mut(n.max(1))
-            .zip(gs.chunks_mut(w.max(1)))
-            .enumerate()
-        {
-            let (ur, sr, hr) = (
-                &uv[r * w..(r + 1) * w],
-                &sv[r * w..(r + 1) * w],
-                &hv[r * n..],
-            );
-            for j in 0..n {
-                let rg = (ur[j] + sr[j]).sigmoid_kernel();
-                let z = (ur[n + j] + sr[n + j]).sigmoid_kernel();
-                let c = (ur[2 * n + j] + rg * sr[2 * n + j]).tanh_kernel();
-                or[j] = c + z * (hr[j] - c);
-                (gr[j], gr[n + j], gr[2 * n + j]) = (rg, z, c);
+        let rows = o.chunks_mut(n.max(1)).zip(gs.chunks_mut(w.max(1)));
+        for (r, (h_new, gr)) in rows.enumerate() {
+            let [ur, uz, un] = blocks::<_, 3>(&uv[r * w..(r + 1) * w], n);
+            let [sr, sz, sn] = blocks::<_, 3>(&sv[r * w..(r + 1) * w], n);
+            let h = &hv[r * n..(r + 1) * n];
+            let [rg, z, c] = blocks_mut::<_, 3>(gr, n);
+            // One pass per gate block: each loop is branch-free and vectorizes.
+            for (j, o) in rg.iter_mut().enumerate() {
+                *o = (ur[j] + sr[j]).sigmoid_kernel();
+            }
+            for (j, o) in z.iter_mut().enumerate() {
+                *o = (uz[j] + sz[j]).sigmoid_kernel();
+            }
+            for (j, o) in c.iter_mut().enumerate() {
+                *o = (un[j] + rg[j] * sn[j]).tanh_kernel();
+            }
+            for (j, o) in h_new.iter_mut().enumerate() {
+                *o = c[j] + z[j] * (h[j] - c[j]);
             }
         }
         let saved = self.side.saved.len();
@@ -207,34 +245,30 @@ pub(crate) fn lstm_cell_vjp<F: Scalar>(
     let n = g.ncols() / 2;
     let one = F::one();
     let (gv, sv, gs) = (flat(g), flat(cx.values[state].view()), flat(gates));
-    // c̄_t of entry (r, j).
-    let dct = |r: usize, j: usize| {
-        let (o, tc) = (gs[r * 5 * n + 3 * n + j], gs[r * 5 * n + 4 * n + j]);
-        gv[r * 2 * n + n + j] + gv[r * 2 * n + j] * o * (one - tc * tc)
+    // The blocks of row r: adjoints [h̄ c̄], gates [i f g o tanh c], c_{t−1}.
+    let row = |r: usize| {
+        let [dh, dc] = blocks::<_, 2>(&gv[r * 2 * n..(r + 1) * 2 * n], n);
+        let gates = blocks::<_, 5>(&gs[r * 5 * n..(r + 1) * 5 * n], n);
+        let [_, c_prev] = blocks::<_, 2>(&sv[r * 2 * n..(r + 1) * 2 * n], n);
+        (dh, dc, gates, c_prev)
     };
     each_row(cx, (a, 4 * n), |r, acc, fresh| {
-        let gr = &gs[r * 5 * n..(r + 1) * 5 * n];
-        for j in 0..n {
-            let (i, f, gg, o, tc) = (
-                gr[j],
-                gr[n + j],
-                gr[2 * n + j],
-                gr[3 * n + j],
-                gr[4 * n + j],
-            );
-            let (d, dh) = (dct(r, j), gv[r * 2 * n + j]);
-            let c_prev = sv[r * 2 * n + n + j];
-            put(&mut acc[j], fresh, d * gg * i * (one - i));
-            put(&mut acc[n + j], fresh, d * c_prev * f * (one - f));
-            put(&mut acc[2 * n + j], fresh, d * i * (one - gg * gg));
-            put(&mut acc[3 * n + j], fresh, dh * tc * o * (one - o));
-        }
+        let (dh, dc, [i, f, g, o, tc], c_prev) = row(r);
+        // c̄_t = c̄ + h̄ o (1 − tanh² c_t)
+        let dct = |j: usize| dc[j] + dh[j] * o[j] * (one - tc[j] * tc[j]);
+        let [ai, af, ag, ao] = blocks_mut::<_, 4>(acc, n);
+        emit(ai, fresh, |j| dct(j) * g[j] * i[j] * (one - i[j]));
+        emit(af, fresh, |j| dct(j) * c_prev[j] * f[j] * (one - f[j]));
+        emit(ag, fresh, |j| dct(j) * i[j] * (one - g[j] * g[j]));
+        emit(ao, fresh, |j| dh[j] * tc[j] * o[j] * (one - o[j]));
     });
     each_row(cx, (state, 2 * n), |r, acc, fresh| {
-        for j in 0..n {
-            put(&mut acc[j], fresh, F::zero());
-            put(&mut acc[n + j], fresh, dct(r, j) * gs[r * 5 * n + n + j]);
-        }
+        let (dh, dc, [_, f, _, o, tc], _) = row(r);
+        let [sh, sc] = blocks_mut::<_, 2>(acc, n);
+        emit(sh, fresh, |_| F::zero());
+        emit(sc, fresh, |j| {
+            (dc[j] + dh[j] * o[j] * (one - tc[j] * tc[j])) * f[j]
+        });
     });
 }
 
@@ -250,45 +284,38 @@ pub(crate) fn gru_cell_vjp<F: Scalar>(
     let one = F::one();
     let (gv, gs) = (flat(g), flat(gates));
     let (sv, hv) = (flat(cx.values[s].view()), flat(cx.values[h].view()));
-    // [ā_r ā_z ā_n] of row r.
+    // [ā_r ā_z ā_n] of every row.
     let mut d: Array2<F> = cx.scratch((g.nrows(), 3 * n));
     if let Some(dv) = d.as_slice_mut() {
         for (r, dr) in dv.chunks_mut((3 * n).max(1)).enumerate() {
-            let gr = &gs[r * 3 * n..(r + 1) * 3 * n];
-            for j in 0..n {
-                let (rg, z, c) = (gr[j], gr[n + j], gr[2 * n + j]);
-                let dy = gv[r * n + j];
-                let da_n = dy * (one - z) * (one - c * c);
-                dr[j] = da_n * sv[r * 3 * n + 2 * n + j] * rg * (one - rg);
-                dr[n + j] = dy * (hv[r * n + j] - c) * z * (one - z);
-                dr[2 * n + j] = da_n;
-            }
+            let [rg, z, c] = blocks::<_, 3>(&gs[r * 3 * n..(r + 1) * 3 * n], n);
+            let [_, _, sn] = blocks::<_, 3>(&sv[r * 3 * n..(r + 1) * 3 * n], n);
+            let (dy, hr) = (&gv[r * n..(r + 1) * n], &hv[r * n..(r + 1) * n]);
+            let [dar, daz, dan] = blocks_mut::<_, 3>(dr, n);
+            emit(dan, true, |j| dy[j] * (one - z[j]) * (one - c[j] * c[j]));
+            emit(dar, true, |j| dan[j] * sn[j] * rg[j] * (one - rg[j]));
+            emit(daz, true, |j| dy[j] * (hr[j] - c[j]) * z[j] * (one - z[j]));
         }
     }
     let dv = flat(d.view());
     each_row(cx, (u, 3 * n), |r, acc, fresh| {
-        for (k, o) in acc.iter_mut().enumerate() {
-            put(o, fresh, dv[r * 3 * n + k]);
-        }
+        let dr = &dv[r * 3 * n..(r + 1) * 3 * n];
+        emit(acc, fresh, |k| dr[k]);
     });
     each_row(cx, (s, 3 * n), |r, acc, fresh| {
-        for (k, o) in acc.iter_mut().enumerate() {
-            let v = dv[r * 3 * n + k];
-            put(
-                o,
-                fresh,
-                if k < 2 * n {
-                    v
-                } else {
-                    v * gs[r * 3 * n + k - 2 * n]
-                },
-            );
-        }
+        let [dar, daz, dan] = blocks::<_, 3>(&dv[r * 3 * n..(r + 1) * 3 * n], n);
+        let [rg, _, _] = blocks::<_, 3>(&gs[r * 3 * n..(r + 1) * 3 * n], n);
+        let [sr, sz, sn] = blocks_mut::<_, 3>(acc, n);
+        emit(sr, fresh, |j| dar[j]);
+        emit(sz, fresh, |j| daz[j]);
+        emit(sn, fresh, |j| dan[j] * rg[j]);
     });
     each_row(cx, (h, n), |r, acc, fresh| {
-        for (j, o) in acc.iter_mut().enumerate() {
-            put(o, fresh, gv[r * n + j] * gs[r * 3 * n + n + j]);
-        }
+        let (dy, z) = (
+            &gv[r * n..(r + 1) * n],
+            &gs[r * 3 * n + n..r * 3 * n + 2 * n],
+        );
+        emit(acc, fresh, |j| dy[j] * z[j]);
     });
     cx.recycle(d);
 }

@@ -72,12 +72,8 @@ impl<F: Scalar> Tape<F> {
 }
 
 pub(crate) fn matmul_vjp<F: Scalar>(cx: &mut Ctx<'_, F>, g: ArrayView2<'_, F>, a: usize, b: usize) {
-    let values = cx.values;
-    let (va, vb) = (&values[a], &values[b]);
-    if let Some((acc, fresh)) = cx.slot(a) {
-        gemm(F::one(), &g, &vb.t(), beta(fresh), &mut acc.view_mut());
-    }
-    cx.add_at_b(b, va.view(), g);
+    cx.add_r_bt(a, g, b);
+    cx.add_at_b(b, cx.values[a].view(), g);
 }
 
 pub(crate) fn transpose_vjp<F: Scalar>(cx: &mut Ctx<'_, F>, g: ArrayView2<'_, F>, a: usize) {
@@ -311,10 +307,55 @@ fn affine_contributions<F: Scalar>(
             }
         }
     }
-    let values = cx.values;
-    let (va, vb) = (&values[a], &values[b]);
-    if let Some((acc, fresh)) = cx.slot(a) {
-        gemm(F::one(), &r, &vb.t(), beta(fresh), &mut acc.view_mut());
+    cx.add_r_bt(a, r, b);
+    cx.add_at_b(b, cx.values[a].view(), r);
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::{Params, Tape};
+    use ndarray::Array2;
+
+    fn small_ints(shape: (usize, usize), seed: usize) -> Array2<f64> {
+        Array2::from_shape_fn(shape, |(i, j)| ((i * 5 + j * 3 + seed) % 7) as f64 - 3.0)
     }
-    cx.add_at_b(b, va.view(), r);
+
+    /// A weight used by six products: the first two backward rules read `Wᵀ` as a view,
+    /// the later ones from its row-major copy (`Transposes`). With small integers every
+    /// product is exact, so each x̄_t must equal `ȳ_t Wᵀ` (ȳ_t = 1) to the last bit, as
+    /// must W̄ = Σ_t x_tᵀ 1.
+    #[test]
+    fn adjoints_through_the_transposed_copy_of_a_weight_are_exact() -> crate::Result<()> {
+        let (b, k, n, steps) = (4, 9, 6, 6);
+        let mut params = Params::<f64>::new();
+        let w_value = small_ints((k, n), 1);
+        let w = params.add("W", w_value.clone())?;
+        let mut tape = Tape::new();
+        let wv = tape.param(&params, w)?;
+        let mut xs = Vec::new();
+        let mut total = None;
+        for t in 0..steps {
+            let x = tape.variable(small_ints((b, k), t + 2).view())?;
+            let y = tape.matmul(x, wv)?;
+            let s = tape.sum(y)?;
+            total = Some(match total {
+                None => s,
+                Some(acc) => tape.add(acc, s)?,
+            });
+            xs.push(x);
+        }
+        let loss = total.expect("steps > 0");
+        let grads = tape.backward(loss)?;
+        let ones = Array2::<f64>::ones((b, n));
+        let want_x = ones.dot(&w_value.t());
+        for &x in &xs {
+            assert_eq!(tape.adjoint(x)?, Some(want_x.view()));
+        }
+        let mut want_w = Array2::<f64>::zeros((k, n));
+        for t in 0..steps {
+            want_w = want_w + small_ints((b, k), t + 2).t().dot(&ones);
+        }
+        assert_eq!(grads.get(w)?, want_w);
+        Ok(())
+    }
 }

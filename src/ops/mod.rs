@@ -123,6 +123,7 @@ pub(crate) struct Ctx<'a, F: Scalar> {
     parents: &'a mut [Option<Array2<F>>],
     pool: &'a mut Pool<F>,
     staging: &'a mut Staging<F>,
+    transposes: &'a mut Transposes<F>,
     /// The first failure of a rule (an internal shape inconsistency), reported by
     /// [`backward_node`] instead of a panic or a skipped contribution.
     failed: Option<Error>,
@@ -221,6 +222,52 @@ impl<F: Scalar> Staged<F> {
     }
 }
 
+/// A right factor `b` of a product reaches its backward rule as `bᵀ` (`ā += r bᵀ`), a
+/// matrix stored by columns, which the product kernels read more slowly than one stored
+/// by rows. A `b` used by several products (a recurrent weight, once per step) gets a
+/// row-major copy of `bᵀ` at its [`TRANSPOSE_AT_USE`]-th use in a backward pass,
+/// kept until the tape is cleared (values never change once recorded); a `b` used once
+/// or twice (a weight under `Fixed { k: 1 }`) is never copied.
+#[derive(Debug, Default)]
+pub(crate) struct Transposes<F> {
+    uses: std::collections::HashMap<usize, u32>,
+    copies: Vec<(usize, Array2<F>)>,
+}
+
+/// The use at which a right factor gets its transposed copy.
+pub(crate) const TRANSPOSE_AT_USE: u32 = 3;
+
+impl<F: Scalar> Transposes<F> {
+    /// Counts a use of node `b` (value `vb`) as a transposed right factor; gives the
+    /// row-major `bᵀ` once it has one.
+    fn note_use(&mut self, b: usize, vb: &Array2<F>, pool: &mut Pool<F>) -> Option<&Array2<F>> {
+        let uses = self.uses.entry(b).or_insert(0);
+        *uses += 1;
+        if *uses == TRANSPOSE_AT_USE {
+            let mut t = pool.take((vb.ncols(), vb.nrows()));
+            t.assign(&vb.t());
+            self.copies.push((b, t));
+        }
+        if *uses < TRANSPOSE_AT_USE {
+            return None;
+        }
+        self.copies.iter().find(|(n, _)| *n == b).map(|(_, t)| t)
+    }
+
+    /// Entries held in copies.
+    pub(crate) fn len(&self) -> usize {
+        self.copies.iter().map(|(_, t)| t.len()).sum()
+    }
+
+    /// Forgets every node; the copies go to `pool`.
+    pub(crate) fn clear(&mut self, pool: &mut Pool<F>) {
+        self.uses.clear();
+        for (_, t) in self.copies.drain(..) {
+            pool.give(t);
+        }
+    }
+}
+
 /// The tape's side lists, which ops index into by position (so that [`Op`] stays small
 /// and `Copy`).
 #[derive(Debug, Default)]
@@ -285,6 +332,7 @@ pub(crate) fn flush_staged<F: Scalar>(tape: &mut Tape<F>, i: usize) -> Result<()
         parents: adjoints,
         pool,
         staging: &mut Staging::default(),
+        transposes: &mut Transposes::default(),
         failed: None,
     };
     match cx.slot(i) {
@@ -324,6 +372,30 @@ impl<F: Scalar> Ctx<'_, F> {
         } else if let Some((acc, fresh)) = self.slot(b) {
             let beta = if fresh { F::zero() } else { F::one() };
             crate::kernels::gemm(F::one(), &a.t(), &r, beta, &mut acc.view_mut());
+        }
+    }
+
+    /// Adds `r bᵀ` into the adjoint of `a`, reading `bᵀ` from its row-major copy once `b`
+    /// has one (see [`Transposes`]). A row vector `r` keeps the transposed view: the
+    /// kernel's dot-product loop reads it in place.
+    pub(crate) fn add_r_bt(&mut self, a: usize, r: ArrayView2<'_, F>, b: usize) {
+        if !self.needs_grad[a] {
+            return;
+        }
+        let fresh = self.parents[a].is_none();
+        if fresh {
+            self.parents[a] = Some(self.pool.take(self.values[a].dim()));
+        }
+        let vb = &self.values[b];
+        let copy = if r.nrows() > 1 {
+            self.transposes.note_use(b, vb, self.pool)
+        } else {
+            None
+        };
+        let bt = copy.map_or_else(|| vb.t(), |t| t.view());
+        if let Some(acc) = self.parents[a].as_mut() {
+            let beta = if fresh { F::zero() } else { F::one() };
+            crate::kernels::gemm(F::one(), &r, &bt, beta, &mut acc.view_mut());
         }
     }
 
@@ -429,6 +501,7 @@ pub(crate) fn backward_node<F: Scalar>(tape: &mut Tape<F>, i: usize) -> Result<(
         side,
         pool,
         staging,
+        transposes,
         ..
     } = tape;
     let (parents, rest) = adjoints.split_at_mut(i);
@@ -443,6 +516,7 @@ pub(crate) fn backward_node<F: Scalar>(tape: &mut Tape<F>, i: usize) -> Result<(
         parents,
         pool,
         staging,
+        transposes,
         failed: None,
     };
     match ops[i] {
