@@ -9,9 +9,10 @@
 //! loop for a row vector or an outer product) into the adjoint buffers with `.t()`
 //! views (β = 0 on the first contribution, 1 after): no temporaries.
 
-use super::{put1, Ctx, Op};
+use super::{put1, rows_into, Ctx, Op};
 use crate::error::{Error, Result};
 use crate::kernels::gemm;
+use crate::kernels::Write;
 use crate::scalar::Scalar;
 use crate::tape::{Tape, Var};
 use ndarray::ArrayView2;
@@ -209,14 +210,14 @@ impl<F: Scalar> Tape<F> {
         let (ia, ib, (m, n)) = self.factors("affine", a, b)?;
         let mut out = self.pool.take((m, n));
         if let Some((ic, mode)) = c {
-            let vc = &self.values[ic];
-            match mode {
-                Addend::Full => out.assign(vc),
-                Addend::Row => out.assign(&vc.row(0)),
+            let vc = self.values[ic].view();
+            let src = match mode {
+                Addend::Full | Addend::Row => vc,
                 Addend::Rows(s) => {
-                    out.assign(&vc.slice_axis(ndarray::Axis(0), ndarray::Slice::from(s..s + m)))
+                    vc.slice_axis_move(ndarray::Axis(0), ndarray::Slice::from(s..s + m))
                 }
-            }
+            };
+            rows_into(out.view_mut(), src, Write::Set);
         }
         gemm(
             F::one(),
@@ -287,22 +288,17 @@ fn affine_contributions<F: Scalar>(
                     if fresh {
                         acc.fill(F::zero());
                     }
-                    let mut row = acc.row_mut(0);
                     for rr in r.rows() {
-                        ndarray::Zip::from(&mut row)
-                            .and(rr)
-                            .for_each(|a, &x| *a = *a + x);
+                        rows_into(acc.view_mut(), rr.insert_axis(ndarray::Axis(0)), Write::Add);
                     }
                 }
                 Addend::Rows(s) => {
                     if fresh {
                         acc.fill(F::zero());
                     }
-                    let part = acc
-                        .slice_axis_mut(ndarray::Axis(0), ndarray::Slice::from(s..s + r.nrows()));
-                    ndarray::Zip::from(part)
-                        .and(r)
-                        .for_each(|a, &x| *a = *a + x);
+                    let rows = ndarray::Slice::from(s..s + r.nrows());
+                    let part = acc.slice_axis_mut(ndarray::Axis(0), rows);
+                    rows_into(part, r, Write::Add);
                 }
             }
         }

@@ -27,10 +27,11 @@ pub use loss::Reduction;
 pub use shape::Along;
 
 use crate::error::{Error, Result};
+use crate::kernels::Write;
 use crate::params::ParamId;
 use crate::scalar::Scalar;
 use crate::tape::{Pool, Tape};
-use ndarray::{Array2, ArrayView2, Zip};
+use ndarray::{Array2, ArrayView2, ArrayViewMut2, Zip};
 
 /// One recorded operation: what it was and which nodes it read (indices into the tape).
 #[derive(Debug, Clone, Copy)]
@@ -410,6 +411,27 @@ impl<F: Scalar> Ctx<'_, F> {
             self.parents[p] = Some(self.pool.take(self.values[p].dim()));
         }
         self.parents[p].as_mut().map(|a| (a, fresh))
+    }
+}
+
+/// `dst = src` or `dst += src`, row by row over contiguous
+/// rows (the tape's buffers and their row or column ranges) without ndarray's general
+/// `Zip`, which costs more than the copy for the rows of one step; a 1×n `src` is
+/// broadcast over the rows of `dst` (a bias).
+pub(crate) fn rows_into<F: Scalar>(
+    mut dst: ArrayViewMut2<'_, F>,
+    src: ArrayView2<'_, F>,
+    write: Write,
+) {
+    let broadcast = src.nrows() == 1 && dst.nrows() != 1;
+    for (i, mut d) in dst.rows_mut().into_iter().enumerate() {
+        let s = src.row(if broadcast { 0 } else { i });
+        match (d.as_slice_mut(), s.as_slice(), write) {
+            (Some(d), Some(s), Write::Set) => d.copy_from_slice(s),
+            (Some(d), Some(s), Write::Add) => d.iter_mut().zip(s).for_each(|(d, &s)| *d = *d + s),
+            (_, _, Write::Set) => d.assign(&s),
+            (_, _, Write::Add) => d.zip_mut_with(&s, |d, &s| *d = *d + s),
+        }
     }
 }
 

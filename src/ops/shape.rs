@@ -136,7 +136,7 @@ impl<F: Scalar> Tape<F> {
         }
         let src = self.values[ia].slice_axis(ax, Slice::from(range.clone()));
         let mut out = self.pool.take(src.dim());
-        out.assign(&src);
+        super::rows_into(out.view_mut(), src, crate::kernels::Write::Set);
         let ng = self.needs_grad[ia];
         self.push(
             Op::Slice {
@@ -195,8 +195,6 @@ pub(crate) fn slice_vjp<F: Scalar>(
         }
         let n = g.len_of(ax);
         let part = acc.slice_axis_mut(ax, Slice::from(start..start + n));
-        ndarray::Zip::from(part)
-            .and(&g)
-            .for_each(|a, &g| *a = *a + g);
+        super::rows_into(part, g, crate::kernels::Write::Add);
     }
 }
