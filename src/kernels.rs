@@ -1,15 +1,16 @@
 //! The matrix product used by the tape's rules ([`matmul_into`] offers it to users).
 //!
 //! Three paths, chosen per product by shape and layout:
-//! - the thin products of a recurrent network with a batch of one, a row vector times a
-//!   matrix (`h W`, `δ Wᵀ`) or an outer product (`hᵀ r`, a gradient contribution of one
-//!   step), go through plain vectorizable loops here: any packing kernel costs more than
-//!   their arithmetic;
-//! - a right factor stored by columns (a transposed weight, `δ Wᵀ` in a backward rule)
-//!   goes to `matrixmultiply` (`general_mat_mul`), which packs it into tiles;
-//! - everything else to faer's `matmul`, the `gemm` crate's kernels: they read the
+//! - faer's `matmul` (the `gemm` crate's kernels and, for small products, `nano-gemm`'s)
+//!   for every product whose right factor is stored by rows, β ∈ {0, 1}: they read the
 //!   operands in place instead of packing them, which for the products of one time step
-//!   (a B×H state times an H×GH weight) saves a copy of the weight per step.
+//!   (a B×H state times an H×GH weight) saves a copy of the weight per step;
+//! - a right factor stored by columns (a transposed weight, `δ Wᵀ` in a backward rule,
+//!   before the rule has its row-major copy: see `ops::Transposes`) goes to
+//!   `matrixmultiply` (`general_mat_mul`), which packs it into tiles, or for a row vector
+//!   to a dot-product loop here;
+//! - what faer does not take (β outside {0, 1}) goes to plain vectorizable loops here
+//!   for a row vector or an outer product, and to `matrixmultiply` otherwise.
 //!
 //! Measured per shape on the AVX-512 machine of the benchmarks (`examples/bench_overhead`
 //! times the whole jobs): faer is 1.1–1.4× faster than `matrixmultiply` on the per-step
@@ -90,7 +91,9 @@ pub(crate) fn gemm<F: Scalar>(
 ) {
     let (m, k) = a.dim();
     let n = b.ncols();
-    if m == 1 && b.strides()[1] == 1 && c.strides()[1] == 1 {
+    if b.strides()[1] == 1 && b.ncols() > 1 && F::faer_gemm(alpha, a, b, beta, c) {
+        // Done by faer.
+    } else if m == 1 && b.strides()[1] == 1 && c.strides()[1] == 1 {
         // c = β c + α Σ_p a_p b_p: axpy over the contiguous rows of b.
         let mut row = c.row_mut(0);
         let Some(cs) = row.as_slice_mut() else {
@@ -137,7 +140,7 @@ pub(crate) fn gemm<F: Scalar>(
                 None => unreachable!("rows of c are contiguous"),
             }
         }
-    } else if b.strides()[0] == 1 || !F::faer_gemm(alpha, a, b, beta, c) {
+    } else {
         general_mat_mul(alpha, a, b, beta, c);
     }
 }

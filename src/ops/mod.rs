@@ -377,8 +377,7 @@ impl<F: Scalar> Ctx<'_, F> {
     }
 
     /// Adds `r bᵀ` into the adjoint of `a`, reading `bᵀ` from its row-major copy once `b`
-    /// has one (see [`Transposes`]). A row vector `r` keeps the transposed view: the
-    /// kernel's dot-product loop reads it in place.
+    /// has one (see [`Transposes`]).
     pub(crate) fn add_r_bt(&mut self, a: usize, r: ArrayView2<'_, F>, b: usize) {
         if !self.needs_grad[a] {
             return;
@@ -388,11 +387,7 @@ impl<F: Scalar> Ctx<'_, F> {
             self.parents[a] = Some(self.pool.take(self.values[a].dim()));
         }
         let vb = &self.values[b];
-        let copy = if r.nrows() > 1 {
-            self.transposes.note_use(b, vb, self.pool)
-        } else {
-            None
-        };
+        let copy = self.transposes.note_use(b, vb, self.pool);
         let bt = copy.map_or_else(|| vb.t(), |t| t.view());
         if let Some(acc) = self.parents[a].as_mut() {
             let beta = if fresh { F::zero() } else { F::one() };
