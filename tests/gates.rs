@@ -9,6 +9,7 @@ mod common;
 use common::assert_close;
 use ndarray::Array2;
 use timetape::gradcheck::{gradcheck, GradcheckOptions};
+use timetape::ops::RowsOf;
 use timetape::{init, Error, Params, Tape, Var};
 
 const FD: f64 = 1e-6;
@@ -105,7 +106,7 @@ fn gru_cell_matches_finite_differences_and_the_unfused_step() {
             tape.param(p, ids[1])?,
             tape.param(p, ids[2])?,
         );
-        let y = tape.gru_cell(u, s, h)?;
+        let y = tape.gru_cell(RowsOf(u, 0..B), s, h)?;
         weighted_sum(tape, y, 9)
     };
     let report = gradcheck(&params, GradcheckOptions::default(), fused).unwrap();
@@ -116,6 +117,35 @@ fn gru_cell_matches_finite_differences_and_the_unfused_step() {
             tape.param(p, ids[1])?,
             tape.param(p, ids[2])?,
         );
+        let y = gru_unfused(tape, u, s, h)?;
+        weighted_sum(tape, y, 9)
+    };
+    compare(&params, fused, unfused);
+}
+
+/// The GRU step reads its rows of a taller input part in place: on rows B..2B of a 3B×3H
+/// matrix it gives the loss and gradients (rows outside the step get zero) of the
+/// unfused step on those rows sliced out.
+#[test]
+fn gru_cell_on_rows_of_a_taller_input_part_matches_the_unfused_step_on_the_slice() {
+    let params = store(&[("u", (3 * B, 3 * H)), ("s", (B, 3 * H)), ("h", (B, H))]);
+    let ids: Vec<_> = params.ids().collect();
+    let fused = |tape: &mut Tape<f64>, p: &Params<f64>| {
+        let (u, s, h) = (
+            tape.param(p, ids[0])?,
+            tape.param(p, ids[1])?,
+            tape.param(p, ids[2])?,
+        );
+        let y = tape.gru_cell(RowsOf(u, B..2 * B), s, h)?;
+        weighted_sum(tape, y, 9)
+    };
+    let unfused = |tape: &mut Tape<f64>, p: &Params<f64>| {
+        let (u, s, h) = (
+            tape.param(p, ids[0])?,
+            tape.param(p, ids[1])?,
+            tape.param(p, ids[2])?,
+        );
+        let u = tape.slice_rows(u, B..2 * B)?;
         let y = gru_unfused(tape, u, s, h)?;
         weighted_sum(tape, y, 9)
     };
@@ -167,9 +197,14 @@ fn gate_shape_errors_name_the_op() {
     );
     let u = tape.constant(Array2::zeros((2, 6))).unwrap();
     let h = tape.constant(Array2::zeros((2, 3))).unwrap();
-    let e = tape.gru_cell(u, u, h).unwrap_err();
+    let e = tape.gru_cell(RowsOf(u, 0..2), u, h).unwrap_err();
     assert!(
         matches!(e, Error::ShapeMismatch { op: "gru_cell", .. }),
+        "{e}"
+    );
+    let e = tape.gru_cell(RowsOf(u, 1..3), u, h).unwrap_err();
+    assert!(
+        matches!(e, Error::InvalidArgument { op: "gru_cell", .. }),
         "{e}"
     );
 }

@@ -21,9 +21,11 @@
 
 use super::{Ctx, Op};
 use crate::error::{invalid, Error, Result};
+use crate::kernels::Write;
+use crate::ops::RowsOf;
 use crate::scalar::Scalar;
 use crate::tape::{Tape, Var};
-use ndarray::{Array2, ArrayView2};
+use ndarray::{Array2, ArrayView2, Axis, Slice};
 use std::borrow::Cow;
 
 /// The entries of `m` in row-major order: borrowed for a contiguous matrix (every value
@@ -172,21 +174,30 @@ impl<F: Scalar> Tape<F> {
     }
 
     /// One GRU step fused into one node: from the input part `u` (B×3H, `x_t W_x + b_x`,
-    /// gates `r z n`), the state part `s` (B×3H, `h_{t−1} W_h + b_h`) and the state
+    /// gates `r z n`; given as the step's rows of a taller matrix, the input projection of
+    /// a whole segment, as in [`Tape::affine_rows`]: `RowsOf(u, 0..B)` for a B×3H `u`),
+    /// the state part `s` (B×3H, `h_{t−1} W_h + b_h`) and the state
     /// `h_{t−1}` (B×H), the new state `h_t` (B×H): `r, z = σ(u_r + s_r), σ(u_z + s_z)`,
     /// `n = tanh(u_n + r s_n)`, `h_t = n + z (h_{t−1} − n)`. Backward:
     /// `ā_n = h̄′ (1 − z)(1 − n²)`, `ā_r = ā_n s_n r (1 − r)`, `ā_z = h̄′ (h − n) z (1 − z)`;
     /// `ū = [ā_r ā_z ā_n]`, `s̄ = [ā_r ā_z ā_n r]`, `h̄ += h̄′ z`. The gates are saved for
     /// the backward pass.
     ///
-    /// Errors: [`Error::ShapeMismatch`] unless `u` and `s` are B×3H and `h` B×H;
+    /// Errors: [`Error::ShapeMismatch`] unless the rows of `u` and `s` are B×3H and `h`
+    /// B×H; [`Error::InvalidArgument`] for rows outside `u`;
     /// [`Error::ForeignVar`] or [`Error::StaleVar`] for a `Var` that is not a live `Var`
     /// of this tape.
-    pub fn gru_cell(&mut self, u: Var, s: Var, h: Var) -> Result<Var> {
+    pub fn gru_cell(&mut self, u: RowsOf, s: Var, h: Var) -> Result<Var> {
         let op = "gru_cell";
+        let RowsOf(u, rows) = u;
         let (iu, is, ih) = (self.idx(op, u)?, self.idx(op, s)?, self.idx(op, h)?);
         let (su, ss) = (self.values[iu].dim(), self.values[is].dim());
         let (b, n) = self.values[ih].dim();
+        if rows.end > su.0 || rows.start > rows.end {
+            let what = format!("rows {rows:?} outside a matrix of {} rows", su.0);
+            return Err(invalid(op, what));
+        }
+        let su = (rows.len(), su.1);
         if su != ss || su != (b, 3 * n) {
             return Err(Error::ShapeMismatch {
                 op,
@@ -195,7 +206,9 @@ impl<F: Scalar> Tape<F> {
             });
         }
         let (mut out, mut gates) = (self.pool.take((b, n)), self.pool.take((b, 3 * n)));
-        let (uv, sv) = (flat(self.values[iu].view()), flat(self.values[is].view()));
+        let u_start = rows.start;
+        let ur = self.values[iu].slice_axis(Axis(0), Slice::from(rows));
+        let (uv, sv) = (flat(ur), flat(self.values[is].view()));
         let hv = flat(self.values[ih].view());
         let non_contiguous = || invalid(op, "non-contiguous buffer");
         let o = out.as_slice_mut().ok_or_else(non_contiguous)?;
@@ -225,7 +238,7 @@ impl<F: Scalar> Tape<F> {
         self.side.saved.push(gates);
         let ng = self.needs_grad[iu] || self.needs_grad[is] || self.needs_grad[ih];
         let node = Op::GruCell {
-            u: iu,
+            u: (iu, u_start),
             s: is,
             h: ih,
             saved,
@@ -277,7 +290,7 @@ pub(crate) fn lstm_cell_vjp<F: Scalar>(
 pub(crate) fn gru_cell_vjp<F: Scalar>(
     cx: &mut Ctx<'_, F>,
     g: ArrayView2<'_, F>,
-    (u, s, h): (usize, usize, usize),
+    ((u, start), s, h): ((usize, usize), usize, usize),
     gates: ArrayView2<'_, F>,
 ) {
     let n = g.ncols();
@@ -297,11 +310,14 @@ pub(crate) fn gru_cell_vjp<F: Scalar>(
             emit(daz, true, |j| dy[j] * (hr[j] - c[j]) * z[j] * (one - z[j]));
         }
     }
+    if let Some((acc, fresh)) = cx.slot(u) {
+        if fresh {
+            acc.fill(F::zero());
+        }
+        let rows = Slice::from(start..start + g.nrows());
+        super::rows_into(acc.slice_axis_mut(Axis(0), rows), d.view(), Write::Add);
+    }
     let dv = flat(d.view());
-    each_row(cx, (u, 3 * n), |r, acc, fresh| {
-        let dr = &dv[r * 3 * n..(r + 1) * 3 * n];
-        emit(acc, fresh, |k| dr[k]);
-    });
     each_row(cx, (s, 3 * n), |r, acc, fresh| {
         let [dar, daz, dan] = blocks::<_, 3>(&dv[r * 3 * n..(r + 1) * 3 * n], n);
         let [rg, _, _] = blocks::<_, 3>(&gs[r * 3 * n..(r + 1) * 3 * n], n);

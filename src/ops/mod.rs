@@ -79,9 +79,9 @@ pub(crate) enum Op<F> {
         state: usize,
         saved: usize,
     },
-    /// One fused GRU step: input part, state part and the state `h`.
+    /// One fused GRU step: input part (node, first row), state part and the state `h`.
     GruCell {
-        u: usize,
+        u: (usize, usize),
         s: usize,
         h: usize,
         saved: usize,

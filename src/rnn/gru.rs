@@ -179,10 +179,8 @@ impl<F: Scalar> Projection<F, GruBound> for Gru {
     }
 
     fn step_projected(&self, tape: &mut Tape<F>, b: &GruBound, u: RowsOf, h: Var) -> Result<Var> {
-        // Three nodes a step: the step's rows of the projected inputs, the state part
-        // (one product), and the fused gates and state update.
-        let RowsOf(u, rows) = u;
-        let u = tape.slice_rows(u, rows)?;
+        // Two nodes a step: the state part (one product) and the fused gates and state
+        // update, which reads the step's rows of the projected inputs in place.
         let s = tape.affine(h, b.w_h, Some(b.b_h), crate::Activation::Identity)?;
         tape.gru_cell(u, s, h)
     }
