@@ -114,6 +114,28 @@ pub enum Error {
         /// What is wrong with it.
         msg: String,
     },
+    /// Reading or writing a file failed (the operating system's reason).
+    #[error("{op}: cannot {what}")]
+    Io {
+        /// The operation that was asked for.
+        op: &'static str,
+        /// What could not be done, with the path and the system's message.
+        what: String,
+    },
+    /// A file (a checkpoint, a PyTorch `state_dict`) whose content is not what the
+    /// operation expects: a missing or unexpected key, a wrong shape or dtype, a
+    /// truncated or corrupted file (a checksum that does not match). Nothing is
+    /// loaded when this is returned.
+    #[error("{op}: {key}: {what}")]
+    BadFile {
+        /// The operation that was asked for.
+        op: &'static str,
+        /// The key (tensor or metadata entry) concerned, or `file` for the file as a
+        /// whole.
+        key: String,
+        /// What is wrong with it.
+        what: String,
+    },
 }
 
 impl Error {
@@ -150,6 +172,14 @@ impl Error {
 
 /// `Result` with [`Error`](enum@Error).
 pub type Result<T> = std::result::Result<T, Error>;
+
+pub(crate) fn bad_file(op: &'static str, key: impl Into<String>, what: impl Into<String>) -> Error {
+    Error::BadFile {
+        op,
+        key: key.into(),
+        what: what.into(),
+    }
+}
 
 pub(crate) fn invalid(op: &'static str, msg: impl Into<String>) -> Error {
     Error::InvalidArgument {

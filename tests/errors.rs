@@ -21,6 +21,8 @@ fn variant(e: &Error) -> &'static str {
         Error::EmptyInput { .. } => "EmptyInput",
         Error::InvalidArgument { .. } => "InvalidArgument",
         Error::NonFinite { .. } => "NonFinite",
+        Error::Io { .. } => "Io",
+        Error::BadFile { .. } => "BadFile",
     }
 }
 
