@@ -120,6 +120,7 @@ pub mod init;
 pub mod kernels;
 pub mod optim;
 pub mod rnn;
+pub mod torch;
 
 /// The README's example, compiled and run as a doctest.
 #[cfg(doctest)]
