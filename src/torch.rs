@@ -448,7 +448,7 @@ fn infer_spec<F: Scalar>(
 ///
 /// Errors (nothing is added to `params` then): [`Error::BadFile`] naming the key for
 /// bytes that are not a safetensors file, a missing key, a tensor of the wrong shape,
-/// a dtype other than `F`'s, or a key the model does not have (a bidirectional layer,
+/// a dtype other than `F`'s, a non-finite value, or a key the model does not have (a bidirectional layer,
 /// `proj_size`, another module); [`Error::InvalidArgument`] if `params` already has one
 /// of the names, or for an `nn.RNN` activation other than tanh or relu.
 pub fn load_state_dict<F: Scalar, C: TorchCell>(
@@ -502,7 +502,13 @@ pub fn load_state_dict<F: Scalar, C: TorchCell>(
         }
     }
     for (id, v) in values {
-        scratch.set(id, v.view())?;
+        scratch.set(id, v.view()).map_err(|e| {
+            let key = entries
+                .iter()
+                .find(|x| x.1 == id)
+                .map_or("?", |x| x.0.as_str());
+            bad_file(op, key, e.to_string())
+        })?;
     }
     // Same names, same order: the ids of `params` are the scratch ids shifted.
     let model = TorchModel::<C>::new(params, &spec, options, 0)?;

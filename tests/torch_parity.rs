@@ -279,8 +279,25 @@ fn bad_state_dicts_are_errors_naming_the_key_and_load_nothing() {
         }),
         "rnn.weight_hh_l0",
     );
-    // Not a safetensors file at all, and every truncation of a valid one.
+    // A NaN in a weight.
     let valid = gru_file(|_| ());
+    let mut nan = valid.clone();
+    let n = nan.len();
+    nan[n - 8..].copy_from_slice(&f64::NAN.to_le_bytes());
+    let last = safetensors::SafeTensors::deserialize(&valid).unwrap();
+    let mut offsets: Vec<(usize, String)> = last
+        .tensors()
+        .into_iter()
+        .map(|(k, v)| {
+            (
+                v.data().as_ptr() as usize - valid.as_ptr() as usize + v.data().len(),
+                k,
+            )
+        })
+        .collect();
+    offsets.sort();
+    bad(&nan, &offsets.last().unwrap().1);
+    // Not a safetensors file at all, and every truncation of a valid one.
     bad(b"not a state dict", "file");
     for cut in [0, 1, 7, 8, 20, valid.len() / 2, valid.len() - 1] {
         let mut params = Params::<f64>::new();
