@@ -31,11 +31,13 @@
 
 mod checkpoint;
 pub mod enumerate;
+mod parallel;
 mod segment;
 mod stream;
 mod unroll;
 mod xi;
 
+pub use parallel::{shard_rows, tree_sum, Parallel};
 pub use segment::Edge;
 pub use stream::{StepTarget, Stream};
 pub use unroll::{unroll, Unroll, Unrolled};

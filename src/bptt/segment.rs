@@ -482,6 +482,7 @@ impl<'a, F: Scalar> Problem<'a, F> {
             step_weights: Some(&self.coef[from..to]),
             time: Reduction::Sum,
             batch: self.loss.batch,
+            batch_of: self.loss.batch_of,
         })
     }
 }

@@ -382,6 +382,7 @@ impl<'a, F: Scalar, C: Recurrent<F>> Stream<'a, F, C> {
             step_weights: Some(&self.alphas),
             time: Reduction::Sum,
             batch: self.batch_reduction,
+            batch_of: None,
         });
         let seg = Segment {
             xs,

@@ -9,7 +9,7 @@
 use crate::error::{invalid, Error, Result};
 use crate::ops::Reduction;
 use crate::scalar::Scalar;
-use ndarray::{ArrayView1, ArrayView2, ArrayView3};
+use ndarray::{ArrayView1, ArrayView2, ArrayView3, Axis};
 
 /// Targets of a sequence loss.
 #[derive(Debug, Clone, Copy)]
@@ -69,6 +69,9 @@ pub struct SequenceLoss<'a, F> {
     pub(crate) step_weights: Option<&'a [F]>,
     pub(crate) time: Reduction,
     pub(crate) batch: Reduction,
+    /// For the rows of a larger batch ([`SequenceLoss::rows`]): that batch's size, so
+    /// that a mean over the batch divides by it and the parts add up to the whole.
+    pub(crate) batch_of: Option<usize>,
 }
 
 /// A loss with a target at every step, being built: step weights, reduction over time
@@ -99,6 +102,7 @@ impl<'a, F> SequenceLoss<'a, F> {
             step_weights: None,
             time: Reduction::Sum,
             batch: Reduction::Mean,
+            batch_of: None,
         }
     }
 
@@ -230,15 +234,59 @@ impl<'a, F: Scalar> SequenceLoss<'a, F> {
             step_weights: self.step_weights,
             time: self.time,
             batch: self.batch,
+            batch_of: self.batch_of,
         }
     }
 
-    /// The factor `s_B` of every term: 1/B for a mean over the batch, 1 for a sum.
+    /// The factor `s_B` of every term: 1/B for a mean over the batch (B the whole
+    /// batch's size for the rows of one, [`SequenceLoss::rows`]), 1 for a sum.
     pub(crate) fn batch_factor(&self, batch: usize) -> F {
         match self.batch {
-            Reduction::Mean => F::one() / F::of(batch as f64),
+            Reduction::Mean => F::one() / F::of(self.batch_of.unwrap_or(batch) as f64),
             Reduction::Sum => F::one(),
         }
+    }
+
+    /// The batch size B of the targets.
+    fn batch_rows(&self) -> usize {
+        match &self.targets {
+            Targets::Classes(l) => l.ncols(),
+            Targets::Values(v) => v.dim().1,
+            Targets::LastClass(l) => l.len(),
+            Targets::LastBinary(y) => y.len(),
+            Targets::LastValues(y) => y.nrows(),
+        }
+    }
+
+    /// The batch rows `rows` of this loss, as a part of the whole batch: a mean over the
+    /// batch still divides by the whole batch's size, so that the losses and gradients
+    /// of the parts of a batch add up to those of the whole (what a data-parallel run
+    /// sums). See [`Sequence::rows`](super::Sequence::rows).
+    ///
+    /// Errors: [`Error::InvalidArgument`] for rows outside the batch.
+    pub fn rows(&self, rows: std::ops::Range<usize>) -> Result<SequenceLoss<'a, F>> {
+        let op = "SequenceLoss::rows";
+        let batch = self.batch_rows();
+        if rows.start > rows.end || rows.end > batch {
+            return Err(invalid(
+                op,
+                format!("rows {rows:?} outside a batch of {batch}"),
+            ));
+        }
+        let whole = self.batch_of.unwrap_or(batch);
+        let slice = ndarray::Slice::from(rows);
+        let targets = match self.targets {
+            Targets::Classes(l) => Targets::Classes(l.slice_axis_move(Axis(1), slice)),
+            Targets::Values(v) => Targets::Values(v.slice_axis_move(Axis(1), slice)),
+            Targets::LastClass(l) => Targets::LastClass(l.slice_axis_move(Axis(0), slice)),
+            Targets::LastBinary(y) => Targets::LastBinary(y.slice_axis_move(Axis(0), slice)),
+            Targets::LastValues(y) => Targets::LastValues(y.slice_axis_move(Axis(0), slice)),
+        };
+        Ok(SequenceLoss {
+            targets,
+            batch_of: Some(whole),
+            ..*self
+        })
     }
 
     /// The coefficients `c_t` of a per-step loss over `t_len` steps (α_t, or α_t / T

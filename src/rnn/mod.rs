@@ -300,4 +300,55 @@ impl<'a, F: Scalar> Sequence<'a, F> {
     pub fn loss(&self) -> &SequenceLoss<'a, F> {
         &self.loss
     }
+
+    /// Batch size B.
+    pub fn batch(&self) -> usize {
+        self.xs.dim().1
+    }
+
+    /// The batch rows `rows` of this sequence (inputs or tokens, targets, initial state),
+    /// as a part of the whole: a mean over the batch in its loss still divides by the
+    /// whole batch's size, so that the losses and gradients of the parts add up to those
+    /// of the whole. This is how a batch is split across workers
+    /// ([`bptt::Parallel`](crate::bptt::Parallel), or processes).
+    ///
+    /// ```
+    /// use ndarray::{Array2, Array3};
+    /// use timetape::bptt::{run, Run, Truncation};
+    /// use timetape::rnn::{models, Sequence, SequenceLoss, Sizes};
+    /// use timetape::Params;
+    ///
+    /// let mut params = Params::<f64>::new();
+    /// let cell = models::m3(&mut params, Sizes::new(2, 3, 2), 0)?;
+    /// let xs = Array3::from_shape_fn((5, 4, 2), |(t, b, d)| (t + 2 * b + d) as f64 * 0.1);
+    /// let labels = Array2::from_shape_fn((5, 4), |(t, b)| (t + b) % 2);
+    /// let seq = Sequence::new(xs.view(), SequenceLoss::classes(labels.view()));
+    /// let how = Run::new(Truncation::Full);
+    /// let whole = run(&cell, &params, &seq, &how)?;
+    /// let top = run(&cell, &params, &seq.rows(0..2)?, &how)?;
+    /// let bottom = run(&cell, &params, &seq.rows(2..4)?, &how)?;
+    /// assert!((top.loss + bottom.loss - whole.loss).abs() < 1e-12);
+    /// # Ok::<(), timetape::Error>(())
+    /// ```
+    ///
+    /// Errors: [`Error::InvalidArgument`](crate::Error::InvalidArgument) for rows
+    /// outside the batch.
+    pub fn rows(&self, rows: std::ops::Range<usize>) -> Result<Sequence<'a, F>> {
+        let b = self.batch();
+        if rows.start > rows.end || rows.end > b {
+            return Err(invalid(
+                "Sequence::rows",
+                format!("rows {rows:?} outside a batch of {b}"),
+            ));
+        }
+        let slice = ndarray::Slice::from(rows.clone());
+        Ok(Sequence {
+            xs: self.xs.slice_axis_move(ndarray::Axis(1), slice),
+            tokens: self
+                .tokens
+                .map(|t| t.slice_axis_move(ndarray::Axis(1), slice)),
+            h0: self.h0.map(|h| h.slice_axis_move(ndarray::Axis(0), slice)),
+            loss: self.loss.rows(rows)?,
+        })
+    }
 }

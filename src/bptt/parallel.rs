@@ -1,0 +1,194 @@
+//! Data-parallel BPTT on the cores of one machine: the batch rows split across worker
+//! threads, each with its own [`Workspace`] (tape and buffers, reused from one call to
+//! the next), the parts' losses and gradients summed in a fixed order.
+
+use super::{Report, Run, Workspace};
+use crate::error::{invalid, Error, Result};
+use crate::params::Grads;
+use crate::rnn::{Recurrent, Sequence};
+use crate::scalar::Scalar;
+use ndarray::{concatenate, Array2, Axis};
+use std::ops::Range;
+
+/// The batch rows of shard `j` of `n` over a batch of `b` rows: contiguous ranges whose
+/// sizes differ by at most one, the larger first.
+///
+/// ```
+/// use timetape::bptt::shard_rows;
+/// assert_eq!(shard_rows(10, 3, 0), 0..4);
+/// assert_eq!(shard_rows(10, 3, 1), 4..7);
+/// assert_eq!(shard_rows(10, 3, 2), 7..10);
+/// ```
+pub fn shard_rows(b: usize, n: usize, j: usize) -> Range<usize> {
+    let n = n.max(1);
+    let (base, extra) = (b / n, b % n);
+    let start = j * base + j.min(extra);
+    let len = base + usize::from(j < extra);
+    start.min(b)..(start + len).min(b)
+}
+
+/// Sums `parts` by a fixed binary tree (halves, recursively: `((p0 + p1) + (p2 + p3))`
+/// for four), so that a given number of parts always adds in the same order, whoever
+/// computed them (threads or processes).
+///
+/// Errors: [`Error::EmptyInput`] for no part; [`Error::ForeignParam`] for parts of
+/// different stores.
+pub fn tree_sum<F: Scalar>(mut parts: Vec<Grads<F>>) -> Result<Grads<F>> {
+    fn go<F: Scalar>(parts: &mut [Grads<F>]) -> Result<()> {
+        if parts.len() > 1 {
+            let mid = parts.len().div_ceil(2);
+            let (left, right) = parts.split_at_mut(mid);
+            go(left)?;
+            go(right)?;
+            let (l, r) = (&mut left[0], &right[0]);
+            l.add_assign(r)?;
+        }
+        Ok(())
+    }
+    if parts.is_empty() {
+        return Err(Error::EmptyInput {
+            op: "tree_sum",
+            what: "no part",
+        });
+    }
+    go(&mut parts)?;
+    Ok(parts.swap_remove(0))
+}
+
+/// The same tree over scalars (the parts' losses).
+fn tree_sum_scalars<F: Scalar>(xs: &[F]) -> F {
+    match xs.len() {
+        0 => F::zero(),
+        1 => xs[0],
+        n => {
+            let mid = n.div_ceil(2);
+            tree_sum_scalars(&xs[..mid]) + tree_sum_scalars(&xs[mid..])
+        }
+    }
+}
+
+/// Runs BPTT with the batch split across worker threads: shard j of N takes the rows
+/// [`shard_rows`]`(B, N, j)` ([`Sequence::rows`], whose losses add up to the whole
+/// batch's), each worker its own [`Workspace`], kept for the next call. The losses and
+/// gradients are summed by [`tree_sum`] in shard order, so a given N gives bit-identical
+/// results run after run, and results within rounding of one worker
+/// (every truncation: the ξ of `Randomized` are drawn once from its seed and shared by
+/// all rows, as with one worker).
+///
+/// ```
+/// use ndarray::{Array2, Array3};
+/// use timetape::bptt::{run, Parallel, Run, Truncation};
+/// use timetape::rnn::{models, Sequence, SequenceLoss, Sizes};
+/// use timetape::Params;
+///
+/// let mut params = Params::<f64>::new();
+/// let cell = models::m3(&mut params, Sizes::new(2, 4, 3), 0)?;
+/// let xs = Array3::from_shape_fn((12, 8, 2), |(t, b, d)| ((t + b + d) as f64).sin());
+/// let labels = Array2::from_shape_fn((12, 8), |(t, b)| (t + b) % 3);
+/// let seq = Sequence::new(xs.view(), SequenceLoss::classes(labels.view()));
+/// let how = Run::new(Truncation::Fixed { k: 4 });
+/// let mut workers = Parallel::new(2)?;
+/// let two = workers.run(&cell, &params, &seq, &how)?;
+/// let one = run(&cell, &params, &seq, &how)?;
+/// assert!((two.loss - one.loss).abs() < 1e-12 * one.loss);
+/// assert!(two.grads.max_rel_diff(&one.grads) < 1e-12);
+/// # Ok::<(), timetape::Error>(())
+/// ```
+#[derive(Debug)]
+pub struct Parallel<F: Scalar> {
+    workers: Vec<Workspace<F>>,
+}
+
+impl<F: Scalar> Parallel<F> {
+    /// `threads` workers (≥ 1).
+    ///
+    /// Errors: [`Error::InvalidArgument`] for 0 threads.
+    pub fn new(threads: usize) -> Result<Self> {
+        if threads == 0 {
+            return Err(invalid("Parallel::new", "at least one thread"));
+        }
+        Ok(Parallel {
+            workers: (0..threads).map(|_| Workspace::new()).collect(),
+        })
+    }
+
+    /// Number of workers.
+    pub fn threads(&self) -> usize {
+        self.workers.len()
+    }
+
+    /// [`run`](super::run) on the batch split across the workers (fewer shards than
+    /// workers if the batch has fewer rows). The report's loss and gradients are the
+    /// sums over shards, its step and segment counts those of one shard (all shards run
+    /// the same steps), its peak tape figures the sums over the workers, `h_final` the
+    /// shards' final states stacked in row order and `dh_norms` the norms over all rows.
+    ///
+    /// Errors: as [`run`](super::run) (the first failing shard's, in shard order).
+    pub fn run<C: Recurrent<F> + Sync>(
+        &mut self,
+        cell: &C,
+        params: &crate::params::Params<F>,
+        seq: &Sequence<'_, F>,
+        how: &Run,
+    ) -> Result<Report<F>> {
+        let b = seq.batch();
+        let n = self.workers.len().min(b.max(1));
+        let shards = (0..n)
+            .map(|j| seq.rows(shard_rows(b, n, j)))
+            .collect::<Result<Vec<_>>>()?;
+        let results: Vec<Result<Report<F>>> = std::thread::scope(|scope| {
+            let handles: Vec<_> = self.workers[..n]
+                .iter_mut()
+                .zip(&shards)
+                .map(|(ws, part)| scope.spawn(move || ws.run(cell, params, part, how)))
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| {
+                    h.join().unwrap_or_else(|_| {
+                        Err(invalid("Parallel::run", "a worker thread panicked"))
+                    })
+                })
+                .collect()
+        });
+        let reports = results.into_iter().collect::<Result<Vec<_>>>()?;
+        combine(reports)
+    }
+}
+
+/// One report from the shards' reports (in shard order).
+fn combine<F: Scalar>(reports: Vec<Report<F>>) -> Result<Report<F>> {
+    let losses: Vec<F> = reports.iter().map(|r| r.loss).collect();
+    let finals: Vec<_> = reports.iter().map(|r| r.h_final.view()).collect();
+    let h_final = concatenate(Axis(0), &finals).unwrap_or_else(|_| Array2::zeros((0, 0)));
+    let dh_norms = reports[0].dh_norms.as_ref().map(|first| {
+        (0..first.len())
+            .map(|t| {
+                let sq: Vec<F> = reports
+                    .iter()
+                    .map(|r| r.dh_norms.as_ref().map_or(F::zero(), |v| v[t] * v[t]))
+                    .collect();
+                tree_sum_scalars(&sq).sqrt()
+            })
+            .collect()
+    });
+    let peak_tape_nodes = reports.iter().map(|r| r.peak_tape_nodes).sum();
+    let peak_tape_bytes = reports.iter().map(|r| r.peak_tape_bytes).sum();
+    let mut reports = reports;
+    let grads = tree_sum(
+        reports
+            .iter_mut()
+            .map(|r| std::mem::take(&mut r.grads))
+            .collect(),
+    )?;
+    let first = reports.swap_remove(0);
+    Ok(Report {
+        loss: tree_sum_scalars(&losses),
+        grads,
+        h_final,
+        dh_norms,
+        peak_tape_nodes,
+        peak_tape_bytes,
+        ..first
+    })
+}
