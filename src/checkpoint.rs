@@ -16,7 +16,8 @@
 //! map, one JSON document under `timetape.checkpoint` (format version, scalar type,
 //! hyperparameters as the bits of their `f64` values, Adam's step counts, the sampler's
 //! position, the step counter, and every tensor's shape and 64-bit FNV-1a checksum of
-//! its bytes) and the checksum of that document under `timetape.checkpoint.fnv1a`.
+//! its bytes), preceded by the document's own checksum (16 hex digits and a space). One
+//! metadata entry keeps the file deterministic: the same state gives the same bytes.
 //!
 //! Loading checks everything before anything is handed out or changed: a truncated or
 //! corrupted file, a file of the other float type, a parameter name or shape that does
@@ -37,10 +38,8 @@ use std::path::Path;
 
 /// The version of the file layout written by this build.
 const FORMAT: u32 = 1;
-/// The metadata entry holding the JSON document.
+/// The metadata entry holding the JSON document, after its checksum and a space.
 const META_KEY: &str = "timetape.checkpoint";
-/// The metadata entry holding the document's checksum.
-const META_SUM_KEY: &str = "timetape.checkpoint.fnv1a";
 
 /// 64-bit FNV-1a of `bytes`.
 fn fnv1a(bytes: &[u8]) -> u64 {
@@ -462,13 +461,8 @@ impl<'a, F: Scalar> Checkpoint<'a, F> {
         }
         let doc =
             serde_json::to_string(&meta).map_err(|e| bad_file(op, META_KEY, e.to_string()))?;
-        let info = HashMap::from([
-            (
-                META_SUM_KEY.to_string(),
-                format!("{:016x}", fnv1a(doc.as_bytes())),
-            ),
-            (META_KEY.to_string(), doc),
-        ]);
+        let entry = format!("{:016x} {doc}", fnv1a(doc.as_bytes()));
+        let info = HashMap::from([(META_KEY.to_string(), entry)]);
         safetensors::tensor::serialize(views, Some(info))
             .map_err(|e| bad_file(op, "file", e.to_string()))
     }
@@ -522,13 +516,13 @@ impl<F: Scalar> Loaded<F> {
             .metadata()
             .as_ref()
             .ok_or_else(|| bad_file(op, "__metadata__", "missing: not a timetape checkpoint"))?;
-        let doc = info
+        let entry = info
             .get(META_KEY)
             .ok_or_else(|| bad_file(op, META_KEY, "missing: not a timetape checkpoint"))?;
-        let sum = info
-            .get(META_SUM_KEY)
-            .ok_or_else(|| bad_file(op, META_SUM_KEY, "missing"))?;
-        if *sum != format!("{:016x}", fnv1a(doc.as_bytes())) {
+        let (sum, doc) = entry
+            .split_once(' ')
+            .ok_or_else(|| bad_file(op, META_KEY, "no checksum before the document"))?;
+        if sum != format!("{:016x}", fnv1a(doc.as_bytes())) {
             return Err(bad_file(
                 op,
                 META_KEY,
