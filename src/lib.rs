@@ -93,6 +93,7 @@
 //!   sequence losses built from their targets ([`rnn::SequenceLoss`]).
 //! - [`bptt`]: the strategies, streaming, checkpointing, exact enumeration.
 //! - [`optim`]: SGD, Adam, clipping; [`diagnostics`]: ‖∂L/∂h_t‖, spectral radius.
+//! - [`checkpoint`]: save and resume a training run bit for bit (safetensors).
 //!
 //! Out of scope: higher-order gradients, GPUs, f16/bf16, tensors beyond matrices.
 #![forbid(unsafe_code)]
@@ -114,6 +115,7 @@ pub use params::{Grads, ParamId, Params};
 pub use scalar::Scalar;
 pub use tape::{Tape, TapeStats, Var};
 pub mod bptt;
+pub mod checkpoint;
 pub mod closed_form;
 pub mod diagnostics;
 pub mod init;

@@ -108,6 +108,22 @@ impl<S> State<S> {
         }
     }
 
+    /// Every state held, with the id of its parameter (for [`crate::checkpoint`]).
+    fn entries(&self) -> impl Iterator<Item = (ParamId, &S)> + '_ {
+        self.slots.iter().enumerate().filter_map(|(index, s)| {
+            s.as_ref()
+                .map(|(key, st)| (ParamId { index, key: *key }, st))
+        })
+    }
+
+    /// Sets the state of `id` (for [`crate::checkpoint`]).
+    fn insert(&mut self, id: ParamId, st: S) {
+        if self.slots.len() <= id.index {
+            self.slots.resize_with(id.index + 1, || None);
+        }
+        self.slots[id.index] = Some((id.key, st));
+    }
+
     /// Checks that the state held for `id`, if any, is `id`'s, and of `id`'s shape.
     fn check(
         &self,
@@ -221,6 +237,17 @@ impl<F: Scalar> Sgd<F> {
         check_lr("Sgd::set_lr", lr)?;
         self.lr = lr;
         Ok(())
+    }
+
+    /// The momentum μ, and every velocity kept, with its parameter (for
+    /// [`crate::checkpoint`]).
+    pub(crate) fn state(&self) -> (F, impl Iterator<Item = (ParamId, &Array2<F>)> + '_) {
+        (self.momentum, self.velocity.entries())
+    }
+
+    /// Sets the velocity of a parameter (for [`crate::checkpoint`], which checks it).
+    pub(crate) fn set_velocity(&mut self, id: ParamId, v: Array2<F>) {
+        self.velocity.insert(id, v);
     }
 
     /// One step on every parameter that has an entry in `grads`.
@@ -388,6 +415,16 @@ impl<F: Scalar> Adam<F> {
         check_lr("Adam::set_lr", lr)?;
         self.lr = lr;
         Ok(())
+    }
+
+    /// β₁, β₂, ε, and every parameter's (t, m, v) kept (for [`crate::checkpoint`]).
+    pub(crate) fn state(&self) -> ([F; 3], impl Iterator<Item = (ParamId, &Moments<F>)> + '_) {
+        ([self.beta1, self.beta2, self.eps], self.moments.entries())
+    }
+
+    /// Sets the (t, m, v) of a parameter (for [`crate::checkpoint`], which checks them).
+    pub(crate) fn set_moments(&mut self, id: ParamId, moments: Moments<F>) {
+        self.moments.insert(id, moments);
     }
 
     /// One step on every parameter that has an entry in `grads`. Each parameter keeps its

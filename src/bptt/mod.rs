@@ -41,6 +41,7 @@ pub use parallel::{shard_rows, tree_sum, Parallel};
 pub use segment::Edge;
 pub use stream::{StepTarget, Stream};
 pub use unroll::{unroll, Unroll, Unrolled};
+pub(crate) use xi::XiPosition;
 pub use xi::{sample_xi, Pi, XiSampler};
 
 use crate::error::{invalid, Error, Result};

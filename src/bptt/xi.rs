@@ -4,7 +4,7 @@
 //! `h_{t−1} → step t`, and a surviving edge scales the gradient by `1/π_t`.
 
 use crate::error::{invalid, Result};
-use rand::Rng;
+use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use std::fmt;
 use std::sync::Arc;
@@ -152,6 +152,31 @@ impl XiSampler {
         }
     }
 
+    /// Where the sampler is (for [`crate::checkpoint`]).
+    pub(crate) fn position(&self) -> XiPosition {
+        XiPosition {
+            seed: self.rng.get_seed(),
+            stream: self.rng.get_stream(),
+            word_pos: self.rng.get_word_pos(),
+            t: self.t,
+            m: self.m,
+        }
+    }
+
+    /// A sampler with `pi` at a position read by [`XiSampler::position`]: it continues
+    /// with the draws the saved one would have made.
+    pub(crate) fn at_position(pi: Pi, pos: &XiPosition) -> Self {
+        let mut rng = ChaCha8Rng::from_seed(pos.seed);
+        rng.set_stream(pos.stream);
+        rng.set_word_pos(pos.word_pos);
+        XiSampler {
+            pi,
+            rng,
+            t: pos.t,
+            m: pos.m,
+        }
+    }
+
     /// The next ξ_t (t counts the calls, from 1).
     ///
     /// Errors: [`Error::InvalidArgument`](crate::Error::InvalidArgument) if π_t is
@@ -164,6 +189,17 @@ impl XiSampler {
         self.m = next_m(self.m, xi);
         Ok(xi)
     }
+}
+
+/// The position of an [`XiSampler`]: its ChaCha8 seed, stream and word position, the
+/// step count t and the length m of the current segment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct XiPosition {
+    pub(crate) seed: [u8; 32],
+    pub(crate) stream: u64,
+    pub(crate) word_pos: u128,
+    pub(crate) t: usize,
+    pub(crate) m: usize,
 }
 
 /// ξ_1..ξ_T drawn with `pi` from `seed`: the first `t_len` draws of
