@@ -89,60 +89,99 @@ pub(crate) fn gemm<F: Scalar>(
     beta: F,
     c: &mut ArrayViewMut2<'_, F>,
 ) {
-    let (m, k) = a.dim();
-    let n = b.ncols();
-    if b.strides()[1] == 1 && b.ncols() > 1 && F::faer_gemm(alpha, a, b, beta, c) {
-        // Done by faer.
-    } else if m == 1 && b.strides()[1] == 1 && c.strides()[1] == 1 {
-        // c = β c + α Σ_p a_p b_p: axpy over the contiguous rows of b.
-        let mut row = c.row_mut(0);
-        let Some(cs) = row.as_slice_mut() else {
-            return general_mat_mul(alpha, a, b, beta, c);
-        };
-        scale(cs, beta);
-        for (p, brow) in b.rows().into_iter().enumerate() {
-            match brow.as_slice() {
-                Some(bs) => axpy(cs, alpha * a[[0, p]], bs),
-                None => unreachable!("rows of b are contiguous"),
-            }
-        }
-    } else if m == 1 && b.strides()[0] == 1 && a.strides()[1] == 1 {
-        // b's columns are contiguous (a transposed matrix): one dot product per entry.
-        let arow = a.row(0);
-        let Some(xs) = arow.as_slice() else {
-            return general_mat_mul(alpha, a, b, beta, c);
-        };
-        for j in 0..n {
-            let col = b.column(j);
-            let d = match col.as_slice() {
-                Some(ys) => dot(xs, ys),
-                None => unreachable!("columns of b are contiguous"),
-            };
-            let cj = &mut c[[0, j]];
-            *cj = if beta == F::zero() {
-                alpha * d
-            } else {
-                beta * *cj + alpha * d
-            };
-        }
-    } else if k == 1 && b.strides()[1] == 1 && c.strides()[1] == 1 {
-        // An outer product: row i of c is β c_i + α a_i0 · b's only row.
-        let brow = b.row(0);
-        let Some(bs) = brow.as_slice() else {
-            return general_mat_mul(alpha, a, b, beta, c);
-        };
-        for (i, mut crow) in c.rows_mut().into_iter().enumerate() {
-            match crow.as_slice_mut() {
-                Some(cs) => {
-                    scale(cs, beta);
-                    axpy(cs, alpha * a[[i, 0]], bs);
-                }
-                None => unreachable!("rows of c are contiguous"),
-            }
-        }
-    } else {
+    let done = (b.strides()[1] == 1 && b.ncols() > 1 && F::faer_gemm(alpha, a, b, beta, c))
+        || row_times_rows(alpha, a, b, beta, c)
+        || row_times_columns(alpha, a, b, beta, c)
+        || outer(alpha, a, b, beta, c);
+    if !done {
         general_mat_mul(alpha, a, b, beta, c);
     }
+}
+
+/// A row vector `a` times a `b` stored by rows: `c = β c + α Σ_p a_p b_p`, an axpy over
+/// the rows of `b`. `false` (nothing written) for other shapes or layouts.
+fn row_times_rows<F: Scalar>(
+    alpha: F,
+    a: &ArrayView2<'_, F>,
+    b: &ArrayView2<'_, F>,
+    beta: F,
+    c: &mut ArrayViewMut2<'_, F>,
+) -> bool {
+    if a.nrows() != 1 || b.strides()[1] != 1 {
+        return false;
+    }
+    let mut row = c.row_mut(0);
+    let Some(cs) = row.as_slice_mut() else {
+        return false;
+    };
+    scale(cs, beta);
+    for (p, brow) in b.rows().into_iter().enumerate() {
+        match brow.as_slice() {
+            Some(bs) => axpy(cs, alpha * a[[0, p]], bs),
+            None => unreachable!("rows of b are contiguous"),
+        }
+    }
+    true
+}
+
+/// A row vector `a` (contiguous) times a `b` stored by columns (a transposed matrix):
+/// one dot product per entry. `false` (nothing written) for other shapes or layouts.
+fn row_times_columns<F: Scalar>(
+    alpha: F,
+    a: &ArrayView2<'_, F>,
+    b: &ArrayView2<'_, F>,
+    beta: F,
+    c: &mut ArrayViewMut2<'_, F>,
+) -> bool {
+    if a.nrows() != 1 || b.strides()[0] != 1 {
+        return false;
+    }
+    let arow = a.row(0);
+    let Some(xs) = arow.as_slice() else {
+        return false;
+    };
+    for j in 0..b.ncols() {
+        let col = b.column(j);
+        let d = match col.as_slice() {
+            Some(ys) => dot(xs, ys),
+            None => unreachable!("columns of b are contiguous"),
+        };
+        let cj = &mut c[[0, j]];
+        *cj = if beta == F::zero() {
+            alpha * d
+        } else {
+            beta * *cj + alpha * d
+        };
+    }
+    true
+}
+
+/// An outer product (`a` one column, `b` one contiguous row): row i of `c` is
+/// `β c_i + α a_i0 b`. `false` (nothing written) for other shapes or layouts.
+fn outer<F: Scalar>(
+    alpha: F,
+    a: &ArrayView2<'_, F>,
+    b: &ArrayView2<'_, F>,
+    beta: F,
+    c: &mut ArrayViewMut2<'_, F>,
+) -> bool {
+    if a.ncols() != 1 || b.strides()[1] != 1 || c.strides()[1] != 1 {
+        return false;
+    }
+    let brow = b.row(0);
+    let Some(bs) = brow.as_slice() else {
+        return false;
+    };
+    for (i, mut crow) in c.rows_mut().into_iter().enumerate() {
+        match crow.as_slice_mut() {
+            Some(cs) => {
+                scale(cs, beta);
+                axpy(cs, alpha * a[[i, 0]], bs);
+            }
+            None => unreachable!("rows of c are contiguous"),
+        }
+    }
+    true
 }
 
 /// A faer view of `v` if its elements form one slice in row- or column-major order.

@@ -464,29 +464,7 @@ pub fn load_state_dict<F: Scalar, C: TorchCell>(
     let mut scratch = Params::<F>::new();
     let model = TorchModel::<C>::new(&mut scratch, &spec, options, 0)?;
     let entries = model.entries();
-    let mut values: Vec<(ParamId, Array2<F>)> = Vec::new();
-    for (key, id, role) in &entries {
-        let want = torch_shape(scratch.get(*id)?.dim(), *role);
-        let t = tensors
-            .get(key)
-            .ok_or_else(|| bad_file(op, key.as_str(), format!("missing ({})", C::MODULE)))?;
-        if t.dim() != want {
-            let what = format!("shape {:?}, expected {want:?}", t.dim());
-            return Err(bad_file(op, key.as_str(), what));
-        }
-        let v = match role {
-            Role::Transposed => t.t().to_owned(),
-            Role::SumSecond => match values.iter_mut().find(|(i, _)| i == id) {
-                Some((_, first)) => {
-                    first.zip_mut_with(t, |a, &b| *a = *a + b);
-                    continue;
-                }
-                None => t.clone(),
-            },
-            _ => t.clone(),
-        };
-        values.push((*id, v));
-    }
+    let values = values_of(op, C::MODULE, &tensors, &entries, &scratch)?;
     if let Some(extra) = tensors.keys().find(|k| !entries.iter().any(|e| &e.0 == *k)) {
         let what = format!(
             "not a key of this model (embedding → {} → linear head, unidirectional, \
@@ -518,6 +496,42 @@ pub fn load_state_dict<F: Scalar, C: TorchCell>(
         params.set(target, scratch.get(id)?.view())?;
     }
     Ok(model)
+}
+
+/// The parameter values of the model's `entries` from the state dict's `tensors`, in
+/// timetape's layout (transposed back, the two summed biases added), each checked for
+/// its key and shape against the scratch store's parameters.
+fn values_of<F: Scalar>(
+    op: &'static str,
+    module: &str,
+    tensors: &BTreeMap<String, Array2<F>>,
+    entries: &[(String, ParamId, Role)],
+    scratch: &Params<F>,
+) -> Result<Vec<(ParamId, Array2<F>)>> {
+    let mut values: Vec<(ParamId, Array2<F>)> = Vec::new();
+    for (key, id, role) in entries {
+        let want = torch_shape(scratch.get(*id)?.dim(), *role);
+        let t = tensors
+            .get(key)
+            .ok_or_else(|| bad_file(op, key.as_str(), format!("missing ({module})")))?;
+        if t.dim() != want {
+            let what = format!("shape {:?}, expected {want:?}", t.dim());
+            return Err(bad_file(op, key.as_str(), what));
+        }
+        let v = match role {
+            Role::Transposed => t.t().to_owned(),
+            Role::SumSecond => match values.iter_mut().find(|(i, _)| i == id) {
+                Some((_, first)) => {
+                    first.zip_mut_with(t, |a, &b| *a = *a + b);
+                    continue;
+                }
+                None => t.clone(),
+            },
+            _ => t.clone(),
+        };
+        values.push((*id, v));
+    }
+    Ok(values)
 }
 
 /// The shape in the state dict of a parameter of shape `dim`.
