@@ -37,7 +37,7 @@ mod stream;
 mod unroll;
 mod xi;
 
-pub use parallel::{shard_rows, tree_sum, Parallel};
+pub use parallel::{shard_rows, tree_sum, Parallel, ParallelStream, STREAM_BLOCK};
 pub use segment::Edge;
 pub use stream::{StepTarget, Stream};
 pub use unroll::{unroll, Unroll, Unrolled};

@@ -2,12 +2,12 @@
 //! threads, each with its own [`Workspace`] (tape and buffers, reused from one call to
 //! the next), the parts' losses and gradients summed in a fixed order.
 
-use super::{Report, Run, Workspace};
+use super::{Report, Run, StepTarget, Stream, Workspace};
 use crate::error::{invalid, Error, Result};
-use crate::params::Grads;
+use crate::params::{Grads, Params};
 use crate::rnn::{Recurrent, Sequence};
 use crate::scalar::Scalar;
-use ndarray::{concatenate, Array2, Axis};
+use ndarray::{concatenate, Array2, ArrayView2, Axis};
 use std::ops::Range;
 
 /// The batch rows of shard `j` of `n` over a batch of `b` rows: contiguous ranges whose
@@ -154,6 +154,199 @@ impl<F: Scalar> Parallel<F> {
         let reports = results.into_iter().collect::<Result<Vec<_>>>()?;
         combine(reports)
     }
+
+    /// A [`Stream`] whose batch rows are split across as many worker threads as this
+    /// pool has (fewer if the batch has fewer rows): each worker streams its rows
+    /// ([`shard_rows`]) as its own [`Stream`], so memory follows the segment as with one
+    /// stream. Steps are handed to the workers in blocks of [`STREAM_BLOCK`]; the
+    /// report of [`ParallelStream::finish`] sums the workers' as [`Parallel::run`] does.
+    ///
+    /// Errors: as [`Stream::new`].
+    pub fn stream<'a, C: Recurrent<F> + Sync>(
+        &self,
+        cell: &'a C,
+        params: &'a Params<F>,
+        batch: usize,
+        how: &Run,
+    ) -> Result<ParallelStream<'a, F, C>> {
+        let n = self.workers.len().min(batch.max(1));
+        let streams = (0..n)
+            .map(|j| {
+                let rows = shard_rows(batch, n, j).len();
+                Ok(Stream::new(cell, params, rows, how)?.part_of(batch))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(ParallelStream {
+            streams,
+            batch,
+            pending: Vec::new(),
+        })
+    }
+}
+
+/// Steps a [`ParallelStream`] buffers before handing them to its workers: the threads
+/// start once per block, not once per step, and the buffer stays bounded whatever T.
+pub const STREAM_BLOCK: usize = 64;
+
+/// One buffered step of a [`ParallelStream`].
+struct Step<F> {
+    input: Input<F>,
+    target: Target<F>,
+    alpha: F,
+}
+
+/// The owned copy of a step's input.
+enum Input<F> {
+    Values(Array2<F>),
+    Tokens(Vec<usize>),
+}
+
+/// The owned copy of a [`StepTarget`].
+enum Target<F> {
+    None,
+    Classes(Vec<usize>),
+    Values(Array2<F>),
+}
+
+/// A [`Stream`] over batch rows split across threads ([`Parallel::stream`]).
+pub struct ParallelStream<'a, F: Scalar, C: Recurrent<F>> {
+    streams: Vec<Stream<'a, F, C>>,
+    batch: usize,
+    pending: Vec<Step<F>>,
+}
+
+impl<F: Scalar, C: Recurrent<F> + Sync> ParallelStream<'_, F, C> {
+    /// Feeds step t, as [`Stream::push`]: `x` is B×D, the target is for all B rows.
+    ///
+    /// Errors: [`Error::ShapeMismatch`] for an input or target without B rows, at once;
+    /// the other errors of [`Stream::push`] are found by the workers and returned by the
+    /// push that hands them the block (or by [`ParallelStream::finish`]).
+    pub fn push(
+        &mut self,
+        x: ArrayView2<'_, F>,
+        target: StepTarget<'_, F>,
+        alpha: F,
+    ) -> Result<()> {
+        self.buffer(Input::Values(x.to_owned()), target, alpha)
+    }
+
+    /// Feeds step t of a sequence of tokens (B ids), as [`Stream::push_tokens`].
+    ///
+    /// Errors: as [`ParallelStream::push`].
+    pub fn push_tokens(
+        &mut self,
+        ids: &[usize],
+        target: StepTarget<'_, F>,
+        alpha: F,
+    ) -> Result<()> {
+        self.buffer(Input::Tokens(ids.to_vec()), target, alpha)
+    }
+
+    /// Buffers a step (its rows checked), handing out a full block.
+    fn buffer(&mut self, input: Input<F>, target: StepTarget<'_, F>, alpha: F) -> Result<()> {
+        let op = "ParallelStream::push";
+        let rows = |r: usize, what: (usize, usize)| {
+            if r == self.batch {
+                Ok(())
+            } else {
+                Err(Error::ShapeMismatch {
+                    op,
+                    lhs: (self.batch, what.1),
+                    rhs: what,
+                })
+            }
+        };
+        match &input {
+            Input::Values(x) => rows(x.nrows(), x.dim())?,
+            Input::Tokens(ids) => rows(ids.len(), (ids.len(), 1))?,
+        }
+        let target = match target {
+            StepTarget::None => Target::None,
+            StepTarget::Classes(l) => {
+                rows(l.len(), (l.len(), 1))?;
+                Target::Classes(l.to_vec())
+            }
+            StepTarget::Values(y) => {
+                rows(y.nrows(), y.dim())?;
+                Target::Values(y.to_owned())
+            }
+        };
+        self.pending.push(Step {
+            input,
+            target,
+            alpha,
+        });
+        if self.pending.len() >= STREAM_BLOCK {
+            self.hand_out()?;
+        }
+        Ok(())
+    }
+
+    /// Hands the buffered steps to the workers, each its rows, in parallel.
+    fn hand_out(&mut self) -> Result<()> {
+        let (n, b) = (self.streams.len(), self.batch);
+        let pending = std::mem::take(&mut self.pending);
+        let results: Vec<Result<()>> = std::thread::scope(|scope| {
+            let handles: Vec<_> = self
+                .streams
+                .iter_mut()
+                .enumerate()
+                .map(|(j, stream)| {
+                    let steps = &pending;
+                    scope.spawn(move || feed(stream, steps, shard_rows(b, n, j)))
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| {
+                    h.join().unwrap_or_else(|_| {
+                        Err(invalid("ParallelStream::push", "a worker thread panicked"))
+                    })
+                })
+                .collect()
+        });
+        results.into_iter().collect()
+    }
+
+    /// Steps fed so far.
+    pub fn steps(&self) -> usize {
+        self.streams.first().map_or(0, |s| s.steps()) + self.pending.len()
+    }
+
+    /// Hands out the last steps, finishes every worker's stream and sums their reports
+    /// as [`Parallel::run`] does.
+    ///
+    /// Errors: as [`Stream::finish`], and the workers' errors.
+    pub fn finish(mut self) -> Result<Report<F>> {
+        self.hand_out()?;
+        let reports = self
+            .streams
+            .into_iter()
+            .map(Stream::finish)
+            .collect::<Result<Vec<_>>>()?;
+        combine(reports)
+    }
+}
+
+/// Feeds `steps` to one worker's stream, its `rows` of each.
+fn feed<F: Scalar, C: Recurrent<F>>(
+    stream: &mut Stream<'_, F, C>,
+    steps: &[Step<F>],
+    rows: Range<usize>,
+) -> Result<()> {
+    let slice = ndarray::Slice::from(rows.clone());
+    for step in steps {
+        let target = match &step.target {
+            Target::None => StepTarget::None,
+            Target::Classes(l) => StepTarget::Classes(&l[rows.clone()]),
+            Target::Values(y) => StepTarget::Values(y.slice_axis(Axis(0), slice)),
+        };
+        match &step.input {
+            Input::Values(x) => stream.push(x.slice_axis(Axis(0), slice), target, step.alpha)?,
+            Input::Tokens(ids) => stream.push_tokens(&ids[rows.clone()], target, step.alpha)?,
+        }
+    }
+    Ok(())
 }
 
 /// One report from the shards' reports (in shard order).

@@ -75,6 +75,8 @@ pub struct Stream<'a, F: Scalar, C: Recurrent<F>> {
     sampler: Option<XiSampler>,
     batch: usize,
     batch_reduction: Reduction,
+    /// For the rows of a larger batch (a worker of a parallel stream): its size.
+    batch_of: Option<usize>,
     kind: Kind,
     t: usize,
     h: Array2<F>,
@@ -138,6 +140,7 @@ impl<'a, F: Scalar, C: Recurrent<F>> Stream<'a, F, C> {
             sampler,
             batch,
             batch_reduction: Reduction::Mean,
+            batch_of: None,
             kind: Kind::Unknown,
             t: 0,
             h: Array2::zeros((batch, cell.state_width())),
@@ -175,6 +178,13 @@ impl<'a, F: Scalar, C: Recurrent<F>> Stream<'a, F, C> {
     /// `Σ_t α_t Σ_b l(o_{t,b}, y_{t,b})`.
     pub fn sum_over_batch(mut self) -> Self {
         self.batch_reduction = Reduction::Sum;
+        self
+    }
+
+    /// This stream as the rows of a batch of `batch` rows: a mean over the batch divides
+    /// by `batch` (see [`crate::rnn::SequenceLoss::rows`]).
+    pub(crate) fn part_of(mut self, batch: usize) -> Self {
+        self.batch_of = Some(batch);
         self
     }
 
@@ -382,7 +392,7 @@ impl<'a, F: Scalar, C: Recurrent<F>> Stream<'a, F, C> {
             step_weights: Some(&self.alphas),
             time: Reduction::Sum,
             batch: self.batch_reduction,
-            batch_of: None,
+            batch_of: self.batch_of,
         });
         let seg = Segment {
             xs,
