@@ -120,6 +120,8 @@ pub mod closed_form;
 pub mod diagnostics;
 pub mod init;
 pub mod kernels;
+#[cfg(feature = "mpi")]
+pub mod mpi;
 pub mod optim;
 pub mod rnn;
 pub mod torch;

@@ -336,3 +336,54 @@ fn a_parallel_stream_keeps_memory_flat_in_t() {
     );
     assert!(long.peak_tape_nodes <= short.peak_tape_nodes);
 }
+
+/// What each process of an MPI run computes (its rows, one workspace) summed by
+/// `tree_sum` in rank order is, bit for bit, what the threads of `Parallel` give: the
+/// property that makes the MPI and thread paths agree.
+#[test]
+fn threads_equal_the_shards_run_one_by_one_and_summed_by_the_tree() {
+    let s = Shape::new(9, 8, 3, 4);
+    let data = Data::new(s, 7);
+    let seq = data.seq(data.classes());
+    let mut params = Params::<f64>::new();
+    let cell = Gru::new(&mut params, Sizes::new(s.d, 6, s.q), 1).unwrap();
+    for how in truncations() {
+        for n in [2, 3] {
+            let threads = Parallel::new(n)
+                .unwrap()
+                .run(&cell, &params, &seq, &how)
+                .unwrap();
+            let parts: Vec<_> = (0..n)
+                .map(|j| {
+                    run(
+                        &cell,
+                        &params,
+                        &seq.rows(shard_rows(s.b, n, j)).unwrap(),
+                        &how,
+                    )
+                    .unwrap()
+                })
+                .collect();
+            let losses: Vec<f64> = parts.iter().map(|r| r.loss).collect();
+            let summed = tree_sum(parts.into_iter().map(|r| r.grads).collect()).unwrap();
+            for id in params.ids() {
+                assert_eq!(
+                    threads.grads.get(id).unwrap(),
+                    summed.get(id).unwrap(),
+                    "{n} {:?}",
+                    how.truncation
+                );
+            }
+            // The tree: (l0 + l1) for two, ((l0 + l1) + l2) for three.
+            let tree = losses[2..]
+                .iter()
+                .fold(losses[0] + losses[1], |a, &l| a + l);
+            assert_eq!(
+                threads.loss.to_bits(),
+                tree.to_bits(),
+                "{n} {:?}",
+                how.truncation
+            );
+        }
+    }
+}

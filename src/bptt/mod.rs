@@ -37,7 +37,11 @@ mod stream;
 mod unroll;
 mod xi;
 
-pub use parallel::{shard_rows, tree_sum, Parallel, ParallelStream, STREAM_BLOCK};
+#[cfg(feature = "mpi")]
+pub(crate) use parallel::tree_sum_scalars;
+pub use parallel::{
+    shard_rows, tree_sum, AllReduce, Local, Parallel, ParallelStream, STREAM_BLOCK,
+};
 pub use segment::Edge;
 pub use stream::{StepTarget, Stream};
 pub use unroll::{unroll, Unroll, Unrolled};

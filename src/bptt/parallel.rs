@@ -56,7 +56,7 @@ pub fn tree_sum<F: Scalar>(mut parts: Vec<Grads<F>>) -> Result<Grads<F>> {
 }
 
 /// The same tree over scalars (the parts' losses).
-fn tree_sum_scalars<F: Scalar>(xs: &[F]) -> F {
+pub(crate) fn tree_sum_scalars<F: Scalar>(xs: &[F]) -> F {
     match xs.len() {
         0 => F::zero(),
         1 => xs[0],
@@ -64,6 +64,74 @@ fn tree_sum_scalars<F: Scalar>(xs: &[F]) -> F {
             let mid = n.div_ceil(2);
             tree_sum_scalars(&xs[..mid]) + tree_sum_scalars(&xs[mid..])
         }
+    }
+}
+
+/// The reduction of a data-parallel update, so that one training loop runs on threads
+/// or on processes: each worker runs its rows of the batch, then `all_reduce` replaces
+/// its loss and gradients by the sums over all workers, added by [`tree_sum`] in worker
+/// order (the order [`Parallel`] adds its threads' parts in). Clip the global norm
+/// after the reduction, never before: clipping each part is another gradient.
+///
+/// ```
+/// use ndarray::{Array2, Array3};
+/// use timetape::bptt::{shard_rows, AllReduce, Local, Run, Truncation, Workspace};
+/// use timetape::optim::{clip_global_norm, Sgd};
+/// use timetape::rnn::{models, Rnn, Sequence, SequenceLoss, Sizes};
+/// use timetape::Params;
+///
+/// /// One update on this worker's rows of the batch: the same code runs with `Local`
+/// /// and with an MPI communicator (`timetape::mpi::MpiReduce`, feature `mpi`).
+/// fn update(
+///     reduce: &mut impl AllReduce<f64>,
+///     (cell, params): (&Rnn, &mut Params<f64>),
+///     seq: &Sequence<'_, f64>,
+///     sgd: &mut Sgd<f64>,
+/// ) -> timetape::Result<f64> {
+///     let (me, workers) = reduce.place();
+///     let part = seq.rows(shard_rows(seq.batch(), workers, me))?;
+///     let how = Run::new(Truncation::Fixed { k: 3 });
+///     let mut report = Workspace::new().run(cell, params, &part, &how)?;
+///     reduce.all_reduce(&mut report.loss, &mut report.grads)?;
+///     clip_global_norm(&mut report.grads, 1.0)?; // after the reduction
+///     sgd.step(params, &report.grads)?;
+///     Ok(report.loss)
+/// }
+///
+/// let mut params = Params::<f64>::new();
+/// let cell = models::m3(&mut params, Sizes::new(2, 4, 3), 0)?;
+/// let xs = Array3::from_shape_fn((6, 8, 2), |(t, b, d)| ((t + b + d) as f64).sin());
+/// let labels = Array2::from_shape_fn((6, 8), |(t, b)| (t + b) % 3);
+/// let seq = Sequence::new(xs.view(), SequenceLoss::classes(labels.view()));
+/// let mut sgd = Sgd::new(0.1)?;
+/// let loss = update(&mut Local, (&cell, &mut params), &seq, &mut sgd)?;
+/// assert!(loss.is_finite());
+/// # Ok::<(), timetape::Error>(())
+/// ```
+pub trait AllReduce<F: Scalar> {
+    /// This worker's index and the number of workers: its rows of a batch of B are
+    /// [`shard_rows`]`(B, workers, index)`.
+    fn place(&self) -> (usize, usize);
+
+    /// Replaces this worker's `loss` and `grads` by the sums over all workers.
+    ///
+    /// Errors: [`Error::ForeignParam`] if the workers' gradients do not match;
+    /// a transport's own errors.
+    fn all_reduce(&mut self, loss: &mut F, grads: &mut Grads<F>) -> Result<()>;
+}
+
+/// One process, whose threads (if any, [`Parallel`]) have already summed their parts:
+/// worker 0 of 1, nothing to add.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Local;
+
+impl<F: Scalar> AllReduce<F> for Local {
+    fn place(&self) -> (usize, usize) {
+        (0, 1)
+    }
+
+    fn all_reduce(&mut self, _: &mut F, _: &mut Grads<F>) -> Result<()> {
+        Ok(())
     }
 }
 
