@@ -346,126 +346,201 @@ impl<'a, F: Scalar> Checkpoint<'a, F> {
         Ok((name, self.params.get(id)?.dim()))
     }
 
+    /// The checkpoint as the bytes of a safetensors file (see [`Checkpoint::to_bytes`]).
     fn encode(&self, op: &'static str) -> Result<Vec<u8>> {
-        let mut tensors: Vec<(String, ArrayView2<'_, F>)> = Vec::new();
-        let fits = |shape: (usize, usize), a: &ArrayView2<'_, F>| {
-            if a.dim() == shape {
-                Ok(())
-            } else {
-                Err(Error::ShapeMismatch {
-                    op,
-                    lhs: shape,
-                    rhs: a.dim(),
-                })
-            }
-        };
-        let mut meta = Meta {
+        let mut tensors = Vec::new();
+        let meta = self.describe(op, &mut tensors)?;
+        to_safetensors(op, meta, tensors)
+    }
+
+    /// The metadata document (its `tensors` map still empty), pushing every tensor it
+    /// lists onto `tensors`: parameters, gradients, SGD, Adam, then the user's matrices.
+    fn describe<'s>(&'s self, op: &'static str, tensors: &mut Named<'s, F>) -> Result<Meta> {
+        let params = self.push_params(tensors)?;
+        let grads = self.push_grads(op, tensors)?;
+        let sgd = self.push_sgd(op, tensors)?;
+        let adam = self.push_adam(op, tensors)?;
+        let sampler = self.sampler.map(sampler_meta);
+        let matrices = self.push_matrices(op, tensors)?;
+        Ok(Meta {
             format: FORMAT,
             scalar: dtype_of::<F>().1.to_string(),
             step: self.step,
-            params: Vec::new(),
-            grads: None,
-            sgd: None,
-            adam: None,
-            sampler: None,
-            matrices: Vec::new(),
+            params,
+            grads,
+            sgd,
+            adam,
+            sampler,
+            matrices,
             tensors: BTreeMap::new(),
-        };
+        })
+    }
+
+    /// Pushes every parameter (`params/<name>`) onto `tensors`; their names, in order.
+    fn push_params<'s>(&'s self, tensors: &mut Named<'s, F>) -> Result<Vec<String>> {
+        let mut names = Vec::new();
         for id in self.params.ids() {
             let name = self.params.name(id)?;
-            meta.params.push(name.to_string());
+            names.push(name.to_string());
             tensors.push((key("params", name), self.params.get(id)?.view()));
         }
-        if let Some(grads) = self.grads {
-            let mut names = Vec::new();
-            for (id, g) in grads.iter() {
-                let (name, shape) = self.param_of(op, id, "gradients")?;
-                fits(shape, &g.view())?;
-                names.push(name.to_string());
-                tensors.push((key("grads", name), g.view()));
-            }
-            meta.grads = Some(names);
+        Ok(names)
+    }
+
+    /// Pushes the gradients, if saved (`grads/<name>`), onto `tensors`; their names.
+    fn push_grads<'s>(
+        &'s self,
+        op: &'static str,
+        tensors: &mut Named<'s, F>,
+    ) -> Result<Option<Vec<String>>> {
+        let Some(grads) = self.grads else {
+            return Ok(None);
+        };
+        let mut names = Vec::new();
+        for (id, g) in grads.iter() {
+            let (name, shape) = self.param_of(op, id, "gradients")?;
+            fits(op, shape, &g.view())?;
+            names.push(name.to_string());
+            tensors.push((key("grads", name), g.view()));
         }
-        if let Some(sgd) = self.sgd {
-            let (momentum, velocities) = sgd.state();
-            let mut names = Vec::new();
-            for (id, v) in velocities {
-                let (name, shape) = self.param_of(op, id, "SGD velocities")?;
-                fits(shape, &v.view())?;
-                names.push(name.to_string());
-                tensors.push((key("sgd/velocity", name), v.view()));
-            }
-            meta.sgd = Some(SgdMeta {
-                lr: bits(sgd.lr()),
-                momentum: bits(momentum),
-                velocity: names,
-            });
+        Ok(Some(names))
+    }
+
+    /// Pushes the SGD velocities, if saved (`sgd/velocity/<name>`), onto `tensors`; the
+    /// SGD metadata.
+    fn push_sgd<'s>(
+        &'s self,
+        op: &'static str,
+        tensors: &mut Named<'s, F>,
+    ) -> Result<Option<SgdMeta>> {
+        let Some(sgd) = self.sgd else {
+            return Ok(None);
+        };
+        let (momentum, velocities) = sgd.state();
+        let mut names = Vec::new();
+        for (id, v) in velocities {
+            let (name, shape) = self.param_of(op, id, "SGD velocities")?;
+            fits(op, shape, &v.view())?;
+            names.push(name.to_string());
+            tensors.push((key("sgd/velocity", name), v.view()));
         }
-        if let Some(adam) = self.adam {
-            let ([beta1, beta2, eps], moments) = adam.state();
-            let mut steps = BTreeMap::new();
-            for (id, (t, m, v)) in moments {
-                let (name, shape) = self.param_of(op, id, "Adam moments")?;
-                fits(shape, &m.view())?;
-                fits(shape, &v.view())?;
-                steps.insert(name.to_string(), *t);
-                tensors.push((key("adam/m", name), m.view()));
-                tensors.push((key("adam/v", name), v.view()));
-            }
-            meta.adam = Some(AdamMeta {
-                lr: bits(adam.lr()),
-                beta1: bits(beta1),
-                beta2: bits(beta2),
-                eps: bits(eps),
-                steps,
-            });
+        Ok(Some(SgdMeta {
+            lr: bits(sgd.lr()),
+            momentum: bits(momentum),
+            velocity: names,
+        }))
+    }
+
+    /// Pushes the Adam moments, if saved (`adam/m/<name>`, `adam/v/<name>`), onto
+    /// `tensors`; the Adam metadata.
+    fn push_adam<'s>(
+        &'s self,
+        op: &'static str,
+        tensors: &mut Named<'s, F>,
+    ) -> Result<Option<AdamMeta>> {
+        let Some(adam) = self.adam else {
+            return Ok(None);
+        };
+        let ([beta1, beta2, eps], moments) = adam.state();
+        let mut steps = BTreeMap::new();
+        for (id, (t, m, v)) in moments {
+            let (name, shape) = self.param_of(op, id, "Adam moments")?;
+            fits(op, shape, &m.view())?;
+            fits(op, shape, &v.view())?;
+            steps.insert(name.to_string(), *t);
+            tensors.push((key("adam/m", name), m.view()));
+            tensors.push((key("adam/v", name), v.view()));
         }
-        if let Some(sampler) = self.sampler {
-            let pos = sampler.position();
-            meta.sampler = Some(SamplerMeta {
-                seed: hex(&pos.seed),
-                stream: pos.stream,
-                word_pos: pos.word_pos.to_string(),
-                t: pos.t as u64,
-                m: pos.m as u64,
-            });
-        }
+        Ok(Some(AdamMeta {
+            lr: bits(adam.lr()),
+            beta1: bits(beta1),
+            beta2: bits(beta2),
+            eps: bits(eps),
+            steps,
+        }))
+    }
+
+    /// Pushes the user's matrices (`state/<name>`) onto `tensors`; their names, in order.
+    ///
+    /// Errors: [`Error::InvalidArgument`] if two have the same name.
+    fn push_matrices<'s>(
+        &'s self,
+        op: &'static str,
+        tensors: &mut Named<'s, F>,
+    ) -> Result<Vec<String>> {
+        let mut names: Vec<String> = Vec::new();
         for (name, value) in &self.matrices {
-            if meta.matrices.contains(name) {
+            if names.contains(name) {
                 return Err(invalid(op, format!("two matrices named {name:?}")));
             }
-            meta.matrices.push(name.clone());
+            names.push(name.clone());
             tensors.push((key("state", name), value.view()));
         }
-
-        let dtype = dtype_of::<F>().0;
-        let bytes: Vec<(String, Vec<u8>, [usize; 2])> = tensors
-            .into_iter()
-            .map(|(k, a)| {
-                let (r, c) = a.dim();
-                (k, encode(a), [r, c])
-            })
-            .collect();
-        let mut views = Vec::with_capacity(bytes.len());
-        for (k, b, shape) in &bytes {
-            meta.tensors.insert(
-                k.clone(),
-                TensorMeta {
-                    shape: *shape,
-                    fnv1a: format!("{:016x}", fnv1a(b)),
-                },
-            );
-            let view = TensorView::new(dtype, shape.to_vec(), b)
-                .map_err(|e| bad_file(op, k.as_str(), e.to_string()))?;
-            views.push((k.clone(), view));
-        }
-        let doc =
-            serde_json::to_string(&meta).map_err(|e| bad_file(op, META_KEY, e.to_string()))?;
-        let entry = format!("{:016x} {doc}", fnv1a(doc.as_bytes()));
-        let info = HashMap::from([(META_KEY.to_string(), entry)]);
-        safetensors::tensor::serialize(views, Some(info))
-            .map_err(|e| bad_file(op, "file", e.to_string()))
+        Ok(names)
     }
+}
+
+/// Tensors to save, each under its key, in the order pushed.
+type Named<'v, F> = Vec<(String, ArrayView2<'v, F>)>;
+
+/// Checks that `a` has its parameter's shape `shape`: else [`Error::ShapeMismatch`].
+fn fits<F>(op: &'static str, shape: (usize, usize), a: &ArrayView2<'_, F>) -> Result<()> {
+    if a.dim() == shape {
+        Ok(())
+    } else {
+        Err(Error::ShapeMismatch {
+            op,
+            lhs: shape,
+            rhs: a.dim(),
+        })
+    }
+}
+
+/// The metadata of a ξ sampler's position.
+fn sampler_meta(sampler: &XiSampler) -> SamplerMeta {
+    let pos = sampler.position();
+    SamplerMeta {
+        seed: hex(&pos.seed),
+        stream: pos.stream,
+        word_pos: pos.word_pos.to_string(),
+        t: pos.t as u64,
+        m: pos.m as u64,
+    }
+}
+
+/// The safetensors file of `tensors`, with `meta` (completed with every tensor's shape
+/// and checksum) as its checksummed metadata entry.
+fn to_safetensors<F: Scalar>(
+    op: &'static str,
+    mut meta: Meta,
+    tensors: Named<'_, F>,
+) -> Result<Vec<u8>> {
+    let dtype = dtype_of::<F>().0;
+    let bytes: Vec<(String, Vec<u8>, [usize; 2])> = tensors
+        .into_iter()
+        .map(|(k, a)| {
+            let (r, c) = a.dim();
+            (k, encode(a), [r, c])
+        })
+        .collect();
+    let mut views = Vec::with_capacity(bytes.len());
+    for (k, b, shape) in &bytes {
+        meta.tensors.insert(
+            k.clone(),
+            TensorMeta {
+                shape: *shape,
+                fnv1a: format!("{:016x}", fnv1a(b)),
+            },
+        );
+        let view = TensorView::new(dtype, shape.to_vec(), b)
+            .map_err(|e| bad_file(op, k.as_str(), e.to_string()))?;
+        views.push((k.clone(), view));
+    }
+    let doc = serde_json::to_string(&meta).map_err(|e| bad_file(op, META_KEY, e.to_string()))?;
+    let entry = format!("{:016x} {doc}", fnv1a(doc.as_bytes()));
+    let info = HashMap::from([(META_KEY.to_string(), entry)]);
+    safetensors::tensor::serialize(views, Some(info))
+        .map_err(|e| bad_file(op, "file", e.to_string()))
 }
 
 /// A checkpoint read back and verified (checksums, float type, metadata), from which
@@ -503,108 +578,18 @@ impl<F: Scalar> Loaded<F> {
         Self::parse("Loaded::from_bytes", bytes)
     }
 
+    /// Reads and verifies a checkpoint from `bytes`: its metadata, every tensor, and the
+    /// sampler's position (see [`Loaded::open`]).
     fn parse(op: &'static str, bytes: &[u8]) -> Result<Self> {
-        let file = |what: String| bad_file(op, "file", what);
-        let (_, header) = SafeTensors::read_metadata(bytes).map_err(|e| {
-            file(format!(
-                "not a safetensors file (truncated or corrupted?): {e}"
-            ))
-        })?;
-        let st = SafeTensors::deserialize(bytes)
-            .map_err(|e| file(format!("not a safetensors file: {e}")))?;
-        let info = header
-            .metadata()
+        let (st, meta) = read_meta(op, bytes)?;
+        check_header::<F>(op, &meta)?;
+        check_tensor_lists(op, &st, &meta)?;
+        let tensors = read_tensors(op, &st, &meta)?;
+        let sampler = meta
+            .sampler
             .as_ref()
-            .ok_or_else(|| bad_file(op, "__metadata__", "missing: not a timetape checkpoint"))?;
-        let entry = info
-            .get(META_KEY)
-            .ok_or_else(|| bad_file(op, META_KEY, "missing: not a timetape checkpoint"))?;
-        let (sum, doc) = entry
-            .split_once(' ')
-            .ok_or_else(|| bad_file(op, META_KEY, "no checksum before the document"))?;
-        if sum != format!("{:016x}", fnv1a(doc.as_bytes())) {
-            return Err(bad_file(
-                op,
-                META_KEY,
-                "checksum mismatch (the file is corrupted)",
-            ));
-        }
-        let meta: Meta = serde_json::from_str(doc)
-            .map_err(|e| bad_file(op, META_KEY, format!("unreadable: {e}")))?;
-        if meta.format != FORMAT {
-            return Err(bad_file(
-                op,
-                "format",
-                format!("version {} (this build reads {FORMAT})", meta.format),
-            ));
-        }
-        let (dtype, scalar) = dtype_of::<F>();
-        if meta.scalar != scalar {
-            return Err(bad_file(
-                op,
-                "scalar",
-                format!("the file holds {} values, loaded as {scalar}", meta.scalar),
-            ));
-        }
-        let expected = expected_keys(&meta);
-        let listed: BTreeSet<String> = meta.tensors.keys().cloned().collect();
-        if let Some(k) = expected.symmetric_difference(&listed).next() {
-            return Err(bad_file(
-                op,
-                k.as_str(),
-                "the metadata's list of tensors does not match its contents",
-            ));
-        }
-        let mut names = st.names();
-        names.sort_unstable();
-        for name in names {
-            if !meta.tensors.contains_key(name) {
-                return Err(bad_file(op, name, "a tensor the metadata does not list"));
-            }
-        }
-        let mut tensors = HashMap::with_capacity(meta.tensors.len());
-        for (k, tm) in &meta.tensors {
-            let view = st
-                .tensor(k)
-                .map_err(|_| bad_file(op, k.as_str(), "missing from the file"))?;
-            if view.dtype() != dtype {
-                return Err(bad_file(
-                    op,
-                    k.as_str(),
-                    format!("dtype {:?}, expected {dtype:?}", view.dtype()),
-                ));
-            }
-            if view.shape() != tm.shape {
-                return Err(bad_file(
-                    op,
-                    k.as_str(),
-                    format!("shape {:?}, the metadata says {:?}", view.shape(), tm.shape),
-                ));
-            }
-            if format!("{:016x}", fnv1a(view.data())) != tm.fnv1a {
-                return Err(bad_file(
-                    op,
-                    k.as_str(),
-                    "checksum mismatch (the file is corrupted)",
-                ));
-            }
-            let a = decode(view.data(), (tm.shape[0], tm.shape[1]))
-                .ok_or_else(|| bad_file(op, k.as_str(), "size does not match the shape"))?;
-            tensors.insert(k.clone(), a);
-        }
-        let sampler = match &meta.sampler {
-            None => None,
-            Some(s) => {
-                let bad = |what: &str| bad_file(op, "sampler", what.to_string());
-                Some(XiPosition {
-                    seed: unhex32(&s.seed).ok_or_else(|| bad("bad seed"))?,
-                    stream: s.stream,
-                    word_pos: s.word_pos.parse().map_err(|_| bad("bad word position"))?,
-                    t: usize::try_from(s.t).map_err(|_| bad("t out of range"))?,
-                    m: usize::try_from(s.m).map_err(|_| bad("m out of range"))?,
-                })
-            }
-        };
+            .map(|s| sampler_position(op, s))
+            .transpose()?;
         Ok(Loaded {
             meta,
             tensors,
@@ -815,6 +800,141 @@ fn expected_keys(meta: &Meta) -> BTreeSet<String> {
     }
     want.extend(meta.matrices.iter().map(|n| key("state", n)));
     want
+}
+
+/// The safetensors file in `bytes` and its metadata document (checksum verified).
+fn read_meta<'b>(op: &'static str, bytes: &'b [u8]) -> Result<(SafeTensors<'b>, Meta)> {
+    let file = |what: String| bad_file(op, "file", what);
+    let (_, header) = SafeTensors::read_metadata(bytes).map_err(|e| {
+        file(format!(
+            "not a safetensors file (truncated or corrupted?): {e}"
+        ))
+    })?;
+    let st = SafeTensors::deserialize(bytes)
+        .map_err(|e| file(format!("not a safetensors file: {e}")))?;
+    let info = header
+        .metadata()
+        .as_ref()
+        .ok_or_else(|| bad_file(op, "__metadata__", "missing: not a timetape checkpoint"))?;
+    let entry = info
+        .get(META_KEY)
+        .ok_or_else(|| bad_file(op, META_KEY, "missing: not a timetape checkpoint"))?;
+    Ok((st, meta_of_entry(op, entry)?))
+}
+
+/// The metadata document of the entry `entry` (its checksum, a space, the JSON).
+fn meta_of_entry(op: &'static str, entry: &str) -> Result<Meta> {
+    let (sum, doc) = entry
+        .split_once(' ')
+        .ok_or_else(|| bad_file(op, META_KEY, "no checksum before the document"))?;
+    if sum != format!("{:016x}", fnv1a(doc.as_bytes())) {
+        return Err(bad_file(
+            op,
+            META_KEY,
+            "checksum mismatch (the file is corrupted)",
+        ));
+    }
+    serde_json::from_str(doc).map_err(|e| bad_file(op, META_KEY, format!("unreadable: {e}")))
+}
+
+/// Checks that `meta` is of this build's format version and of the scalar type `F`.
+fn check_header<F: Scalar>(op: &'static str, meta: &Meta) -> Result<()> {
+    if meta.format != FORMAT {
+        return Err(bad_file(
+            op,
+            "format",
+            format!("version {} (this build reads {FORMAT})", meta.format),
+        ));
+    }
+    let scalar = dtype_of::<F>().1;
+    if meta.scalar != scalar {
+        return Err(bad_file(
+            op,
+            "scalar",
+            format!("the file holds {} values, loaded as {scalar}", meta.scalar),
+        ));
+    }
+    Ok(())
+}
+
+/// Checks that the tensors `meta` lists are those its other lists call for, and that
+/// the file holds no tensor it does not list.
+fn check_tensor_lists(op: &'static str, st: &SafeTensors<'_>, meta: &Meta) -> Result<()> {
+    let expected = expected_keys(meta);
+    let listed: BTreeSet<String> = meta.tensors.keys().cloned().collect();
+    if let Some(k) = expected.symmetric_difference(&listed).next() {
+        return Err(bad_file(
+            op,
+            k.as_str(),
+            "the metadata's list of tensors does not match its contents",
+        ));
+    }
+    let mut names = st.names();
+    names.sort_unstable();
+    for name in names {
+        if !meta.tensors.contains_key(name) {
+            return Err(bad_file(op, name, "a tensor the metadata does not list"));
+        }
+    }
+    Ok(())
+}
+
+/// Every tensor `meta` lists, read from `st` and verified, by key.
+fn read_tensors<F: Scalar>(
+    op: &'static str,
+    st: &SafeTensors<'_>,
+    meta: &Meta,
+) -> Result<HashMap<String, Array2<F>>> {
+    let mut tensors = HashMap::with_capacity(meta.tensors.len());
+    for (k, tm) in &meta.tensors {
+        let view = st
+            .tensor(k)
+            .map_err(|_| bad_file(op, k.as_str(), "missing from the file"))?;
+        tensors.insert(k.clone(), read_tensor(op, k, tm, &view)?);
+    }
+    Ok(tensors)
+}
+
+/// The tensor `k` of the file, checked against its metadata `tm` (dtype, shape,
+/// checksum) and decoded.
+fn read_tensor<F: Scalar>(
+    op: &'static str,
+    k: &str,
+    tm: &TensorMeta,
+    view: &TensorView<'_>,
+) -> Result<Array2<F>> {
+    let dtype = dtype_of::<F>().0;
+    if view.dtype() != dtype {
+        return Err(bad_file(
+            op,
+            k,
+            format!("dtype {:?}, expected {dtype:?}", view.dtype()),
+        ));
+    }
+    if view.shape() != tm.shape {
+        return Err(bad_file(
+            op,
+            k,
+            format!("shape {:?}, the metadata says {:?}", view.shape(), tm.shape),
+        ));
+    }
+    if format!("{:016x}", fnv1a(view.data())) != tm.fnv1a {
+        return Err(bad_file(op, k, "checksum mismatch (the file is corrupted)"));
+    }
+    decode(view.data(), (tm.shape[0], tm.shape[1]))
+        .ok_or_else(|| bad_file(op, k, "size does not match the shape"))
+}
+
+/// The ξ sampler's position saved as `s`.
+fn sampler_position(op: &'static str, s: &SamplerMeta) -> Result<XiPosition> {
+    let bad = |what: &str| bad_file(op, "sampler", what.to_string());
+    Ok(XiPosition {
+        seed: unhex32(&s.seed).ok_or_else(|| bad("bad seed"))?,
+        stream: s.stream,
+        word_pos: s.word_pos.parse().map_err(|_| bad("bad word position"))?,
+        t: usize::try_from(s.t).map_err(|_| bad("t out of range"))?,
+        m: usize::try_from(s.m).map_err(|_| bad("m out of range"))?,
+    })
 }
 
 #[cfg(test)]
