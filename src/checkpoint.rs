@@ -52,7 +52,7 @@ fn fnv1a(bytes: &[u8]) -> u64 {
 }
 
 /// The safetensors dtype and the name of the scalar type `F`.
-fn dtype_of<F: Scalar>() -> (Dtype, &'static str) {
+pub(crate) fn dtype_of<F: Scalar>() -> (Dtype, &'static str) {
     if std::mem::size_of::<F>() == 4 {
         (Dtype::F32, "f32")
     } else {
@@ -61,7 +61,7 @@ fn dtype_of<F: Scalar>() -> (Dtype, &'static str) {
 }
 
 /// The bytes of `a`, row-major, little-endian.
-fn encode<F: Scalar>(a: ArrayView2<'_, F>) -> Vec<u8> {
+pub(crate) fn encode<F: Scalar>(a: ArrayView2<'_, F>) -> Vec<u8> {
     let width = std::mem::size_of::<F>();
     let mut out = Vec::with_capacity(a.len() * width);
     for &x in a.iter() {
@@ -76,7 +76,7 @@ fn encode<F: Scalar>(a: ArrayView2<'_, F>) -> Vec<u8> {
 }
 
 /// The matrix of shape `shape` stored in `bytes` (checked to be of its size).
-fn decode<F: Scalar>(bytes: &[u8], shape: (usize, usize)) -> Option<Array2<F>> {
+pub(crate) fn decode<F: Scalar>(bytes: &[u8], shape: (usize, usize)) -> Option<Array2<F>> {
     let width = std::mem::size_of::<F>();
     if bytes.len() != shape.0.checked_mul(shape.1)?.checked_mul(width)? {
         return None;

@@ -68,31 +68,24 @@ pub(crate) mod sealed {
         ) -> bool;
     }
 
-    impl Kernel for f64 {
-        #[inline]
-        fn faer_gemm(
-            alpha: f64,
-            a: &ArrayView2<'_, f64>,
-            b: &ArrayView2<'_, f64>,
-            beta: f64,
-            c: &mut ArrayViewMut2<'_, f64>,
-        ) -> bool {
-            crate::kernels::faer_gemm(alpha, a, b, beta, c)
-        }
+    /// Both float types take faer's kernel (through `crate::kernels::faer_gemm`).
+    macro_rules! faer_kernel {
+        ($($t:ty),*) => {$(
+            impl Kernel for $t {
+                #[inline]
+                fn faer_gemm(
+                    alpha: $t,
+                    a: &ArrayView2<'_, $t>,
+                    b: &ArrayView2<'_, $t>,
+                    beta: $t,
+                    c: &mut ArrayViewMut2<'_, $t>,
+                ) -> bool {
+                    crate::kernels::faer_gemm(alpha, a, b, beta, c)
+                }
+            }
+        )*};
     }
-
-    impl Kernel for f32 {
-        #[inline]
-        fn faer_gemm(
-            alpha: f32,
-            a: &ArrayView2<'_, f32>,
-            b: &ArrayView2<'_, f32>,
-            beta: f32,
-            c: &mut ArrayViewMut2<'_, f32>,
-        ) -> bool {
-            crate::kernels::faer_gemm(alpha, a, b, beta, c)
-        }
-    }
+    faer_kernel!(f32, f64);
 }
 
 impl Scalar for f64 {

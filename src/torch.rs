@@ -165,6 +165,24 @@ mod sealed {
 
 use sealed::{Layer, Role};
 
+/// The keys of a layer whose input and recurrent weights are `w_x`, `w_h`, with the
+/// biases `bias_ih`, `bias_hh` as given, and its head.
+fn layer_keys(
+    (w_x, w_h): (ParamId, ParamId),
+    biases: Option<[(ParamId, Role); 2]>,
+    head: [Option<ParamId>; 2],
+) -> sealed::Keys {
+    let mut keys = vec![
+        ("weight_ih", w_x, Role::Transposed),
+        ("weight_hh", w_h, Role::Transposed),
+    ];
+    if let Some([(b_ih, r_ih), (b_hh, r_hh)]) = biases {
+        keys.push(("bias_ih", b_ih, r_ih));
+        keys.push(("bias_hh", b_hh, r_hh));
+    }
+    (keys, head)
+}
+
 /// The cells with a PyTorch counterpart: [`Rnn`] (`nn.RNN`), [`Gru`] (`nn.GRU`),
 /// [`Lstm`] (`nn.LSTM`). Sealed.
 pub trait TorchCell: sealed::Layer {}
@@ -196,15 +214,10 @@ impl Layer for Rnn {
     }
 
     fn keys(&self) -> sealed::Keys {
-        let mut keys = vec![
-            ("weight_ih", self.w_xh, Role::Transposed),
-            ("weight_hh", self.w_hh, Role::Transposed),
-        ];
-        if let Some(b) = self.b_h {
-            keys.push(("bias_ih", b, Role::SumFirst));
-            keys.push(("bias_hh", b, Role::SumSecond));
-        }
-        (keys, [Some(self.w_hq), self.b_q])
+        let biases = self
+            .b_h
+            .map(|b| [(b, Role::SumFirst), (b, Role::SumSecond)]);
+        layer_keys((self.w_xh, self.w_hh), biases, [Some(self.w_hq), self.b_q])
     }
 }
 
@@ -222,13 +235,12 @@ impl Layer for Gru {
     }
 
     fn keys(&self) -> sealed::Keys {
-        let keys = vec![
-            ("weight_ih", self.w_x, Role::Transposed),
-            ("weight_hh", self.w_h, Role::Transposed),
-            ("bias_ih", self.b_x, Role::Bias),
-            ("bias_hh", self.b_h, Role::Bias),
-        ];
-        (keys, [Some(self.w_hq), Some(self.b_q)])
+        let biases = [(self.b_x, Role::Bias), (self.b_h, Role::Bias)];
+        layer_keys(
+            (self.w_x, self.w_h),
+            Some(biases),
+            [Some(self.w_hq), Some(self.b_q)],
+        )
     }
 }
 
@@ -246,13 +258,12 @@ impl Layer for Lstm {
     }
 
     fn keys(&self) -> sealed::Keys {
-        let keys = vec![
-            ("weight_ih", self.w_x, Role::Transposed),
-            ("weight_hh", self.w_h, Role::Transposed),
-            ("bias_ih", self.b, Role::SumFirst),
-            ("bias_hh", self.b, Role::SumSecond),
-        ];
-        (keys, [Some(self.w_hq), Some(self.b_q)])
+        let biases = [(self.b, Role::SumFirst), (self.b, Role::SumSecond)];
+        layer_keys(
+            (self.w_x, self.w_h),
+            Some(biases),
+            [Some(self.w_hq), Some(self.b_q)],
+        )
     }
 }
 
@@ -372,11 +383,7 @@ pub fn precision(bytes: &[u8]) -> Result<Precision> {
 /// the float type `F`.
 fn read_all<F: Scalar>(op: &'static str, bytes: &[u8]) -> Result<BTreeMap<String, Array2<F>>> {
     let st = SafeTensors::deserialize(bytes).map_err(|e| bad_file(op, "file", e.to_string()))?;
-    let want = if std::mem::size_of::<F>() == 4 {
-        Dtype::F32
-    } else {
-        Dtype::F64
-    };
+    let (want, _) = crate::checkpoint::dtype_of::<F>();
     let mut out = BTreeMap::new();
     for (name, view) in st.tensors() {
         if view.dtype() != want {
@@ -388,22 +395,8 @@ fn read_all<F: Scalar>(op: &'static str, bytes: &[u8]) -> Result<BTreeMap<String
             [r, c] => (r, c),
             ref s => return Err(bad_file(op, name, format!("a tensor of shape {s:?}"))),
         };
-        let data = view.data();
-        let values: Vec<F> = if want == Dtype::F32 {
-            data.chunks_exact(4)
-                .map(|b| F::of(f32::from_le_bytes([b[0], b[1], b[2], b[3]]) as f64))
-                .collect()
-        } else {
-            data.chunks_exact(8)
-                .map(|b| {
-                    let mut a = [0u8; 8];
-                    a.copy_from_slice(b);
-                    F::of(f64::from_le_bytes(a))
-                })
-                .collect()
-        };
-        let m = Array2::from_shape_vec(shape, values)
-            .map_err(|e| bad_file(op, name.as_str(), e.to_string()))?;
+        let m = crate::checkpoint::decode(view.data(), shape)
+            .ok_or_else(|| bad_file(op, name.as_str(), "data of the wrong size"))?;
         out.insert(name, m);
     }
     Ok(out)
@@ -616,23 +609,10 @@ pub fn save_state_dict<F: Scalar, C: TorchCell>(
 ) -> Result<Vec<u8>> {
     let op = "torch::save_state_dict";
     let tensors = state_dict(model, params)?;
-    let dtype = if std::mem::size_of::<F>() == 4 {
-        Dtype::F32
-    } else {
-        Dtype::F64
-    };
+    let (dtype, _) = crate::checkpoint::dtype_of::<F>();
     let mut owned = Vec::with_capacity(tensors.len());
     for (key, t) in &tensors {
-        let bytes: Vec<u8> = t
-            .iter()
-            .flat_map(|&x| {
-                if dtype == Dtype::F32 {
-                    (x.as_f64() as f32).to_le_bytes().to_vec()
-                } else {
-                    x.as_f64().to_le_bytes().to_vec()
-                }
-            })
-            .collect();
+        let bytes = crate::checkpoint::encode(t.view());
         // Biases (and the head's) are 1-D in PyTorch.
         let shape = if key.contains("bias") {
             vec![t.len()]
