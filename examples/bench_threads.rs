@@ -46,7 +46,7 @@ fn main() -> Result<()> {
             SequenceLoss::classes(labels.view()).mean_over_time(),
         );
         let how = Run::new(Truncation::Full);
-        let reps = if s.t > 500 { 4 } else { 10 };
+        let reps = if s.t > 500 { 6 } else { 30 };
         let mut times = Vec::new();
         for threads in [1, 2] {
             let mut workers = Parallel::new(threads)?;

@@ -204,19 +204,21 @@ impl<F: Scalar> Parallel<F> {
         let shards = (0..n)
             .map(|j| seq.rows(shard_rows(b, n, j)))
             .collect::<Result<Vec<_>>>()?;
+        // Shards 1.. on spawned threads, shard 0 on this one (one thread fewer to start).
+        let (first, rest) = self.workers[..n].split_at_mut(1);
         let results: Vec<Result<Report<F>>> = std::thread::scope(|scope| {
-            let handles: Vec<_> = self.workers[..n]
+            let handles: Vec<_> = rest
                 .iter_mut()
-                .zip(&shards)
+                .zip(&shards[1..])
                 .map(|(ws, part)| scope.spawn(move || ws.run(cell, params, part, how)))
                 .collect();
-            handles
-                .into_iter()
-                .map(|h| {
+            let mine = first[0].run(cell, params, &shards[0], how);
+            std::iter::once(mine)
+                .chain(handles.into_iter().map(|h| {
                     h.join().unwrap_or_else(|_| {
                         Err(invalid("Parallel::run", "a worker thread panicked"))
                     })
-                })
+                }))
                 .collect()
         });
         let reports = results.into_iter().collect::<Result<Vec<_>>>()?;
