@@ -91,9 +91,13 @@
 //!   own, which needs only `bind`, its widths, `step` and `output`), stacks of them
 //!   ([`rnn::Stack`]), token inputs ([`rnn::Embedded`], [`rnn::Sequence::tokens`]), and
 //!   sequence losses built from their targets ([`rnn::SequenceLoss`]).
-//! - [`bptt`]: the strategies, streaming, checkpointing, exact enumeration.
+//! - [`bptt`]: the strategies, streaming, checkpointing, exact enumeration, and
+//!   data-parallel runs on threads ([`bptt::Parallel`], [`bptt::AllReduce`]; over MPI
+//!   with the `mpi` feature, `timetape::mpi`).
 //! - [`optim`]: SGD, Adam, clipping; [`diagnostics`]: ‖∂L/∂h_t‖, spectral radius.
 //! - [`checkpoint`]: save and resume a training run bit for bit (safetensors).
+//! - [`torch`]: PyTorch `nn.RNN`/`nn.GRU`/`nn.LSTM` state dicts in and out.
+//! - [`kernels`]: the matrix product of the tape's rules, for references and benchmarks.
 //!
 //! Out of scope: higher-order gradients, GPUs, f16/bf16, tensors beyond matrices.
 #![forbid(unsafe_code)]
