@@ -13,7 +13,7 @@ mod common;
 use common::cases::{Data, Shape};
 use ndarray::Array2;
 use timetape::bptt::{
-    run, shard_rows, tree_sum, Memory, Parallel, Pi, Run, StepTarget, Stream, Truncation,
+    run, shard_rows, tree_sum, Memory, Parallel, Pi, Report, Run, StepTarget, Stream, Truncation,
 };
 use timetape::optim::clip_global_norm;
 use timetape::rnn::{
@@ -55,27 +55,34 @@ fn agrees<C: Recurrent<f64> + Sync>(
         let one = run(cell, params, seq, &how).unwrap();
         let many = workers.run(cell, params, seq, &how).unwrap();
         let label = format!("{what}, {threads} threads, {:?}", how.truncation);
-        assert!(one.loss.is_finite() && many.loss.is_finite(), "{label}");
-        assert!(
-            (many.loss - one.loss).abs() <= SAME * one.loss.abs(),
-            "{label}: loss {} vs {}",
-            many.loss,
-            one.loss
-        );
-        let d = many.grads.max_rel_diff(&one.grads);
-        assert!(d <= SAME, "{label}: gradients differ by {d}");
-        // h_T row by row: the same arithmetic, though a shard of one row takes the
-        // row-vector kernel, whose sums may round differently.
-        let scale = common::finite_scale(one.h_final.iter().copied(), "h_T");
-        let dh = common::max_abs_diff(many.h_final.iter().copied(), one.h_final.iter().copied());
-        assert!(dh <= SAME * scale, "{label}: h_T differs by {dh}");
-        assert_eq!(
-            (many.backward_steps, many.forward_steps, many.segments),
-            (one.backward_steps, one.forward_steps, one.segments),
-            "{label}"
-        );
-        assert_eq!(many.xi, one.xi, "{label}: ξ shared by all rows");
+        same_report(&many, &one, &label);
     }
+}
+
+/// A parallel report against one worker's: loss and gradients within [`SAME`], h_T
+/// within [`SAME`] of its scale, the same step and segment counts and the same ξ.
+#[track_caller]
+fn same_report(many: &Report<f64>, one: &Report<f64>, label: &str) {
+    assert!(one.loss.is_finite() && many.loss.is_finite(), "{label}");
+    assert!(
+        (many.loss - one.loss).abs() <= SAME * one.loss.abs(),
+        "{label}: loss {} vs {}",
+        many.loss,
+        one.loss
+    );
+    let d = many.grads.max_rel_diff(&one.grads);
+    assert!(d <= SAME, "{label}: gradients differ by {d}");
+    // h_T row by row: the same arithmetic, though a shard of one row takes the
+    // row-vector kernel, whose sums may round differently.
+    let scale = common::finite_scale(one.h_final.iter().copied(), "h_T");
+    let dh = common::max_abs_diff(many.h_final.iter().copied(), one.h_final.iter().copied());
+    assert!(dh <= SAME * scale, "{label}: h_T differs by {dh}");
+    assert_eq!(
+        (many.backward_steps, many.forward_steps, many.segments),
+        (one.backward_steps, one.forward_steps, one.segments),
+        "{label}"
+    );
+    assert_eq!(many.xi, one.xi, "{label}: ξ shared by all rows");
 }
 
 #[test]
@@ -301,18 +308,7 @@ fn a_parallel_stream_equals_one_stream_for_every_streamed_truncation() {
         // the finish.
         let one = stream_run(&cell, &params, &how, (150, 5, 3), 1);
         let two = stream_run(&cell, &params, &how, (150, 5, 3), 2);
-        let label = format!("{:?}", how.truncation);
-        assert!(
-            (two.loss - one.loss).abs() <= SAME * one.loss.abs(),
-            "{label}"
-        );
-        let d = two.grads.max_rel_diff(&one.grads);
-        assert!(d <= SAME, "{label}: {d}");
-        assert_eq!(
-            (two.backward_steps, two.segments, &two.xi),
-            (one.backward_steps, one.segments, &one.xi),
-            "{label}"
-        );
+        same_report(&two, &one, &format!("stream, {:?}", how.truncation));
     }
 }
 

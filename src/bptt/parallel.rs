@@ -204,24 +204,9 @@ impl<F: Scalar> Parallel<F> {
         let shards = (0..n)
             .map(|j| seq.rows(shard_rows(b, n, j)))
             .collect::<Result<Vec<_>>>()?;
-        // Shards 1.. on spawned threads, shard 0 on this one (one thread fewer to start).
-        let (first, rest) = self.workers[..n].split_at_mut(1);
-        let results: Vec<Result<Report<F>>> = std::thread::scope(|scope| {
-            let handles: Vec<_> = rest
-                .iter_mut()
-                .zip(&shards[1..])
-                .map(|(ws, part)| scope.spawn(move || ws.run(cell, params, part, how)))
-                .collect();
-            let mine = first[0].run(cell, params, &shards[0], how);
-            std::iter::once(mine)
-                .chain(handles.into_iter().map(|h| {
-                    h.join().unwrap_or_else(|_| {
-                        Err(invalid("Parallel::run", "a worker thread panicked"))
-                    })
-                }))
-                .collect()
-        });
-        let reports = results.into_iter().collect::<Result<Vec<_>>>()?;
+        let reports = on_threads(&mut self.workers[..n], "Parallel::run", |j, ws| {
+            ws.run(cell, params, &shards[j], how)
+        })?;
         combine(reports)
     }
 
@@ -356,26 +341,10 @@ impl<F: Scalar, C: Recurrent<F> + Sync> ParallelStream<'_, F, C> {
     fn hand_out(&mut self) -> Result<()> {
         let (n, b) = (self.streams.len(), self.batch);
         let pending = std::mem::take(&mut self.pending);
-        let results: Vec<Result<()>> = std::thread::scope(|scope| {
-            let handles: Vec<_> = self
-                .streams
-                .iter_mut()
-                .enumerate()
-                .map(|(j, stream)| {
-                    let steps = &pending;
-                    scope.spawn(move || feed(stream, steps, shard_rows(b, n, j)))
-                })
-                .collect();
-            handles
-                .into_iter()
-                .map(|h| {
-                    h.join().unwrap_or_else(|_| {
-                        Err(invalid("ParallelStream::push", "a worker thread panicked"))
-                    })
-                })
-                .collect()
-        });
-        results.into_iter().collect()
+        on_threads(&mut self.streams, "ParallelStream::push", |j, stream| {
+            feed(stream, &pending, shard_rows(b, n, j))
+        })?;
+        Ok(())
     }
 
     /// Steps fed so far.
@@ -417,6 +386,35 @@ fn feed<F: Scalar, C: Recurrent<F>>(
         }
     }
     Ok(())
+}
+
+/// `job(j, worker j)` for every worker at once, worker 0 on the calling thread (one
+/// thread fewer to start) and the others on scoped threads; the results in worker
+/// order, or the first error in worker order.
+fn on_threads<W: Send, R: Send>(
+    workers: &mut [W],
+    op: &'static str,
+    job: impl Fn(usize, &mut W) -> Result<R> + Sync,
+) -> Result<Vec<R>> {
+    let Some((first, rest)) = workers.split_first_mut() else {
+        return Ok(Vec::new());
+    };
+    let job = &job;
+    let results: Vec<Result<R>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = rest
+            .iter_mut()
+            .enumerate()
+            .map(|(j, w)| scope.spawn(move || job(j + 1, w)))
+            .collect();
+        let mine = job(0, first);
+        std::iter::once(mine)
+            .chain(handles.into_iter().map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| Err(invalid(op, "a worker thread panicked")))
+            }))
+            .collect()
+    });
+    results.into_iter().collect()
 }
 
 /// One report from the shards' reports (in shard order).
