@@ -252,6 +252,26 @@ impl<'a, F: Scalar, C: Recurrent<F>> Engine<'a, F, C> {
         }
     }
 
+    /// Records `seg` on a cleared tape from the state `h` (a variable, so that ∂/∂h can
+    /// be read after a backward pass): the unroll and its loss terms, counted as forward
+    /// steps. Returns the segment's loss (`None` if it holds no term); the states are in
+    /// `self.recording.states`.
+    pub(crate) fn record(
+        &mut self,
+        h: ArrayView2<'_, F>,
+        seg: &Segment<'_, F>,
+    ) -> Result<Option<Var>> {
+        self.tape.clear();
+        let h_in = self.tape.variable(h)?;
+        self.h_in = Some(h_in);
+        let bound = self.cell.bind(&mut self.tape, self.params)?;
+        let l = self
+            .recording
+            .record(self.cell, &bound, &mut self.tape, h_in, seg)?;
+        self.forward_steps += seg.xs.len_of(Axis(0));
+        Ok(l)
+    }
+
     /// Records `seg` on a cleared tape from the state `h`, and runs what `pass` asks for.
     pub(crate) fn segment(
         &mut self,
@@ -259,21 +279,14 @@ impl<'a, F: Scalar, C: Recurrent<F>> Engine<'a, F, C> {
         seg: &Segment<'_, F>,
         pass: Pass<'_, F>,
     ) -> Result<()> {
-        self.tape.clear();
-        let h_in = self.tape.variable(h)?;
-        self.h_in = Some(h_in);
-        let bound = self.cell.bind(&mut self.tape, self.params)?;
         let k = seg.xs.len_of(Axis(0));
-        let l = self
-            .recording
-            .record(self.cell, &bound, &mut self.tape, h_in, seg)?;
+        let l = self.record(h, seg)?;
         let states = &self.recording.states;
         if self.dh_norms.is_some() {
             for &s in states {
                 self.tape.retain_grad(s)?;
             }
         }
-        self.forward_steps += k;
         let (count_loss, end_seed) = match pass {
             Pass::Forward | Pass::Backward => (true, None),
             Pass::Recompute { end_seed } => (false, end_seed),
