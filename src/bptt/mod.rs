@@ -31,6 +31,7 @@
 
 mod checkpoint;
 pub mod enumerate;
+pub mod atlas;
 pub mod online;
 mod parallel;
 mod segment;
