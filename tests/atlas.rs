@@ -133,6 +133,52 @@ fn randomized_is_unbiased_and_fixed_bias_is_the_truncated_closed_form() {
     }
 }
 
+/// The age recursion of `atlas::expectation` against the enumeration of every pattern
+/// (T = 5), and, at T = 60 where there are 2^60 patterns, against `Full` (unbiased).
+#[test]
+fn expectation_by_the_age_recursion_equals_enumeration() {
+    let case = small_case(5, 6);
+    let hazard = Pi::hazard(|m| if m < 2 { 0.9 } else { 0.4 });
+    let schedule = Pi::schedule(|t| 0.3 + 0.1 * t as f64);
+    let methods = [
+        Method::Randomized(Pi::Constant(0.5)),
+        Method::Randomized(hazard),
+        Method::Randomized(schedule),
+        Method::Fixed { k: 2 },
+    ];
+    let a = exact(&case, &methods);
+    let seq = case.seq();
+    for (m, e) in methods.iter().zip(&a.entries) {
+        let mean = atlas::expectation(&case.cell, &case.params, &seq, m).unwrap();
+        assert_grads_close(&case.params, &mean, &e.mean, 1e-12, &m.name());
+    }
+    let long = small_case(60, 7);
+    let seq = long.seq();
+    let full = timetape::bptt::run(
+        &long.cell,
+        &long.params,
+        &seq,
+        &timetape::bptt::Run::new(timetape::bptt::Truncation::Full),
+    )
+    .unwrap();
+    for pi in [
+        Pi::Constant(0.2),
+        Pi::hazard(|m| 1.0 / (1.0 + 0.1 * m as f64)),
+    ] {
+        let mean =
+            atlas::expectation(&long.cell, &long.params, &seq, &Method::Randomized(pi)).unwrap();
+        assert_grads_close(
+            &long.params,
+            &mean,
+            &full.grads,
+            1e-12,
+            "E[Randomized] at T = 60",
+        );
+    }
+    let err = atlas::expectation(&long.cell, &long.params, &seq, &Method::Uoro).unwrap_err();
+    assert!(matches!(err, Error::InvalidArgument { .. }), "{err}");
+}
+
 #[test]
 fn atlas_means_lie_within_four_standard_errors_of_seeded_runs() {
     let case = small_case(5, 4);

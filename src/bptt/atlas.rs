@@ -198,6 +198,114 @@ pub fn survey<F: Scalar, C: Recurrent<F>>(
     })
 }
 
+/// The exact expectation `E[ĝ]` of a method on this sequence, for any T: for
+/// `Randomized` (any [`Pi`]) by a forward recursion over the age of the current segment
+/// (below), for deterministic methods by one run. Where [`Mode::Exact`] enumerates 2^T
+/// patterns, this costs O(T²) products of the steps' Jacobians, so it reaches the long
+/// sequences on which truncation's bias shows.
+///
+/// With `a_t` the number of steps of the current segment up to step t and
+/// `Z_t = J^θ_t + ξ_t J^h_t Z_{t−1}` the estimator's influence matrix (the forward form of
+/// the reverse-mode estimate, [`online`]), it carries `W_t[a] = E[Z_t 1{a_t = a}]` and
+/// `q_t[a] = P(a_t = a)`: step t + 1 survives with probability `π = π_{t+1}(m = a)`,
+/// moving `π (q J^θ + ξ J^h W[a])` to age a + 1 and adding `π ξ ∂L/∂h_t·J^h W[a]` to
+/// the gradient; it is cut with probability 1 − π, moving `(1 − π) q J^θ` to age 1.
+///
+/// ```
+/// use ndarray::{Array2, Array3};
+/// use timetape::bptt::atlas::{self, Method};
+/// use timetape::bptt::{run, Pi, Run, Truncation};
+/// use timetape::rnn::{models, SequenceLoss, Sequence, Sizes};
+/// use timetape::Params;
+///
+/// let mut params = Params::<f64>::new();
+/// let cell = models::m3(&mut params, Sizes::new(2, 3, 2), 0)?;
+/// let xs = Array3::from_shape_fn((60, 1, 2), |(t, _, d)| ((t + 2 * d) as f64).sin());
+/// let labels = Array2::from_shape_fn((60, 1), |(t, _)| t % 2);
+/// let seq = Sequence::new(xs.view(), SequenceLoss::classes(labels.view()));
+/// // 2^60 patterns, and yet the exact mean: unbiased.
+/// let mean = atlas::expectation(&cell, &params, &seq, &Method::Randomized(Pi::Constant(0.7)))?;
+/// let full = run(&cell, &params, &seq, &Run::new(Truncation::Full))?;
+/// assert!(mean.max_rel_diff(&full.grads) < 1e-12);
+/// # Ok::<(), timetape::Error>(())
+/// ```
+///
+/// Errors: as [`run`]; [`crate::Error::InvalidArgument`] for UORO and KF-RTRL (whose
+/// exact expectation is computed by enumeration, [`Mode::Exact`]) or a π outside
+/// (0, 1].
+pub fn expectation<F: Scalar, C: Recurrent<F>>(
+    cell: &C,
+    params: &Params<F>,
+    seq: &Sequence<'_, F>,
+    method: &Method,
+) -> Result<Grads<F>> {
+    let survival: Box<Survival> = match method {
+        Method::Randomized(pi) => {
+            let pi = pi.clone();
+            Box::new(move |t, m| pi.at(t, m).map(|p| (p, 1.0 / p)))
+        }
+        Method::Uoro | Method::KfRtrl(_) => {
+            return Err(invalid(
+                "atlas::expectation",
+                "UORO and KF-RTRL: enumerate their signs with Mode::Exact",
+            ))
+        }
+        _ => {
+            let ctx = Context::new(cell, params, seq, &[])?;
+            let g = ctx.outcome(&method.draw(0))?.g;
+            return ctx.grads(g.view());
+        }
+    };
+    let trace = Trace::new(cell, params, seq)?;
+    let mean = age_recursion(&trace, &survival)?;
+    let mut grads = Grads::zeros_like(params);
+    trace.layout.add_into(mean.view(), &mut grads)?;
+    grads.check_finite("atlas::expectation")?;
+    Ok(grads)
+}
+
+/// π_t and the ξ of a surviving edge, given t (1-based) and the steps m the segment
+/// already has before step t.
+type Survival = dyn Fn(usize, usize) -> Result<(f64, f64)>;
+
+/// The recursion of [`expectation`] over the trace; `survival(t, m)` gives π_t (for a
+/// segment of m steps before step t, 1-based t) and the ξ of a surviving edge.
+fn age_recursion<F: Scalar>(
+    trace: &Trace<F>,
+    survival: &Survival,
+) -> Result<Array1<F>> {
+    let steps = &trace.steps;
+    let mut g = trace.direct.clone();
+    let Some(first) = steps.first() else {
+        return Ok(g);
+    };
+    // ages[a − 1] = (q_t[a], W_t[a]).
+    let mut ages: Vec<(F, Array2<F>)> = vec![(F::one(), first.jtheta.clone())];
+    for (i, lin) in steps.iter().enumerate().skip(1) {
+        let mut next: Vec<(F, Array2<F>)> = Vec::with_capacity(ages.len() + 1);
+        let mut cut_q = F::zero();
+        next.push((F::zero(), Array2::zeros(first.jtheta.raw_dim())));
+        for (a, (q, w)) in ages.iter().enumerate() {
+            if *q == F::zero() {
+                next.push((F::zero(), Array2::zeros(w.raw_dim())));
+                continue;
+            }
+            let (p, xi) = survival(i + 1, a + 1)?;
+            let (p, xi) = (F::of(p), F::of(xi));
+            g.scaled_add(p * xi, &lin.back.dot(w));
+            let mut moved = lin.jh.dot(w);
+            moved.mapv_inplace(|v| v * p * xi);
+            moved.scaled_add(p * *q, &lin.jtheta);
+            next.push((p * *q, moved));
+            cut_q = cut_q + (F::one() - p) * *q;
+        }
+        next[0].0 = cut_q;
+        next[0].1.scaled_add(cut_q, &lin.jtheta);
+        ages = next;
+    }
+    Ok(g)
+}
+
 impl Method {
     /// The method's name in the table.
     pub fn name(&self) -> String {

@@ -29,9 +29,9 @@
 //! chunks of steps) is done in one place, `bptt::segment`; [`unroll`] records a whole
 //! sequence on a tape of the caller's.
 
+pub mod atlas;
 mod checkpoint;
 pub mod enumerate;
-pub mod atlas;
 pub mod online;
 mod parallel;
 mod segment;

@@ -217,9 +217,9 @@ impl Dims {
 pub(crate) struct Trace<F> {
     pub(crate) layout: Layout,
     pub(crate) dims: Dims,
-    steps: Vec<StepLinearization<F>>,
+    pub(crate) steps: Vec<StepLinearization<F>>,
     /// Σ_t of the steps' direct gradients.
-    direct: Array1<F>,
+    pub(crate) direct: Array1<F>,
     /// What the linearizing run cost (its grads are not used).
     pub(crate) report: Report<F>,
 }
