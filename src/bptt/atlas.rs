@@ -270,10 +270,7 @@ type Survival = dyn Fn(usize, usize) -> Result<(f64, f64)>;
 
 /// The recursion of [`expectation`] over the trace; `survival(t, m)` gives π_t (for a
 /// segment of m steps before step t, 1-based t) and the ξ of a surviving edge.
-fn age_recursion<F: Scalar>(
-    trace: &Trace<F>,
-    survival: &Survival,
-) -> Result<Array1<F>> {
+fn age_recursion<F: Scalar>(trace: &Trace<F>, survival: &Survival) -> Result<Array1<F>> {
     let steps = &trace.steps;
     let mut g = trace.direct.clone();
     let Some(first) = steps.first() else {
@@ -640,19 +637,23 @@ impl Welford {
 
 impl<F: Scalar> fmt::Display for Atlas<F> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let mc = matches!(self.mode, Mode::MonteCarlo { .. });
+        let draws = match self.mode {
+            Mode::MonteCarlo { .. } => "runs",
+            Mode::Exact => "outcomes",
+        };
         writeln!(
             f,
-            "| method | ‖bias‖/‖g‖ | tr Cov | backward steps | peak tape (bytes) | carried floats | {} |",
-            if mc { "runs" } else { "outcomes" }
+            "| method | ‖bias‖/‖g‖ | √tr Cov/‖g‖ | tr Cov | backward steps | peak tape (bytes) | carried floats | {draws} |",
         )?;
-        writeln!(f, "|---|---|---|---|---|---|---|")?;
+        writeln!(f, "|---|---|---|---|---|---|---|---|")?;
+        let norm = self.full.global_norm().as_f64();
         for e in &self.entries {
             writeln!(
                 f,
-                "| {} | {:.3e} | {:.3e} | {:.1} | {:.0} | {} | {} |",
+                "| {} | {:.3e} | {:.3} | {:.3e} | {:.1} | {:.0} | {} | {} |",
                 e.method,
                 e.relative_bias,
+                e.trace_cov.sqrt() / norm,
                 e.trace_cov,
                 e.backward_steps,
                 e.peak_tape_bytes,
