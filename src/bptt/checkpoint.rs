@@ -30,12 +30,14 @@
 //! # Ok::<(), timetape::Error>(())
 //! ```
 
-use super::segment::{Engine, Pass, Problem};
+use super::revolve::{self, Action};
+use super::segment::{Engine, Pass, Problem, Segment};
 use super::Edge;
 use crate::error::{invalid, Result};
 use crate::rnn::Recurrent;
 use crate::scalar::Scalar;
-use ndarray::Array2;
+use ndarray::{Array2, ArrayView2};
+use std::collections::BTreeMap;
 use std::ops::Range;
 
 /// Checkpointed full BPTT on `engine` (see the module docs); gives h_T.
@@ -54,6 +56,7 @@ pub(crate) fn run_checkpointed<F: Scalar, C: Recurrent<F>>(
         .map(|s| s..(s + stride).min(t_len))
         .collect();
     let (saved, h_final) = forward_sweep(engine, problem, &segments)?;
+    engine.stored_states = saved.len();
     backward_sweep(engine, problem, &segments, &saved)?;
     Ok(h_final)
 }
@@ -120,4 +123,134 @@ fn backward_sweep<F: Scalar, C: Recurrent<F>>(
         v.extend(norms_rev.into_iter().rev().flatten());
     }
     Ok(())
+}
+
+/// Binomial checkpointing ([`revolve::schedule`]) on `engine`: the actions run one
+/// step at a time on the tape; gives h_T.
+pub(crate) fn run_revolve<F: Scalar, C: Recurrent<F>>(
+    engine: &mut Engine<'_, F, C>,
+    problem: &Problem<'_, F>,
+    states: usize,
+) -> Result<Array2<F>> {
+    let t_len = problem.len();
+    let actions = revolve::schedule(t_len, states)?;
+    let mut run = Revolve {
+        stored: BTreeMap::new(),
+        current: (0, problem.h0.clone()),
+        carry: None,
+        h_final: None,
+        norms_rev: Vec::new(),
+    };
+    for action in actions {
+        run.act(engine, problem, action)
+            .map_err(|e| e.at_step_offset(action_step(action)))?;
+        engine.stored_states = engine.stored_states.max(run.stored.len());
+    }
+    if let Some(v) = engine.dh_norms.as_mut() {
+        v.clear();
+        v.extend(run.norms_rev.into_iter().rev());
+    }
+    run.h_final
+        .ok_or_else(|| invalid("Memory::Revolve", "the schedule never reversed step T"))
+}
+
+/// The step an action starts at (to place an error).
+fn action_step(action: Action) -> usize {
+    match action {
+        Action::Advance { from, .. } => from,
+        Action::Reverse { step } => step,
+        Action::Store { .. } | Action::Free { .. } => 0,
+    }
+}
+
+/// The state of a binomial-checkpointing run between actions.
+struct Revolve<F> {
+    /// The stored states, by step.
+    stored: BTreeMap<usize, Array2<F>>,
+    /// The state the last action ended on, and its step.
+    current: (usize, Array2<F>),
+    /// ∂L/∂h at the start of the last step reversed.
+    carry: Option<Array2<F>>,
+    h_final: Option<Array2<F>>,
+    /// ‖∂L/∂h_t‖ from the last step back.
+    norms_rev: Vec<F>,
+}
+
+impl<F: Scalar> Revolve<F> {
+    fn state(&self, at: usize) -> Result<ArrayView2<'_, F>> {
+        match self.stored.get(&at) {
+            Some(h) => Ok(h.view()),
+            None if self.current.0 == at => Ok(self.current.1.view()),
+            None => Err(invalid(
+                "Memory::Revolve",
+                format!("state {at} is not at hand"),
+            )),
+        }
+    }
+
+    fn act<C: Recurrent<F>>(
+        &mut self,
+        engine: &mut Engine<'_, F, C>,
+        problem: &Problem<'_, F>,
+        action: Action,
+    ) -> Result<()> {
+        match action {
+            Action::Store { at } => {
+                let h = self.state(at)?.to_owned();
+                self.stored.insert(at, h);
+            }
+            Action::Free { at } => {
+                self.stored.remove(&at);
+            }
+            Action::Advance { from, to } => {
+                let mut h = self.state(from)?.to_owned();
+                for t in from..to {
+                    let seg = Segment {
+                        xs: problem.steps(t, t + 1),
+                        tokens: problem.token_steps(t, t + 1),
+                        edges: &[Edge::Keep],
+                        loss: None,
+                    };
+                    engine.segment(h.view(), &seg, Pass::Forward)?;
+                    h.assign(&engine.state(0)?);
+                }
+                self.current = (to, h);
+            }
+            Action::Reverse { step } => self.reverse(engine, problem, step)?,
+        }
+        Ok(())
+    }
+
+    /// Records step `step` with its loss and backpropagates it with the carried ∂L/∂h.
+    fn reverse<C: Recurrent<F>>(
+        &mut self,
+        engine: &mut Engine<'_, F, C>,
+        problem: &Problem<'_, F>,
+        step: usize,
+    ) -> Result<()> {
+        let h = self.state(step)?.to_owned();
+        let edges = [Edge::Keep];
+        let seg = problem.segment(step..step + 1, &edges, step);
+        let end_seed = self.carry.as_ref().map(|c| c.view());
+        engine.segment(h.view(), &seg, Pass::Reverse { end_seed })?;
+        if step + 1 == problem.len() {
+            self.h_final = Some(engine.state(0)?.to_owned());
+        }
+        if engine.dh_norms.is_some() {
+            let before = engine.dh_norms.as_ref().map_or(0, |v| v.len());
+            engine.record_dh_norms(0)?;
+            if let Some(v) = engine.dh_norms.as_mut() {
+                self.norms_rev.extend(v.drain(before..));
+            }
+        }
+        let h_in = engine
+            .h_in
+            .ok_or_else(|| invalid("Memory::Revolve", "no step"))?;
+        self.carry = Some(match engine.tape.adjoint(h_in)? {
+            Some(a) => a.to_owned(),
+            None => Array2::zeros(h.dim()),
+        });
+        self.current = (usize::MAX, Array2::zeros((0, 0)));
+        Ok(())
+    }
 }

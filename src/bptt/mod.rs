@@ -34,6 +34,7 @@ mod checkpoint;
 pub mod enumerate;
 pub mod online;
 mod parallel;
+pub mod revolve;
 mod segment;
 mod stream;
 mod unroll;
@@ -244,6 +245,9 @@ pub struct Report<F> {
     pub peak_tape_bytes: usize,
     /// The last state h_T (to carry into the next sequence).
     pub h_final: Array2<F>,
+    /// The most states a checkpointing policy kept at once ([`Memory::Checkpointed`],
+    /// [`Memory::Revolve`]; h_0 included), 0 for the others.
+    pub stored_states: usize,
 }
 
 /// How the tape's memory is spent on a segment.
@@ -260,6 +264,43 @@ pub enum Memory {
         /// Steps between stored states (≥ 1), ⌈√T⌉ if `None`.
         stride: Option<usize>,
     },
+    /// Exact full-BPTT gradients (with [`Truncation::Full`]) keeping at most `states`
+    /// states at once, h_0 included, by the binomial schedule ([`revolve`]), which takes
+    /// the fewest forward steps any schedule with that many states can:
+    /// `T + r·T − C(s + r, s + 1)`, r the least with `C(s + r, s) ≥ T`. The tape holds one
+    /// step at a time. [`Memory::revolve_within`] converts a byte budget into states.
+    Revolve {
+        /// States kept at once (≥ 1; 1 keeps only h_0 and recomputes from it, T²/2
+        /// forward steps; T or more keeps every state, 2T − 1).
+        states: usize,
+    },
+}
+
+impl Memory {
+    /// [`Memory::Revolve`] with as many states as `bytes` holds: states of B×S entries
+    /// of F, `bytes / (B·S·size_of::<F>())` of them.
+    ///
+    /// ```
+    /// use timetape::bptt::Memory;
+    /// // 1 MiB of f32 states of a batch of 32 rows of 256 units: 32 states.
+    /// let m = Memory::revolve_within::<f32>(1 << 20, 32, 256)?;
+    /// assert_eq!(m, Memory::Revolve { states: 32 });
+    /// # Ok::<(), timetape::Error>(())
+    /// ```
+    ///
+    /// Errors: [`Error::InvalidArgument`] if not even one state fits.
+    pub fn revolve_within<F: Scalar>(bytes: usize, batch: usize, width: usize) -> Result<Memory> {
+        let per_state = batch
+            .saturating_mul(width)
+            .saturating_mul(std::mem::size_of::<F>());
+        match bytes.checked_div(per_state) {
+            Some(states) if states >= 1 => Ok(Memory::Revolve { states }),
+            _ => Err(invalid(
+                "Memory::revolve_within",
+                format!("{bytes} bytes hold no state of {batch}×{width} entries"),
+            )),
+        }
+    }
 }
 
 /// How a sequence is run: the truncation, how memory is spent, and options. The batch
@@ -439,7 +480,10 @@ fn dispatch<F: Scalar, C: Recurrent<F>>(
         (Truncation::Full, Memory::Checkpointed { stride }) => {
             checkpoint::run_checkpointed(engine, problem, stride).map(|h| (h, None))
         }
-        (_, Memory::Checkpointed { .. }) => Err(invalid(
+        (Truncation::Full, Memory::Revolve { states }) => {
+            checkpoint::run_revolve(engine, problem, states).map(|h| (h, None))
+        }
+        (_, Memory::Checkpointed { .. } | Memory::Revolve { .. }) => Err(invalid(
             "bptt",
             "checkpointing gives the exact gradient of Truncation::Full; other \
              truncations already keep one segment on the tape",

@@ -435,6 +435,7 @@ fn combine<F: Scalar>(reports: Vec<Report<F>>) -> Result<Report<F>> {
     });
     let peak_tape_nodes = reports.iter().map(|r| r.peak_tape_nodes).sum();
     let peak_tape_bytes = reports.iter().map(|r| r.peak_tape_bytes).sum();
+    let stored_states = reports.iter().map(|r| r.stored_states).sum();
     let mut reports = reports;
     let grads = tree_sum(
         reports
@@ -450,6 +451,7 @@ fn combine<F: Scalar>(reports: Vec<Report<F>>) -> Result<Report<F>> {
         dh_norms,
         peak_tape_nodes,
         peak_tape_bytes,
+        stored_states,
         ..first
     })
 }

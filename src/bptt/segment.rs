@@ -63,6 +63,9 @@ pub(crate) enum Pass<'s, F> {
     /// Backpropagate its loss, and `end_seed` (∂L/∂h at its last state) if given,
     /// without counting the loss again (checkpointing's backward sweep).
     Recompute { end_seed: Option<ArrayView2<'s, F>> },
+    /// Count its loss and backpropagate it with `end_seed` (binomial checkpointing,
+    /// which records every step once, last first).
+    Reverse { end_seed: Option<ArrayView2<'s, F>> },
 }
 
 /// A segment's recording, reused from segment to segment: the states `h_1 … h_k` and
@@ -213,6 +216,8 @@ pub(crate) struct Engine<'a, F: Scalar, C: Recurrent<F>> {
     pub(crate) forward_steps: usize,
     pub(crate) segments: usize,
     pub(crate) dh_norms: Option<Vec<F>>,
+    /// The most states a checkpointing policy kept at once.
+    pub(crate) stored_states: usize,
 }
 
 impl<'a, F: Scalar, C: Recurrent<F>> Engine<'a, F, C> {
@@ -249,6 +254,7 @@ impl<'a, F: Scalar, C: Recurrent<F>> Engine<'a, F, C> {
             forward_steps: 0,
             segments: 0,
             dh_norms: opts.dh_norms.then(Vec::new),
+            stored_states: 0,
         }
     }
 
@@ -290,6 +296,7 @@ impl<'a, F: Scalar, C: Recurrent<F>> Engine<'a, F, C> {
         let (count_loss, end_seed) = match pass {
             Pass::Forward | Pass::Backward => (true, None),
             Pass::Recompute { end_seed } => (false, end_seed),
+            Pass::Reverse { end_seed } => (true, end_seed),
         };
         if let (Some(l), true) = (l, count_loss) {
             self.loss = self.loss + self.tape.scalar(l)?;
@@ -377,6 +384,7 @@ impl<'a, F: Scalar, C: Recurrent<F>> Engine<'a, F, C> {
             dh_norms: self.dh_norms,
             peak_tape_nodes: stats.peak_nodes,
             peak_tape_bytes: stats.peak_bytes,
+            stored_states: self.stored_states,
             h_final,
         };
         let ws = Workspace {
