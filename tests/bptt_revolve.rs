@@ -15,7 +15,7 @@ use common::assert_grads_close;
 use common::cases::{Case, Data, Model, Shape, MODELS};
 use std::collections::BTreeSet;
 use timetape::bptt::revolve::{optimal_forward_steps, schedule, Action};
-use timetape::bptt::{run, Memory, Run, RunOptions, Truncation};
+use timetape::bptt::{run, Memory, Pi, Run, RunOptions, Truncation};
 use timetape::rnn::{Gru, Lstm, Recurrent, Sequence, Sizes, Stack};
 use timetape::{Error, Params};
 
@@ -200,8 +200,8 @@ fn budgets_that_cannot_work_are_refused() {
     let zero = Run::new(Truncation::Full).memory(Memory::Revolve { states: 0 });
     let err = run(&case.cell, &case.params, &seq, &zero).unwrap_err();
     assert!(matches!(err, Error::InvalidArgument { .. }), "{err}");
-    let fixed = Run::new(Truncation::Fixed { k: 2 }).memory(Memory::Revolve { states: 3 });
-    let err = run(&case.cell, &case.params, &seq, &fixed).unwrap_err();
+    let tbptt = Run::new(Truncation::Tbptt { k1: 2, k2: 3 }).memory(Memory::Revolve { states: 3 });
+    let err = run(&case.cell, &case.params, &seq, &tbptt).unwrap_err();
     assert!(matches!(err, Error::InvalidArgument { .. }), "{err}");
     let err = Memory::revolve_within::<f64>(100, 4, 4).unwrap_err();
     assert!(matches!(err, Error::InvalidArgument { .. }), "{err}");
@@ -211,4 +211,82 @@ fn budgets_that_cannot_work_are_refused() {
     );
     assert!(schedule(0, 3).is_err() && schedule(5, 0).is_err());
     assert!(optimal_forward_steps(0, 3).is_err());
+}
+
+#[test]
+fn a_budget_inside_segments_keeps_every_cut_based_estimate() {
+    let case = Case::new(Model::M3, 40, 3).with_h0(2);
+    let seq = case.seq();
+    let truncations = [
+        Truncation::Randomized {
+            pi: Pi::Constant(0.9),
+            seed: 1,
+        },
+        Truncation::Randomized {
+            pi: Pi::Constant(0.97),
+            seed: 2,
+        },
+        Truncation::Fixed { k: 7 },
+        Truncation::Pattern((0..40).map(|t| [1.0, 1.5, 0.0, 2.0, 1.0][t % 5]).collect()),
+    ];
+    for tr in truncations {
+        let what = format!("{tr:?}");
+        let tape = run(&case.cell, &case.params, &seq, &Run::new(tr.clone())).unwrap();
+        for s in [1, 3, 6] {
+            let how = Run::new(tr.clone()).memory(Memory::Revolve { states: s });
+            let r = run(&case.cell, &case.params, &seq, &how).unwrap();
+            assert_grads_close(&case.params, &r.grads, &tape.grads, 1e-12, &what);
+            assert_eq!(r.xi, tape.xi, "{what}: the same ξ");
+            assert_eq!(r.h_final, tape.h_final, "{what}: h_T");
+            assert!(r.stored_states <= s, "{what}");
+        }
+    }
+}
+
+/// `Randomized { π = 0.999 }` over 10^5 steps makes segments of about 1000 steps; a
+/// budget of 12 states keeps every one within it, with the uncapped run's estimate.
+#[test]
+fn randomized_near_one_at_t_1e5_stays_within_a_budget() {
+    let case = Case::sized(Model::M3, Shape::new(100_000, 1, 2, 2), 3, 0.5, 5);
+    let seq = case.seq();
+    let state_bytes = 3 * std::mem::size_of::<f64>();
+    let budget = 12 * state_bytes;
+    let memory = Memory::revolve_within::<f64>(budget, 1, 3).unwrap();
+    assert_eq!(memory, Memory::Revolve { states: 12 });
+    let one_step = run(
+        &case.cell,
+        &case.params,
+        &seq,
+        &Run::new(Truncation::Fixed { k: 1 }),
+    )
+    .unwrap();
+    for seed in [1, 2, 3] {
+        let tr = Truncation::Randomized {
+            pi: Pi::Constant(0.999),
+            seed,
+        };
+        let tape = run(&case.cell, &case.params, &seq, &Run::new(tr.clone())).unwrap();
+        let r = run(&case.cell, &case.params, &seq, &Run::new(tr).memory(memory)).unwrap();
+        assert!(
+            r.stored_states * state_bytes <= budget,
+            "seed {seed}: {} states",
+            r.stored_states
+        );
+        assert!(
+            r.peak_tape_nodes <= one_step.peak_tape_nodes,
+            "seed {seed}: one step on the tape"
+        );
+        assert!(
+            tape.peak_tape_nodes > 100 * r.peak_tape_nodes,
+            "seed {seed}: long segments uncapped"
+        );
+        assert_eq!(r.xi, tape.xi);
+        assert_grads_close(
+            &case.params,
+            &r.grads,
+            &tape.grads,
+            1e-12,
+            &format!("seed {seed}"),
+        );
+    }
 }

@@ -125,33 +125,41 @@ fn backward_sweep<F: Scalar, C: Recurrent<F>>(
     Ok(())
 }
 
-/// Binomial checkpointing ([`revolve::schedule`]) on `engine`: the actions run one
-/// step at a time on the tape; gives h_T.
+/// Binomial checkpointing ([`revolve::schedule`]) on `engine` over the steps `steps` of
+/// one segment, from the state `h` at its start, with `edges[j]` on the edge into its
+/// j-th step: the actions run one step at a time on the tape, the segment's gradient is
+/// added to the engine's; gives the state at its end.
 pub(crate) fn run_revolve<F: Scalar, C: Recurrent<F>>(
     engine: &mut Engine<'_, F, C>,
     problem: &Problem<'_, F>,
+    (steps, edges): (Range<usize>, &[Edge<F>]),
+    h: ArrayView2<'_, F>,
     states: usize,
 ) -> Result<Array2<F>> {
-    let t_len = problem.len();
-    let actions = revolve::schedule(t_len, states)?;
+    let actions = revolve::schedule(steps.len(), states)?;
     let mut run = Revolve {
+        start: steps.start,
+        edges,
         stored: BTreeMap::new(),
-        current: (0, problem.h0.clone()),
+        current: (0, h.to_owned()),
         carry: None,
-        h_final: None,
+        h_end: None,
         norms_rev: Vec::new(),
     };
     for action in actions {
         run.act(engine, problem, action)
-            .map_err(|e| e.at_step_offset(action_step(action)))?;
+            .map_err(|e| e.at_step_offset(steps.start + action_step(action)))?;
         engine.stored_states = engine.stored_states.max(run.stored.len());
     }
     if let Some(v) = engine.dh_norms.as_mut() {
-        v.clear();
         v.extend(run.norms_rev.into_iter().rev());
     }
-    run.h_final
-        .ok_or_else(|| invalid("Memory::Revolve", "the schedule never reversed step T"))
+    run.h_end.ok_or_else(|| {
+        invalid(
+            "Memory::Revolve",
+            "the schedule never reversed the last step",
+        )
+    })
 }
 
 /// The step an action starts at (to place an error).
@@ -163,20 +171,25 @@ fn action_step(action: Action) -> usize {
     }
 }
 
-/// The state of a binomial-checkpointing run between actions.
-struct Revolve<F> {
+/// The state of a binomial-checkpointing run between actions (steps local to the
+/// segment).
+struct Revolve<'e, F> {
+    /// The segment's first step, and the edges into its steps.
+    start: usize,
+    edges: &'e [Edge<F>],
     /// The stored states, by step.
     stored: BTreeMap<usize, Array2<F>>,
     /// The state the last action ended on, and its step.
     current: (usize, Array2<F>),
     /// ∂L/∂h at the start of the last step reversed.
     carry: Option<Array2<F>>,
-    h_final: Option<Array2<F>>,
+    /// The state at the segment's end.
+    h_end: Option<Array2<F>>,
     /// ‖∂L/∂h_t‖ from the last step back.
     norms_rev: Vec<F>,
 }
 
-impl<F: Scalar> Revolve<F> {
+impl<F: Scalar> Revolve<'_, F> {
     fn state(&self, at: usize) -> Result<ArrayView2<'_, F>> {
         match self.stored.get(&at) {
             Some(h) => Ok(h.view()),
@@ -204,7 +217,8 @@ impl<F: Scalar> Revolve<F> {
             }
             Action::Advance { from, to } => {
                 let mut h = self.state(from)?.to_owned();
-                for t in from..to {
+                for j in from..to {
+                    let t = self.start + j;
                     let seg = Segment {
                         xs: problem.steps(t, t + 1),
                         tokens: problem.token_steps(t, t + 1),
@@ -229,12 +243,13 @@ impl<F: Scalar> Revolve<F> {
         step: usize,
     ) -> Result<()> {
         let h = self.state(step)?.to_owned();
-        let edges = [Edge::Keep];
-        let seg = problem.segment(step..step + 1, &edges, step);
+        let t = self.start + step;
+        let edges = [self.edges[step]];
+        let seg = problem.segment(t..t + 1, &edges, t);
         let end_seed = self.carry.as_ref().map(|c| c.view());
         engine.segment(h.view(), &seg, Pass::Reverse { end_seed })?;
-        if step + 1 == problem.len() {
-            self.h_final = Some(engine.state(0)?.to_owned());
+        if self.h_end.is_none() {
+            self.h_end = Some(engine.state(0)?.to_owned());
         }
         if engine.dh_norms.is_some() {
             let before = engine.dh_norms.as_ref().map_or(0, |v| v.len());

@@ -264,11 +264,15 @@ pub enum Memory {
         /// Steps between stored states (≥ 1), ⌈√T⌉ if `None`.
         stride: Option<usize>,
     },
-    /// Exact full-BPTT gradients (with [`Truncation::Full`]) keeping at most `states`
-    /// states at once, h_0 included, by the binomial schedule ([`revolve`]), which takes
-    /// the fewest forward steps any schedule with that many states can:
-    /// `T + r·T − C(s + r, s + 1)`, r the least with `C(s + r, s) ≥ T`. The tape holds one
-    /// step at a time. [`Memory::revolve_within`] converts a byte budget into states.
+    /// At most `states` states kept at once, h_0 included, and one step on the tape: each
+    /// segment (the whole sequence under [`Truncation::Full`], each stretch between cuts
+    /// under `Fixed`, `Randomized` and `Pattern`) is reversed by the binomial schedule
+    /// ([`revolve`]), which takes the fewest forward steps any schedule with that many
+    /// states can: `T + r·T − C(s + r, s + 1)` for a segment of T steps, r the least with
+    /// `C(s + r, s) ≥ T`. The gradient is the one the segment gives on the tape (for a
+    /// seed of `Randomized`, the same ξ and the same estimate), so a long segment of a π
+    /// near 1 stays within the budget. [`Memory::revolve_within`] converts a byte budget
+    /// into states. (TBPTT with k2 ≠ k1 is refused.)
     Revolve {
         /// States kept at once (≥ 1; 1 keeps only h_0 and recomputes from it, T²/2
         /// forward steps; T or more keeps every state, 2T − 1).
@@ -480,10 +484,7 @@ fn dispatch<F: Scalar, C: Recurrent<F>>(
         (Truncation::Full, Memory::Checkpointed { stride }) => {
             checkpoint::run_checkpointed(engine, problem, stride).map(|h| (h, None))
         }
-        (Truncation::Full, Memory::Revolve { states }) => {
-            checkpoint::run_revolve(engine, problem, states).map(|h| (h, None))
-        }
-        (_, Memory::Checkpointed { .. } | Memory::Revolve { .. }) => Err(invalid(
+        (_, Memory::Checkpointed { .. }) => Err(invalid(
             "bptt",
             "checkpointing gives the exact gradient of Truncation::Full; other \
              truncations already keep one segment on the tape",
@@ -491,20 +492,27 @@ fn dispatch<F: Scalar, C: Recurrent<F>>(
         (Truncation::Tbptt { k1, k2 }, Memory::Tape) if k1 != k2 => {
             run_tbptt(engine, problem, *k1, *k2).map(|h| (h, None))
         }
-        (tr, Memory::Tape) => {
+        (Truncation::Tbptt { k1, k2 }, Memory::Revolve { .. }) if k1 != k2 => Err(invalid(
+            "bptt",
+            "Memory::Revolve runs cut-based truncations; TBPTT with k2 ≠ k1 recomputes its \
+             own windows",
+        )),
+        (tr, memory) => {
             let xi = tr
                 .xi(problem.len())?
                 .ok_or_else(|| invalid("bptt", "no ξ pattern"))?;
-            run_pattern(engine, problem, &xi).map(|h| (h, Some(xi)))
+            run_pattern(engine, problem, &xi, memory).map(|h| (h, Some(xi)))
         }
     }
 }
 
-/// Runs a cut-based strategy given its ξ: one segment between consecutive zeros.
+/// Runs a cut-based strategy given its ξ: one segment between consecutive zeros, on the
+/// tape whole or, under [`Memory::Revolve`], by binomial checkpointing within it.
 fn run_pattern<F: Scalar, C: Recurrent<F>>(
     engine: &mut Engine<'_, F, C>,
     problem: &Problem<'_, F>,
     xi: &[f64],
+    memory: Memory,
 ) -> Result<Array2<F>> {
     let t_len = problem.len();
     let mut h = problem.h0.clone();
@@ -521,6 +529,13 @@ fn run_pattern<F: Scalar, C: Recurrent<F>>(
         };
         edges.push(first);
         edges.extend(xi[start + 1..end].iter().map(|&x| Edge::from_xi(F::of(x))));
+        if let Memory::Revolve { states } = memory {
+            let h_end =
+                checkpoint::run_revolve(engine, problem, (start..end, &edges), h.view(), states)?;
+            h.assign(&h_end);
+            start = end;
+            continue;
+        }
         let seg = problem.segment(start..end, &edges, start);
         engine
             .segment(h.view(), &seg, Pass::Backward)
