@@ -89,6 +89,11 @@ pub(crate) enum Op<F> {
     /// A detached copy: backward stops here.
     Detach,
     ScaleGrad(usize, F),
+    /// `scale_grad` with one factor per row, `side.weights[at..at + rows]`.
+    ScaleGradRows {
+        a: usize,
+        at: usize,
+    },
 }
 
 impl<F: Scalar> Op<F> {
@@ -113,6 +118,7 @@ impl<F: Scalar> Op<F> {
             Op::GruCell { .. } => "gru_cell",
             Op::Detach => "detach",
             Op::ScaleGrad(..) => "scale_grad",
+            Op::ScaleGradRows { .. } => "scale_grad_rows",
         }
     }
 }
@@ -565,6 +571,9 @@ pub(crate) fn backward_node<F: Scalar>(tape: &mut Tape<F>, i: usize) -> Result<(
             gates::gru_cell_vjp(&mut cx, g, (u, s, h), side.saved[saved].view())
         }
         Op::ScaleGrad(a, c) => control::scale_grad_vjp(&mut cx, g, a, c),
+        Op::ScaleGradRows { a, at } => {
+            control::scale_grad_rows_vjp(&mut cx, g, a, &side.weights[at..at + g.nrows()])
+        }
     }
     cx.failed.map_or(Ok(()), Err)
 }
