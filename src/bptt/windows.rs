@@ -328,13 +328,15 @@ impl WindowLengths {
         while pmf.last() == Some(&0.0) {
             pmf.pop();
         }
+        // Suffix sums, divided by the first so that P(L ≥ 1) = 1 exactly: both steps are
+        // monotone in floating point, so P(L ≥ m + 1) ≤ P(L ≥ m) and π(m) ≤ 1.
         let mut survival = vec![0.0; pmf.len()];
         let mut tail = 0.0;
         for (s, p) in survival.iter_mut().zip(&pmf).rev() {
             tail += p;
             *s = tail;
         }
-        survival[0] = 1.0;
+        survival.iter_mut().for_each(|s| *s /= tail);
         let mean = pmf
             .iter()
             .enumerate()
@@ -403,10 +405,9 @@ impl WindowLengths {
     /// ends there, so that the next step starts a new one. 0 for m = 0 (the first step
     /// of a sequence starts the first window), 1 at the end of the support and past it.
     pub fn hazard(&self, m: usize) -> f64 {
-        let s = self.survival(m);
         match m {
             0 => 0.0,
-            _ if s > 0.0 => self.pmf(m) / s,
+            _ if self.survival(m + 1) > 0.0 => (self.pmf(m) / self.survival(m)).min(1.0),
             _ => 1.0,
         }
     }
