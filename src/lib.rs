@@ -59,6 +59,7 @@
 //! | [`bptt::Truncation::Fixed`] `{ k }` | biased (short horizon) | T | k steps |
 //! | [`bptt::Truncation::Tbptt`] `{ k1, k2 }` | biased | ≈ T k2/k1 | k2 steps |
 //! | [`bptt::Truncation::Randomized`] `{ π }` | unbiased, with variance | T | one segment, mean 1/(1 − π) |
+//! | [`bptt::Truncation::Windows`] `{ lengths }` (AWD-LSTM) | biased (no 1/π reweighting) | T | one window, mean E\[L\] |
 //!
 //! ## Non-finite values
 //!

@@ -288,9 +288,9 @@ pub struct Report<F> {
     /// The gradient estimate.
     pub grads: Grads<F>,
     /// Backward steps taken: steps recorded on a tape and backpropagated (T for Full,
-    /// Fixed and Randomized with a loss at every step; for TBPTT the sum of its window
-    /// lengths, ≈ T k2/k1). Segments that hold no loss term (a last-step loss) run no
-    /// backward pass and are not counted.
+    /// Fixed, Randomized and Windows with a loss at every step; for TBPTT the sum of its
+    /// window lengths, ≈ T k2/k1). Segments that hold no loss term (a last-step loss) run
+    /// no backward pass and are not counted.
     pub backward_steps: usize,
     /// Forward steps computed (T, or more when windows are recomputed: TBPTT,
     /// checkpointing).
