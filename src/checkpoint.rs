@@ -25,7 +25,7 @@
 //! read or written is an [`Error::Io`]. Optimizer state is stored by parameter name and
 //! re-keyed to the store given at load.
 
-use crate::bptt::{Pi, XiPosition, XiSampler};
+use crate::bptt::{Law, Pi, WindowLengths, XiPosition, XiSampler};
 use crate::error::{bad_file, invalid, Error, Result};
 use crate::optim::{Adam, Sgd};
 use crate::params::{Grads, ParamId, Params};
@@ -277,8 +277,9 @@ impl<'a, F: Scalar> Checkpoint<'a, F> {
         self
     }
 
-    /// Saves the position of a ξ sampler (not its π, which may be a closure: it is
-    /// given again to [`Loaded::sampler`]).
+    /// Saves the position of a ξ sampler (not its π, which may be a closure, nor its
+    /// window lengths: they are given again to [`Loaded::sampler`] or
+    /// [`Loaded::windows_sampler`]).
     pub fn sampler(mut self, sampler: &'a XiSampler) -> Self {
         self.sampler = Some(sampler);
         self
@@ -726,7 +727,24 @@ impl<F: Scalar> Loaded<F> {
                 "the checkpoint holds no sampler",
             )
         })?;
-        Ok(XiSampler::at_position(pi, pos))
+        Ok(XiSampler::at_position(Law::Randomized(pi), pos))
+    }
+
+    /// The saved sampler of windows ([`XiSampler::windows`]) with the window lengths
+    /// `lengths` (not saved: pass those of the saved sampler to continue its windows
+    /// exactly). For a [`Stream`](crate::bptt::Stream), see
+    /// [`Stream::with_sampler`](crate::bptt::Stream::with_sampler).
+    ///
+    /// Errors: [`Error::BadFile`] if no sampler was saved (key `sampler`).
+    pub fn windows_sampler(&self, lengths: WindowLengths) -> Result<XiSampler> {
+        let pos = self.sampler.as_ref().ok_or_else(|| {
+            bad_file(
+                "Loaded::windows_sampler",
+                "sampler",
+                "the checkpoint holds no sampler",
+            )
+        })?;
+        Ok(XiSampler::at_position(Law::Windows(lengths), pos))
     }
 
     /// The matrix saved under `name` ([`Checkpoint::matrix`]).

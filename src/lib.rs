@@ -59,6 +59,7 @@
 //! | [`bptt::Truncation::Fixed`] `{ k }` | biased (short horizon) | T | k steps |
 //! | [`bptt::Truncation::Tbptt`] `{ k1, k2 }` | biased | ≈ T k2/k1 | k2 steps |
 //! | [`bptt::Truncation::Randomized`] `{ π }` | unbiased, with variance | T | one segment, mean 1/(1 − π) |
+//! | [`bptt::Truncation::Windows`] `{ lengths }` (AWD-LSTM) | biased (no 1/π reweighting) | T | one window, mean E\[L\] |
 //! | [`bptt::online::Estimator::Rtrl`] (forward mode) | exact (or any ξ pattern's) | none: B·S + 1 one-step VJPs a step | one step; carries B·S·P floats |
 //! | [`bptt::online::Estimator::Uoro`] | unbiased, high variance | none (as RTRL) | one step; carries B·S + P floats |
 //! | [`bptt::online::Estimator::KfRtrl`] (vanilla RNN) | unbiased, less variance than UORO | none (as RTRL) | one step; carries B·(S² + D + S + 1) floats |

@@ -14,7 +14,7 @@ use common::max_abs_diff;
 use ndarray::{Array2, Axis};
 use rand::Rng;
 use timetape::bptt::Run;
-use timetape::bptt::{self, Pi, Report, StepTarget, Stream, Truncation};
+use timetape::bptt::{self, Pi, Report, StepTarget, Stream, Truncation, WindowLengths};
 use timetape::rnn::{models, SequenceLoss, Sizes};
 use timetape::{init, Params};
 
@@ -84,6 +84,10 @@ fn strategies(t: usize) -> Vec<Truncation> {
         Truncation::Randomized {
             pi: Pi::hazard(|m| 1.0 / (1.0 + 0.2 * m as f64)),
             seed: 5,
+        },
+        Truncation::Windows {
+            lengths: WindowLengths::from_pmf(vec![0.0, 0.2, 0.3, 0.5]).unwrap(),
+            seed: 6,
         },
         Truncation::Pattern(pattern),
     ]

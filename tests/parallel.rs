@@ -13,7 +13,8 @@ mod common;
 use common::cases::{Data, Shape};
 use ndarray::Array2;
 use timetape::bptt::{
-    run, shard_rows, tree_sum, Memory, Parallel, Pi, Report, Run, StepTarget, Stream, Truncation,
+    run, shard_rows, tree_sum, Awd, Memory, Parallel, Pi, Report, Run, StepTarget, Stream,
+    Truncation, WindowLengths,
 };
 use timetape::optim::clip_global_norm;
 use timetape::rnn::{
@@ -30,6 +31,10 @@ fn truncations() -> Vec<Run> {
         Truncation::Tbptt { k1: 2, k2: 5 },
         Truncation::Randomized {
             pi: Pi::Constant(0.6),
+            seed: 4,
+        },
+        Truncation::Windows {
+            lengths: WindowLengths::from_pmf(vec![0.0, 0.5, 0.5]).unwrap(),
             seed: 4,
         },
         Truncation::Pattern(vec![1.0, 0.0, 2.0, 1.0, 0.5, 0.0, 1.0, 3.0, 1.0]),
@@ -299,6 +304,14 @@ fn a_parallel_stream_equals_one_stream_for_every_streamed_truncation() {
         Truncation::Tbptt { k1: 5, k2: 5 },
         Truncation::Randomized {
             pi: Pi::Constant(0.9),
+            seed: 3,
+        },
+        Truncation::Windows {
+            lengths: WindowLengths::awd(Awd {
+                base: 35,
+                ..Awd::default()
+            })
+            .unwrap(),
             seed: 3,
         },
     ];

@@ -10,6 +10,7 @@
 //! | [`Truncation::Full`] | 1 | kept |
 //! | [`Truncation::Fixed`] `{ k }` | 0 at block starts (t ≡ 1 mod k), else 1 | `detach` / kept |
 //! | [`Truncation::Randomized`] `{ pi, seed }` | 0 w.p. 1 − π_t, else 1/π_t | `detach` / `scale_grad(·, 1/π_t)` |
+//! | [`Truncation::Windows`] `{ lengths, seed }` | 0 at window starts (iid lengths), else 1 | `detach` / kept |
 //! | [`Truncation::Pattern`] | given | `detach` if 0, else `scale_grad(·, ξ_t)` |
 //!
 //! A ξ_t = 0 cuts the sequence: the runner finishes the segment before the cut (its
@@ -20,8 +21,13 @@
 //! of those k1 steps are backpropagated k2 ≥ k1 steps into the past; each update
 //! recomputes its window of k2 steps from the stored state at its start.
 //!
+//! [`Truncation::Windows`] is AWD-LSTM's variable-length truncation ([`WindowLengths`],
+//! [`Awd`]): biased, since a kept edge is not reweighted; [`WindowLengths::unbiased_pi`]
+//! gives the same windows as an unbiased `Randomized`.
+//!
 //! [`Memory::Checkpointed`] gives exact full-BPTT gradients with O(√T) tape memory, and
-//! [`enumerate`] the exact expectation and variance of the randomized estimator.
+//! [`enumerate`] the exact expectation and variance of the randomized and windowed
+//! estimators.
 //!
 //! A sequence ([`Sequence`]) and how it is run ([`Run`]: truncation, memory policy,
 //! options) are values, taken alike by [`run`], [`Workspace::run`] and [`Stream`].
@@ -38,6 +44,7 @@ pub mod revolve;
 mod segment;
 mod stream;
 mod unroll;
+mod windows;
 mod xi;
 
 #[cfg(feature = "mpi")]
@@ -48,8 +55,9 @@ pub use parallel::{
 pub use segment::Edge;
 pub use stream::{StepTarget, Stream};
 pub use unroll::{unroll, Unroll, Unrolled};
-pub(crate) use xi::XiPosition;
+pub use windows::{segment_lengths, Awd, WindowLengths, MAX_WINDOW};
 pub use xi::{sample_xi, Pi, XiSampler};
+pub(crate) use xi::{Law, XiPosition};
 
 use crate::error::{invalid, Error, Result};
 use crate::params::{Grads, Params};
@@ -121,6 +129,50 @@ pub enum Truncation {
     /// An explicit ξ_1..ξ_T (any reals; 0 cuts). Replays a sampled run, or builds any
     /// of the other cut-based strategies by hand.
     Pattern(Vec<f64>),
+    /// Variable-length windows, as AWD-LSTM trains: consecutive windows of independent
+    /// lengths drawn from `lengths`, h detached at every window start. ξ_t = 0 at the
+    /// first step of every window after the first, 1 elsewhere: no 1/π rescaling, so the
+    /// gradient is **biased** (a loss sees the parameters' use i steps back only when
+    /// no window starts in between, and nothing makes up for the times it does not).
+    /// `Randomized { pi: lengths.unbiased_pi(), seed }` cuts the same windows and
+    /// reweights them: unbiased.
+    ///
+    /// Drawn as a hazard ([`XiSampler::windows`]): after m steps of the current window,
+    /// the next step starts a new one with probability `P(L = m)/P(L ≥ m)`, one uniform
+    /// draw per step from the seeded ChaCha8 stream of `Randomized`. The windows are
+    /// those of [`Truncation::xi`] and [`Report::xi`]; [`segment_lengths`] lists their
+    /// lengths, and [`WindowLengths::lr_scale`] gives AWD-LSTM's learning-rate scale.
+    ///
+    /// ```
+    /// use ndarray::{Array2, Array3};
+    /// use timetape::bptt::{run, segment_lengths, Awd, Run, Truncation, WindowLengths};
+    /// use timetape::rnn::{models, Sequence, SequenceLoss, Sizes};
+    /// use timetape::Params;
+    ///
+    /// let mut params = Params::<f64>::new();
+    /// let cell = models::m3(&mut params, Sizes::new(2, 4, 3), 0)?;
+    /// let xs = Array3::from_shape_fn((300, 1, 2), |(t, _, d)| ((t + d) as f64).sin());
+    /// let labels = Array2::from_shape_fn((300, 1), |(t, _)| t % 3);
+    /// let seq = Sequence::new(xs.view(), SequenceLoss::classes(labels.view()));
+    /// let lengths = WindowLengths::awd(Awd::default())?;
+    /// let windows = Truncation::Windows { lengths: lengths.clone(), seed: 1 };
+    /// let r = run(&cell, &params, &seq, &Run::new(windows))?;
+    /// let xi = r.xi.expect("the windows used");
+    /// let lens = segment_lengths(&xi);
+    /// assert_eq!(lens.iter().sum::<usize>(), 300);
+    /// assert_eq!(lens.len(), r.segments);
+    /// // all but the last (cut short by T) are AWD lengths
+    /// assert!(lens[..lens.len() - 1].iter().all(|&l| lengths.pmf(l) > 0.0));
+    /// let lr: Vec<f64> = lens.iter().map(|&l| 0.1 * lengths.lr_scale(l)).collect();
+    /// # let _ = lr;
+    /// # Ok::<(), timetape::Error>(())
+    /// ```
+    Windows {
+        /// The distribution of the window lengths.
+        lengths: WindowLengths,
+        /// Seed of the draws: the same seed gives the same windows.
+        seed: u64,
+    },
 }
 
 impl Truncation {
@@ -128,7 +180,8 @@ impl Truncation {
     ///
     /// Errors: [`Error::InvalidArgument`] for k = 0, k1 = 0, k2 < k1, a constant π
     /// outside (0, 1], a pattern with a non-finite entry; [`Error::ShapeMismatch`] for a
-    /// pattern whose length is not `t_len`.
+    /// pattern whose length is not `t_len`. (`Windows` is always valid: its
+    /// [`WindowLengths`] was checked when it was built.)
     pub fn validate(&self, t_len: Option<usize>) -> Result<()> {
         let op = "Truncation";
         match self {
@@ -145,6 +198,8 @@ impl Truncation {
                 Pi::Constant(p) => xi::check_pi(*p),
                 _ => Ok(()),
             },
+            // A `WindowLengths` is checked when it is built.
+            Truncation::Windows { .. } => Ok(()),
             Truncation::Pattern(xi) => {
                 if let Some(t) = t_len {
                     if xi.len() != t {
@@ -172,8 +227,20 @@ impl Truncation {
             Truncation::Tbptt { k1, k2 } if k1 == k2 => Some(fixed_pattern(t_len, *k1)?),
             Truncation::Tbptt { .. } => None,
             Truncation::Randomized { pi, seed } => Some(sample_xi(pi, t_len, *seed)?),
+            Truncation::Windows { lengths, seed } => {
+                Some(xi::draw(XiSampler::windows(lengths.clone(), *seed), t_len)?)
+            }
             Truncation::Pattern(xi) => Some(xi.clone()),
         })
+    }
+
+    /// Whether a run's [`Report::xi`] holds the ξ used (the strategies that draw or
+    /// are given them).
+    pub(crate) fn reports_xi(&self) -> bool {
+        matches!(
+            self,
+            Truncation::Randomized { .. } | Truncation::Windows { .. } | Truncation::Pattern(_)
+        )
     }
 }
 
@@ -224,16 +291,17 @@ pub struct Report<F> {
     /// The gradient estimate.
     pub grads: Grads<F>,
     /// Backward steps taken: steps recorded on a tape and backpropagated (T for Full,
-    /// Fixed and Randomized with a loss at every step; for TBPTT the sum of its window
-    /// lengths, ≈ T k2/k1). Segments that hold no loss term (a last-step loss) run no
-    /// backward pass and are not counted.
+    /// Fixed, Randomized and Windows with a loss at every step; for TBPTT the sum of its
+    /// window lengths, ≈ T k2/k1). Segments that hold no loss term (a last-step loss) run
+    /// no backward pass and are not counted.
     pub backward_steps: usize,
     /// Forward steps computed (T, or more when windows are recomputed: TBPTT,
     /// checkpointing).
     pub forward_steps: usize,
     /// Segments (tapes) backpropagated.
     pub segments: usize,
-    /// The ξ_1..ξ_T used, for cut-based strategies (to replay a sampled run).
+    /// The ξ_1..ξ_T used by `Randomized`, `Windows` and `Pattern` (to replay a sampled
+    /// run; [`segment_lengths`] gives the lengths of its windows).
     pub xi: Option<Vec<f64>>,
     /// ‖∂L/∂h_t‖ for t = 1..T, if asked for in [`RunOptions`].
     pub dh_norms: Option<Vec<F>>,
@@ -415,10 +483,7 @@ impl<F: Scalar> Workspace<F> {
         let mut engine = Engine::with_workspace(std::mem::take(self), cell, params, how.options);
         let outcome = dispatch(&mut engine, &problem, how)
             .and_then(|(h, xi)| engine.check_finite(&h).map(|()| (h, xi)));
-        let keep_xi = matches!(
-            how.truncation,
-            Truncation::Randomized { .. } | Truncation::Pattern(_)
-        );
+        let keep_xi = how.truncation.reports_xi();
         match outcome {
             Ok((h_final, xi)) => {
                 let (report, back) = engine.finish(xi.filter(|_| keep_xi), h_final);

@@ -140,8 +140,8 @@ impl<F: Scalar> AllReduce<F> for Local {
 /// batch's), each worker its own [`Workspace`], kept for the next call. The losses and
 /// gradients are summed by [`tree_sum`] in shard order, so a given N gives bit-identical
 /// results run after run, and results within rounding of one worker
-/// (every truncation: the ξ of `Randomized` are drawn once from its seed and shared by
-/// all rows, as with one worker).
+/// (every truncation: the ξ of `Randomized` and `Windows` are drawn once from its seed
+/// and shared by all rows, as with one worker).
 ///
 /// ```
 /// use ndarray::{Array2, Array3};

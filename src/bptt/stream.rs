@@ -46,7 +46,7 @@ enum Kind {
 /// The loss is `Σ_t α_t (1/B) Σ_b l(o_{t,b}, y_{t,b})` (a sum over time; give
 /// `α_t = 1/T` for a mean; [`Stream::sum_over_batch`] for a sum over the rows), `l` as
 /// in [`StepTarget`]. Strategies: `Full`, `Fixed`,
-/// `Tbptt { k, k }`, `Randomized` and `Pattern`; TBPTT with k2 ≠ k1 needs the sequence
+/// `Tbptt { k, k }`, `Randomized`, `Windows` and `Pattern`; TBPTT with k2 ≠ k1 needs the sequence
 /// at hand, see [`super::run`]. Fed the same steps, the [`Report`](super::Report) of
 /// [`Stream::finish`] has the gradient of [`super::run`] with the same truncation, up to
 /// rounding.
@@ -127,13 +127,12 @@ impl<'a, F: Scalar, C: Recurrent<F>> Stream<'a, F, C> {
         }
         let sampler = match &truncation {
             Truncation::Randomized { pi, seed } => Some(XiSampler::new(pi.clone(), *seed)),
+            Truncation::Windows { lengths, seed } => {
+                Some(XiSampler::windows(lengths.clone(), *seed))
+            }
             _ => None,
         };
-        let all_xi = matches!(
-            truncation,
-            Truncation::Randomized { .. } | Truncation::Pattern(_)
-        )
-        .then(Vec::new);
+        let all_xi = truncation.reports_xi().then(Vec::new);
         Ok(Stream {
             engine: Engine::new(cell, params, opts),
             truncation,
@@ -181,6 +180,76 @@ impl<'a, F: Scalar, C: Recurrent<F>> Stream<'a, F, C> {
         self
     }
 
+    /// The ξ sampler of a `Randomized` or `Windows` stream, where it is: its next draw
+    /// is the ξ of the next step pushed. Save its position with
+    /// [`Checkpoint::sampler`](crate::checkpoint::Checkpoint::sampler) to resume the
+    /// same draws in a later stream ([`Stream::with_sampler`]). `None` for the other
+    /// strategies.
+    pub fn sampler(&self) -> Option<&XiSampler> {
+        self.sampler.as_ref()
+    }
+
+    /// Continues the ξ draws of another sampler: a stream resumed from a checkpoint
+    /// ([`Loaded::sampler`](crate::checkpoint::Loaded::sampler) or
+    /// [`Loaded::windows_sampler`](crate::checkpoint::Loaded::windows_sampler)) draws
+    /// the ξ (cuts the windows) that the saved stream would have drawn next. The
+    /// gradient still starts afresh at the resumed stream's first step: the saved
+    /// stream's last segment was backpropagated by its [`Stream::finish`].
+    ///
+    /// ```
+    /// use ndarray::Array2;
+    /// use timetape::bptt::{Awd, Run, Stream, StepTarget, Truncation, WindowLengths};
+    /// use timetape::checkpoint::{Checkpoint, Loaded};
+    /// use timetape::rnn::{models, Rnn, Sizes};
+    /// use timetape::Params;
+    ///
+    /// let mut params = Params::<f64>::new();
+    /// let cell = models::m3(&mut params, Sizes::new(1, 4, 2), 0)?;
+    /// let lengths = WindowLengths::awd(Awd::default())?;
+    /// let how = Run::new(Truncation::Windows { lengths: lengths.clone(), seed: 5 });
+    /// fn feed(s: &mut Stream<'_, f64, Rnn>, steps: usize) -> timetape::Result<()> {
+    ///     for t in 0..steps {
+    ///         let x = Array2::from_elem((1, 1), (t as f64).sin());
+    ///         s.push(x.view(), StepTarget::Classes(&[t % 2]), 1.0)?;
+    ///     }
+    ///     Ok(())
+    /// }
+    /// let mut first = Stream::new(&cell, &params, 1, &how)?;
+    /// feed(&mut first, 150)?;
+    /// let bytes = Checkpoint::new(&params).sampler(first.sampler().unwrap()).to_bytes()?;
+    /// let mut xi = first.finish()?.xi.unwrap();
+    ///
+    /// let sampler = Loaded::<f64>::from_bytes(&bytes)?.windows_sampler(lengths)?;
+    /// let mut second = Stream::new(&cell, &params, 1, &how)?.with_sampler(sampler)?;
+    /// feed(&mut second, 150)?;
+    /// xi.extend(second.finish()?.xi.unwrap());
+    /// assert_eq!(xi, how.truncation.xi(300)?.unwrap()); // the same windows
+    /// # Ok::<(), timetape::Error>(())
+    /// ```
+    ///
+    /// Errors: [`Error::InvalidArgument`] if the stream's truncation draws no ξ (not
+    /// `Randomized` or `Windows`), if the sampler draws windows and the stream is
+    /// `Randomized` (or the reverse), or if steps were already pushed.
+    pub fn with_sampler(mut self, sampler: XiSampler) -> Result<Self> {
+        let op = "Stream::with_sampler";
+        let windows = match &self.truncation {
+            Truncation::Randomized { .. } => false,
+            Truncation::Windows { .. } => true,
+            _ => return Err(invalid(op, "only Randomized and Windows streams draw ξ")),
+        };
+        if sampler.draws_windows() != windows {
+            return Err(invalid(
+                op,
+                "a Windows stream needs a sampler of windows, a Randomized one a sampler of π",
+            ));
+        }
+        if self.t > 0 {
+            return Err(invalid(op, "steps were already pushed"));
+        }
+        self.sampler = Some(sampler);
+        Ok(self)
+    }
+
     /// This stream as the rows of a batch of `batch` rows: a mean over the batch divides
     /// by `batch` (see [`crate::rnn::SequenceLoss::rows`]).
     pub(crate) fn part_of(mut self, batch: usize) -> Self {
@@ -199,10 +268,12 @@ impl<'a, F: Scalar, C: Recurrent<F>> Stream<'a, F, C> {
                     1.0
                 }
             }
-            Truncation::Randomized { .. } => match self.sampler.as_mut() {
-                Some(s) => s.next_xi()?,
-                None => return Err(invalid("Stream", "no sampler")),
-            },
+            Truncation::Randomized { .. } | Truncation::Windows { .. } => {
+                match self.sampler.as_mut() {
+                    Some(s) => s.next_xi()?,
+                    None => return Err(invalid("Stream", "no sampler")),
+                }
+            }
             Truncation::Pattern(p) => *p.get(t).ok_or_else(|| {
                 invalid(
                     "Stream::push",
@@ -435,7 +506,7 @@ impl<'a, F: Scalar, C: Recurrent<F>> Stream<'a, F, C> {
 
     /// Backpropagates the last segment and reports: the loss, the gradient and the costs
     /// of all the steps fed, `h_final` the last state, and `xi` the ξ used for
-    /// `Randomized` and `Pattern`.
+    /// `Randomized`, `Windows` and `Pattern`.
     ///
     /// Errors: [`Error::EmptyInput`] if no step was fed; [`Error::ShapeMismatch`] if a
     /// `Pattern` has more entries than the steps fed.

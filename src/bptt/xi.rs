@@ -3,6 +3,7 @@
 //! `P(ξ_t = 1/π_t) = π_t`, `P(ξ_t = 0) = 1 − π_t`, so `E[ξ_t] = 1`; ξ_t = 0 cuts the edge
 //! `h_{t−1} → step t`, and a surviving edge scales the gradient by `1/π_t`.
 
+use super::windows::WindowLengths;
 use crate::error::{invalid, Result};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -120,7 +121,9 @@ pub(crate) fn check_pi(p: f64) -> Result<()> {
 /// Draws ξ_1, ξ_2, … one at a time: ξ_t = 1/π_t with probability π_t, else 0, from a
 /// seeded ChaCha8 stream (one uniform draw per step). This is what
 /// [`Truncation::Randomized`](super::Truncation::Randomized) and
-/// [`Stream`](super::Stream) use; [`sample_xi`] collects T draws.
+/// [`Stream`](super::Stream) use; [`sample_xi`] collects T draws. A sampler of windows
+/// ([`XiSampler::windows`]) draws the 0/1 of
+/// [`Truncation::Windows`](super::Truncation::Windows) from the same stream.
 ///
 /// ```
 /// use timetape::bptt::{Pi, XiSampler};
@@ -134,22 +137,61 @@ pub(crate) fn check_pi(p: f64) -> Result<()> {
 /// ```
 #[derive(Debug, Clone)]
 pub struct XiSampler {
-    pi: Pi,
+    law: Law,
     rng: ChaCha8Rng,
     t: usize,
     m: usize,
+}
+
+/// What an [`XiSampler`] draws: the ξ of randomized truncation, or the 0/1 of windows.
+#[derive(Debug, Clone)]
+pub(crate) enum Law {
+    /// ξ_t = 1/π_t with probability π_t, else 0.
+    Randomized(Pi),
+    /// ξ_t = 1 with probability π(m) of the window lengths, else 0.
+    Windows(WindowLengths),
 }
 
 impl XiSampler {
     /// A sampler at t = 1, seeded with `seed` (ChaCha8: the same seed gives the same ξ on
     /// every platform).
     pub fn new(pi: Pi, seed: u64) -> Self {
+        Self::with_law(Law::Randomized(pi), seed)
+    }
+
+    /// A sampler of the windows of
+    /// [`Truncation::Windows`](super::Truncation::Windows) `{ lengths, seed }`: ξ_t = 1
+    /// with probability π(m) ([`WindowLengths::pi`], m the steps of the current window
+    /// before step t), else 0 (a new window starts at step t). The same ChaCha8 stream
+    /// and one uniform draw per step as [`XiSampler::new`]: with the same seed, its cuts
+    /// are those of `XiSampler::new(lengths.unbiased_pi(), seed)` wherever π(m) > 0.
+    ///
+    /// ```
+    /// use timetape::bptt::{segment_lengths, WindowLengths, XiSampler};
+    ///
+    /// let lengths = WindowLengths::from_pmf(vec![0.0, 0.0, 1.0])?; // always 3 steps
+    /// let mut s = XiSampler::windows(lengths, 7);
+    /// let xi: Vec<f64> = (0..8).map(|_| s.next_xi()).collect::<Result<_, _>>()?;
+    /// assert_eq!(xi, [1.0, 1.0, 1.0, 0.0, 1.0, 1.0, 0.0, 1.0]);
+    /// assert_eq!(segment_lengths(&xi), [3, 3, 2]);
+    /// # Ok::<(), timetape::Error>(())
+    /// ```
+    pub fn windows(lengths: WindowLengths, seed: u64) -> Self {
+        Self::with_law(Law::Windows(lengths), seed)
+    }
+
+    fn with_law(law: Law, seed: u64) -> Self {
         XiSampler {
-            pi,
+            law,
             rng: crate::init::rng(seed),
             t: 0,
             m: 0,
         }
+    }
+
+    /// Whether this sampler draws windows ([`XiSampler::windows`]).
+    pub(crate) fn draws_windows(&self) -> bool {
+        matches!(self.law, Law::Windows(_))
     }
 
     /// Where the sampler is (for [`crate::checkpoint`]).
@@ -163,29 +205,35 @@ impl XiSampler {
         }
     }
 
-    /// A sampler with `pi` at a position read by [`XiSampler::position`]: it continues
+    /// A sampler of `law` at a position read by [`XiSampler::position`]: it continues
     /// with the draws the saved one would have made.
-    pub(crate) fn at_position(pi: Pi, pos: &XiPosition) -> Self {
+    pub(crate) fn at_position(law: Law, pos: &XiPosition) -> Self {
         let mut rng = ChaCha8Rng::from_seed(pos.seed);
         rng.set_stream(pos.stream);
         rng.set_word_pos(pos.word_pos);
         XiSampler {
-            pi,
+            law,
             rng,
             t: pos.t,
             m: pos.m,
         }
     }
 
-    /// The next ξ_t (t counts the calls, from 1).
+    /// The next ξ_t (t counts the calls, from 1): 1/π_t or 0, or for windows 1 or 0.
     ///
     /// Errors: [`Error::InvalidArgument`](crate::Error::InvalidArgument) if π_t is
-    /// outside (0, 1]; t has moved on.
+    /// outside (0, 1] (never for windows); t has moved on.
     pub fn next_xi(&mut self) -> Result<f64> {
         self.t += 1;
-        let p = self.pi.at(self.t, self.m)?;
+        let (p, kept) = match &self.law {
+            Law::Randomized(pi) => {
+                let p = pi.at(self.t, self.m)?;
+                (p, 1.0 / p)
+            }
+            Law::Windows(lengths) => (lengths.pi(self.m), 1.0),
+        };
         let u: f64 = self.rng.random();
-        let xi = if u < p { 1.0 / p } else { 0.0 };
+        let xi = if u < p { kept } else { 0.0 };
         self.m = next_m(self.m, xi);
         Ok(xi)
     }
@@ -217,10 +265,14 @@ pub(crate) struct XiPosition {
 /// Errors: [`Error::InvalidArgument`](crate::Error::InvalidArgument) if some π_t is
 /// outside (0, 1].
 pub fn sample_xi(pi: &Pi, t_len: usize, seed: u64) -> Result<Vec<f64>> {
-    let mut s = XiSampler::new(pi.clone(), seed);
+    draw(XiSampler::new(pi.clone(), seed), t_len)
+}
+
+/// The first `t_len` draws of `sampler`.
+pub(crate) fn draw(mut sampler: XiSampler, t_len: usize) -> Result<Vec<f64>> {
     let mut xi = crate::init::try_collect("sample_xi", t_len, |_| 0.0)?;
     for x in &mut xi {
-        *x = s.next_xi()?;
+        *x = sampler.next_xi()?;
     }
     Ok(xi)
 }

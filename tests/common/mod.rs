@@ -11,6 +11,7 @@
 //! own crate, so an item one file does not use is dead code there).
 #![allow(dead_code)]
 
+pub mod balance;
 pub mod cases;
 
 use ndarray::ArrayView2;
