@@ -25,6 +25,12 @@
 //! [`Awd`]): biased, since a kept edge is not reweighted; [`WindowLengths::unbiased_pi`]
 //! gives the same windows as an unbiased `Randomized`.
 //!
+//! [`Truncation::Adaptive`] is TBPTT whose window is chosen at every update from the
+//! measured decay of ‖∂L/∂h‖, as the shortest whose estimated relative bias is within a
+//! tolerance ([`Adaptive`]).
+//!
+//! [`Memory::Revolve`] keeps at most s states by binomial checkpointing ([`revolve`]),
+//! within the segments of any cut-based truncation;
 //! [`Memory::Checkpointed`] gives exact full-BPTT gradients with O(√T) tape memory, and
 //! [`enumerate`] the exact expectation and variance of the randomized and windowed
 //! estimators.
@@ -35,6 +41,7 @@
 //! chunks of steps) is done in one place, `bptt::segment`; [`unroll`] records a whole
 //! sequence on a tape of the caller's.
 
+mod adaptive;
 pub mod atlas;
 mod checkpoint;
 pub mod enumerate;
@@ -47,6 +54,7 @@ mod unroll;
 mod windows;
 mod xi;
 
+pub use adaptive::{Adaptive, AdaptiveUpdate};
 #[cfg(feature = "mpi")]
 pub(crate) use parallel::tree_sum_scalars;
 pub use parallel::{
@@ -173,6 +181,33 @@ pub enum Truncation {
         /// Seed of the draws: the same seed gives the same windows.
         seed: u64,
     },
+    /// Adaptive truncation (after Aicher, Foti & Fox 2019): TBPTT whose window is chosen
+    /// at every update, from the decay of ‖∂L/∂h‖ it has just measured, as the shortest
+    /// whose estimated relative bias is within δ (see [`Adaptive`]). [`Report::adaptive`]
+    /// lists every update's window, fitted decay and bound. Not streamed.
+    ///
+    /// ```
+    /// use ndarray::{Array2, Array3};
+    /// use timetape::bptt::{run, Adaptive, Run, Truncation};
+    /// use timetape::rnn::{models, SequenceLoss, Sequence, Sizes};
+    /// use timetape::Params;
+    ///
+    /// let mut params = Params::<f64>::new();
+    /// let cell = models::m3(&mut params, Sizes::new(2, 4, 3), 0)?;
+    /// let xs = Array3::from_shape_fn((100, 1, 2), |(t, _, d)| ((t + d) as f64).sin());
+    /// let labels = Array2::from_shape_fn((100, 1), |(t, _)| t % 3);
+    /// let seq = Sequence::new(xs.view(), SequenceLoss::classes(labels.view()));
+    /// let how = Truncation::Adaptive(Adaptive::new(10, 0.05, 40));
+    /// let r = run(&cell, &params, &seq, &Run::new(how))?;
+    /// assert_eq!(r.adaptive.len(), 10); // an update every 10 steps
+    /// for u in &r.adaptive {
+    ///     assert!(u.next_window > 10 && u.next_window <= 40);
+    ///     println!("after step {}: decay {:.3}, next window {} (bound {:.1e})",
+    ///              u.step, u.decay, u.next_window, u.bound);
+    /// }
+    /// # Ok::<(), timetape::Error>(())
+    /// ```
+    Adaptive(Adaptive),
 }
 
 impl Truncation {
@@ -200,6 +235,7 @@ impl Truncation {
             },
             // A `WindowLengths` is checked when it is built.
             Truncation::Windows { .. } => Ok(()),
+            Truncation::Adaptive(how) => how.validate(),
             Truncation::Pattern(xi) => {
                 if let Some(t) = t_len {
                     if xi.len() != t {
@@ -218,14 +254,15 @@ impl Truncation {
         }
     }
 
-    /// The ξ_1..ξ_T of a cut-based strategy (`None` for TBPTT with k2 ≠ k1).
+    /// The ξ_1..ξ_T of a cut-based strategy (`None` for TBPTT with k2 ≠ k1 and
+    /// adaptive truncation).
     pub fn xi(&self, t_len: usize) -> Result<Option<Vec<f64>>> {
         self.validate(Some(t_len))?;
         Ok(match self {
             Truncation::Full => Some(crate::init::try_collect("Truncation::xi", t_len, |_| 1.0)?),
             Truncation::Fixed { k } => Some(fixed_pattern(t_len, *k)?),
             Truncation::Tbptt { k1, k2 } if k1 == k2 => Some(fixed_pattern(t_len, *k1)?),
-            Truncation::Tbptt { .. } => None,
+            Truncation::Tbptt { .. } | Truncation::Adaptive(_) => None,
             Truncation::Randomized { pi, seed } => Some(sample_xi(pi, t_len, *seed)?),
             Truncation::Windows { lengths, seed } => {
                 Some(xi::draw(XiSampler::windows(lengths.clone(), *seed), t_len)?)
@@ -316,6 +353,8 @@ pub struct Report<F> {
     /// The most states a checkpointing policy kept at once ([`Memory::Checkpointed`],
     /// [`Memory::Revolve`]; h_0 included), 0 for the others.
     pub stored_states: usize,
+    /// Every update of [`Truncation::Adaptive`], in order (empty for the others).
+    pub adaptive: Vec<AdaptiveUpdate>,
 }
 
 /// How the tape's memory is spent on a segment.
@@ -557,6 +596,15 @@ fn dispatch<F: Scalar, C: Recurrent<F>>(
         (Truncation::Tbptt { k1, k2 }, Memory::Tape) if k1 != k2 => {
             run_tbptt(engine, problem, *k1, *k2).map(|h| (h, None))
         }
+        (Truncation::Adaptive(how), Memory::Tape) => {
+            let (h, updates) = adaptive::run_adaptive(engine, problem, how)?;
+            engine.adaptive = updates;
+            Ok((h, None))
+        }
+        (Truncation::Adaptive(_), _) => Err(invalid(
+            "bptt",
+            "adaptive truncation chooses its own windows; run it with Memory::Tape",
+        )),
         (Truncation::Tbptt { k1, k2 }, Memory::Revolve { .. }) if k1 != k2 => Err(invalid(
             "bptt",
             "Memory::Revolve runs cut-based truncations; TBPTT with k2 ≠ k1 recomputes its \

@@ -569,7 +569,7 @@ impl<F: Scalar> Carried<F> {
                         "TBPTT with k2 ≠ k1 has no ξ to carry forward",
                     )
                 })?,
-                keep_xi: matches!(tr, Truncation::Randomized { .. } | Truncation::Pattern(_)),
+                keep_xi: tr.reports_xi(),
             },
             Estimator::Uoro(noise) => Carried::Uoro {
                 s: Array1::zeros(n),

@@ -191,7 +191,10 @@ impl<F: Scalar> Parallel<F> {
     /// the same steps), its peak tape figures the sums over the workers, `h_final` the
     /// shards' final states stacked in row order and `dh_norms` the norms over all rows.
     ///
-    /// Errors: as [`run`](super::run) (the first failing shard's, in shard order).
+    /// Errors: as [`run`](super::run) (the first failing shard's, in shard order);
+    /// [`Error::InvalidArgument`](crate::Error::InvalidArgument) for
+    /// [`Truncation::Adaptive`](super::Truncation::Adaptive), whose windows depend on
+    /// the whole batch.
     pub fn run<C: Recurrent<F> + Sync>(
         &mut self,
         cell: &C,
@@ -199,6 +202,13 @@ impl<F: Scalar> Parallel<F> {
         seq: &Sequence<'_, F>,
         how: &Run,
     ) -> Result<Report<F>> {
+        if matches!(how.truncation, super::Truncation::Adaptive(_)) {
+            // Each worker would measure its own rows' decay and choose its own windows.
+            return Err(crate::error::invalid(
+                "Parallel::run",
+                "adaptive truncation chooses its windows from the whole batch; run it on one thread",
+            ));
+        }
         let b = seq.batch();
         let n = self.workers.len().min(b.max(1));
         let shards = (0..n)

@@ -218,6 +218,11 @@ pub(crate) struct Engine<'a, F: Scalar, C: Recurrent<F>> {
     pub(crate) dh_norms: Option<Vec<F>>,
     /// The most states a checkpointing policy kept at once.
     pub(crate) stored_states: usize,
+    /// Keep the adjoints of the states after a backward pass (adaptive truncation reads
+    /// them), as `dh_norms` does.
+    pub(crate) retain_states: bool,
+    /// The updates of adaptive truncation.
+    pub(crate) adaptive: Vec<super::AdaptiveUpdate>,
 }
 
 impl<'a, F: Scalar, C: Recurrent<F>> Engine<'a, F, C> {
@@ -255,6 +260,8 @@ impl<'a, F: Scalar, C: Recurrent<F>> Engine<'a, F, C> {
             segments: 0,
             dh_norms: opts.dh_norms.then(Vec::new),
             stored_states: 0,
+            retain_states: false,
+            adaptive: Vec::new(),
         }
     }
 
@@ -288,7 +295,7 @@ impl<'a, F: Scalar, C: Recurrent<F>> Engine<'a, F, C> {
         let k = seg.xs.len_of(Axis(0));
         let l = self.record(h, seg)?;
         let states = &self.recording.states;
-        if self.dh_norms.is_some() {
+        if self.dh_norms.is_some() || self.retain_states {
             for &s in states {
                 self.tape.retain_grad(s)?;
             }
@@ -385,6 +392,7 @@ impl<'a, F: Scalar, C: Recurrent<F>> Engine<'a, F, C> {
             peak_tape_nodes: stats.peak_nodes,
             peak_tape_bytes: stats.peak_bytes,
             stored_states: self.stored_states,
+            adaptive: self.adaptive,
             h_final,
         };
         let ws = Workspace {

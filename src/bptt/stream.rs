@@ -117,13 +117,16 @@ impl<'a, F: Scalar, C: Recurrent<F>> Stream<'a, F, C> {
         }
         truncation.validate(None)?;
         crate::init::check_alloc::<F>("Stream::new", &[(batch, cell.state_width())])?;
-        if let Truncation::Tbptt { k1, k2 } = truncation {
-            if k1 != k2 {
-                return Err(invalid(
-                    "Stream::new",
-                    "TBPTT with k2 ≠ k1 is not streamed; use bptt::run",
-                ));
-            }
+        let cut_based = match &truncation {
+            Truncation::Tbptt { k1, k2 } => k1 == k2,
+            Truncation::Adaptive(_) => false,
+            _ => true,
+        };
+        if !cut_based {
+            return Err(invalid(
+                "Stream::new",
+                "TBPTT with k2 ≠ k1 and adaptive truncation are not streamed; use bptt::run",
+            ));
         }
         let sampler = match &truncation {
             Truncation::Randomized { pi, seed } => Some(XiSampler::new(pi.clone(), *seed)),
@@ -280,6 +283,7 @@ impl<'a, F: Scalar, C: Recurrent<F>> Stream<'a, F, C> {
                     format!("the pattern has only {} entries", p.len()),
                 )
             })?,
+            Truncation::Adaptive(_) => return Err(invalid("Stream", "not streamed")),
         })
     }
 

@@ -139,7 +139,9 @@ pub(crate) fn scale_grad_rows_vjp<F: Scalar>(
         for ((mut acc, g), &c) in acc.rows_mut().into_iter().zip(g.rows()).zip(c) {
             match (fresh, acc.as_slice_mut(), g.as_slice()) {
                 (true, Some(o), Some(g)) => o.iter_mut().zip(g).for_each(|(o, &g)| *o = c * g),
-                (false, Some(o), Some(g)) => o.iter_mut().zip(g).for_each(|(o, &g)| *o = *o + c * g),
+                (false, Some(o), Some(g)) => {
+                    o.iter_mut().zip(g).for_each(|(o, &g)| *o = *o + c * g)
+                }
                 (true, ..) => acc.zip_mut_with(&g, |o, &g| *o = c * g),
                 (false, ..) => acc.zip_mut_with(&g, |o, &g| *o = *o + c * g),
             }
