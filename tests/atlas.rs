@@ -22,7 +22,7 @@ use common::assert_grads_close;
 use common::cases::{Case, Model, Shape};
 use timetape::bptt::atlas::{self, Atlas, Method, Mode, Survey};
 use timetape::bptt::online::{self, Estimator, Kronecker, Noise};
-use timetape::bptt::Pi;
+use timetape::bptt::{Pi, WindowLengths};
 use timetape::{closed_form, Error, Grads, Params};
 
 /// M3 with n = 3 hidden units, B = 1, D = Q = 2, T = 5; non-zero biases, W_hh in ±0.6.
@@ -35,10 +35,17 @@ fn every_method(case: &Case) -> Vec<Method> {
         Method::Full,
         Method::Fixed { k: 2 },
         Method::Randomized(Pi::Constant(0.6)),
+        Method::Windows(short_windows()),
         Method::Rtrl,
         Method::Uoro,
         Method::KfRtrl(Kronecker::of(&case.cell)),
     ]
+}
+
+/// Windows of 1, 2 or 3 steps (probabilities ½, ¼, ¼): short enough to cut often at
+/// T = 5.
+fn short_windows() -> WindowLengths {
+    WindowLengths::from_pmf(vec![0.5, 0.25, 0.25]).unwrap()
 }
 
 fn exact(case: &Case, methods: &[Method]) -> Atlas<f64> {
@@ -64,7 +71,7 @@ fn entries(params: &Params<f64>, g: &Grads<f64>) -> Vec<f64> {
 fn uoro_and_kf_rtrl_are_unbiased_by_exact_enumeration() {
     for seed in [1, 2] {
         let case = small_case(5, seed);
-        let a = exact(&case, &every_method(&case)[3..]);
+        let a = exact(&case, &every_method(&case)[4..]);
         let [rtrl, uoro, kf] = [&a.entries[0], &a.entries[1], &a.entries[2]];
         assert_eq!((rtrl.draws, uoro.draws, kf.draws), (1, 1 << 15, 1 << 5));
         let p = &case.params;
@@ -144,6 +151,7 @@ fn expectation_by_the_age_recursion_equals_enumeration() {
         Method::Randomized(Pi::Constant(0.5)),
         Method::Randomized(hazard),
         Method::Randomized(schedule),
+        Method::Windows(short_windows()),
         Method::Fixed { k: 2 },
     ];
     let a = exact(&case, &methods);
@@ -191,6 +199,8 @@ fn atlas_means_lie_within_four_standard_errors_of_seeded_runs() {
     let p = &case.params;
     let scale = common::finite_scale(entries(p, &ex.full), "full gradient");
     for (e, m) in ex.entries.iter().zip(&mc.entries) {
+        let random = e.trace_cov > 0.0;
+        assert_eq!(m.draws, if random { runs } else { 1 }, "{}: runs", e.method);
         let mean = entries(p, &e.mean);
         let var = entries(p, &e.variance);
         let got = entries(p, &m.mean);

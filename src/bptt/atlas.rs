@@ -42,7 +42,7 @@
 //! ```
 
 use super::online::{self, Estimator, Kronecker, Layout, Noise, Trace};
-use super::{enumerate, run, Pi, Run, Truncation};
+use super::{enumerate, run, Pi, Run, Truncation, WindowLengths};
 use crate::error::{invalid, Result};
 use crate::params::{Grads, Params};
 use crate::rnn::{Recurrent, Sequence};
@@ -72,6 +72,8 @@ pub enum Method {
     },
     /// `Truncation::Randomized { pi, seed }`, over its ξ.
     Randomized(Pi),
+    /// `Truncation::Windows { lengths, seed }` (AWD-LSTM's windows), over its windows.
+    Windows(WindowLengths),
     /// RTRL (exact, forward mode).
     Rtrl,
     /// UORO, over its sign vectors.
@@ -199,7 +201,7 @@ pub fn survey<F: Scalar, C: Recurrent<F>>(
 }
 
 /// The exact expectation `E[ĝ]` of a method on this sequence, for any T: for
-/// `Randomized` (any [`Pi`]) by a forward recursion over the age of the current segment
+/// `Randomized` (any [`Pi`]) and `Windows` by a forward recursion over the age of the current segment
 /// (below), for deterministic methods by one run. Where [`Mode::Exact`] enumerates 2^T
 /// patterns, this costs O(T²) products of the steps' Jacobians, so it reaches the long
 /// sequences on which truncation's bias shows.
@@ -243,6 +245,10 @@ pub fn expectation<F: Scalar, C: Recurrent<F>>(
         Method::Randomized(pi) => {
             let pi = pi.clone();
             Box::new(move |t, m| pi.at(t, m).map(|p| (p, 1.0 / p)))
+        }
+        Method::Windows(w) => {
+            let w = w.clone();
+            Box::new(move |_, m| Ok((w.pi(m), 1.0)))
         }
         Method::Uoro | Method::KfRtrl(_) => {
             return Err(invalid(
@@ -311,7 +317,9 @@ impl Method {
             Method::Fixed { k } => format!("Fixed {{ k: {k} }}"),
             Method::Tbptt { k1, k2 } => format!("Tbptt {{ k1: {k1}, k2: {k2} }}"),
             Method::Randomized(Pi::Constant(p)) => format!("Randomized {{ π: {p} }}"),
-            Method::Randomized(_) => "Randomized (π schedule)".into(),
+            Method::Randomized(Pi::Schedule(_)) => "Randomized (π schedule)".into(),
+            Method::Randomized(Pi::Hazard(_)) => "Randomized (π hazard)".into(),
+            Method::Windows(w) => format!("Windows (mean {:.1})", w.mean()),
             Method::Rtrl => "RTRL".into(),
             Method::Uoro => "UORO".into(),
             Method::KfRtrl(_) => "KF-RTRL".into(),
@@ -333,6 +341,10 @@ impl Method {
                 .into_iter()
                 .map(|(xi, p)| (Draw::Reverse(Truncation::Pattern(xi)), p))
                 .collect()),
+            Method::Windows(w) => Ok(enumerate::window_patterns(w, t_len)?
+                .into_iter()
+                .map(|(xi, p)| (Draw::Reverse(Truncation::Pattern(xi)), p))
+                .collect()),
             Method::Uoro => signs(b * s, &Estimator::Uoro),
             Method::KfRtrl(k) => signs(b, &|noise| Estimator::KfRtrl { factors: *k, noise }),
             _ => Ok(vec![(self.draw(0), 1.0)]),
@@ -349,6 +361,10 @@ impl Method {
                 pi: pi.clone(),
                 seed,
             }),
+            Method::Windows(w) => Draw::Reverse(Truncation::Windows {
+                lengths: w.clone(),
+                seed,
+            }),
             Method::Rtrl => Draw::Online(Estimator::Rtrl(Truncation::Full)),
             Method::Uoro => Draw::Online(Estimator::Uoro(Noise::Seeded(seed))),
             Method::KfRtrl(k) => Draw::Online(Estimator::KfRtrl {
@@ -361,7 +377,7 @@ impl Method {
     fn is_random(&self) -> bool {
         matches!(
             self,
-            Method::Randomized(_) | Method::Uoro | Method::KfRtrl(_)
+            Method::Randomized(_) | Method::Windows(_) | Method::Uoro | Method::KfRtrl(_)
         )
     }
 
