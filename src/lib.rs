@@ -79,6 +79,8 @@
 //! | `Fixed { k: 1 }`, `{ k: 2 }` | 0.155, 0.181 | 0 | 592, 736 |
 //! | `Tbptt { k1: 1, k2: 2 }` | 0.101 | 0 | 656 (and 9 backward steps, not 5) |
 //! | `Randomized { π: 0.5 }`, `{ π: 0.8 }` | ≤ 1.5e-16 (rounding) | 0.241, 0.109 | 895, 1135 (expected) |
+//! | `Windows` (lengths 1, 2, 3 w.p. 0.2, 0.3, 0.5) | 0.073 | 0.096 | 860 (expected) |
+//! | the same windows reweighted (`Randomized { pi: lengths.unbiased_pi() }`) | ≤ 1.5e-16 | 0.173 | 987 (expected) |
 //! | RTRL | ≤ 1.5e-16 | 0 | 1264 |
 //! | UORO | ≤ 1.6e-16 | 0.401 | 872 |
 //! | KF-RTRL | ≤ 1.6e-16 | 0.194 | 760 |
@@ -91,6 +93,14 @@
 //! RTRL's carried B·S·P floats grow with the state times the number of weights, which
 //! is for small models and for checking. On the GRU of the same example, UORO's spread is
 //! 0.50 and `Randomized { π: 0.5 }`'s 0.30.
+//!
+//! Variable-length windows as AWD-LSTM draws them ([`bptt::Truncation::Windows`]) are
+//! biased, and [`bptt::atlas::expectation`] measures by how much at any length: on the
+//! influence-balancing problem of FORMULAS.md (n = 23, p = 10, T = 400, from the fixed
+//! point of θ = 0.5) the exact `E[∂L/∂θ]` of AWD's windows is −6395 (base 70) and −16430
+//! (base 35) where the gradient is +6968: the wrong sign, a bias of −1.92 and −3.36
+//! times the gradient. The same windows reweighted by 1/π
+//! ([`bptt::WindowLengths::unbiased_pi`]) are exact to 2e-14.
 //!
 //! ## Non-finite values
 //!
