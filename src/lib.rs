@@ -60,6 +60,9 @@
 //! | [`bptt::Truncation::Tbptt`] `{ k1, k2 }` | biased | ≈ T k2/k1 | k2 steps |
 //! | [`bptt::Truncation::Randomized`] `{ π }` | unbiased, with variance | T | one segment, mean 1/(1 − π) |
 //! | [`bptt::Truncation::Windows`] `{ lengths }` (AWD-LSTM) | biased (no 1/π reweighting) | T | one window, mean E\[L\] |
+//! | [`bptt::Truncation::Adaptive`] | biased, within δ (estimated bound) | ≈ T K/k1, and a one-step measurement per window step | K steps, chosen per update |
+//! | [`bptt::Truncation::PerRow`] | each row as its own truncation | T | one segment (until every row is cut) |
+//! | [`bptt::Memory::Revolve`] `{ states: s }` (with any cut-based truncation) | as the truncation | T (T + rT − C(s + r, s + 1) forward) | s states + one step |
 //! | [`bptt::online::Estimator::Rtrl`] (forward mode) | exact (or any ξ pattern's) | none: B·S + 1 one-step VJPs a step | one step; carries B·S·P floats |
 //! | [`bptt::online::Estimator::Uoro`] | unbiased, high variance | none (as RTRL) | one step; carries B·S + P floats |
 //! | [`bptt::online::Estimator::KfRtrl`] (vanilla RNN) | unbiased, less variance than UORO | none (as RTRL) | one step; carries B·(S² + D + S + 1) floats |

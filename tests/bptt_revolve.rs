@@ -290,3 +290,41 @@ fn randomized_near_one_at_t_1e5_stays_within_a_budget() {
         );
     }
 }
+
+/// A stream reverses each of its segments within the budget once the segment is
+/// complete (its length is then known, so the schedule is the optimal one): the same
+/// gradient as `run` with the same truncation, at most s states.
+#[test]
+fn a_stream_within_a_budget_gives_the_run_gradient() {
+    let case = Case::new(Model::M3, 50, 6);
+    let seq = case.seq();
+    let weights = case.weights();
+    for tr in [
+        Truncation::Full,
+        Truncation::Randomized {
+            pi: Pi::Constant(0.9),
+            seed: 4,
+        },
+    ] {
+        let how = Run::new(tr.clone()).memory(Memory::Revolve { states: 4 });
+        let want = run(&case.cell, &case.params, &seq, &Run::new(tr)).unwrap();
+        let mut stream = timetape::bptt::Stream::new(&case.cell, &case.params, 2, &how).unwrap();
+        for (t, &alpha) in weights.iter().enumerate() {
+            let x = case.data.xs.index_axis(ndarray::Axis(0), t);
+            let labels: Vec<usize> = case.data.labels.row(t).to_vec();
+            stream
+                .push(x, timetape::bptt::StepTarget::Classes(&labels), alpha)
+                .unwrap();
+        }
+        let got = stream.finish().unwrap();
+        assert_grads_close(
+            &case.params,
+            &got.grads,
+            &want.grads,
+            1e-12,
+            "stream within a budget",
+        );
+        assert!(got.stored_states <= 4);
+        assert_eq!(got.xi, want.xi);
+    }
+}

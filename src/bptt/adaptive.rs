@@ -325,12 +325,12 @@ impl<F: Scalar> Window<F> {
         let mut gain = 0.0f64;
         for (i, (h, adj)) in self.inputs.iter().zip(&self.adjoints).enumerate() {
             let t = a + i;
-            let seg = Segment {
-                xs: problem.steps(t, t + 1),
-                tokens: problem.token_steps(t, t + 1),
-                edges: &[Edge::Keep],
-                loss: None,
-            };
+            let mut seg = Segment::plain(
+                problem.steps(t, t + 1),
+                problem.token_steps(t, t + 1),
+                &[Edge::Keep],
+            );
+            seg.resets = problem.resets_of(t, t + 1);
             engine.record(h.view(), &seg)?;
             let out = engine.recording.states[0];
             c.zero();

@@ -132,7 +132,7 @@ fn backward_sweep<F: Scalar, C: Recurrent<F>>(
 pub(crate) fn run_revolve<F: Scalar, C: Recurrent<F>>(
     engine: &mut Engine<'_, F, C>,
     problem: &Problem<'_, F>,
-    (steps, edges): (Range<usize>, &[Edge<F>]),
+    (steps, edges, row_xi): (Range<usize>, &[Edge<F>], Option<&[F]>),
     h: ArrayView2<'_, F>,
     states: usize,
 ) -> Result<Array2<F>> {
@@ -140,6 +140,7 @@ pub(crate) fn run_revolve<F: Scalar, C: Recurrent<F>>(
     let mut run = Revolve {
         start: steps.start,
         edges,
+        row_xi,
         stored: BTreeMap::new(),
         current: (0, h.to_owned()),
         carry: None,
@@ -177,6 +178,8 @@ struct Revolve<'e, F> {
     /// The segment's first step, and the edges into its steps.
     start: usize,
     edges: &'e [Edge<F>],
+    /// The segment's per-row ξ (k·B), if its rows have their own.
+    row_xi: Option<&'e [F]>,
     /// The stored states, by step.
     stored: BTreeMap<usize, Array2<F>>,
     /// The state the last action ended on, and its step.
@@ -219,12 +222,12 @@ impl<F: Scalar> Revolve<'_, F> {
                 let mut h = self.state(from)?.to_owned();
                 for j in from..to {
                     let t = self.start + j;
-                    let seg = Segment {
-                        xs: problem.steps(t, t + 1),
-                        tokens: problem.token_steps(t, t + 1),
-                        edges: &[Edge::Keep],
-                        loss: None,
-                    };
+                    let mut seg = Segment::plain(
+                        problem.steps(t, t + 1),
+                        problem.token_steps(t, t + 1),
+                        &[Edge::Keep],
+                    );
+                    seg.resets = problem.resets_of(t, t + 1);
                     engine.segment(h.view(), &seg, Pass::Forward)?;
                     h.assign(&engine.state(0)?);
                 }
@@ -245,7 +248,9 @@ impl<F: Scalar> Revolve<'_, F> {
         let h = self.state(step)?.to_owned();
         let t = self.start + step;
         let edges = [self.edges[step]];
-        let seg = problem.segment(t..t + 1, &edges, t);
+        let mut seg = problem.segment(t..t + 1, &edges, t);
+        let b = h.nrows();
+        seg.row_xi = self.row_xi.map(|xi| &xi[step * b..(step + 1) * b]);
         let end_seed = self.carry.as_ref().map(|c| c.view());
         engine.segment(h.view(), &seg, Pass::Reverse { end_seed })?;
         if self.h_end.is_none() {

@@ -25,6 +25,11 @@
 //! [`Awd`]): biased, since a kept edge is not reweighted; [`WindowLengths::unbiased_pi`]
 //! gives the same windows as an unbiased `Randomized`.
 //!
+//! [`Truncation::PerRow`] gives each batch row (an independent sequence) its own
+//! truncation: ξ_t becomes a vector over the rows ([`Tape::scale_grad_rows`] on the
+//! edge where they differ), and [`Sequence::with_resets`] restarts single rows at their
+//! episode boundaries; every runner honours both.
+//!
 //! [`Truncation::Adaptive`] is TBPTT whose window is chosen at every update from the
 //! measured decay of ‖∂L/∂h‖, as the shortest whose estimated relative bias is within a
 //! tolerance ([`Adaptive`]).
@@ -65,7 +70,7 @@ pub use stream::{StepTarget, Stream};
 pub use unroll::{unroll, Unroll, Unrolled};
 pub use windows::{segment_lengths, Awd, WindowLengths, MAX_WINDOW};
 pub use xi::{sample_xi, Pi, XiSampler};
-pub(crate) use xi::{Law, XiPosition};
+pub(crate) use xi::{Law, XiPosition, XiTable};
 
 use crate::error::{invalid, Error, Result};
 use crate::params::{Grads, Params};
@@ -208,6 +213,34 @@ pub enum Truncation {
     /// # Ok::<(), timetape::Error>(())
     /// ```
     Adaptive(Adaptive),
+    /// One cut-based truncation per batch row, for a batch of independent sequences:
+    /// ξ_t becomes a vector over the rows (each row's ξ drawn or given by its own
+    /// truncation), so that each sequence is cut, kept or reweighted on its own. A step
+    /// whose rows differ gets [`Tape::scale_grad_rows`] on its edge (a row with ξ = 0 is
+    /// cut, the others go on); a step where they agree gets the shared edge, so that the
+    /// same truncation on every row gives the shared run bit for bit. The segments end
+    /// where every row is cut. [`Report::xi_rows`] gives the (T, B) table.
+    /// Rows may be `Full`, `Fixed`, `Tbptt` with k1 = k2, `Randomized`, `Windows` or
+    /// `Pattern`; [`Truncation::randomized_rows`] builds independent randomized rows.
+    ///
+    /// ```
+    /// use ndarray::{Array2, Array3};
+    /// use timetape::bptt::{run, Pi, Run, Truncation};
+    /// use timetape::rnn::{models, SequenceLoss, Sequence, Sizes};
+    /// use timetape::Params;
+    ///
+    /// let mut params = Params::<f64>::new();
+    /// let cell = models::m3(&mut params, Sizes::new(2, 3, 2), 0)?;
+    /// let xs = Array3::from_shape_fn((20, 4, 2), |(t, b, d)| ((t + 3 * b + d) as f64).sin());
+    /// let labels = Array2::from_shape_fn((20, 4), |(t, b)| (t + b) % 2);
+    /// let seq = Sequence::new(xs.view(), SequenceLoss::classes(labels.view()));
+    /// let how = Truncation::randomized_rows(Pi::Constant(0.8), 7, 4);
+    /// let r = run(&cell, &params, &seq, &Run::new(how))?;
+    /// let xi = r.xi_rows.expect("the table of ξ");
+    /// assert_eq!(xi.dim(), (20, 4));
+    /// # Ok::<(), timetape::Error>(())
+    /// ```
+    PerRow(Vec<Truncation>),
 }
 
 impl Truncation {
@@ -236,6 +269,27 @@ impl Truncation {
             // A `WindowLengths` is checked when it is built.
             Truncation::Windows { .. } => Ok(()),
             Truncation::Adaptive(how) => how.validate(),
+            Truncation::PerRow(rows) => {
+                if rows.is_empty() {
+                    return Err(invalid(op, "PerRow needs a truncation per batch row"));
+                }
+                for row in rows {
+                    let cut_based = match row {
+                        Truncation::Tbptt { k1, k2 } => k1 == k2,
+                        Truncation::Adaptive(_) | Truncation::PerRow(_) => false,
+                        _ => true,
+                    };
+                    if !cut_based {
+                        return Err(invalid(
+                            op,
+                            "PerRow takes cut-based truncations (not TBPTT with k2 ≠ k1, \
+                             Adaptive or PerRow)",
+                        ));
+                    }
+                    row.validate(t_len)?;
+                }
+                Ok(())
+            }
             Truncation::Pattern(xi) => {
                 if let Some(t) = t_len {
                     if xi.len() != t {
@@ -254,21 +308,76 @@ impl Truncation {
         }
     }
 
-    /// The ξ_1..ξ_T of a cut-based strategy (`None` for TBPTT with k2 ≠ k1 and
-    /// adaptive truncation).
+    /// The ξ_1..ξ_T of a cut-based strategy shared by the rows (`None` for TBPTT with
+    /// k2 ≠ k1, adaptive truncation and per-row ξ).
     pub fn xi(&self, t_len: usize) -> Result<Option<Vec<f64>>> {
         self.validate(Some(t_len))?;
         Ok(match self {
             Truncation::Full => Some(crate::init::try_collect("Truncation::xi", t_len, |_| 1.0)?),
             Truncation::Fixed { k } => Some(fixed_pattern(t_len, *k)?),
             Truncation::Tbptt { k1, k2 } if k1 == k2 => Some(fixed_pattern(t_len, *k1)?),
-            Truncation::Tbptt { .. } | Truncation::Adaptive(_) => None,
+            Truncation::Tbptt { .. } | Truncation::Adaptive(_) | Truncation::PerRow(_) => None,
             Truncation::Randomized { pi, seed } => Some(sample_xi(pi, t_len, *seed)?),
             Truncation::Windows { lengths, seed } => {
                 Some(xi::draw(XiSampler::windows(lengths.clone(), *seed), t_len)?)
             }
             Truncation::Pattern(xi) => Some(xi.clone()),
         })
+    }
+
+    /// Independent randomized truncation for each of `batch` rows: row r is
+    /// `Randomized { pi, seed: seed + r }` (wrapping).
+    pub fn randomized_rows(pi: Pi, seed: u64, batch: usize) -> Truncation {
+        Truncation::PerRow(
+            (0..batch as u64)
+                .map(|r| Truncation::Randomized {
+                    pi: pi.clone(),
+                    seed: seed.wrapping_add(r),
+                })
+                .collect(),
+        )
+    }
+
+    /// The truncation of the batch rows `rows`: the same, or for [`Truncation::PerRow`]
+    /// those rows' truncations (how a batch split across workers keeps each row's ξ).
+    ///
+    /// Errors: [`Error::InvalidArgument`] for rows outside a `PerRow`'s rows.
+    pub fn rows(&self, rows: std::ops::Range<usize>) -> Result<Truncation> {
+        match self {
+            Truncation::PerRow(all) => all
+                .get(rows.clone())
+                .map(|r| Truncation::PerRow(r.to_vec()))
+                .ok_or_else(|| {
+                    invalid(
+                        "Truncation::rows",
+                        format!("rows {rows:?} of {}", all.len()),
+                    )
+                }),
+            other => Ok(other.clone()),
+        }
+    }
+
+    /// The ξ of a cut-based run of `t_len` steps and `batch` rows.
+    pub(crate) fn xi_table(&self, t_len: usize, batch: usize) -> Result<Option<xi::XiTable>> {
+        let Truncation::PerRow(rows) = self else {
+            return Ok(self.xi(t_len)?.map(xi::XiTable::Shared));
+        };
+        self.validate(Some(t_len))?;
+        if rows.len() != batch {
+            return Err(Error::ShapeMismatch {
+                op: "Truncation::PerRow",
+                lhs: (batch, 1),
+                rhs: (rows.len(), 1),
+            });
+        }
+        let mut table = Array2::zeros((t_len, batch));
+        for (r, row) in rows.iter().enumerate() {
+            let xi = row
+                .xi(t_len)?
+                .ok_or_else(|| invalid("Truncation::PerRow", "a row without ξ"))?;
+            table.column_mut(r).assign(&ndarray::Array1::from(xi));
+        }
+        Ok(Some(xi::XiTable::Rows(table)))
     }
 
     /// Whether a run's [`Report::xi`] holds the ξ used (the strategies that draw or
@@ -355,6 +464,8 @@ pub struct Report<F> {
     pub stored_states: usize,
     /// Every update of [`Truncation::Adaptive`], in order (empty for the others).
     pub adaptive: Vec<AdaptiveUpdate>,
+    /// The (T, B) table of per-row ξ of [`Truncation::PerRow`] (`None` for the others).
+    pub xi_rows: Option<Array2<f64>>,
 }
 
 /// How the tape's memory is spent on a segment.
@@ -612,44 +723,59 @@ fn dispatch<F: Scalar, C: Recurrent<F>>(
         )),
         (tr, memory) => {
             let xi = tr
-                .xi(problem.len())?
+                .xi_table(problem.len(), problem.h0.nrows())?
                 .ok_or_else(|| invalid("bptt", "no ξ pattern"))?;
-            run_pattern(engine, problem, &xi, memory).map(|h| (h, Some(xi)))
+            let h = run_pattern(engine, problem, &xi, memory)?;
+            Ok(match xi {
+                XiTable::Shared(xi) => (h, Some(xi)),
+                XiTable::Rows(table) => {
+                    engine.xi_rows = Some(table);
+                    (h, None)
+                }
+            })
         }
     }
 }
 
-/// Runs a cut-based strategy given its ξ: one segment between consecutive zeros, on the
-/// tape whole or, under [`Memory::Revolve`], by binomial checkpointing within it.
+/// Runs a cut-based strategy given its ξ: one segment between consecutive steps where
+/// every row is cut, on the tape whole or, under [`Memory::Revolve`], by binomial
+/// checkpointing within it. Steps whose rows share a ξ get the shared edge; the others
+/// their rows' ξ.
 fn run_pattern<F: Scalar, C: Recurrent<F>>(
     engine: &mut Engine<'_, F, C>,
     problem: &Problem<'_, F>,
-    xi: &[f64],
+    xi: &XiTable,
     memory: Memory,
 ) -> Result<Array2<F>> {
     let t_len = problem.len();
+    let b = problem.h0.nrows();
     let mut h = problem.h0.clone();
     let mut edges: Vec<Edge<F>> = Vec::new();
+    let mut rows: Vec<F> = Vec::new();
     let mut start = 0;
     while start < t_len {
-        let end = (start + 1..t_len).find(|&t| xi[t] == 0.0).unwrap_or(t_len);
+        let end = (start + 1..t_len).find(|&t| xi.is_cut(t)).unwrap_or(t_len);
         edges.clear();
-        // The first edge of a later segment leaves a fresh variable: nothing to cut.
-        let first = if start == 0 {
-            Edge::from_xi(F::of(xi[0]))
-        } else {
-            Edge::Keep
-        };
-        edges.push(first);
-        edges.extend(xi[start + 1..end].iter().map(|&x| Edge::from_xi(F::of(x))));
+        rows.clear();
+        for t in start..end {
+            // The first edge of a later segment leaves a fresh variable: nothing to cut.
+            edges.push(match xi.shared(t) {
+                _ if t == start && start > 0 => Edge::Keep,
+                Some(x) => Edge::from_xi(F::of(x)),
+                None => Edge::Keep,
+            });
+            xi.extend_rows(t, b, &mut rows);
+        }
+        let row_xi = matches!(xi, XiTable::Rows(_)).then_some(rows.as_slice());
         if let Memory::Revolve { states } = memory {
-            let h_end =
-                checkpoint::run_revolve(engine, problem, (start..end, &edges), h.view(), states)?;
+            let steps = (start..end, edges.as_slice(), row_xi);
+            let h_end = checkpoint::run_revolve(engine, problem, steps, h.view(), states)?;
             h.assign(&h_end);
             start = end;
             continue;
         }
-        let seg = problem.segment(start..end, &edges, start);
+        let mut seg = problem.segment(start..end, &edges, start);
+        seg.row_xi = row_xi;
         engine
             .segment(h.view(), &seg, Pass::Backward)
             .map_err(|e| e.at_step_offset(start))?;

@@ -47,7 +47,7 @@
 //! on the current step's noise (ρ₀, p₁, p₂) or are even in it (ρ₁).
 
 use super::segment::{Edge, Engine, Problem};
-use super::{Report, RunOptions, Truncation};
+use super::{Report, RunOptions, Truncation, XiTable};
 use crate::error::{invalid, Error, Result};
 use crate::ops::Activation;
 use crate::params::{Grads, ParamId, Params};
@@ -162,6 +162,7 @@ pub fn run<F: Scalar, C: Recurrent<F>>(
     layout.add_into(direct.view(), &mut engine.grads)?;
     layout.add_into(through.view(), &mut engine.grads)?;
     engine.grads.check_finite("online::run")?;
+    engine.xi_rows = carried.xi_rows();
     engine.report(carried.xi(), h)
 }
 
@@ -195,6 +196,8 @@ pub(crate) struct Dims {
     pub(crate) d: usize,
     /// Whether the inputs are tokens.
     pub(crate) tokens: bool,
+    /// Whether some rows are reset inside the sequence.
+    pub(crate) resets: bool,
 }
 
 impl Dims {
@@ -206,6 +209,7 @@ impl Dims {
             s,
             d: cell.input_width(),
             tokens: problem.tokens.is_some(),
+            resets: problem.resets.is_some(),
         }
     }
 }
@@ -522,7 +526,7 @@ pub(crate) enum Carried<F> {
     /// RTRL: `M_t` (BS×P) and the ξ of its truncation.
     Rtrl {
         m: Array2<F>,
-        xi: Vec<f64>,
+        xi: XiTable,
         keep_xi: bool,
     },
     /// UORO: `s̃_t` (BS) and `θ̃_t` (P).
@@ -563,10 +567,10 @@ impl<F: Scalar> Carried<F> {
         Ok(match estimator {
             Estimator::Rtrl(tr) => Carried::Rtrl {
                 m: Array2::zeros((n, layout.len)),
-                xi: tr.xi(t_len)?.ok_or_else(|| {
+                xi: tr.xi_table(t_len, b)?.ok_or_else(|| {
                     invalid(
                         "online::Rtrl",
-                        "TBPTT with k2 ≠ k1 has no ξ to carry forward",
+                        "TBPTT with k2 ≠ k1 and adaptive truncation have no ξ to carry forward",
                     )
                 })?,
                 keep_xi: tr.reports_xi(),
@@ -577,10 +581,10 @@ impl<F: Scalar> Carried<F> {
                 signs: Signs::new(noise, n, t_len)?,
             },
             Estimator::KfRtrl { factors, noise } => {
-                if dims.tokens {
+                if dims.tokens || dims.resets {
                     return Err(invalid(
                         "online::KfRtrl",
-                        "KF-RTRL reads real inputs, not tokens",
+                        "KF-RTRL reads real inputs, without resets inside the sequence",
                     ));
                 }
                 let kf = KfLayout::new(factors, dims, params, layout)?;
@@ -598,8 +602,21 @@ impl<F: Scalar> Carried<F> {
     pub(crate) fn xi(&self) -> Option<Vec<f64>> {
         match self {
             Carried::Rtrl {
-                xi, keep_xi: true, ..
+                xi: XiTable::Shared(xi),
+                keep_xi: true,
+                ..
             } => Some(xi.clone()),
+            _ => None,
+        }
+    }
+
+    /// The per-row ξ to report (RTRL with [`Truncation::PerRow`]).
+    pub(crate) fn xi_rows(&self) -> Option<Array2<f64>> {
+        match self {
+            Carried::Rtrl {
+                xi: XiTable::Rows(table),
+                ..
+            } => Some(table.clone()),
             _ => None,
         }
     }
@@ -613,7 +630,29 @@ impl<F: Scalar> Carried<F> {
         g: &mut Array1<F>,
     ) -> Result<()> {
         match self {
-            Carried::Rtrl { m, xi, .. } => {
+            Carried::Rtrl {
+                m,
+                xi: XiTable::Rows(table),
+                ..
+            } => {
+                // ξ_t per batch row: scale each row's block of M_{t−1} (its S state
+                // entries) before it meets ∂L/∂h_{t−1} and J^h.
+                let s = lin.h.ncols();
+                let mut scaled = m.clone();
+                for (r, mut block) in scaled.axis_chunks_iter_mut(Axis(0), s).enumerate() {
+                    let x = F::of(table[[t, r]]);
+                    block.mapv_inplace(|v| v * x);
+                }
+                g.scaled_add(F::one(), &lin.back.dot(&scaled));
+                let carried = lin.jh.dot(&scaled);
+                m.assign(&lin.jtheta);
+                m.scaled_add(F::one(), &carried);
+            }
+            Carried::Rtrl {
+                m,
+                xi: XiTable::Shared(xi),
+                ..
+            } => {
                 let x = F::of(xi.get(t).copied().unwrap_or(1.0));
                 if x != F::zero() {
                     g.scaled_add(x, &lin.back.dot(m));

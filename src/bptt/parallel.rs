@@ -212,10 +212,17 @@ impl<F: Scalar> Parallel<F> {
         let b = seq.batch();
         let n = self.workers.len().min(b.max(1));
         let shards = (0..n)
-            .map(|j| seq.rows(shard_rows(b, n, j)))
+            .map(|j| {
+                let rows = shard_rows(b, n, j);
+                let how = Run {
+                    truncation: how.truncation.rows(rows.clone())?,
+                    ..how.clone()
+                };
+                Ok((seq.rows(rows)?, how))
+            })
             .collect::<Result<Vec<_>>>()?;
         let reports = on_threads(&mut self.workers[..n], "Parallel::run", |j, ws| {
-            ws.run(cell, params, &shards[j], how)
+            ws.run(cell, params, &shards[j].0, &shards[j].1)
         })?;
         combine(reports)
     }
@@ -237,14 +244,19 @@ impl<F: Scalar> Parallel<F> {
         let n = self.workers.len().min(batch.max(1));
         let streams = (0..n)
             .map(|j| {
-                let rows = shard_rows(batch, n, j).len();
-                Ok(Stream::new(cell, params, rows, how)?.part_of(batch))
+                let rows = shard_rows(batch, n, j);
+                let how = Run {
+                    truncation: how.truncation.rows(rows.clone())?,
+                    ..how.clone()
+                };
+                Ok(Stream::new(cell, params, rows.len(), &how)?.part_of(batch))
             })
             .collect::<Result<Vec<_>>>()?;
         Ok(ParallelStream {
             streams,
             batch,
             pending: Vec::new(),
+            resets: None,
         })
     }
 }
@@ -258,6 +270,8 @@ struct Step<F> {
     input: Input<F>,
     target: Target<F>,
     alpha: F,
+    /// Rows reset before this step ([`ParallelStream::reset_rows`]), if any.
+    resets: Option<Vec<bool>>,
 }
 
 /// The owned copy of a step's input.
@@ -278,6 +292,8 @@ pub struct ParallelStream<'a, F: Scalar, C: Recurrent<F>> {
     streams: Vec<Stream<'a, F, C>>,
     batch: usize,
     pending: Vec<Step<F>>,
+    /// Rows to reset before the next step.
+    resets: Option<Vec<bool>>,
 }
 
 impl<F: Scalar, C: Recurrent<F> + Sync> ParallelStream<'_, F, C> {
@@ -305,6 +321,25 @@ impl<F: Scalar, C: Recurrent<F> + Sync> ParallelStream<'_, F, C> {
         alpha: F,
     ) -> Result<()> {
         self.buffer(Input::Tokens(ids.to_vec()), target, alpha)
+    }
+
+    /// Resets the rows marked in `rows` (B flags) before the next step, as
+    /// [`Stream::reset_rows`].
+    ///
+    /// Errors: [`Error::ShapeMismatch`] unless there are B flags.
+    pub fn reset_rows(&mut self, rows: &[bool]) -> Result<()> {
+        if rows.len() != self.batch {
+            return Err(Error::ShapeMismatch {
+                op: "ParallelStream::reset_rows",
+                lhs: (self.batch, 1),
+                rhs: (rows.len(), 1),
+            });
+        }
+        let pending = self.resets.get_or_insert_with(|| vec![false; self.batch]);
+        for (p, &r) in pending.iter_mut().zip(rows) {
+            *p = *p || r;
+        }
+        Ok(())
     }
 
     /// Buffers a step (its rows checked), handing out a full block.
@@ -340,6 +375,7 @@ impl<F: Scalar, C: Recurrent<F> + Sync> ParallelStream<'_, F, C> {
             input,
             target,
             alpha,
+            resets: self.resets.take(),
         });
         if self.pending.len() >= STREAM_BLOCK {
             self.hand_out()?;
@@ -390,6 +426,9 @@ fn feed<F: Scalar, C: Recurrent<F>>(
             Target::Classes(l) => StepTarget::Classes(&l[rows.clone()]),
             Target::Values(y) => StepTarget::Values(y.slice_axis(Axis(0), slice)),
         };
+        if let Some(resets) = &step.resets {
+            stream.reset_rows(&resets[rows.clone()])?;
+        }
         match &step.input {
             Input::Values(x) => stream.push(x.slice_axis(Axis(0), slice), target, step.alpha)?,
             Input::Tokens(ids) => stream.push_tokens(&ids[rows.clone()], target, step.alpha)?,
@@ -446,6 +485,13 @@ fn combine<F: Scalar>(reports: Vec<Report<F>>) -> Result<Report<F>> {
     let peak_tape_nodes = reports.iter().map(|r| r.peak_tape_nodes).sum();
     let peak_tape_bytes = reports.iter().map(|r| r.peak_tape_bytes).sum();
     let stored_states = reports.iter().map(|r| r.stored_states).sum();
+    let tables: Vec<_> = reports
+        .iter()
+        .filter_map(|r| r.xi_rows.as_ref().map(|x| x.view()))
+        .collect();
+    let xi_rows = (tables.len() == reports.len())
+        .then(|| concatenate(Axis(1), &tables).ok())
+        .flatten();
     let mut reports = reports;
     let grads = tree_sum(
         reports
@@ -462,6 +508,7 @@ fn combine<F: Scalar>(reports: Vec<Report<F>>) -> Result<Report<F>> {
         peak_tape_nodes,
         peak_tape_bytes,
         stored_states,
+        xi_rows,
         ..first
     })
 }

@@ -52,6 +52,29 @@ pub(crate) struct Segment<'s, F> {
     /// The loss terms to record: those of the local steps `from..`, with the loss local
     /// to them (`None`: no loss term).
     pub(crate) loss: Option<(usize, SequenceLoss<'s, F>)>,
+    /// Per-row ξ of the k steps (k·B, step after step): a step whose rows differ gets
+    /// [`Tape::scale_grad_rows`] on its edge instead of `edges[t]`.
+    pub(crate) row_xi: Option<&'s [F]>,
+    /// Per-row resets of the k steps, and the initial state the reset rows return to.
+    pub(crate) resets: Option<(ArrayView2<'s, bool>, ArrayView2<'s, F>)>,
+}
+
+impl<'s, F: Scalar> Segment<'s, F> {
+    /// The k steps of `xs` (and `tokens`) with `edges`, and no loss, per-row ξ or reset.
+    pub(crate) fn plain(
+        xs: ArrayView3<'s, F>,
+        tokens: Option<ArrayView2<'s, usize>>,
+        edges: &'s [Edge<F>],
+    ) -> Self {
+        Segment {
+            xs,
+            tokens,
+            edges,
+            loss: None,
+            row_xi: None,
+            resets: None,
+        }
+    }
 }
 
 /// What [`Engine::segment`] does with a recorded segment.
@@ -111,11 +134,7 @@ impl<F: Scalar> Recording<F> {
             .map(|(from, l)| StepLosses::new(l, from, k, scratch));
         let mut h = h_in;
         for (t, edge) in seg.edges.iter().enumerate() {
-            let h_prev = match *edge {
-                Edge::Keep => h,
-                Edge::Detach => tape.detach(h)?,
-                Edge::Scale(c) => tape.scale_grad(h, c)?,
-            };
+            let h_prev = edge_into(tape, seg, (t, b), *edge, h).map_err(|e| e.at_step(t))?;
             let rows = t * b..(t + 1) * b;
             h = match projection {
                 Some(p) => p.step_projected(tape, bound, RowsOf(u, rows), h_prev),
@@ -173,6 +192,66 @@ impl<F: Scalar> Recording<F> {
     }
 }
 
+/// The edge into local step t of a segment (B rows): the row resets of that step, then
+/// its per-row ξ if its rows differ, else the shared `edge`.
+fn edge_into<F: Scalar>(
+    tape: &mut Tape<F>,
+    seg: &Segment<'_, F>,
+    (t, b): (usize, usize),
+    edge: Edge<F>,
+    h: Var,
+) -> Result<Var> {
+    let h = match seg.resets {
+        Some((mask, h0)) if mask.row(t).iter().any(|&r| r) => reset_rows(tape, h, mask.row(t), h0)?,
+        _ => h,
+    };
+    if let Some(xi) = seg.row_xi.map(|xi| &xi[t * b..(t + 1) * b]) {
+        if xi.iter().any(|&x| x != xi[0]) {
+            return tape.scale_grad_rows(h, xi);
+        }
+    }
+    match edge {
+        Edge::Keep => Ok(h),
+        Edge::Detach => tape.detach(h),
+        Edge::Scale(c) => tape.scale_grad(h, c),
+    }
+}
+
+/// `h ⊙ keep + h_0 ⊙ reset`, row by row (keep = 1 − reset): the reset rows take their
+/// initial state and pass no gradient back; the others are unchanged, bit for bit
+/// (`x·1 + 0 = x`).
+fn reset_rows<F: Scalar>(
+    tape: &mut Tape<F>,
+    h: Var,
+    reset: ndarray::ArrayView1<'_, bool>,
+    h0: ArrayView2<'_, F>,
+) -> Result<Var> {
+    let keep = Array2::from_shape_fn(
+        h0.raw_dim(),
+        |(r, _)| {
+            if reset[r] {
+                F::zero()
+            } else {
+                F::one()
+            }
+        },
+    );
+    let start = Array2::from_shape_fn(
+        h0.raw_dim(),
+        |(r, c)| {
+            if reset[r] {
+                h0[[r, c]]
+            } else {
+                F::zero()
+            }
+        },
+    );
+    let keep = tape.constant(keep)?;
+    let start = tape.constant(start)?;
+    let kept = tape.mul(h, keep)?;
+    tape.add(kept, start)
+}
+
 /// Checks a segment against the cell and its incoming state; returns (k, B).
 fn check_segment<F: Scalar, C: Recurrent<F>>(
     cell: &C,
@@ -223,6 +302,8 @@ pub(crate) struct Engine<'a, F: Scalar, C: Recurrent<F>> {
     pub(crate) retain_states: bool,
     /// The updates of adaptive truncation.
     pub(crate) adaptive: Vec<super::AdaptiveUpdate>,
+    /// The per-row ξ of the run.
+    pub(crate) xi_rows: Option<Array2<f64>>,
 }
 
 impl<'a, F: Scalar, C: Recurrent<F>> Engine<'a, F, C> {
@@ -262,6 +343,7 @@ impl<'a, F: Scalar, C: Recurrent<F>> Engine<'a, F, C> {
             stored_states: 0,
             retain_states: false,
             adaptive: Vec::new(),
+            xi_rows: None,
         }
     }
 
@@ -393,6 +475,7 @@ impl<'a, F: Scalar, C: Recurrent<F>> Engine<'a, F, C> {
             peak_tape_bytes: stats.peak_bytes,
             stored_states: self.stored_states,
             adaptive: self.adaptive,
+            xi_rows: self.xi_rows,
             h_final,
         };
         let ws = Workspace {
@@ -417,6 +500,8 @@ pub(crate) struct Problem<'a, F> {
     /// c_t = α_t (× 1/T for a mean over time), for per-step losses.
     pub(crate) coef: Vec<F>,
     pub(crate) h0: Array2<F>,
+    /// Per-row resets (T, B), checked.
+    pub(crate) resets: Option<ArrayView2<'a, bool>>,
 }
 
 impl<'a, F: Scalar> Problem<'a, F> {
@@ -447,12 +532,22 @@ impl<'a, F: Scalar> Problem<'a, F> {
             }
         };
         let coef = loss.step_coefficients(t_len);
+        if let Some(m) = seq.resets {
+            if m.dim() != (t_len, b) {
+                return Err(Error::ShapeMismatch {
+                    op: "Sequence::with_resets",
+                    lhs: (t_len, b),
+                    rhs: m.dim(),
+                });
+            }
+        }
         Ok(Problem {
             xs,
             tokens: seq.tokens,
             loss: *loss,
             coef,
             h0,
+            resets: seq.resets,
         })
     }
 
@@ -478,7 +573,23 @@ impl<'a, F: Scalar> Problem<'a, F> {
             tokens: self.token_steps(a, u),
             edges,
             loss: self.local_loss(loss_from, u).map(|l| (loss_from - a, l)),
+            row_xi: None,
+            resets: self.resets_of(a, u),
         }
+    }
+
+    /// The resets of steps `from..to` with the initial state, if the sequence has any.
+    pub(crate) fn resets_of(
+        &self,
+        from: usize,
+        to: usize,
+    ) -> Option<(ArrayView2<'_, bool>, ArrayView2<'_, F>)> {
+        self.resets.map(|m| {
+            (
+                m.reborrow().slice_axis_move(Axis(0), Slice::from(from..to)),
+                self.h0.view(),
+            )
+        })
     }
 
     /// The token ids of steps `from..to`, for a sequence of tokens.

@@ -1,6 +1,7 @@
 //! Streaming BPTT over sequences that arrive step by step.
 
-use super::segment::{Engine, Pass, Segment};
+use super::checkpoint;
+use super::segment::{Engine, Pass, Problem, Segment};
 use super::xi::XiSampler;
 use super::{Edge, Memory, Report, Run, Truncation};
 use crate::error::{invalid, Error, Result};
@@ -46,8 +47,12 @@ enum Kind {
 /// The loss is `Σ_t α_t (1/B) Σ_b l(o_{t,b}, y_{t,b})` (a sum over time; give
 /// `α_t = 1/T` for a mean; [`Stream::sum_over_batch`] for a sum over the rows), `l` as
 /// in [`StepTarget`]. Strategies: `Full`, `Fixed`,
-/// `Tbptt { k, k }`, `Randomized`, `Windows` and `Pattern`; TBPTT with k2 ≠ k1 needs the sequence
-/// at hand, see [`super::run`]. Fed the same steps, the [`Report`](super::Report) of
+/// `Tbptt { k, k }`, `Randomized`, `Windows`, `Pattern` and `PerRow` of them; TBPTT
+/// with k2 ≠ k1 and `Adaptive` need the sequence at hand, see [`super::run`]. Memory:
+/// the segment on the tape, or, with [`Memory::Revolve`], each segment reversed within
+/// the budget once it is complete (its length then known: the optimal schedule); the
+/// buffered inputs of the segment are kept either way. [`Stream::reset_rows`] restarts
+/// single rows. Fed the same steps, the [`Report`](super::Report) of
 /// [`Stream::finish`] has the gradient of [`super::run`] with the same truncation, up to
 /// rounding.
 ///
@@ -72,6 +77,8 @@ enum Kind {
 pub struct Stream<'a, F: Scalar, C: Recurrent<F>> {
     engine: Engine<'a, F, C>,
     truncation: Truncation,
+    /// The tape whole ([`Memory::Tape`]) or each segment reversed within a budget.
+    memory: Memory,
     sampler: Option<XiSampler>,
     batch: usize,
     batch_reduction: Reduction,
@@ -92,6 +99,16 @@ pub struct Stream<'a, F: Scalar, C: Recurrent<F>> {
     edges: Vec<Edge<F>>,
     all_xi: Option<Vec<f64>>,
     q: usize,
+    /// For [`Truncation::PerRow`]: each row's sampler, the buffered per-row ξ (k·B) and
+    /// all of them (T·B).
+    row_samplers: Vec<Option<XiSampler>>,
+    row_xi: Vec<f64>,
+    all_row_xi: Vec<f64>,
+    /// Rows to reset before the next step ([`Stream::reset_rows`]), the buffered resets
+    /// (k·B) and the initial state reset rows return to.
+    pending_resets: Vec<bool>,
+    resets: Vec<bool>,
+    h_start: Array2<F>,
 }
 
 impl<'a, F: Scalar, C: Recurrent<F>> Stream<'a, F, C> {
@@ -103,10 +120,11 @@ impl<'a, F: Scalar, C: Recurrent<F>> Stream<'a, F, C> {
     /// segment on the tape already); [`Error::EmptyInput`] for `batch = 0`.
     pub fn new(cell: &'a C, params: &'a Params<F>, batch: usize, how: &Run) -> Result<Self> {
         let (truncation, opts) = (how.truncation.clone(), how.options);
-        if how.memory != Memory::Tape {
+        if matches!(how.memory, Memory::Checkpointed { .. }) {
             return Err(invalid(
                 "Stream::new",
-                "a stream keeps one segment on the tape; checkpointing is for bptt::run",
+                "a stream keeps one segment on the tape, or reverses it within a budget \
+                 (Memory::Revolve); √T checkpointing is for bptt::run",
             ));
         }
         if batch == 0 {
@@ -128,17 +146,23 @@ impl<'a, F: Scalar, C: Recurrent<F>> Stream<'a, F, C> {
                 "TBPTT with k2 ≠ k1 and adaptive truncation are not streamed; use bptt::run",
             ));
         }
-        let sampler = match &truncation {
-            Truncation::Randomized { pi, seed } => Some(XiSampler::new(pi.clone(), *seed)),
-            Truncation::Windows { lengths, seed } => {
-                Some(XiSampler::windows(lengths.clone(), *seed))
+        let sampler = sampler_of(&truncation);
+        let row_samplers = match &truncation {
+            Truncation::PerRow(rows) if rows.len() != batch => {
+                return Err(Error::ShapeMismatch {
+                    op: "Stream::new (Truncation::PerRow)",
+                    lhs: (batch, 1),
+                    rhs: (rows.len(), 1),
+                })
             }
-            _ => None,
+            Truncation::PerRow(rows) => rows.iter().map(sampler_of).collect(),
+            _ => Vec::new(),
         };
         let all_xi = truncation.reports_xi().then(Vec::new);
         Ok(Stream {
             engine: Engine::new(cell, params, opts),
             truncation,
+            memory: how.memory,
             sampler,
             batch,
             batch_reduction: Reduction::Mean,
@@ -156,6 +180,12 @@ impl<'a, F: Scalar, C: Recurrent<F>> Stream<'a, F, C> {
             edges: Vec::new(),
             all_xi,
             q: cell.output_width(),
+            row_samplers,
+            row_xi: Vec::new(),
+            all_row_xi: Vec::new(),
+            pending_resets: vec![false; batch],
+            resets: Vec::new(),
+            h_start: Array2::zeros((batch, cell.state_width())),
         })
     }
 
@@ -173,6 +203,7 @@ impl<'a, F: Scalar, C: Recurrent<F>> Stream<'a, F, C> {
             });
         }
         self.h.assign(&h0);
+        self.h_start.assign(&h0);
         Ok(self)
     }
 
@@ -260,31 +291,42 @@ impl<'a, F: Scalar, C: Recurrent<F>> Stream<'a, F, C> {
         self
     }
 
-    fn next_xi(&mut self) -> Result<f64> {
+    /// ξ_t shared by the rows and, for [`Truncation::PerRow`], each row's (in `rows`):
+    /// then the shared value is their common one, 0 if every row is cut, and 1 (unused)
+    /// if they differ.
+    fn next_xi(&mut self, rows: &mut Vec<f64>) -> Result<f64> {
         let t = self.t;
-        Ok(match &self.truncation {
-            Truncation::Full => 1.0,
-            Truncation::Fixed { k } | Truncation::Tbptt { k1: k, .. } => {
-                if t.is_multiple_of(*k) {
-                    0.0
-                } else {
-                    1.0
-                }
-            }
-            Truncation::Randomized { .. } | Truncation::Windows { .. } => {
-                match self.sampler.as_mut() {
-                    Some(s) => s.next_xi()?,
-                    None => return Err(invalid("Stream", "no sampler")),
-                }
-            }
-            Truncation::Pattern(p) => *p.get(t).ok_or_else(|| {
-                invalid(
-                    "Stream::push",
-                    format!("the pattern has only {} entries", p.len()),
-                )
-            })?,
-            Truncation::Adaptive(_) => return Err(invalid("Stream", "not streamed")),
+        rows.clear();
+        let Truncation::PerRow(trs) = &self.truncation else {
+            return xi_of(&self.truncation, self.sampler.as_mut(), t);
+        };
+        for (tr, sampler) in trs.iter().zip(self.row_samplers.iter_mut()) {
+            rows.push(xi_of(tr, sampler.as_mut(), t)?);
+        }
+        Ok(if rows.iter().all(|&x| x == rows[0]) {
+            rows[0]
+        } else {
+            1.0
         })
+    }
+
+    /// Resets the state of the rows marked in `rows` (B flags) to their initial state
+    /// before the next step: a new episode starts there in those rows, and no gradient
+    /// crosses the boundary (as [`crate::rnn::Sequence::with_resets`]).
+    ///
+    /// Errors: [`Error::ShapeMismatch`] unless there are B flags.
+    pub fn reset_rows(&mut self, rows: &[bool]) -> Result<()> {
+        if rows.len() != self.batch {
+            return Err(Error::ShapeMismatch {
+                op: "Stream::reset_rows",
+                lhs: (self.batch, 1),
+                rhs: (rows.len(), 1),
+            });
+        }
+        for (p, &r) in self.pending_resets.iter_mut().zip(rows) {
+            *p = *p || r;
+        }
+        Ok(())
     }
 
     /// Feeds step t: its input `x` (B×D), its target, and its loss weight α_t (ignored
@@ -342,7 +384,8 @@ impl<'a, F: Scalar, C: Recurrent<F>> Stream<'a, F, C> {
             }
         }
         self.kind = kind;
-        let xi = self.next_xi()?;
+        let mut rows = Vec::new();
+        let xi = self.next_xi(&mut rows)?;
         if xi == 0.0 && !self.alphas.is_empty() {
             self.flush()?;
         }
@@ -350,6 +393,10 @@ impl<'a, F: Scalar, C: Recurrent<F>> Stream<'a, F, C> {
             all.push(xi);
         }
         self.xi.push(xi);
+        self.row_xi.extend_from_slice(&rows);
+        self.all_row_xi.extend_from_slice(&rows);
+        self.resets.extend_from_slice(&self.pending_resets);
+        self.pending_resets.fill(false);
         match input {
             StepInput::Values(x) => self.xs.extend(x.iter().copied()),
             StepInput::Tokens(ids) => self.ids.extend_from_slice(ids),
@@ -469,24 +516,53 @@ impl<'a, F: Scalar, C: Recurrent<F>> Stream<'a, F, C> {
             batch: self.batch_reduction,
             batch_of: self.batch_of,
         });
-        let seg = Segment {
-            xs,
-            tokens,
-            edges: &self.edges,
-            loss: loss.map(|l| (0, l)),
-        };
+        let row_xi: Vec<F> = self.row_xi.iter().map(|&x| F::of(x)).collect();
+        let mut seg = Segment::plain(xs, tokens, &self.edges);
+        seg.loss = loss.map(|l| (0, l));
+        seg.row_xi = (!row_xi.is_empty()).then_some(row_xi.as_slice());
+        if self.resets.iter().any(|&r| r) {
+            let mask = ArrayView2::from_shape((k, b), &self.resets).map_err(shape)?;
+            seg.resets = Some((mask, self.h_start.view()));
+        }
         let start = self.t - k;
-        self.engine
-            .segment(self.h.view(), &seg, Pass::Backward)
-            .map_err(|e| e.at_step_offset(start))?;
-        self.engine.record_dh_norms(0)?;
-        self.h.assign(&self.engine.state(k - 1)?);
+        match (self.memory, seg.loss) {
+            // The segment is complete, so its length is known: the optimal schedule.
+            (Memory::Revolve { states }, Some((_, loss))) => {
+                let problem = Problem {
+                    xs: seg.xs,
+                    tokens: seg.tokens,
+                    loss,
+                    coef: self.alphas.clone(),
+                    h0: self.h_start.clone(),
+                    resets: seg.resets.map(|(mask, _)| mask),
+                };
+                let steps = (0..k, self.edges.as_slice(), seg.row_xi);
+                let h = checkpoint::run_revolve(
+                    &mut self.engine,
+                    &problem,
+                    steps,
+                    self.h.view(),
+                    states,
+                )
+                .map_err(|e| e.at_step_offset(start))?;
+                self.h.assign(&h);
+            }
+            _ => {
+                self.engine
+                    .segment(self.h.view(), &seg, Pass::Backward)
+                    .map_err(|e| e.at_step_offset(start))?;
+                self.engine.record_dh_norms(0)?;
+                self.h.assign(&self.engine.state(k - 1)?);
+            }
+        }
         self.xs.clear();
         self.ids.clear();
         self.labels.clear();
         self.values.clear();
         self.alphas.clear();
         self.xi.clear();
+        self.row_xi.clear();
+        self.resets.clear();
         Ok(())
     }
 
@@ -531,7 +607,49 @@ impl<'a, F: Scalar, C: Recurrent<F>> Stream<'a, F, C> {
             }
         }
         self.flush()?;
+        if !self.row_samplers.is_empty() {
+            let table =
+                Array2::from_shape_vec((self.t, self.batch), std::mem::take(&mut self.all_row_xi))
+                    .map_err(|e| invalid("Stream::finish", e.to_string()))?;
+            self.engine.xi_rows = Some(table);
+        }
         let h = self.h.clone();
         self.engine.report(self.all_xi.take(), h)
     }
+}
+
+/// The sampler a cut-based truncation draws its ξ with, if it draws them.
+fn sampler_of(tr: &Truncation) -> Option<XiSampler> {
+    match tr {
+        Truncation::Randomized { pi, seed } => Some(XiSampler::new(pi.clone(), *seed)),
+        Truncation::Windows { lengths, seed } => Some(XiSampler::windows(lengths.clone(), *seed)),
+        _ => None,
+    }
+}
+
+/// ξ_t (t 0-based) of a cut-based truncation, drawn from `sampler` if it draws them.
+fn xi_of(tr: &Truncation, sampler: Option<&mut XiSampler>, t: usize) -> Result<f64> {
+    Ok(match tr {
+        Truncation::Full => 1.0,
+        Truncation::Fixed { k } | Truncation::Tbptt { k1: k, .. } => {
+            if t.is_multiple_of(*k) {
+                0.0
+            } else {
+                1.0
+            }
+        }
+        Truncation::Randomized { .. } | Truncation::Windows { .. } => match sampler {
+            Some(s) => s.next_xi()?,
+            None => return Err(invalid("Stream", "no sampler")),
+        },
+        Truncation::Pattern(p) => *p.get(t).ok_or_else(|| {
+            invalid(
+                "Stream::push",
+                format!("the pattern has only {} entries", p.len()),
+            )
+        })?,
+        Truncation::Adaptive(_) | Truncation::PerRow(_) => {
+            return Err(invalid("Stream", "not a cut-based truncation of one row"))
+        }
+    })
 }

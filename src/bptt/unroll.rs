@@ -111,21 +111,32 @@ impl<'a, F: Scalar, C: Recurrent<F>> Unroll<'a, F, C> {
             });
         }
         seq.loss().validate(t_len, b, cell.output_width())?;
-        let h0 = match seq.h0 {
-            Some(h) => tape.variable(h)?,
+        let h0_value = match seq.h0 {
+            Some(h) => h.to_owned(),
             None => {
                 crate::init::check_alloc::<F>("unroll h0", &[(b, cell.state_width())])?;
-                tape.variable(Array2::zeros((b, cell.state_width())).view())?
+                Array2::zeros((b, cell.state_width()))
             }
         };
+        let h0 = tape.variable(h0_value.view())?;
+        if let Some(m) = seq.resets {
+            if m.dim() != (t_len, b) {
+                return Err(crate::error::Error::ShapeMismatch {
+                    op: "Sequence::with_resets",
+                    lhs: (t_len, b),
+                    rhs: m.dim(),
+                });
+            }
+        }
         let bound = cell.bind(tape, self.params)?;
         let keep = vec![Edge::Keep; if self.edges.is_some() { 0 } else { t_len }];
-        let seg = Segment {
-            xs: seq.xs.reborrow(),
-            tokens: seq.tokens.map(|ids| ids.reborrow()),
-            edges: self.edges.unwrap_or(&keep),
-            loss: Some((0, seq.loss.reborrow())),
-        };
+        let mut seg = Segment::plain(
+            seq.xs.reborrow(),
+            seq.tokens.map(|ids| ids.reborrow()),
+            self.edges.unwrap_or(&keep),
+        );
+        seg.loss = Some((0, seq.loss.reborrow()));
+        seg.resets = seq.resets.map(|m| (m.reborrow(), h0_value.view()));
         let mut recording = Recording::default();
         let loss = recording
             .record(cell, &bound, tape, h0, &seg)?

@@ -276,3 +276,46 @@ pub(crate) fn draw(mut sampler: XiSampler, t_len: usize) -> Result<Vec<f64>> {
     }
     Ok(xi)
 }
+
+/// The ξ of a run: one per step, shared by the batch rows, or one per step and row
+/// ([`Truncation::PerRow`](super::Truncation::PerRow)).
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum XiTable {
+    Shared(Vec<f64>),
+    /// (T, B).
+    Rows(ndarray::Array2<f64>),
+}
+
+impl XiTable {
+    /// Whether every row is cut at step t (ξ = 0): a segment boundary.
+    pub(crate) fn is_cut(&self, t: usize) -> bool {
+        match self {
+            XiTable::Shared(xi) => xi[t] == 0.0,
+            XiTable::Rows(xi) => xi.row(t).iter().all(|&x| x == 0.0),
+        }
+    }
+
+    /// The ξ of step t if all rows share it.
+    pub(crate) fn shared(&self, t: usize) -> Option<f64> {
+        match self {
+            XiTable::Shared(xi) => Some(xi[t]),
+            XiTable::Rows(xi) => {
+                let row = xi.row(t);
+                row.iter().all(|&x| x == row[0]).then_some(row[0])
+            }
+        }
+    }
+
+    /// The ξ of step t for each of `batch` rows, appended to `out`.
+    pub(crate) fn extend_rows<F: crate::scalar::Scalar>(
+        &self,
+        t: usize,
+        batch: usize,
+        out: &mut Vec<F>,
+    ) {
+        match self {
+            XiTable::Shared(xi) => out.extend(std::iter::repeat_n(F::of(xi[t]), batch)),
+            XiTable::Rows(xi) => out.extend(xi.row(t).iter().map(|&x| F::of(x))),
+        }
+    }
+}

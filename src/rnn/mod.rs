@@ -217,6 +217,9 @@ pub struct Sequence<'a, F> {
     pub(crate) tokens: Option<ArrayView2<'a, usize>>,
     pub(crate) h0: Option<ArrayView2<'a, F>>,
     pub(crate) loss: SequenceLoss<'a, F>,
+    /// Per-row resets (T, B): true where a row's state returns to its initial state
+    /// before that step.
+    pub(crate) resets: Option<ArrayView2<'a, bool>>,
 }
 
 impl<'a, F: Scalar> Sequence<'a, F> {
@@ -230,6 +233,7 @@ impl<'a, F: Scalar> Sequence<'a, F> {
             tokens: None,
             h0: None,
             loss: loss.into().reborrow(),
+            resets: None,
         }
     }
 
@@ -261,6 +265,7 @@ impl<'a, F: Scalar> Sequence<'a, F> {
             tokens: Some(ids.reborrow()),
             h0: None,
             loss: loss.into().reborrow(),
+            resets: None,
         }
     }
 
@@ -269,6 +274,39 @@ impl<'a, F: Scalar> Sequence<'a, F> {
     pub fn with_h0<'h: 'a>(mut self, h0: impl Into<Option<ArrayView2<'h, F>>>) -> Self {
         self.h0 = h0.into().map(|h| h.reborrow());
         self
+    }
+
+    /// The same sequence with episode boundaries inside it: `resets[[t, r]]` true (a
+    /// (T, B) mask) sets row r's state back to its initial state (row r of h_0, or zeros)
+    /// before step t, as if a new sequence started there in that row; no gradient
+    /// crosses the boundary. The other rows go on. Every runner honours it (checked when
+    /// run: the mask must be T×B).
+    ///
+    /// ```
+    /// use ndarray::{Array2, Array3};
+    /// use timetape::bptt::{run, Run, Truncation};
+    /// use timetape::rnn::{models, Sequence, SequenceLoss, Sizes};
+    /// use timetape::Params;
+    ///
+    /// let mut params = Params::<f64>::new();
+    /// let cell = models::m3(&mut params, Sizes::new(2, 3, 2), 0)?;
+    /// let xs = Array3::from_shape_fn((6, 2, 2), |(t, b, d)| ((t + 3 * b + d) as f64).sin());
+    /// let labels = Array2::from_shape_fn((6, 2), |(t, b)| (t + b) % 2);
+    /// // Row 1 starts a new episode at step 3 (0-based).
+    /// let resets = Array2::from_shape_fn((6, 2), |(t, b)| b == 1 && t == 3);
+    /// let seq = Sequence::new(xs.view(), SequenceLoss::classes(labels.view())).with_resets(resets.view());
+    /// let r = run(&cell, &params, &seq, &Run::new(Truncation::Full))?;
+    /// assert!(r.loss.is_finite());
+    /// # Ok::<(), timetape::Error>(())
+    /// ```
+    pub fn with_resets<'r: 'a>(mut self, resets: ArrayView2<'r, bool>) -> Self {
+        self.resets = Some(resets.reborrow());
+        self
+    }
+
+    /// The per-row resets, if any ([`Sequence::with_resets`]).
+    pub fn resets(&self) -> Option<ArrayView2<'a, bool>> {
+        self.resets
     }
 
     /// Number of steps T.
@@ -349,6 +387,9 @@ impl<'a, F: Scalar> Sequence<'a, F> {
                 .map(|t| t.slice_axis_move(ndarray::Axis(1), slice)),
             h0: self.h0.map(|h| h.slice_axis_move(ndarray::Axis(0), slice)),
             loss: self.loss.rows(rows)?,
+            resets: self
+                .resets
+                .map(|m| m.slice_axis_move(ndarray::Axis(1), slice)),
         })
     }
 }
