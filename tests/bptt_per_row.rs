@@ -102,48 +102,6 @@ fn a_per_row_pattern_equals_each_row_alone_summed() {
     assert!(d <= 1e-14, "per-row batch vs rows alone: {d:e}");
 }
 
-/// a^r_{i,t}: the contribution of row r's loss at step t through the parameters' use at
-/// step i (as in tests/bptt_unbiased.rs: differences of single-cut runs of row r alone
-/// with only the loss of step t).
-fn path_contributions(c: &Case, r: usize) -> Vec<Vec<Grads<f64>>> {
-    let t_len = c.t();
-    let weights = c.weights();
-    let mut a = Vec::with_capacity(t_len);
-    for t in 0..t_len {
-        let w: Vec<f64> = (0..t_len)
-            .map(|s| if s == t { weights[s] } else { 0.0 })
-            .collect();
-        let cut = |j: usize| {
-            let mut xi = vec![1.0; t_len];
-            xi[j] = 0.0;
-            let loss = c.loss_with(&w);
-            let s = c.seq_with(loss);
-            run(
-                &c.cell,
-                &c.params,
-                &s.rows(r..r + 1).unwrap(),
-                &Run::new(Truncation::Pattern(xi)),
-            )
-            .unwrap()
-            .grads
-        };
-        let cs: Vec<Grads<f64>> = (0..=t).map(cut).collect();
-        let row = (0..=t)
-            .map(|i| {
-                let mut d = cs[i].clone();
-                if i < t {
-                    let mut next = cs[i + 1].clone();
-                    next.scale(-1.0);
-                    d.add_assign(&next).unwrap();
-                }
-                d
-            })
-            .collect();
-        a.push(row);
-    }
-    a
-}
-
 /// B = 2, T = 6, each row `Randomized` with its own π: the 2^6 × 2^6 joint patterns with
 /// their probabilities give E = `Full` and the variance of FORMULAS.md summed over the
 /// rows (independent rows: no covariance between them).
@@ -194,7 +152,7 @@ fn enumerating_joint_patterns_gives_full_and_the_per_row_variance() {
             .flat_map(|&id| full.get(id).unwrap().iter().copied()),
     )
     .powi(2);
-    let a = [path_contributions(&c, 0), path_contributions(&c, 1)];
+    let a = [c.path_contributions(Some(0)), c.path_contributions(Some(1))];
     for id in ids {
         let m = mean.get(id).unwrap();
         let n = m.len();

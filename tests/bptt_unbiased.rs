@@ -224,41 +224,6 @@ fn sampled_mean_of_2000_estimates_is_within_4_standard_errors_of_full() {
     assert!(biased_outside > 0, "the test does not detect a missing 1/π");
 }
 
-/// The path contributions a_{i,t} (1-based i ≤ t) of every parameter entry, measured on
-/// the tape: with only the loss of step t (weights α_t e_t) and a single cut at step j
-/// (ξ_j = 0, all other ξ = 1) the estimate is C(j) = Σ_{i ≥ j} a_{i,t} (uses of the
-/// parameter at steps j..t; the detached h_{j−1} still feeds step j). C(1) is the full
-/// gradient of that loss (the edge from the constant h_0 carries nothing) and
-/// C(t + 1) := 0, so a_{i,t} = C(i) − C(i + 1). Returns a[t][i] (0-based, i ≤ t).
-fn path_contributions(c: &Case) -> Vec<Vec<Grads<f64>>> {
-    let t_len = c.t();
-    let weights = c.weights();
-    let mut a = Vec::with_capacity(t_len);
-    for t in 0..t_len {
-        let w: Vec<f64> = (0..t_len)
-            .map(|s| if s == t { weights[s] } else { 0.0 })
-            .collect();
-        let cut = |j: usize| {
-            let mut xi = vec![1.0; t_len];
-            xi[j] = 0.0;
-            c.run_with(&w, &Truncation::Pattern(xi))
-        };
-        let cs: Vec<Grads<f64>> = (0..=t).map(cut).collect();
-        let mut row = Vec::with_capacity(t + 1);
-        for i in 0..=t {
-            let mut d = cs[i].clone();
-            if i < t {
-                let mut next = cs[i + 1].clone();
-                next.scale(-1.0);
-                d.add_assign(&next).unwrap();
-            }
-            row.push(d);
-        }
-        a.push(row);
-    }
-    a
-}
-
 /// Var[Ĝ] from enumeration equals the closed form of FORMULAS.md for independent ξ
 /// (a constant π and a schedule), entry by entry.
 ///
@@ -278,7 +243,7 @@ fn enumerated_variance_equals_closed_form() {
     for model in [Model::M3, Model::M1] {
         let c = Case::sized(model, Shape::new(6, 1, 2, 2), 2, 0.9, 29);
         let full = c.run(&Truncation::Full);
-        let a = path_contributions(&c);
+        let a = c.path_contributions(None);
         // Σ_{i ≤ t} a_{i,t} is the full gradient: a check on the a's themselves.
         let mut sum = Grads::zeros_like(&c.params);
         for g in a.iter().flatten() {

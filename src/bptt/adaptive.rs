@@ -32,7 +32,7 @@
 //! an update costs about twice a TBPTT window. `tests/bptt_adaptive.rs` counts how often
 //! B holds against the exactly computed bias.
 
-use super::segment::{Edge, Engine, Pass, Problem, Segment};
+use super::segment::{Edge, Engine, Problem, Segment};
 use crate::error::{invalid, Result};
 use crate::params::Grads;
 use crate::rnn::Recurrent;
@@ -208,13 +208,7 @@ pub(crate) fn run_adaptive<F: Scalar, C: Recurrent<F>>(
             .map(|(_, h)| h.clone())
             .ok_or_else(|| invalid("Truncation::Adaptive", format!("state {a} not kept")))?;
         let before = engine.grads.clone();
-        edges.clear();
-        edges.resize(u - a, Edge::Keep);
-        let seg = problem.segment(a..u, &edges, u_prev);
-        engine
-            .segment(h_a.view(), &seg, Pass::Backward)
-            .map_err(|e| e.at_step_offset(a))?;
-        engine.record_dh_norms(u_prev - a)?;
+        super::backprop_window(engine, problem, (a, u_prev, u), h_a.view(), &mut edges)?;
         let gradient_norm = diff_norm(&engine.grads, &before);
         let window_of = read_window(engine, h_a)?;
         let newest = states.back().map_or(0, |(i, _)| *i);

@@ -786,6 +786,24 @@ fn run_pattern<F: Scalar, C: Recurrent<F>>(
     Ok(h)
 }
 
+/// One TBPTT window: the steps `a..u` from the state `h_a`, every edge kept, with the
+/// losses of the steps `u_prev..u`, backpropagated (and ‖∂L/∂h‖ of those steps noted).
+pub(crate) fn backprop_window<F: Scalar, C: Recurrent<F>>(
+    engine: &mut Engine<'_, F, C>,
+    problem: &Problem<'_, F>,
+    (a, u_prev, u): (usize, usize, usize),
+    h_a: ndarray::ArrayView2<'_, F>,
+    edges: &mut Vec<Edge<F>>,
+) -> Result<()> {
+    edges.clear();
+    edges.resize(u - a, Edge::Keep);
+    let seg = problem.segment(a..u, edges, u_prev);
+    engine
+        .segment(h_a, &seg, Pass::Backward)
+        .map_err(|e| e.at_step_offset(a))?;
+    engine.record_dh_norms(u_prev - a)
+}
+
 /// TBPTT(k1, k2): an update after every k1 steps (and at T) injects the losses since
 /// the previous update u′ and backpropagates them through the window
 /// `[u′ − (k2 − k1), u)`: every loss travels back between k2 − k1 + 1 and k2 steps, and
@@ -803,13 +821,7 @@ fn run_tbptt<F: Scalar, C: Recurrent<F>>(
     let (mut a, mut u_prev) = (0, 0);
     while u_prev < t_len {
         let u = u_prev + k1.min(t_len - u_prev);
-        edges.clear();
-        edges.resize(u - a, Edge::Keep);
-        let seg = problem.segment(a..u, &edges, u_prev);
-        engine
-            .segment(h_a.view(), &seg, Pass::Backward)
-            .map_err(|e| e.at_step_offset(a))?;
-        engine.record_dh_norms(u_prev - a)?;
+        backprop_window(engine, problem, (a, u_prev, u), h_a.view(), &mut edges)?;
         // The next window starts `reach` steps before this update (never before a).
         let next_a = u.saturating_sub(reach).max(a);
         if u == t_len {

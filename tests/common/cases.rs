@@ -227,3 +227,54 @@ impl Case {
 pub fn initial_state(b: usize, h: usize, seed: u64) -> Array2<f64> {
     init::uniform((b, h), 0.5, &mut init::rng(seed ^ 0x4830)).unwrap()
 }
+
+impl Case {
+    /// The path contributions a_{i,t} (0-based i ≤ t) of the loss at step t through the
+    /// parameters' use at step i, of batch row `row` alone (all rows for `None`),
+    /// measured on the tape: with only the loss of step t and a single cut at step j
+    /// (ξ_j = 0, all other ξ = 1) the estimate is C(j) = Σ_{i ≥ j} a_{i,t} (the detached
+    /// h_{j−1} still feeds step j). C(0) is the full gradient of that loss and
+    /// C(t + 1) := 0, so a_{i,t} = C(i) − C(i + 1). Returns a[t][i].
+    pub fn path_contributions(&self, row: Option<usize>) -> Vec<Vec<timetape::Grads<f64>>> {
+        use timetape::bptt::{run, Run, Truncation};
+        let t_len = self.t();
+        let weights = self.weights();
+        let mut a = Vec::with_capacity(t_len);
+        for t in 0..t_len {
+            let w: Vec<f64> = (0..t_len)
+                .map(|s| if s == t { weights[s] } else { 0.0 })
+                .collect();
+            let cut = |j: usize| {
+                let mut xi = vec![1.0; t_len];
+                xi[j] = 0.0;
+                let seq = self.seq_with(self.loss_with(&w));
+                let seq = match row {
+                    Some(r) => seq.rows(r..r + 1).unwrap(),
+                    None => seq,
+                };
+                run(
+                    &self.cell,
+                    &self.params,
+                    &seq,
+                    &Run::new(Truncation::Pattern(xi)),
+                )
+                .unwrap()
+                .grads
+            };
+            let cs: Vec<timetape::Grads<f64>> = (0..=t).map(cut).collect();
+            let differences = (0..=t)
+                .map(|i| {
+                    let mut d = cs[i].clone();
+                    if i < t {
+                        let mut next = cs[i + 1].clone();
+                        next.scale(-1.0);
+                        d.add_assign(&next).unwrap();
+                    }
+                    d
+                })
+                .collect();
+            a.push(differences);
+        }
+        a
+    }
+}
