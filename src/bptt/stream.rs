@@ -116,45 +116,16 @@ impl<'a, F: Scalar, C: Recurrent<F>> Stream<'a, F, C> {
     ///
     /// Errors: [`Error::InvalidArgument`] for a bad truncation (as
     /// [`Truncation::validate`], whose pattern length is checked only at
-    /// [`Stream::finish`]), TBPTT with k2 ≠ k1, or checkpointing (a stream keeps one
-    /// segment on the tape already); [`Error::EmptyInput`] for `batch = 0`.
+    /// [`Stream::finish`]), TBPTT with k2 ≠ k1, adaptive truncation, or √T
+    /// checkpointing (a stream keeps one segment at a time already; a
+    /// [`Memory::Revolve`] budget is taken); [`Error::ShapeMismatch`] for a `PerRow`
+    /// without one truncation per row; [`Error::EmptyInput`] for `batch = 0`.
     pub fn new(cell: &'a C, params: &'a Params<F>, batch: usize, how: &Run) -> Result<Self> {
         let (truncation, opts) = (how.truncation.clone(), how.options);
-        if matches!(how.memory, Memory::Checkpointed { .. }) {
-            return Err(invalid(
-                "Stream::new",
-                "a stream keeps one segment on the tape, or reverses it within a budget \
-                 (Memory::Revolve); √T checkpointing is for bptt::run",
-            ));
-        }
-        if batch == 0 {
-            return Err(Error::EmptyInput {
-                op: "Stream::new",
-                what: "batch of 0 rows",
-            });
-        }
-        truncation.validate(None)?;
+        check_stream(how, batch)?;
         crate::init::check_alloc::<F>("Stream::new", &[(batch, cell.state_width())])?;
-        let cut_based = match &truncation {
-            Truncation::Tbptt { k1, k2 } => k1 == k2,
-            Truncation::Adaptive(_) => false,
-            _ => true,
-        };
-        if !cut_based {
-            return Err(invalid(
-                "Stream::new",
-                "TBPTT with k2 ≠ k1 and adaptive truncation are not streamed; use bptt::run",
-            ));
-        }
         let sampler = sampler_of(&truncation);
         let row_samplers = match &truncation {
-            Truncation::PerRow(rows) if rows.len() != batch => {
-                return Err(Error::ShapeMismatch {
-                    op: "Stream::new (Truncation::PerRow)",
-                    lhs: (batch, 1),
-                    rhs: (rows.len(), 1),
-                })
-            }
             Truncation::PerRow(rows) => rows.iter().map(sampler_of).collect(),
             _ => Vec::new(),
         };
@@ -525,36 +496,10 @@ impl<'a, F: Scalar, C: Recurrent<F>> Stream<'a, F, C> {
             seg.resets = Some((mask, self.h_start.view()));
         }
         let start = self.t - k;
-        match (self.memory, seg.loss) {
-            // The segment is complete, so its length is known: the optimal schedule.
-            (Memory::Revolve { states }, Some((_, loss))) => {
-                let problem = Problem {
-                    xs: seg.xs,
-                    tokens: seg.tokens,
-                    loss,
-                    coef: self.alphas.clone(),
-                    h0: self.h_start.clone(),
-                    resets: seg.resets.map(|(mask, _)| mask),
-                };
-                let steps = (0..k, self.edges.as_slice(), seg.row_xi);
-                let h = checkpoint::run_revolve(
-                    &mut self.engine,
-                    &problem,
-                    steps,
-                    self.h.view(),
-                    states,
-                )
-                .map_err(|e| e.at_step_offset(start))?;
-                self.h.assign(&h);
-            }
-            _ => {
-                self.engine
-                    .segment(self.h.view(), &seg, Pass::Backward)
-                    .map_err(|e| e.at_step_offset(start))?;
-                self.engine.record_dh_norms(0)?;
-                self.h.assign(&self.engine.state(k - 1)?);
-            }
-        }
+        let budget = (self.memory, self.alphas.as_slice(), self.h_start.view());
+        let h = reverse(&mut self.engine, &seg, self.h.view(), budget)
+            .map_err(|e| e.at_step_offset(start))?;
+        self.h.assign(&h);
         self.xs.clear();
         self.ids.clear();
         self.labels.clear();
@@ -652,4 +597,65 @@ fn xi_of(tr: &Truncation, sampler: Option<&mut XiSampler>, t: usize) -> Result<f
             return Err(invalid("Stream", "not a cut-based truncation of one row"))
         }
     })
+}
+
+/// Checks what a stream is asked to run.
+fn check_stream(how: &Run, batch: usize) -> Result<()> {
+    let op = "Stream::new";
+    if matches!(how.memory, Memory::Checkpointed { .. }) {
+        return Err(invalid(
+            op,
+            "a stream keeps one segment on the tape, or reverses it within a budget \
+             (Memory::Revolve); √T checkpointing is for bptt::run",
+        ));
+    }
+    if batch == 0 {
+        return Err(Error::EmptyInput {
+            op,
+            what: "batch of 0 rows",
+        });
+    }
+    how.truncation.validate(None)?;
+    match &how.truncation {
+        Truncation::Tbptt { k1, k2 } if k1 != k2 => Err(invalid(
+            op,
+            "TBPTT with k2 ≠ k1 is not streamed; use bptt::run",
+        )),
+        Truncation::Adaptive(_) => Err(invalid(
+            op,
+            "adaptive truncation is not streamed; use bptt::run",
+        )),
+        Truncation::PerRow(rows) if rows.len() != batch => Err(Error::ShapeMismatch {
+            op: "Stream::new (Truncation::PerRow)",
+            lhs: (batch, 1),
+            rhs: (rows.len(), 1),
+        }),
+        _ => Ok(()),
+    }
+}
+
+/// Records and backpropagates a complete segment from `h` (on the tape whole, or by
+/// the optimal schedule for its length within a [`Memory::Revolve`] budget, given the
+/// step weights and the state reset rows return to); gives the state at its end.
+fn reverse<F: Scalar, C: Recurrent<F>>(
+    engine: &mut Engine<'_, F, C>,
+    seg: &Segment<'_, F>,
+    h: ArrayView2<'_, F>,
+    (memory, alphas, h_start): (Memory, &[F], ArrayView2<'_, F>),
+) -> Result<Array2<F>> {
+    let k = seg.edges.len();
+    if let (Memory::Revolve { states }, Some((_, loss))) = (memory, seg.loss) {
+        let problem = Problem {
+            xs: seg.xs,
+            tokens: seg.tokens,
+            loss,
+            coef: alphas.to_vec(),
+            h0: h_start.to_owned(),
+            resets: seg.resets.map(|(mask, _)| mask),
+        };
+        return checkpoint::run_revolve(engine, &problem, (0..k, seg.edges, seg.row_xi), h, states);
+    }
+    engine.segment(h, seg, Pass::Backward)?;
+    engine.record_dh_norms(0)?;
+    Ok(engine.state(k - 1)?.to_owned())
 }
