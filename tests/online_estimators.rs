@@ -163,3 +163,86 @@ fn estimators_refuse_what_they_cannot_run() {
     let err = online::run(&case.cell, &case.params, &seq, &rtrl).unwrap_err();
     assert!(matches!(err, Error::EmptyInput { .. }), "{err}");
 }
+
+/// With the parameters held fixed, the per-step estimates of an `OnlineStream` add up to
+/// `online::run`'s gradient for the same estimator (same seed: the same ξ and signs), and
+/// its losses to the run's loss (1e-12: the same sums in another order).
+#[test]
+fn an_online_stream_with_fixed_parameters_adds_up_to_the_run() {
+    let case = Case::new(Model::M3, 9, 8).with_h0(0);
+    let case = Case { h0: None, ..case };
+    let seq = case.seq();
+    let weights = case.weights();
+    let estimators = [
+        Estimator::Rtrl(Truncation::Full),
+        Estimator::Rtrl(Truncation::Randomized {
+            pi: Pi::Constant(0.6),
+            seed: 2,
+        }),
+        Estimator::Rtrl(Truncation::randomized_rows(Pi::Constant(0.5), 4, 2)),
+        Estimator::Uoro(Noise::Seeded(3)),
+        Estimator::KfRtrl {
+            factors: online::Kronecker::of(&case.cell),
+            noise: Noise::Seeded(5),
+        },
+    ];
+    for est in estimators {
+        let want = online::run(&case.cell, &case.params, &seq, &est).unwrap();
+        let mut stream = online::OnlineStream::new(&case.cell, &case.params, 2, &est).unwrap();
+        let mut sum = timetape::Grads::zeros_like(&case.params);
+        let mut loss = 0.0;
+        for (t, &alpha) in weights.iter().enumerate() {
+            let x = case.data.xs.index_axis(ndarray::Axis(0), t);
+            let labels: Vec<usize> = case.data.labels.row(t).to_vec();
+            let mut step = stream
+                .push(
+                    &case.params,
+                    x,
+                    timetape::bptt::StepTarget::Classes(&labels),
+                )
+                .unwrap();
+            // The stream's loss is unweighted; the run's weights step t by α_t.
+            step.grads.scale(alpha);
+            sum.add_assign(&step.grads).unwrap();
+            loss += alpha * step.loss;
+        }
+        assert_grads_close(&case.params, &sum, &want.grads, 1e-12, &format!("{est:?}"));
+        assert!(
+            (loss - want.loss).abs() <= 1e-12 * want.loss.abs(),
+            "{est:?}: loss"
+        );
+    }
+}
+
+#[test]
+fn an_online_stream_refuses_what_it_cannot_run() {
+    let case = Case::new(Model::M3, 4, 1);
+    let est = Estimator::Uoro(Noise::Signs(vec![1; 8]));
+    let mut stream = online::OnlineStream::new(&case.cell, &case.params, 2, &est).unwrap();
+    let x = case.data.xs.index_axis(ndarray::Axis(0), 0);
+    let labels: Vec<usize> = case.data.labels.row(0).to_vec();
+    let target = timetape::bptt::StepTarget::Classes(&labels);
+    stream.push(&case.params, x, target).unwrap();
+    // Eight signs were one step's worth.
+    let err = stream.push(&case.params, x, target).unwrap_err();
+    assert!(matches!(err, Error::InvalidArgument { .. }), "{err}");
+    let other = Case::new(Model::M1, 4, 1);
+    let mut stream = online::OnlineStream::new(
+        &case.cell,
+        &case.params,
+        2,
+        &Estimator::Rtrl(Truncation::Full),
+    )
+    .unwrap();
+    let err = stream.push(&other.params, x, target).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::InvalidArgument { .. } | Error::ShapeMismatch { .. }
+        ),
+        "{err}"
+    );
+    let tbptt = Estimator::Rtrl(Truncation::Tbptt { k1: 2, k2: 3 });
+    assert!(online::OnlineStream::new(&case.cell, &case.params, 2, &tbptt).is_err());
+    assert!(online::OnlineStream::new(&case.cell, &case.params, 0, &est).is_err());
+}

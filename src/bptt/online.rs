@@ -47,7 +47,7 @@
 //! on the current step's noise (ρ₀, p₁, p₂) or are even in it (ρ₁).
 
 use super::segment::{Edge, Engine, Problem};
-use super::{Report, RunOptions, Truncation, XiTable};
+use super::{Report, RunOptions, Truncation, XiSampler, XiTable};
 use crate::error::{invalid, Error, Result};
 use crate::ops::Activation;
 use crate::params::{Grads, ParamId, Params};
@@ -189,7 +189,8 @@ fn sweep<F: Scalar, C: Recurrent<F>>(
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Dims {
     /// Steps T.
-    pub(crate) t_len: usize,
+    /// Steps T (`None` for a stream, whose length is not known).
+    pub(crate) t_len: Option<usize>,
     /// Batch rows B, state width S, input width D.
     pub(crate) b: usize,
     pub(crate) s: usize,
@@ -204,7 +205,7 @@ impl Dims {
     pub(crate) fn of<F: Scalar, C: Recurrent<F>>(cell: &C, problem: &Problem<'_, F>) -> Self {
         let (b, s) = problem.h0.dim();
         Dims {
-            t_len: problem.len(),
+            t_len: Some(problem.len()),
             b,
             s,
             d: cell.input_width(),
@@ -278,6 +279,153 @@ impl<F: Scalar> Trace<F> {
             Estimator::Uoro(_) => b * s + self.layout.len,
             Estimator::KfRtrl { .. } => b * (s * s + d + s + 1),
         }
+    }
+}
+
+/// Online learning with a forward-mode estimator: steps fed one at a time, a gradient
+/// estimate after each (of that step's loss, through every earlier step the estimator
+/// carries), memory independent of the number of steps. Between steps the parameters may
+/// change (update them with each estimate, as UORO and RTRL are meant to be used); the
+/// carried influence then mixes Jacobians taken at earlier parameters, the usual online
+/// approximation. With the parameters held fixed, the estimates of T steps add up to
+/// [`run`]'s gradient for the same estimator (same seed, same signs).
+///
+/// ```
+/// use ndarray::Array2;
+/// use timetape::bptt::online::{Estimator, Noise, OnlineStream};
+/// use timetape::bptt::StepTarget;
+/// use timetape::optim::Sgd;
+/// use timetape::rnn::{models, Sizes};
+/// use timetape::Params;
+///
+/// let mut params = Params::<f64>::new();
+/// let cell = models::m3(&mut params, Sizes::new(2, 4, 2), 0)?;
+/// let mut sgd = Sgd::new(0.05)?;
+/// let mut online = OnlineStream::new(&cell, &params, 1, &Estimator::Uoro(Noise::Seeded(1)))?;
+/// for t in 0..200 {
+///     let x = Array2::from_elem((1, 2), (t as f64 * 0.3).sin());
+///     let step = online.push(&params, x.view(), StepTarget::Classes(&[t % 2]))?;
+///     sgd.step(&mut params, &step.grads)?; // learn at every step
+/// }
+/// # Ok::<(), timetape::Error>(())
+/// ```
+pub struct OnlineStream<'c, F: Scalar, C: Recurrent<F>> {
+    cell: &'c C,
+    layout: Layout,
+    dims: Dims,
+    carried: Carried<F>,
+    workspace: super::Workspace<F>,
+    h: Array2<F>,
+    t: usize,
+}
+
+/// One step of an [`OnlineStream`].
+#[derive(Debug, Clone)]
+pub struct StepEstimate<F> {
+    /// The step's loss.
+    pub loss: F,
+    /// The estimate of the gradient of the step's loss.
+    pub grads: Grads<F>,
+    /// The state after the step.
+    pub h: Array2<F>,
+}
+
+impl<'c, F: Scalar, C: Recurrent<F>> OnlineStream<'c, F, C> {
+    /// A stream of batches of `batch` rows from h_0 = 0, estimating with `estimator`
+    /// over the parameters of `params` (the same store, same shapes, at every step).
+    ///
+    /// Errors: as [`run`] for the estimator (its ξ drawn step by step; given signs
+    /// consumed step by step); [`Error::EmptyInput`] for `batch = 0`.
+    pub fn new(
+        cell: &'c C,
+        params: &Params<F>,
+        batch: usize,
+        estimator: &Estimator,
+    ) -> Result<Self> {
+        if batch == 0 {
+            return Err(Error::EmptyInput {
+                op: "OnlineStream::new",
+                what: "batch of 0 rows",
+            });
+        }
+        let layout = Layout::of(params);
+        let dims = Dims {
+            t_len: None,
+            b: batch,
+            s: cell.state_width(),
+            d: cell.input_width(),
+            tokens: false,
+            resets: false,
+        };
+        crate::init::check_alloc::<F>("OnlineStream::new", &[(batch, cell.state_width())])?;
+        Ok(OnlineStream {
+            cell,
+            carried: Carried::new(estimator, dims, params, &layout)?,
+            layout,
+            dims,
+            workspace: super::Workspace::new(),
+            h: Array2::zeros((batch, cell.state_width())),
+            t: 0,
+        })
+    }
+
+    /// Feeds one step, its input `x` (B×D) and target, with the parameters as they are
+    /// now; gives the step's loss, its gradient estimate and the new state.
+    ///
+    /// Errors: [`Error::ShapeMismatch`] for an input or target without B rows, or
+    /// parameters whose shapes changed; as [`run`] otherwise.
+    pub fn push(
+        &mut self,
+        params: &Params<F>,
+        x: ArrayView2<'_, F>,
+        target: super::StepTarget<'_, F>,
+    ) -> Result<StepEstimate<F>> {
+        if Layout::of(params).blocks != self.layout.blocks {
+            return Err(invalid(
+                "OnlineStream::push",
+                "the parameters are not those the stream started with",
+            ));
+        }
+        let xs = x.insert_axis(Axis(0));
+        let zero = [F::zero()];
+        let (labels, values): (Array2<usize>, ndarray::Array3<F>);
+        let loss: crate::rnn::SequenceLoss<'_, F> = match target {
+            super::StepTarget::Classes(l) => {
+                labels = Array2::from_shape_fn((1, l.len()), |(_, r)| l[r]);
+                crate::rnn::SequenceLoss::classes(labels.view()).into()
+            }
+            super::StepTarget::Values(y) => {
+                values = y.to_owned().insert_axis(Axis(0));
+                crate::rnn::SequenceLoss::values(values.view()).into()
+            }
+            super::StepTarget::None => {
+                labels = Array2::zeros((1, self.dims.b));
+                crate::rnn::SequenceLoss::classes(labels.view())
+                    .weighted(&zero)
+                    .into()
+            }
+        };
+        let seq = Sequence::new(xs, loss).with_h0(self.h.view());
+        let problem = Problem::new(self.cell, &seq)?;
+        let ws = std::mem::take(&mut self.workspace);
+        let mut engine = Engine::with_workspace(ws, self.cell, params, RunOptions::default());
+        let mut step = Linearizer::new(&self.layout, params, problem.h0.dim());
+        let result = step.linearize(&mut engine, &problem, 0, self.h.view());
+        let mut g = step.lin.direct.clone();
+        let absorbed = result.and_then(|()| self.carried.absorb(self.t, &step.lin, &mut g));
+        let loss = engine.loss;
+        self.workspace = engine.finish(None, Array2::zeros((0, 0))).1;
+        absorbed.map_err(|e| e.at_step_offset(self.t))?;
+        let mut grads = Grads::zeros_like(params);
+        self.layout.add_into(g.view(), &mut grads)?;
+        grads.check_finite("OnlineStream::push")?;
+        self.h.assign(&step.lin.h);
+        self.t += 1;
+        Ok(StepEstimate {
+            loss,
+            grads,
+            h: self.h.clone(),
+        })
     }
 }
 
@@ -476,13 +624,13 @@ pub(crate) enum Signs {
 }
 
 impl Signs {
-    /// The signs of `noise`, `per_step` a step for `t_len` steps (checked if given).
-    fn new(noise: &Noise, per_step: usize, t_len: usize) -> Result<Self> {
+    /// The signs of `noise`, `per_step` a step for `t_len` steps (their number checked
+    /// if given and T known).
+    fn new(noise: &Noise, per_step: usize, t_len: Option<usize>) -> Result<Self> {
         match noise {
             Noise::Seeded(seed) => Ok(Signs::Drawn(Box::new(crate::init::rng(*seed)))),
             Noise::Signs(signs) => {
-                let want = per_step * t_len;
-                if signs.len() != want {
+                if let Some(t_len) = t_len.filter(|&t| signs.len() != per_step * t) {
                     return Err(Error::ShapeMismatch {
                         op: "online: Noise::Signs (steps × signs per step)",
                         lhs: (t_len, per_step),
@@ -503,20 +651,21 @@ impl Signs {
         }
     }
 
-    fn next<F: Scalar>(&mut self) -> F {
+    fn next<F: Scalar>(&mut self) -> Result<F> {
         let plus = match self {
             Signs::Drawn(rng) => rng.random::<bool>(),
             Signs::Given { signs, next } => {
-                let c = signs.get(*next).copied().unwrap_or(1);
+                let c = signs.get(*next).copied().ok_or_else(|| {
+                    invalid(
+                        "online: Noise::Signs",
+                        format!("only {} signs given", signs.len()),
+                    )
+                })?;
                 *next += 1;
                 c > 0
             }
         };
-        if plus {
-            F::one()
-        } else {
-            -F::one()
-        }
+        Ok(if plus { F::one() } else { -F::one() })
     }
 }
 
@@ -526,7 +675,7 @@ pub(crate) enum Carried<F> {
     /// RTRL: `M_t` (BS×P) and the ξ of its truncation.
     Rtrl {
         m: Array2<F>,
-        xi: XiTable,
+        xi: XiFeed,
         keep_xi: bool,
     },
     /// UORO: `s̃_t` (BS) and `θ̃_t` (P).
@@ -567,12 +716,7 @@ impl<F: Scalar> Carried<F> {
         Ok(match estimator {
             Estimator::Rtrl(tr) => Carried::Rtrl {
                 m: Array2::zeros((n, layout.len)),
-                xi: tr.xi_table(t_len, b)?.ok_or_else(|| {
-                    invalid(
-                        "online::Rtrl",
-                        "TBPTT with k2 ≠ k1 and adaptive truncation have no ξ to carry forward",
-                    )
-                })?,
+                xi: XiFeed::new(tr, t_len, b)?,
                 keep_xi: tr.reports_xi(),
             },
             Estimator::Uoro(noise) => Carried::Uoro {
@@ -602,7 +746,7 @@ impl<F: Scalar> Carried<F> {
     pub(crate) fn xi(&self) -> Option<Vec<f64>> {
         match self {
             Carried::Rtrl {
-                xi: XiTable::Shared(xi),
+                xi: XiFeed::Table(XiTable::Shared(xi)),
                 keep_xi: true,
                 ..
             } => Some(xi.clone()),
@@ -614,7 +758,7 @@ impl<F: Scalar> Carried<F> {
     pub(crate) fn xi_rows(&self) -> Option<Array2<f64>> {
         match self {
             Carried::Rtrl {
-                xi: XiTable::Rows(table),
+                xi: XiFeed::Table(XiTable::Rows(table)),
                 ..
             } => Some(table.clone()),
             _ => None,
@@ -630,43 +774,115 @@ impl<F: Scalar> Carried<F> {
         g: &mut Array1<F>,
     ) -> Result<()> {
         match self {
-            Carried::Rtrl {
-                m,
-                xi: XiTable::Rows(table),
-                ..
-            } => {
-                // ξ_t per batch row: scale each row's block of M_{t−1} (its S state
-                // entries) before it meets ∂L/∂h_{t−1} and J^h.
-                let s = lin.h.ncols();
-                let mut scaled = m.clone();
-                for (r, mut block) in scaled.axis_chunks_iter_mut(Axis(0), s).enumerate() {
-                    let x = F::of(table[[t, r]]);
-                    block.mapv_inplace(|v| v * x);
-                }
-                g.scaled_add(F::one(), &lin.back.dot(&scaled));
-                let carried = lin.jh.dot(&scaled);
-                m.assign(&lin.jtheta);
-                m.scaled_add(F::one(), &carried);
+            Carried::Rtrl { m, xi, .. } => {
+                let (b, s) = lin.h.dim();
+                let x = xi.at(t, b)?;
+                rtrl_step(m, &x, s, lin, g);
             }
-            Carried::Rtrl {
-                m,
-                xi: XiTable::Shared(xi),
-                ..
-            } => {
-                let x = F::of(xi.get(t).copied().unwrap_or(1.0));
-                if x != F::zero() {
-                    g.scaled_add(x, &lin.back.dot(m));
-                    let carried = lin.jh.dot(m);
-                    m.assign(&lin.jtheta);
-                    m.scaled_add(x, &carried);
-                } else {
-                    m.assign(&lin.jtheta);
-                }
-            }
-            Carried::Uoro { s, theta, signs } => uoro_step(s, theta, signs, lin, g),
+            Carried::Uoro { s, theta, signs } => uoro_step(s, theta, signs, lin, g)?,
             Carried::Kf { kf, u, a, signs } => kf.step(u, a, signs, lin, g)?,
         }
         Ok(())
+    }
+}
+
+/// One RTRL step with ξ_t per batch row (`x`, B values): ξ scales each row's block of
+/// `M_{t−1}` (its S state entries) before it meets ∂L/∂h_{t−1} and J^h; a ξ shared by
+/// the rows is one scalar.
+fn rtrl_step<F: Scalar>(
+    m: &mut Array2<F>,
+    x: &[f64],
+    s: usize,
+    lin: &StepLinearization<F>,
+    g: &mut Array1<F>,
+) {
+    if x.iter().all(|&v| v == x[0]) {
+        let x = F::of(x[0]);
+        if x != F::zero() {
+            g.scaled_add(x, &lin.back.dot(m));
+            let carried = lin.jh.dot(m);
+            m.assign(&lin.jtheta);
+            m.scaled_add(x, &carried);
+        } else {
+            m.assign(&lin.jtheta);
+        }
+        return;
+    }
+    let mut scaled = m.clone();
+    for (block, &v) in scaled.axis_chunks_iter_mut(Axis(0), s).zip(x) {
+        let v = F::of(v);
+        let mut block = block;
+        block.mapv_inplace(|e| e * v);
+    }
+    g.scaled_add(F::one(), &lin.back.dot(&scaled));
+    let carried = lin.jh.dot(&scaled);
+    m.assign(&lin.jtheta);
+    m.scaled_add(F::one(), &carried);
+}
+
+/// Where RTRL's ξ come from: a table drawn for the whole sequence ([`run`]), or drawn
+/// step by step by each row's truncation ([`OnlineStream`]).
+#[derive(Debug, Clone)]
+pub(crate) enum XiFeed {
+    Table(XiTable),
+    Live {
+        /// One truncation and sampler, shared by the rows, or one per row.
+        rows: Vec<(Truncation, Option<XiSampler>)>,
+    },
+}
+
+impl XiFeed {
+    /// The ξ of `tr` for `b` rows: drawn for all T steps if T is known, else step by step.
+    fn new(tr: &Truncation, t_len: Option<usize>, b: usize) -> Result<Self> {
+        let none = || {
+            invalid(
+                "online::Rtrl",
+                "TBPTT with k2 ≠ k1 and adaptive truncation have no ξ to carry forward",
+            )
+        };
+        let Some(t_len) = t_len else {
+            tr.validate(None)?;
+            if matches!(tr, Truncation::Tbptt { k1, k2 } if k1 != k2)
+                || matches!(tr, Truncation::Adaptive(_))
+            {
+                return Err(none());
+            }
+            let rows = match tr {
+                Truncation::PerRow(rows) if rows.len() != b => {
+                    return Err(Error::ShapeMismatch {
+                        op: "online::Rtrl (Truncation::PerRow)",
+                        lhs: (b, 1),
+                        rhs: (rows.len(), 1),
+                    })
+                }
+                Truncation::PerRow(rows) => rows
+                    .iter()
+                    .map(|r| (r.clone(), super::stream::sampler_of(r)))
+                    .collect(),
+                tr => vec![(tr.clone(), super::stream::sampler_of(tr))],
+            };
+            return Ok(XiFeed::Live { rows });
+        };
+        tr.xi_table(t_len, b)?.map(XiFeed::Table).ok_or_else(none)
+    }
+
+    /// ξ_t (t 0-based) for each of `b` rows.
+    fn at(&mut self, t: usize, b: usize) -> Result<Vec<f64>> {
+        Ok(match self {
+            XiFeed::Table(XiTable::Shared(xi)) => vec![xi.get(t).copied().unwrap_or(1.0); b],
+            XiFeed::Table(XiTable::Rows(table)) => table.row(t).to_vec(),
+            XiFeed::Live { rows } => {
+                let x = rows
+                    .iter_mut()
+                    .map(|(tr, sampler)| super::stream::xi_of(tr, sampler.as_mut(), t))
+                    .collect::<Result<Vec<f64>>>()?;
+                if x.len() == b {
+                    x
+                } else {
+                    vec![x[0]; b]
+                }
+            }
+        })
     }
 }
 
@@ -688,9 +904,11 @@ fn uoro_step<F: Scalar>(
     signs: &mut Signs,
     lin: &StepLinearization<F>,
     g: &mut Array1<F>,
-) {
+) -> Result<()> {
     g.scaled_add(lin.back.dot(s), theta);
-    let nu: Array1<F> = (0..s.len()).map(|_| signs.next::<F>()).collect();
+    let nu: Array1<F> = (0..s.len())
+        .map(|_| signs.next::<F>())
+        .collect::<Result<_>>()?;
     let js = lin.jh.dot(s);
     let vt = lin.jtheta.t().dot(&nu);
     let rho0 = ratio(norm(theta.iter()), norm(js.iter()));
@@ -700,6 +918,7 @@ fn uoro_step<F: Scalar>(
     s.scaled_add(rho1, &nu);
     theta.mapv_inplace(|v| v / rho0);
     theta.scaled_add(F::one() / rho1, &vt);
+    Ok(())
 }
 
 impl KfLayout {
@@ -769,7 +988,7 @@ impl KfLayout {
             };
             let act = self.activation;
             let dd: Array1<F> = lin.h.row(r).mapv(|y| act.derivative_at_output(y));
-            let c = signs.next::<F>();
+            let c = signs.next::<F>()?;
             let p1 = ratio(norm(fa.iter()), norm(u.row(r).iter()));
             let p2 = ratio(norm(dd.iter()), norm(hat.iter()));
             let mut ur = u.row_mut(r);

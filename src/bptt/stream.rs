@@ -564,7 +564,7 @@ impl<'a, F: Scalar, C: Recurrent<F>> Stream<'a, F, C> {
 }
 
 /// The sampler a cut-based truncation draws its ξ with, if it draws them.
-fn sampler_of(tr: &Truncation) -> Option<XiSampler> {
+pub(crate) fn sampler_of(tr: &Truncation) -> Option<XiSampler> {
     match tr {
         Truncation::Randomized { pi, seed } => Some(XiSampler::new(pi.clone(), *seed)),
         Truncation::Windows { lengths, seed } => Some(XiSampler::windows(lengths.clone(), *seed)),
@@ -573,7 +573,7 @@ fn sampler_of(tr: &Truncation) -> Option<XiSampler> {
 }
 
 /// ξ_t (t 0-based) of a cut-based truncation, drawn from `sampler` if it draws them.
-fn xi_of(tr: &Truncation, sampler: Option<&mut XiSampler>, t: usize) -> Result<f64> {
+pub(crate) fn xi_of(tr: &Truncation, sampler: Option<&mut XiSampler>, t: usize) -> Result<f64> {
     Ok(match tr {
         Truncation::Full => 1.0,
         Truncation::Fixed { k } | Truncation::Tbptt { k1: k, .. } => {
