@@ -64,8 +64,8 @@
 //! | [`bptt::Truncation::PerRow`] | each row as its own truncation | T | one segment (until every row is cut) |
 //! | [`bptt::Memory::Revolve`] `{ states: s }` (with any cut-based truncation) | as the truncation | T (T + rT − C(s + r, s + 1) forward) | s states + one step |
 //! | [`bptt::online::Estimator::Rtrl`] (forward mode) | exact (or any ξ pattern's) | none: B·S + 1 one-step VJPs a step | one step; carries B·S·P floats |
-//! | [`bptt::online::Estimator::Uoro`] | unbiased, high variance | none (as RTRL) | one step; carries B·S + P floats |
-//! | [`bptt::online::Estimator::KfRtrl`] (vanilla RNN) | unbiased, less variance than UORO | none (as RTRL) | one step; carries B·(S² + D + S + 1) floats |
+//! | [`bptt::online::Estimator::Uoro`] | unbiased, high variance | none (as RTRL) | one step; carries B·S + P floats (and holds a step's Jacobians, B·S × (B·S + P), while linearizing it) |
+//! | [`bptt::online::Estimator::KfRtrl`] (vanilla RNN) | unbiased, less variance than UORO | none (as RTRL) | one step; carries B·(S² + D + S + 1) floats (and a step's Jacobians, as UORO) |
 //!
 //! ## Choosing an estimator
 //!
@@ -87,6 +87,10 @@
 //! | RTRL | ≤ 1.5e-16 | 0 | 1264 |
 //! | UORO | ≤ 1.6e-16 | 0.401 | 872 |
 //! | KF-RTRL | ≤ 1.6e-16 | 0.194 | 760 |
+//!
+//! (Memory is the expected peak of the tape plus what an online estimator carries from
+//! step to step; the Jacobians this crate's online estimators take of each step, B·S ×
+//! (B·S + P) floats, are not in it.)
 //!
 //! What the numbers say, and what they do not: truncation's bias does not shrink
 //! steadily with k (`Fixed { k: 2 }` is further off than `k: 1` here), so a window is

@@ -286,6 +286,17 @@ fn atlas_refuses_what_it_cannot_compute() {
     )
     .unwrap_err();
     assert!(matches!(err, Error::InvalidArgument { .. }), "{err}");
+    // A loss whose weights are all 0: the full gradient is 0, no relative bias.
+    let zero = vec![0.0; case.t()];
+    let flat = case.seq_with(case.loss_with(&zero));
+    let err = atlas::survey(
+        &case.cell,
+        &case.params,
+        &flat,
+        &Survey::new(&[Method::Full], Mode::Exact),
+    )
+    .unwrap_err();
+    assert!(matches!(err, Error::InvalidArgument { .. }), "{err}");
     let one = Mode::MonteCarlo { runs: 1, seed: 0 };
     let err =
         atlas::survey(&case.cell, &case.params, &seq, &Survey::new(&methods, one)).unwrap_err();

@@ -166,6 +166,17 @@ fn on_influence_balancing_every_chosen_window_is_at_least_41() {
                 u.step
             );
         }
+        // Not only by falling back to k_max: the bound itself chose windows (≤ δ), and
+        // those are ≥ 41 too, while every shorter one was above δ.
+        let chosen: Vec<_> = r.adaptive.iter().filter(|u| u.bound <= delta).collect();
+        assert!(
+            chosen.len() >= 10,
+            "δ = {delta}: {} windows chosen by the bound",
+            chosen.len()
+        );
+        for u in chosen {
+            assert!(u.next_window >= 41 && (11..41).all(|k| u.bound_at(k) > delta));
+        }
         println!(
             "δ = {delta}: windows {:?}",
             r.adaptive.iter().map(|u| u.next_window).collect::<Vec<_>>()
@@ -186,6 +197,7 @@ fn bad_adaptive_parameters_are_refused() {
             k_first: Some(2),
             ..Adaptive::new(2, 0.1, 10)
         },
+        Adaptive::new(2, 0.1, usize::MAX),
     ] {
         let err = run(
             &case.cell,

@@ -347,3 +347,34 @@ fn per_row_inputs_that_do_not_fit_are_refused() {
     let err = stream.reset_rows(&[true]).unwrap_err();
     assert!(matches!(err, Error::ShapeMismatch { .. }), "{err}");
 }
+
+/// Inputs whose rows do not fit the batch are refused by the runners that split or
+/// slice rows (`Sequence::rows`, `Parallel`, a stream's per-row patterns), not
+/// panicked on or silently cut.
+#[test]
+fn rows_that_do_not_fit_are_refused_where_rows_are_split() {
+    let c = case(6, 4, 3);
+    let narrow = Array2::from_elem((6, 1), false);
+    let seq = c.seq().with_resets(narrow.view());
+    let err = seq.rows(2..4).unwrap_err();
+    assert!(matches!(err, Error::ShapeMismatch { .. }), "{err}");
+    let mut par = Parallel::<f64>::new(2).unwrap();
+    let err = par
+        .run(&c.cell, &c.params, &seq, &Run::new(Truncation::Full))
+        .unwrap_err();
+    assert!(matches!(err, Error::ShapeMismatch { .. }), "{err}");
+    let five = Run::new(Truncation::PerRow(vec![Truncation::Full; 5]));
+    let err = par.run(&c.cell, &c.params, &c.seq(), &five).unwrap_err();
+    assert!(matches!(err, Error::ShapeMismatch { .. }), "{err}");
+    assert!(par.stream(&c.cell, &c.params, 4, &five).is_err());
+    // A stream's per-row pattern longer than the steps fed.
+    let long = Truncation::PerRow(vec![Truncation::Pattern(vec![1.0; 9]); 4]);
+    let mut stream = Stream::new(&c.cell, &c.params, 4, &Run::new(long)).unwrap();
+    for t in 0..6 {
+        let labels: Vec<usize> = c.data.labels.row(t).to_vec();
+        let x = c.data.xs.index_axis(Axis(0), t);
+        stream.push(x, StepTarget::Classes(&labels), 1.0).unwrap();
+    }
+    let err = stream.finish().unwrap_err();
+    assert!(matches!(err, Error::ShapeMismatch { .. }), "{err}");
+}

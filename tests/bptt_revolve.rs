@@ -328,3 +328,22 @@ fn a_stream_within_a_budget_gives_the_run_gradient() {
         assert_eq!(got.xi, want.xi);
     }
 }
+
+/// A segment that holds no loss term (a last-step loss, `Fixed { k: 5 }` over 20 steps)
+/// is only advanced under a budget, not reversed: the backward steps are the tape's,
+/// and the forward steps 15 (three segments advanced) plus the optimum for the last
+/// segment of 5 steps with 2 states, 11.
+#[test]
+fn segments_without_a_loss_are_only_advanced() {
+    let case = Case::new(Model::M2, 20, 3);
+    let seq = case.seq();
+    let tr = Truncation::Fixed { k: 5 };
+    let tape = run(&case.cell, &case.params, &seq, &Run::new(tr.clone())).unwrap();
+    let how = Run::new(tr).memory(Memory::Revolve { states: 2 });
+    let r = run(&case.cell, &case.params, &seq, &how).unwrap();
+    assert_grads_close(&case.params, &r.grads, &tape.grads, 1e-12, "last-step loss");
+    assert_eq!(r.backward_steps, tape.backward_steps);
+    assert_eq!(r.forward_steps, 15 + optimal_forward_steps(5, 2).unwrap());
+    // More states than steps: the arithmetic stays in range (2T − 1).
+    assert_eq!(optimal_forward_steps(2, usize::MAX).unwrap(), 3);
+}

@@ -153,6 +153,20 @@ fn estimators_refuse_what_they_cannot_run() {
         ),
         "{err}"
     );
+    // The factors of another RNN of the same shapes in the same store.
+    let mut params = case.params.clone();
+    let twin = timetape::rnn::Rnn::new(
+        &mut params,
+        timetape::rnn::RnnConfig::new(3, 4, 3).named("twin."),
+        9,
+    )
+    .unwrap();
+    let kf = Estimator::KfRtrl {
+        factors: online::Kronecker::of(&twin),
+        noise: Noise::Seeded(1),
+    };
+    let err = online::run(&case.cell, &params, &seq, &kf).unwrap_err();
+    assert!(matches!(err, Error::InvalidArgument { .. }), "{err}");
     let empty = Array3::<f64>::zeros((0, 2, 3));
     let labels = ndarray::Array2::<usize>::zeros((0, 2));
     let seq = Sequence::new(

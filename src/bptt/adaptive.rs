@@ -40,6 +40,10 @@ use crate::scalar::Scalar;
 use ndarray::Array2;
 use std::collections::VecDeque;
 
+/// The longest window [`Adaptive`] accepts (2^24 steps; each update keeps that many
+/// states).
+pub const MAX_ADAPTIVE_WINDOW: usize = 1 << 24;
+
 /// The parameters of [`Truncation::Adaptive`](super::Truncation::Adaptive).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Adaptive {
@@ -78,6 +82,12 @@ impl Adaptive {
             return Err(invalid(
                 op,
                 format!("k_max = {} must exceed k1 = {}", self.k_max, self.k1),
+            ));
+        }
+        if self.k_max > MAX_ADAPTIVE_WINDOW {
+            return Err(invalid(
+                op,
+                format!("k_max = {} exceeds {MAX_ADAPTIVE_WINDOW}", self.k_max),
             ));
         }
         if !(self.delta > 0.0 && self.delta.is_finite()) {
@@ -220,7 +230,7 @@ pub(crate) fn run_adaptive<F: Scalar, C: Recurrent<F>>(
         if u > newest {
             states.push_back((u, engine.state(u - a - 1)?.to_owned()));
         }
-        while states.len() > how.k_max + 1 {
+        while states.len() > how.k_max.saturating_add(1) {
             states.pop_front();
         }
         let mut update = window_of
@@ -335,7 +345,14 @@ impl<F: Scalar> Window<F> {
             let lag = big_k - 1 - i;
             within[lag] = running.global_norm().as_f64();
             if self.norms[lag] > 0.0 {
-                gain = gain.max(c.global_norm().as_f64() / self.norms[lag]);
+                let ratio = c.global_norm().as_f64() / self.norms[lag];
+                if !ratio.is_finite() {
+                    return Err(crate::error::Error::NonFinite {
+                        op: "Truncation::Adaptive",
+                        what: format!("the gain ‖c_k‖/n_k at lag {lag}"),
+                    });
+                }
+                gain = gain.max(ratio);
             }
         }
         Ok(AdaptiveUpdate {

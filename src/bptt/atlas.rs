@@ -170,8 +170,8 @@ pub struct Atlas<F> {
 ///
 /// Errors: as [`run`] and [`online::run`]; [`crate::Error::InvalidArgument`] for an
 /// exact survey of a method with more than [`MAX_OUTCOMES`] outcomes (or more than
-/// [`enumerate::MAX_ENUMERATION_STEPS`] steps for `Randomized`), or fewer than 2 Monte
-/// Carlo runs.
+/// [`enumerate::MAX_ENUMERATION_STEPS`] steps for `Randomized`), fewer than 2 Monte
+/// Carlo runs, or a full gradient that is zero (no relative bias).
 pub fn survey<F: Scalar, C: Recurrent<F>>(
     cell: &C,
     params: &Params<F>,
@@ -185,6 +185,12 @@ pub fn survey<F: Scalar, C: Recurrent<F>>(
     }
     let ctx = Context::new(cell, params, seq, survey.methods)?;
     let full = ctx.outcome(&Draw::Reverse(Truncation::Full))?.g;
+    if full.iter().all(|&x| x == 0.0) {
+        return Err(invalid(
+            "atlas",
+            "the full gradient is zero: there is no relative bias to measure",
+        ));
+    }
     let mut entries = Vec::with_capacity(survey.methods.len());
     for method in survey.methods {
         let moments = match survey.mode {

@@ -136,7 +136,8 @@ pub(crate) fn run_revolve<F: Scalar, C: Recurrent<F>>(
     h: ArrayView2<'_, F>,
     states: usize,
 ) -> Result<Array2<F>> {
-    let actions = revolve::schedule(steps.len(), states)?;
+    let n = steps.len();
+    let actions = revolve::schedule(n, states)?;
     let mut run = Revolve {
         start: steps.start,
         edges,
@@ -147,6 +148,13 @@ pub(crate) fn run_revolve<F: Scalar, C: Recurrent<F>>(
         h_end: None,
         norms_rev: Vec::new(),
     };
+    if problem.local_loss(steps.start, steps.end).is_none() {
+        // No loss term in the segment (a last-step loss further on): nothing to
+        // backpropagate, only its last state to compute.
+        run.act(engine, problem, Action::Advance { from: 0, to: n })
+            .map_err(|e| e.at_step_offset(steps.start))?;
+        return Ok(run.current.1);
+    }
     for action in actions {
         run.act(engine, problem, action)
             .map_err(|e| e.at_step_offset(steps.start + action_step(action)))?;

@@ -59,7 +59,7 @@ mod unroll;
 mod windows;
 mod xi;
 
-pub use adaptive::{Adaptive, AdaptiveUpdate};
+pub use adaptive::{Adaptive, AdaptiveUpdate, MAX_ADAPTIVE_WINDOW};
 #[cfg(feature = "mpi")]
 pub(crate) use parallel::tree_sum_scalars;
 pub use parallel::{

@@ -30,8 +30,11 @@
 //! for the loss, and one per entry of the B×S state for the rows of `J^h_t` and `J^θ_t`.
 //! So any cell of the crate works, and the Jacobians are the tape's own; the price is
 //! B·S + 1 one-step backward passes per step, which is what RTRL costs anyway but more
-//! than a production UORO or KF-RTRL would spend (they need one forward-mode product).
-//! Memory does not grow with T: one step's tape and the carried estimate.
+//! than a production UORO or KF-RTRL would spend (they need one forward-mode product),
+//! and while it linearizes a step it holds that step's Jacobians, B·S × (B·S + P)
+//! floats: the carried estimate is the papers' (B·S + P floats for UORO, the "carried
+//! floats" of [`super::atlas`]), the workspace of a step is RTRL's. Memory does not
+//! grow with T: one step's tape, its Jacobians and the carried estimate.
 //!
 //! **Noise.** UORO draws a Rademacher vector ν_t ∈ {±1}^{B·S} per step; KF-RTRL one
 //! sign per batch row and step (the paper's two signs c₁, c₂ enter `u_t ⊗ A_t` only
@@ -239,6 +242,10 @@ impl<F: Scalar> Trace<F> {
         let layout = Layout::of(params);
         let dims = Dims::of(cell, &problem);
         let mut engine = Engine::new(cell, params, RunOptions::default());
+        // Every step's Jacobians, T·n × (n + P).
+        let n = dims.b.saturating_mul(dims.s);
+        let rows = problem.len().saturating_mul(n);
+        crate::init::check_alloc::<F>("online (trace)", &[(rows, n.saturating_add(layout.len))])?;
         let mut steps = Vec::with_capacity(problem.len());
         let mut direct = Array1::zeros(layout.len);
         let h = sweep(&mut engine, &problem, &layout, |_, lin| {
@@ -372,8 +379,11 @@ impl<'c, F: Scalar, C: Recurrent<F>> OnlineStream<'c, F, C> {
     /// Feeds one step, its input `x` (B×D) and target, with the parameters as they are
     /// now; gives the step's loss, its gradient estimate and the new state.
     ///
-    /// Errors: [`Error::ShapeMismatch`] for an input or target without B rows, or
-    /// parameters whose shapes changed; as [`run`] otherwise.
+    /// Errors: [`Error::ShapeMismatch`] for an input or target without B rows;
+    /// [`Error::InvalidArgument`] for parameters other than those the stream started
+    /// with, or given signs that ran out; as [`run`] otherwise. After an error from the
+    /// estimator (signs that ran out, a non-finite value) the stream may be part way
+    /// through the step: do not keep using it.
     pub fn push(
         &mut self,
         params: &Params<F>,
@@ -712,7 +722,8 @@ impl<F: Scalar> Carried<F> {
     ) -> Result<Self> {
         let Dims { t_len, b, s, .. } = dims;
         let n = b * s;
-        crate::init::check_alloc::<F>("online", &[(n, layout.len)])?;
+        // The carried estimate and a step's Jacobians J^θ (n×P) and J^h (n×n).
+        crate::init::check_alloc::<F>("online", &[(n, layout.len), (n, layout.len), (n, n)])?;
         Ok(match estimator {
             Estimator::Rtrl(tr) => Carried::Rtrl {
                 m: Array2::zeros((n, layout.len)),
@@ -988,6 +999,7 @@ impl KfLayout {
             };
             let act = self.activation;
             let dd: Array1<F> = lin.h.row(r).mapv(|y| act.derivative_at_output(y));
+            self.check_factors(lin, r, &hat, &dd)?;
             let c = signs.next::<F>()?;
             let p1 = ratio(norm(fa.iter()), norm(u.row(r).iter()));
             let p2 = ratio(norm(dd.iter()), norm(hat.iter()));
@@ -998,6 +1010,50 @@ impl KfLayout {
             a.mapv_inplace(|v| v / p1);
             for j in 0..s {
                 a[[j, j]] = a[[j, j]] + c * dd[j] / p2;
+            }
+        }
+        Ok(())
+    }
+
+    /// Checks that the step's J^θ on W̃ (from the tape) is `ĥ ⊗ D` for row r, as the
+    /// factors of a vanilla RNN with these parameters make it: factors of another cell
+    /// (or of another RNN of the same shapes) are refused instead of giving a wrong
+    /// estimate. Tolerance 10⁴ ε of the largest `|ĥ_k D_j|`: each entry is one product
+    /// on either side.
+    fn check_factors<F: Scalar>(
+        &self,
+        lin: &StepLinearization<F>,
+        r: usize,
+        hat: &Array1<F>,
+        dd: &Array1<F>,
+    ) -> Result<()> {
+        let (d, s) = (self.d, self.s);
+        let scale = norm(hat.iter()) * norm(dd.iter());
+        let tol = F::epsilon() * F::of(1e4) * scale;
+        let spans = [(0, d), (d, s), (d + s, 1)];
+        for (off, (from, rows)) in self.offsets.iter().zip(spans) {
+            let Some(off) = off else { continue };
+            for j in 0..s {
+                let row = lin.jtheta.row(r * s + j);
+                for k in 0..rows {
+                    for jp in 0..s {
+                        let want = if j == jp {
+                            hat[from + k] * dd[j]
+                        } else {
+                            F::zero()
+                        };
+                        let got = row[off + k * s + jp];
+                        // A NaN difference fails too.
+                        let close = (got - want).abs() <= tol;
+                        if !close {
+                            return Err(invalid(
+                                "online::KfRtrl",
+                                "the cell's ∂h/∂θ is not ĥ ⊗ D for these factors: \
+                                 use Kronecker::of with the RNN being run",
+                            ));
+                        }
+                    }
+                }
             }
         }
         Ok(())

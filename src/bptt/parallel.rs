@@ -210,6 +210,7 @@ impl<F: Scalar> Parallel<F> {
             ));
         }
         let b = seq.batch();
+        check_rows(&how.truncation, b)?;
         let n = self.workers.len().min(b.max(1));
         let shards = (0..n)
             .map(|j| {
@@ -241,6 +242,7 @@ impl<F: Scalar> Parallel<F> {
         batch: usize,
         how: &Run,
     ) -> Result<ParallelStream<'a, F, C>> {
+        check_rows(&how.truncation, batch)?;
         let n = self.workers.len().min(batch.max(1));
         let streams = (0..n)
             .map(|j| {
@@ -511,4 +513,17 @@ fn combine<F: Scalar>(reports: Vec<Report<F>>) -> Result<Report<F>> {
         xi_rows,
         ..first
     })
+}
+
+/// A [`Truncation::PerRow`](super::Truncation::PerRow) must have one truncation per
+/// batch row before it is split across workers (a shard would drop the extra ones).
+fn check_rows(truncation: &super::Truncation, batch: usize) -> Result<()> {
+    match truncation {
+        super::Truncation::PerRow(rows) if rows.len() != batch => Err(Error::ShapeMismatch {
+            op: "Parallel (Truncation::PerRow)",
+            lhs: (batch, 1),
+            rhs: (rows.len(), 1),
+        }),
+        _ => Ok(()),
+    }
 }

@@ -109,6 +109,8 @@ fn check(t_len: usize, s: usize) -> Result<()> {
 /// Errors: [`crate::Error::InvalidArgument`] for s = 0 or T = 0.
 pub fn optimal_forward_steps(t_len: usize, s: usize) -> Result<usize> {
     check(t_len, s)?;
+    // More states than steps change nothing (and keep the arithmetic in range).
+    let s = s.min(t_len);
     let r = repetitions(t_len, s);
     let advanced = r as u128 * t_len as u128 - binom(s as u64 + r, s as u64 + 1);
     usize::try_from(advanced + t_len as u128)

@@ -542,13 +542,19 @@ impl<'a, F: Scalar, C: Recurrent<F>> Stream<'a, F, C> {
                 what: "no steps",
             });
         }
-        if let Truncation::Pattern(p) = &self.truncation {
-            if p.len() != self.t {
-                return Err(Error::ShapeMismatch {
-                    op: "Stream::finish",
-                    lhs: (self.t, 1),
-                    rhs: (p.len(), 1),
-                });
+        let rows = match &self.truncation {
+            Truncation::PerRow(rows) => rows.as_slice(),
+            tr => std::slice::from_ref(tr),
+        };
+        for tr in rows {
+            if let Truncation::Pattern(p) = tr {
+                if p.len() != self.t {
+                    return Err(Error::ShapeMismatch {
+                        op: "Stream::finish",
+                        lhs: (self.t, 1),
+                        rhs: (p.len(), 1),
+                    });
+                }
             }
         }
         self.flush()?;

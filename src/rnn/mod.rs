@@ -370,7 +370,8 @@ impl<'a, F: Scalar> Sequence<'a, F> {
     /// ```
     ///
     /// Errors: [`Error::InvalidArgument`](crate::Error::InvalidArgument) for rows
-    /// outside the batch.
+    /// outside the batch; [`Error::ShapeMismatch`](crate::Error::ShapeMismatch) for an
+    /// `h0` or resets without the batch's rows.
     pub fn rows(&self, rows: std::ops::Range<usize>) -> Result<Sequence<'a, F>> {
         let b = self.batch();
         if rows.start > rows.end || rows.end > b {
@@ -378,6 +379,15 @@ impl<'a, F: Scalar> Sequence<'a, F> {
                 "Sequence::rows",
                 format!("rows {rows:?} outside a batch of {b}"),
             ));
+        }
+        // What is sliced by rows must have the batch's rows (checked here, before the
+        // slice, since a run would only see the slice).
+        let mismatch = |op, lhs, rhs| Err(crate::error::Error::ShapeMismatch { op, lhs, rhs });
+        if let Some(h) = self.h0.filter(|h| h.nrows() != b) {
+            return mismatch("Sequence::rows (h0)", (b, h.ncols()), h.dim());
+        }
+        if let Some(m) = self.resets.filter(|m| m.dim() != (self.len(), b)) {
+            return mismatch("Sequence::rows (resets)", (self.len(), b), m.dim());
         }
         let slice = ndarray::Slice::from(rows.clone());
         Ok(Sequence {
