@@ -12,7 +12,7 @@ mod common;
 
 use common::balance::Balance;
 use common::cases::{Case, Model};
-use common::{assert_close, assert_differs, grads_max_rel_diff, max_abs_diff};
+use common::{assert_close, assert_differs, grads_max_rel_diff, max_abs_diff, nan_max};
 use ndarray::{Array2, Array3, Axis};
 use timetape::bptt::atlas::{self, Method};
 use timetape::bptt::enumerate::{
@@ -766,12 +766,15 @@ fn influence_balancing_awd_windows_bias_is_exact_and_wrong_signed() {
 fn wald_bound(w: &WindowLengths, b: &[f64], t: usize) -> f64 {
     let end = *w.support().end();
     assert!(b.len() > end, "B must cover the support");
-    // Checked finite first: a fold with f64::max or f64::min would skip a NaN.
     assert!(b.iter().all(|x| x.is_finite()), "a non-finite B(ℓ)");
     let mean_b: f64 = w.support().map(|l| w.pmf(l) * b[l]).sum();
     assert!(mean_b > 0.0, "E[B(L)] = {mean_b}");
-    let max_b = b[1..=end].iter().copied().fold(f64::NEG_INFINITY, f64::max);
-    let min_b = b[1..=end].iter().copied().fold(f64::INFINITY, f64::min);
+    // NaN-propagating folds (a NaN would make β NaN, and the β > 0 check fail).
+    let max_b = b[1..=end].iter().copied().fold(f64::NEG_INFINITY, nan_max);
+    let min_b = -b[1..=end]
+        .iter()
+        .map(|x| -x)
+        .fold(f64::NEG_INFINITY, nan_max);
     let eps = t as f64 * w.survival(110);
     t as f64 / w.mean() * mean_b - max_b - eps * min_b.abs()
 }
