@@ -34,6 +34,7 @@ fn every_method(case: &Case) -> Vec<Method> {
     vec![
         Method::Full,
         Method::Fixed { k: 2 },
+        Method::Tbptt { k1: 2, k2: 3 },
         Method::Randomized(Pi::Constant(0.6)),
         Method::Windows(short_windows()),
         Method::Rtrl,
@@ -71,7 +72,7 @@ fn entries(params: &Params<f64>, g: &Grads<f64>) -> Vec<f64> {
 fn uoro_and_kf_rtrl_are_unbiased_by_exact_enumeration() {
     for seed in [1, 2] {
         let case = small_case(5, seed);
-        let a = exact(&case, &every_method(&case)[4..]);
+        let a = exact(&case, &every_method(&case)[5..]);
         let [rtrl, uoro, kf] = [&a.entries[0], &a.entries[1], &a.entries[2]];
         assert_eq!((rtrl.draws, uoro.draws, kf.draws), (1, 1 << 15, 1 << 5));
         let p = &case.params;
