@@ -330,18 +330,9 @@ impl<F: Scalar, C: Recurrent<F> + Sync> ParallelStream<'_, F, C> {
     ///
     /// Errors: [`Error::ShapeMismatch`] unless there are B flags.
     pub fn reset_rows(&mut self, rows: &[bool]) -> Result<()> {
-        if rows.len() != self.batch {
-            return Err(Error::ShapeMismatch {
-                op: "ParallelStream::reset_rows",
-                lhs: (self.batch, 1),
-                rhs: (rows.len(), 1),
-            });
-        }
-        let pending = self.resets.get_or_insert_with(|| vec![false; self.batch]);
-        for (p, &r) in pending.iter_mut().zip(rows) {
-            *p = *p || r;
-        }
-        Ok(())
+        let batch = self.batch;
+        let pending = self.resets.get_or_insert_with(|| vec![false; batch]);
+        super::stream::mark_resets("ParallelStream::reset_rows", pending, rows)
     }
 
     /// Buffers a step (its rows checked), handing out a full block.

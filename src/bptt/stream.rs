@@ -287,17 +287,7 @@ impl<'a, F: Scalar, C: Recurrent<F>> Stream<'a, F, C> {
     ///
     /// Errors: [`Error::ShapeMismatch`] unless there are B flags.
     pub fn reset_rows(&mut self, rows: &[bool]) -> Result<()> {
-        if rows.len() != self.batch {
-            return Err(Error::ShapeMismatch {
-                op: "Stream::reset_rows",
-                lhs: (self.batch, 1),
-                rhs: (rows.len(), 1),
-            });
-        }
-        for (p, &r) in self.pending_resets.iter_mut().zip(rows) {
-            *p = *p || r;
-        }
-        Ok(())
+        mark_resets("Stream::reset_rows", &mut self.pending_resets, rows)
     }
 
     /// Feeds step t: its input `x` (B×D), its target, and its loss weight α_t (ignored
@@ -664,4 +654,19 @@ fn reverse<F: Scalar, C: Recurrent<F>>(
     engine.segment(h, seg, Pass::Backward)?;
     engine.record_dh_norms(0)?;
     Ok(engine.state(k - 1)?.to_owned())
+}
+
+/// Marks `rows` (one flag per batch row) among the rows to reset before the next step.
+pub(crate) fn mark_resets(op: &'static str, pending: &mut [bool], rows: &[bool]) -> Result<()> {
+    if rows.len() != pending.len() {
+        return Err(Error::ShapeMismatch {
+            op,
+            lhs: (pending.len(), 1),
+            rhs: (rows.len(), 1),
+        });
+    }
+    for (p, &r) in pending.iter_mut().zip(rows) {
+        *p = *p || r;
+    }
+    Ok(())
 }
