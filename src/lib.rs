@@ -158,6 +158,7 @@ pub mod gradcheck;
 pub mod ops;
 pub mod params;
 pub mod scalar;
+pub(crate) mod simd;
 pub mod tape;
 
 /// The `ndarray` this crate is built on, so that users need not pin its version.

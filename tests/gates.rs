@@ -208,3 +208,57 @@ fn gate_shape_errors_name_the_op() {
         "{e}"
     );
 }
+
+/// The fused gates run their loops compiled for the widest vectors of the processor
+/// (`simd::vectorized`: AVX-512 on the benchmark machine). Rust does not contract or
+/// reorder float arithmetic, so the f32 values and adjoints must equal, bit for bit, the
+/// same formulas written here as plain scalar loops (the test crate is built for the
+/// baseline). H = 37 leaves remainders after every vector width.
+#[test]
+fn fused_f32_lstm_gates_are_bit_identical_to_scalar_loops() -> timetape::Result<()> {
+    use timetape::Scalar;
+    let (b, h) = (3, 37);
+    let pattern =
+        |(r, c): (usize, usize), k: usize| ((r * 31 + c * 17 + k * 7) % 97) as f32 / 8.0 - 6.0;
+    let a = Array2::from_shape_fn((b, 4 * h), |rc| pattern(rc, 1));
+    let state = Array2::from_shape_fn((b, 2 * h), |rc| pattern(rc, 2) / 3.0);
+    let w = Array2::from_shape_fn((b, 2 * h), |rc| pattern(rc, 3) / 4.0);
+    let mut tape = Tape::<f32>::new();
+    let (av, sv) = (tape.variable(a.view())?, tape.variable(state.view())?);
+    let next = tape.lstm_cell(av, sv)?;
+    let wv = tape.constant(w.clone())?;
+    let weighted = tape.mul(next, wv)?;
+    let loss = tape.sum(weighted)?;
+    tape.backward(loss)?;
+    let (got, got_da) = (
+        tape.value(next)?.to_owned(),
+        tape.adjoint(av)?.map(|d| d.to_owned()),
+    );
+    let got_da = got_da.expect("a needs a gradient");
+    let one = 1.0f32;
+    for r in 0..b {
+        for j in 0..h {
+            let gate = |k: usize| a[[r, k * h + j]];
+            let (i, f) = (gate(0).sigmoid_kernel(), gate(1).sigmoid_kernel());
+            let (g, o) = (gate(2).tanh_kernel(), gate(3).sigmoid_kernel());
+            let c = f * state[[r, h + j]] + i * g;
+            let tc = c.tanh_kernel();
+            assert_eq!(got[[r, j]].to_bits(), (o * tc).to_bits(), "h[{r},{j}]");
+            assert_eq!(got[[r, h + j]].to_bits(), c.to_bits(), "c[{r},{j}]");
+            let (dh, dc) = (w[[r, j]], w[[r, h + j]]);
+            let dct = dc + dh * o * (one - tc * tc);
+            let want = [
+                dct * g * i * (one - i),
+                dct * state[[r, h + j]] * f * (one - f),
+                dct * i * (one - g * g),
+                dh * tc * o * (one - o),
+            ];
+            for (k, want) in want.into_iter().enumerate() {
+                assert!(want.is_finite());
+                let got = got_da[[r, k * h + j]];
+                assert_eq!(got.to_bits(), want.to_bits(), "ā[{r},{k}·H+{j}]");
+            }
+        }
+    }
+    Ok(())
+}

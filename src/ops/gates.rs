@@ -67,6 +67,7 @@ fn blocks_mut<F, const K: usize>(row: &mut [F], n: usize) -> [&mut [F]; K] {
 
 /// Runs `rule(row, out_row, fresh)` on each row of the adjoint of parent `p` (width
 /// `w`), if it needs one; a non-contiguous buffer is reported, not skipped.
+#[inline(always)]
 fn each_row<F: Scalar>(
     cx: &mut Ctx<'_, F>,
     (p, w): (usize, usize),
@@ -77,9 +78,14 @@ fn each_row<F: Scalar>(
     };
     let done = match acc.as_slice_mut() {
         Some(o) => {
-            o.chunks_mut(w.max(1))
-                .enumerate()
-                .for_each(|(r, row)| rule(r, row, fresh));
+            crate::simd::vectorized(
+                #[inline(always)]
+                || {
+                    for (r, row) in o.chunks_mut(w.max(1)).enumerate() {
+                        rule(r, row, fresh);
+                    }
+                },
+            );
             true
         }
         None => false,
@@ -134,34 +140,39 @@ impl<F: Scalar> Tape<F> {
         let o = out.as_slice_mut().ok_or_else(non_contiguous)?;
         let gs = gates.as_slice_mut().ok_or_else(non_contiguous)?;
         let rows = o.chunks_mut(ws.max(1)).zip(gs.chunks_mut((5 * n).max(1)));
-        for (r, (or, gr)) in rows.enumerate() {
-            let [ai, af, ag, ao] = blocks::<_, 4>(&av[r * w..(r + 1) * w], n);
-            let [_, c_prev] = blocks::<_, 2>(&sv[r * ws..(r + 1) * ws], n);
-            let [i, f, g, og, tc] = blocks_mut::<_, 5>(gr, n);
-            let [h, c] = blocks_mut::<_, 2>(or, n);
-            // One pass per gate block: each loop is branch-free and vectorizes.
-            i.iter_mut()
-                .zip(ai)
-                .for_each(|(o, &a)| *o = a.sigmoid_kernel());
-            f.iter_mut()
-                .zip(af)
-                .for_each(|(o, &a)| *o = a.sigmoid_kernel());
-            g.iter_mut()
-                .zip(ag)
-                .for_each(|(o, &a)| *o = a.tanh_kernel());
-            og.iter_mut()
-                .zip(ao)
-                .for_each(|(o, &a)| *o = a.sigmoid_kernel());
-            for (j, c) in c.iter_mut().enumerate() {
-                *c = f[j] * c_prev[j] + i[j] * g[j];
-            }
-            tc.iter_mut()
-                .zip(&*c)
-                .for_each(|(o, &c)| *o = c.tanh_kernel());
-            for (j, h) in h.iter_mut().enumerate() {
-                *h = og[j] * tc[j];
-            }
-        }
+        crate::simd::vectorized(
+            #[inline(always)]
+            || {
+                for (r, (or, gr)) in rows.enumerate() {
+                    let [ai, af, ag, ao] = blocks::<_, 4>(&av[r * w..(r + 1) * w], n);
+                    let [_, c_prev] = blocks::<_, 2>(&sv[r * ws..(r + 1) * ws], n);
+                    let [i, f, g, og, tc] = blocks_mut::<_, 5>(gr, n);
+                    let [h, c] = blocks_mut::<_, 2>(or, n);
+                    // One pass per gate block: each loop is branch-free and vectorizes.
+                    i.iter_mut()
+                        .zip(ai)
+                        .for_each(|(o, &a)| *o = a.sigmoid_kernel());
+                    f.iter_mut()
+                        .zip(af)
+                        .for_each(|(o, &a)| *o = a.sigmoid_kernel());
+                    g.iter_mut()
+                        .zip(ag)
+                        .for_each(|(o, &a)| *o = a.tanh_kernel());
+                    og.iter_mut()
+                        .zip(ao)
+                        .for_each(|(o, &a)| *o = a.sigmoid_kernel());
+                    for (j, c) in c.iter_mut().enumerate() {
+                        *c = f[j] * c_prev[j] + i[j] * g[j];
+                    }
+                    tc.iter_mut()
+                        .zip(&*c)
+                        .for_each(|(o, &c)| *o = c.tanh_kernel());
+                    for (j, h) in h.iter_mut().enumerate() {
+                        *h = og[j] * tc[j];
+                    }
+                }
+            },
+        );
         let saved = self.side.saved.len();
         self.side.saved.push(gates);
         let ng = self.needs_grad[ia] || self.needs_grad[is];
@@ -215,25 +226,30 @@ impl<F: Scalar> Tape<F> {
         let gs = gates.as_slice_mut().ok_or_else(non_contiguous)?;
         let w = 3 * n;
         let rows = o.chunks_mut(n.max(1)).zip(gs.chunks_mut(w.max(1)));
-        for (r, (h_new, gr)) in rows.enumerate() {
-            let [ur, uz, un] = blocks::<_, 3>(&uv[r * w..(r + 1) * w], n);
-            let [sr, sz, sn] = blocks::<_, 3>(&sv[r * w..(r + 1) * w], n);
-            let h = &hv[r * n..(r + 1) * n];
-            let [rg, z, c] = blocks_mut::<_, 3>(gr, n);
-            // One pass per gate block: each loop is branch-free and vectorizes.
-            for (j, o) in rg.iter_mut().enumerate() {
-                *o = (ur[j] + sr[j]).sigmoid_kernel();
-            }
-            for (j, o) in z.iter_mut().enumerate() {
-                *o = (uz[j] + sz[j]).sigmoid_kernel();
-            }
-            for (j, o) in c.iter_mut().enumerate() {
-                *o = (un[j] + rg[j] * sn[j]).tanh_kernel();
-            }
-            for (j, o) in h_new.iter_mut().enumerate() {
-                *o = c[j] + z[j] * (h[j] - c[j]);
-            }
-        }
+        crate::simd::vectorized(
+            #[inline(always)]
+            || {
+                for (r, (h_new, gr)) in rows.enumerate() {
+                    let [ur, uz, un] = blocks::<_, 3>(&uv[r * w..(r + 1) * w], n);
+                    let [sr, sz, sn] = blocks::<_, 3>(&sv[r * w..(r + 1) * w], n);
+                    let h = &hv[r * n..(r + 1) * n];
+                    let [rg, z, c] = blocks_mut::<_, 3>(gr, n);
+                    // One pass per gate block: each loop is branch-free and vectorizes.
+                    for (j, o) in rg.iter_mut().enumerate() {
+                        *o = (ur[j] + sr[j]).sigmoid_kernel();
+                    }
+                    for (j, o) in z.iter_mut().enumerate() {
+                        *o = (uz[j] + sz[j]).sigmoid_kernel();
+                    }
+                    for (j, o) in c.iter_mut().enumerate() {
+                        *o = (un[j] + rg[j] * sn[j]).tanh_kernel();
+                    }
+                    for (j, o) in h_new.iter_mut().enumerate() {
+                        *o = c[j] + z[j] * (h[j] - c[j]);
+                    }
+                }
+            },
+        );
         let saved = self.side.saved.len();
         self.side.saved.push(gates);
         let ng = self.needs_grad[iu] || self.needs_grad[is] || self.needs_grad[ih];
@@ -265,24 +281,34 @@ pub(crate) fn lstm_cell_vjp<F: Scalar>(
         let [_, c_prev] = blocks::<_, 2>(&sv[r * 2 * n..(r + 1) * 2 * n], n);
         (dh, dc, gates, c_prev)
     };
-    each_row(cx, (a, 4 * n), |r, acc, fresh| {
-        let (dh, dc, [i, f, g, o, tc], c_prev) = row(r);
-        // c̄_t = c̄ + h̄ o (1 − tanh² c_t)
-        let dct = |j: usize| dc[j] + dh[j] * o[j] * (one - tc[j] * tc[j]);
-        let [ai, af, ag, ao] = blocks_mut::<_, 4>(acc, n);
-        emit(ai, fresh, |j| dct(j) * g[j] * i[j] * (one - i[j]));
-        emit(af, fresh, |j| dct(j) * c_prev[j] * f[j] * (one - f[j]));
-        emit(ag, fresh, |j| dct(j) * i[j] * (one - g[j] * g[j]));
-        emit(ao, fresh, |j| dh[j] * tc[j] * o[j] * (one - o[j]));
-    });
-    each_row(cx, (state, 2 * n), |r, acc, fresh| {
-        let (dh, dc, [_, f, _, o, tc], _) = row(r);
-        let [sh, sc] = blocks_mut::<_, 2>(acc, n);
-        emit(sh, fresh, |_| F::zero());
-        emit(sc, fresh, |j| {
-            (dc[j] + dh[j] * o[j] * (one - tc[j] * tc[j])) * f[j]
-        });
-    });
+    each_row(
+        cx,
+        (a, 4 * n),
+        #[inline(always)]
+        |r, acc, fresh| {
+            let (dh, dc, [i, f, g, o, tc], c_prev) = row(r);
+            // c̄_t = c̄ + h̄ o (1 − tanh² c_t)
+            let dct = |j: usize| dc[j] + dh[j] * o[j] * (one - tc[j] * tc[j]);
+            let [ai, af, ag, ao] = blocks_mut::<_, 4>(acc, n);
+            emit(ai, fresh, |j| dct(j) * g[j] * i[j] * (one - i[j]));
+            emit(af, fresh, |j| dct(j) * c_prev[j] * f[j] * (one - f[j]));
+            emit(ag, fresh, |j| dct(j) * i[j] * (one - g[j] * g[j]));
+            emit(ao, fresh, |j| dh[j] * tc[j] * o[j] * (one - o[j]));
+        },
+    );
+    each_row(
+        cx,
+        (state, 2 * n),
+        #[inline(always)]
+        |r, acc, fresh| {
+            let (dh, dc, [_, f, _, o, tc], _) = row(r);
+            let [sh, sc] = blocks_mut::<_, 2>(acc, n);
+            emit(sh, fresh, |_| F::zero());
+            emit(sc, fresh, |j| {
+                (dc[j] + dh[j] * o[j] * (one - tc[j] * tc[j])) * f[j]
+            });
+        },
+    );
 }
 
 /// Backward of [`Tape::gru_cell`]: `ū`, `s̄`, and the direct part `h̄′ z` of `h̄`;
@@ -300,15 +326,20 @@ pub(crate) fn gru_cell_vjp<F: Scalar>(
     // [ā_r ā_z ā_n] of every row.
     let mut d: Array2<F> = cx.scratch((g.nrows(), 3 * n));
     if let Some(dv) = d.as_slice_mut() {
-        for (r, dr) in dv.chunks_mut((3 * n).max(1)).enumerate() {
-            let [rg, z, c] = blocks::<_, 3>(&gs[r * 3 * n..(r + 1) * 3 * n], n);
-            let [_, _, sn] = blocks::<_, 3>(&sv[r * 3 * n..(r + 1) * 3 * n], n);
-            let (dy, hr) = (&gv[r * n..(r + 1) * n], &hv[r * n..(r + 1) * n]);
-            let [dar, daz, dan] = blocks_mut::<_, 3>(dr, n);
-            emit(dan, true, |j| dy[j] * (one - z[j]) * (one - c[j] * c[j]));
-            emit(dar, true, |j| dan[j] * sn[j] * rg[j] * (one - rg[j]));
-            emit(daz, true, |j| dy[j] * (hr[j] - c[j]) * z[j] * (one - z[j]));
-        }
+        crate::simd::vectorized(
+            #[inline(always)]
+            || {
+                for (r, dr) in dv.chunks_mut((3 * n).max(1)).enumerate() {
+                    let [rg, z, c] = blocks::<_, 3>(&gs[r * 3 * n..(r + 1) * 3 * n], n);
+                    let [_, _, sn] = blocks::<_, 3>(&sv[r * 3 * n..(r + 1) * 3 * n], n);
+                    let (dy, hr) = (&gv[r * n..(r + 1) * n], &hv[r * n..(r + 1) * n]);
+                    let [dar, daz, dan] = blocks_mut::<_, 3>(dr, n);
+                    emit(dan, true, |j| dy[j] * (one - z[j]) * (one - c[j] * c[j]));
+                    emit(dar, true, |j| dan[j] * sn[j] * rg[j] * (one - rg[j]));
+                    emit(daz, true, |j| dy[j] * (hr[j] - c[j]) * z[j] * (one - z[j]));
+                }
+            },
+        );
     }
     if let Some((acc, fresh)) = cx.slot(u) {
         if fresh {
@@ -318,20 +349,30 @@ pub(crate) fn gru_cell_vjp<F: Scalar>(
         super::rows_into(acc.slice_axis_mut(Axis(0), rows), d.view(), Write::Add);
     }
     let dv = flat(d.view());
-    each_row(cx, (s, 3 * n), |r, acc, fresh| {
-        let [dar, daz, dan] = blocks::<_, 3>(&dv[r * 3 * n..(r + 1) * 3 * n], n);
-        let [rg, _, _] = blocks::<_, 3>(&gs[r * 3 * n..(r + 1) * 3 * n], n);
-        let [sr, sz, sn] = blocks_mut::<_, 3>(acc, n);
-        emit(sr, fresh, |j| dar[j]);
-        emit(sz, fresh, |j| daz[j]);
-        emit(sn, fresh, |j| dan[j] * rg[j]);
-    });
-    each_row(cx, (h, n), |r, acc, fresh| {
-        let (dy, z) = (
-            &gv[r * n..(r + 1) * n],
-            &gs[r * 3 * n + n..r * 3 * n + 2 * n],
-        );
-        emit(acc, fresh, |j| dy[j] * z[j]);
-    });
+    each_row(
+        cx,
+        (s, 3 * n),
+        #[inline(always)]
+        |r, acc, fresh| {
+            let [dar, daz, dan] = blocks::<_, 3>(&dv[r * 3 * n..(r + 1) * 3 * n], n);
+            let [rg, _, _] = blocks::<_, 3>(&gs[r * 3 * n..(r + 1) * 3 * n], n);
+            let [sr, sz, sn] = blocks_mut::<_, 3>(acc, n);
+            emit(sr, fresh, |j| dar[j]);
+            emit(sz, fresh, |j| daz[j]);
+            emit(sn, fresh, |j| dan[j] * rg[j]);
+        },
+    );
+    each_row(
+        cx,
+        (h, n),
+        #[inline(always)]
+        |r, acc, fresh| {
+            let (dy, z) = (
+                &gv[r * n..(r + 1) * n],
+                &gs[r * 3 * n + n..r * 3 * n + 2 * n],
+            );
+            emit(acc, fresh, |j| dy[j] * z[j]);
+        },
+    );
     cx.recycle(d);
 }

@@ -425,15 +425,24 @@ pub(crate) fn rows_into<F: Scalar>(
     write: Write,
 ) {
     let broadcast = src.nrows() == 1 && dst.nrows() != 1;
-    for (i, mut d) in dst.rows_mut().into_iter().enumerate() {
-        let s = src.row(if broadcast { 0 } else { i });
-        match (d.as_slice_mut(), s.as_slice(), write) {
-            (Some(d), Some(s), Write::Set) => d.copy_from_slice(s),
-            (Some(d), Some(s), Write::Add) => d.iter_mut().zip(s).for_each(|(d, &s)| *d = *d + s),
-            (_, _, Write::Set) => d.assign(&s),
-            (_, _, Write::Add) => d.zip_mut_with(&s, |d, &s| *d = *d + s),
-        }
-    }
+    crate::simd::vectorized(
+        #[inline(always)]
+        || {
+            for (i, mut d) in dst.rows_mut().into_iter().enumerate() {
+                let s = src.row(if broadcast { 0 } else { i });
+                match (d.as_slice_mut(), s.as_slice(), write) {
+                    (Some(d), Some(s), Write::Set) => d.copy_from_slice(s),
+                    (Some(d), Some(s), Write::Add) => {
+                        for (d, &s) in d.iter_mut().zip(s) {
+                            *d = *d + s;
+                        }
+                    }
+                    (_, _, Write::Set) => d.assign(&s),
+                    (_, _, Write::Add) => d.zip_mut_with(&s, |d, &s| *d = *d + s),
+                }
+            }
+        },
+    );
 }
 
 /// `acc = f(a)` if fresh, else `acc += f(a)`.
