@@ -227,7 +227,10 @@ impl<F: Scalar> Tape<F> {
             &mut out.view_mut(),
         );
         if act != super::Activation::Identity {
-            out.mapv_inplace(|x| act.apply(x));
+            match out.as_slice_mut() {
+                Some(xs) => act.apply_in_place(xs),
+                None => out.mapv_inplace(|x| act.apply(x)),
+            }
         }
         let ng = self.needs_grad[ia]
             || self.needs_grad[ib]
@@ -257,10 +260,13 @@ pub(crate) fn affine_vjp<F: Scalar>(
     // r = ȳ ⊙ φ′(y), in a scratch buffer unless φ is the identity.
     let scratch = (act != super::Activation::Identity).then(|| {
         let mut r = cx.scratch(g.dim());
-        ndarray::Zip::from(&mut r)
-            .and(&g)
-            .and(&y)
-            .for_each(|r, &g, &y| *r = g * act.derivative_at_output(y));
+        match (r.as_slice_mut(), g.as_slice(), y.as_slice()) {
+            (Some(rs), Some(gs), Some(ys)) => act.times_derivative(rs, gs, ys),
+            _ => ndarray::Zip::from(&mut r)
+                .and(&g)
+                .and(&y)
+                .for_each(|r, &g, &y| *r = g * act.derivative_at_output(y)),
+        }
         r
     });
     match scratch {
