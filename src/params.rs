@@ -52,6 +52,11 @@ pub struct Params<F> {
     keys: Vec<u64>,
     names: Vec<String>,
     values: Vec<Array2<F>>,
+    /// A stamp per value, new (from the same global counter as the keys) whenever the
+    /// value may change: at `add`, `set` and `get_mut`. Equal (key, version) pairs mean
+    /// equal values, in this store or a clone of it: a tape reuses its copy of a
+    /// parameter while the pair stays the same (see `Tape::param`).
+    versions: Vec<u64>,
 }
 
 impl<F: Scalar> Default for Params<F> {
@@ -67,6 +72,7 @@ impl<F: Scalar> Params<F> {
             keys: Vec::new(),
             names: Vec::new(),
             values: Vec::new(),
+            versions: Vec::new(),
         }
     }
 
@@ -115,6 +121,7 @@ impl<F: Scalar> Params<F> {
         self.keys.push(key);
         self.names.push(name);
         self.values.push(value);
+        self.versions.push(NEXT_KEY.fetch_add(1, Ordering::Relaxed));
         Ok(ParamId {
             index: self.values.len() - 1,
             key,
@@ -152,6 +159,7 @@ impl<F: Scalar> Params<F> {
     /// Errors: [`Error::ForeignParam`] if `id` is not from this store.
     pub fn get_mut(&mut self, id: ParamId) -> Result<&mut Array2<F>> {
         let i = self.check("Params::get_mut", id)?;
+        self.versions[i] = NEXT_KEY.fetch_add(1, Ordering::Relaxed);
         Ok(&mut self.values[i])
     }
 
@@ -192,7 +200,13 @@ impl<F: Scalar> Params<F> {
             });
         }
         self.values[i].assign(&value);
+        self.versions[i] = NEXT_KEY.fetch_add(1, Ordering::Relaxed);
         Ok(())
+    }
+
+    /// The version stamp of the value of parameter `i` (an index checked by the caller).
+    pub(crate) fn version(&self, i: usize) -> u64 {
+        self.versions[i]
     }
 
     /// Checks that a parameter is not empty and every entry is finite (done by

@@ -219,6 +219,12 @@ pub struct Tape<F: Scalar> {
     pub(crate) staging: crate::ops::Staging<F>,
     /// Row-major copies of right factors used transposed in backward rules.
     pub(crate) transposes: crate::ops::Transposes<F>,
+    /// The parameters bound on this tape: node, key and version of the value copied.
+    bound: Vec<(usize, u64, u64)>,
+    /// Copies of parameters bound before the last clear, by (key, version): the next
+    /// `param` of an unchanged parameter takes its copy from here instead of copying
+    /// and checking the store's value again.
+    param_cache: Vec<(u64, u64, Array2<F>)>,
     peak_nodes: usize,
     peak_bytes: usize,
 }
@@ -247,6 +253,8 @@ impl<F: Scalar> Tape<F> {
             pool: Pool::default(),
             staging: Default::default(),
             transposes: Default::default(),
+            bound: Vec::new(),
+            param_cache: Vec::new(),
             peak_nodes: 0,
             peak_bytes: 0,
         }
@@ -262,6 +270,15 @@ impl<F: Scalar> Tape<F> {
         self.ops.clear();
         self.needs_grad.clear();
         self.retained.clear();
+        // Copies of parameters not bound again since the last clear are freed; those
+        // bound on this tape are kept for the next binding.
+        for (_, _, v) in self.param_cache.drain(..) {
+            self.pool.give(v);
+        }
+        for (node, key, version) in self.bound.drain(..) {
+            let v = std::mem::replace(&mut self.values[node], Array2::from_elem((0, 0), F::zero()));
+            self.param_cache.push((key, version, v));
+        }
         for v in self.values.drain(..) {
             self.pool.give(v);
         }
@@ -315,7 +332,12 @@ impl<F: Scalar> Tape<F> {
                 .map(|a| a.len())
                 .sum::<usize>()
             + self.side.saved.iter().map(|a| a.len()).sum::<usize>()
-            + self.transposes.len();
+            + self.transposes.len()
+            + self
+                .param_cache
+                .iter()
+                .map(|(_, _, a)| a.len())
+                .sum::<usize>();
         held * sz + self.pool.bytes
     }
 
@@ -438,16 +460,38 @@ impl<F: Scalar> Tape<F> {
     /// buffer). Its gradient is reported by [`Tape::backward`] under `id`; registering it
     /// several times, or using it many times, sums the contributions.
     ///
+    /// The copy outlives [`Tape::clear`]: registering the same parameter again after a
+    /// clear, while its value has not changed (no [`Params::set`] or
+    /// [`Params::get_mut`] since), takes that copy back instead of copying and checking
+    /// the value again. Segments of a truncated run re-register every weight; this keeps
+    /// that from costing a copy of each weight per segment.
+    ///
     /// Errors: [`Error::ForeignParam`] if `id` is not from `params`;
     /// [`Error::NonFinite`] if an entry of the parameter is NaN or infinite, and
     /// [`Error::EmptyInput`] if it has no elements (both only possible through
     /// [`Params::get_mut`]), naming the parameter.
     pub fn param(&mut self, params: &Params<F>, id: ParamId) -> Result<Var> {
-        params.check_finite("param", id)?;
-        let p = params.get(id)?;
-        let mut buf = self.pool.take(p.dim());
-        buf.assign(p);
-        self.push(Op::Param(id), buf, true)
+        let i = params.check("param", id)?;
+        let version = params.version(i);
+        let cached = self
+            .param_cache
+            .iter()
+            .position(|&(k, v, _)| (k, v) == (id.key, version));
+        let buf = match cached {
+            // The copy of this very value, checked when it was made.
+            Some(at) => self.param_cache.swap_remove(at).2,
+            None => {
+                params.check_finite("param", id)?;
+                let p = params.get(id)?;
+                let mut buf = self.pool.take(p.dim());
+                buf.assign(p);
+                buf
+            }
+        };
+        let node = self.values.len();
+        let var = self.push(Op::Param(id), buf, true)?;
+        self.bound.push((node, id.key, version));
+        Ok(var)
     }
 
     /// Reverse pass from a 1×1 loss (seed 1). Returns the gradient of every parameter the
