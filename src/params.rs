@@ -210,7 +210,8 @@ impl<F: Scalar> Params<F> {
     }
 
     /// Checks that a parameter is not empty and every entry is finite (done by
-    /// [`Tape::param`](crate::Tape::param) at every registration).
+    /// [`Tape::param`](crate::Tape::param) whenever it copies a value: at a parameter's
+    /// first registration on a tape and after every change of its value).
     pub(crate) fn check_finite(&self, op: &'static str, id: ParamId) -> Result<usize> {
         let i = self.check(op, id)?;
         if self.values[i].is_empty() {
