@@ -116,9 +116,10 @@
 //! names the first place a non-finite value arose. In detail:
 //!
 //! - What comes in is checked: a NaN or ±∞ in an input ([`Tape::constant`],
-//!   [`Tape::variable`], targets), a parameter ([`Params::add`], [`Params::set`], and at
-//!   every [`Tape::param`], so that a value written through [`Params::get_mut`] is
-//!   caught where it is next used), or a backward seed is an [`Error::NonFinite`].
+//!   [`Tape::variable`], targets), a parameter ([`Params::add`], [`Params::set`], and
+//!   whenever [`Tape::param`] copies a value onto a tape: at its first registration and
+//!   after every change, so that a value written through [`Params::get_mut`] is caught
+//!   where it is next used), or a backward seed is an [`Error::NonFinite`].
 //! - Since every leaf is finite, a non-finite value can only come from an overflow
 //!   inside an op (`exp`, a product of huge values, an exploding RNN). Op results
 //!   (`Ok(Var)`) are not checked by default; [`Tape::set_check_finite`] (or

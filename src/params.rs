@@ -154,7 +154,9 @@ impl<F: Scalar> Params<F> {
     /// finite difference). Nothing is checked here; a non-finite entry written through it
     /// is reported as an [`Error::NonFinite`] naming the parameter when the parameter is
     /// next registered on a tape ([`Tape::param`](crate::Tape::param)). To load values,
-    /// use the checked [`Params::set`].
+    /// use the checked [`Params::set`]. Every call counts as a change, even one that
+    /// only reads: the next `Tape::param` of the parameter copies and checks its value
+    /// again instead of reusing the tape's copy.
     ///
     /// Errors: [`Error::ForeignParam`] if `id` is not from this store.
     pub fn get_mut(&mut self, id: ParamId) -> Result<&mut Array2<F>> {

@@ -9,7 +9,9 @@
 //! Buffers are recycled: [`Tape::clear`] moves every value and adjoint into a free list
 //! keyed by capacity, and the next forward pass takes its buffers from there, so a
 //! training loop reaches a steady state in which the tape allocates nothing. Buffers
-//! that no request of a whole segment wanted are dropped at the next clear.
+//! that no request of a whole segment wanted are dropped at the next clear. The copies
+//! of parameters are kept aside instead, for the next registration of the same value
+//! ([`Tape::param`]).
 
 use crate::error::{Error, Result};
 use crate::ops::Op;
@@ -48,8 +50,9 @@ pub struct TapeStats {
     /// The largest number of nodes the tape has held since it was made (or since
     /// [`Tape::reset_peak`]).
     pub peak_nodes: usize,
-    /// Bytes of matrix data the tape holds now: values, adjoints, saved intermediates and
-    /// the free list of recycled buffers.
+    /// Bytes of matrix data the tape holds now: values, adjoints, saved intermediates,
+    /// the copies of parameters kept for their next registration and the free list of
+    /// recycled buffers.
     pub bytes: usize,
     /// The largest value of `bytes` seen at the end of a backward pass or a clear.
     pub peak_bytes: usize,
@@ -262,22 +265,34 @@ impl<F: Scalar> Tape<F> {
 
     /// Empties the tape but keeps its allocations: node storage keeps its capacity and
     /// every matrix buffer goes to a free list that later ops draw from (buffers that
-    /// stayed in the free list since the previous clear, unwanted, are dropped). Every
-    /// `Var` of the tape becomes stale.
+    /// stayed in the free list since the previous clear, unwanted, are dropped), except
+    /// the copies of parameters, which are kept for their next registration
+    /// ([`Tape::param`]). Every `Var` of the tape becomes stale.
     pub fn clear(&mut self) {
         self.note_peak_bytes();
         self.pool.trim();
         self.ops.clear();
         self.needs_grad.clear();
         self.retained.clear();
-        // Copies of parameters not bound again since the last clear are freed; those
-        // bound on this tape are kept for the next binding.
-        for (_, _, v) in self.param_cache.drain(..) {
-            self.pool.give(v);
+        // Copies of parameters not bound again since the last clear are freed, those
+        // bound on this tape kept for the next binding (one per value). A clear of an
+        // empty tape (a second clear in a row) keeps what is kept.
+        if !self.values.is_empty() {
+            for (_, _, v) in self.param_cache.drain(..) {
+                self.pool.give(v);
+            }
         }
         for (node, key, version) in self.bound.drain(..) {
-            let v = std::mem::replace(&mut self.values[node], Array2::from_elem((0, 0), F::zero()));
-            self.param_cache.push((key, version, v));
+            let v = std::mem::take(&mut self.values[node]);
+            if self
+                .param_cache
+                .iter()
+                .any(|e| (e.0, e.1) == (key, version))
+            {
+                self.pool.give(v);
+            } else {
+                self.param_cache.push((key, version, v));
+            }
         }
         for v in self.values.drain(..) {
             self.pool.give(v);
@@ -291,9 +306,11 @@ impl<F: Scalar> Tape<F> {
     }
 
     /// Drops the free list of recycled buffers (after a run with unusually long segments,
-    /// say), returning their memory; later ops allocate again as needed.
+    /// say) and the kept copies of parameters, returning their memory; later ops
+    /// allocate again as needed.
     pub fn free_buffers(&mut self) {
         self.pool = Pool::default();
+        self.param_cache = Vec::new();
     }
 
     /// Number of nodes on the tape.
@@ -483,7 +500,16 @@ impl<F: Scalar> Tape<F> {
             None => {
                 params.check_finite("param", id)?;
                 let p = params.get(id)?;
-                let mut buf = self.pool.take(p.dim());
+                // A kept copy of an older value of this parameter is overwritten rather
+                // than held beside the new one.
+                let stale = self
+                    .param_cache
+                    .iter()
+                    .position(|(k, _, v)| *k == id.key && v.dim() == p.dim());
+                let mut buf = match stale {
+                    Some(at) => self.param_cache.swap_remove(at).2,
+                    None => self.pool.take(p.dim()),
+                };
                 buf.assign(p);
                 buf
             }
@@ -733,6 +759,35 @@ fn flush_subnormal<F: Scalar>(adjoint: Option<&mut Array2<F>>) {
 mod tests {
     use super::*;
     use ndarray::Array2;
+
+    /// The kept copy of an unchanged parameter is taken back as it is, not copied again:
+    /// a mark written into the kept copy (which no public path can do) shows up in the
+    /// registered value, also after a second clear in a row. Once the value changes, the
+    /// store's value is copied (into the same buffer) and the mark is gone.
+    #[test]
+    fn an_unchanged_parameter_takes_back_its_kept_copy_without_copying() -> Result<()> {
+        let mut params = Params::<f64>::new();
+        let w = params.add("W", Array2::from_elem((3, 4), 0.5))?;
+        let mut tape = Tape::new();
+        tape.param(&params, w)?;
+        tape.clear();
+        tape.clear();
+        assert_eq!(tape.param_cache.len(), 1);
+        tape.param_cache[0].2[[1, 2]] = 99.0;
+        let again = tape.param(&params, w)?;
+        assert!(tape.param_cache.is_empty());
+        assert_eq!(tape.value(again)?[[1, 2]], 99.0);
+        // Registered twice: one copy kept per value.
+        tape.param(&params, w)?;
+        tape.clear();
+        assert_eq!(tape.param_cache.len(), 1);
+        let ptr = tape.param_cache[0].2.as_ptr();
+        params.get_mut(w)?[[0, 0]] = 0.25;
+        let changed = tape.param(&params, w)?;
+        let v = tape.value(changed)?;
+        assert_eq!((v.as_ptr(), v[[1, 2]], v[[0, 0]]), (ptr, 0.5, 0.25));
+        Ok(())
+    }
 
     /// `Workspace::run` clears its tape on entry and again before recording the segment.
     /// The second clear follows no request, so it must not count as an epoch in which

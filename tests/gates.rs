@@ -262,3 +262,62 @@ fn fused_f32_lstm_gates_are_bit_identical_to_scalar_loops() -> timetape::Result<
     }
     Ok(())
 }
+
+/// As the LSTM test above, for the GRU: values and the adjoints of `u`, `s` and `h`
+/// equal the same formulas as plain scalar loops exactly (no rounding apart).
+#[test]
+fn fused_f32_gru_gates_equal_scalar_loops_exactly() -> timetape::Result<()> {
+    use timetape::Scalar;
+    let (b, h) = (3, 37);
+    let pattern =
+        |(r, c): (usize, usize), k: usize| ((r * 31 + c * 17 + k * 7) % 97) as f32 / 8.0 - 6.0;
+    let u = Array2::from_shape_fn((b, 3 * h), |rc| pattern(rc, 1));
+    let s = Array2::from_shape_fn((b, 3 * h), |rc| pattern(rc, 2) / 2.0);
+    let h0 = Array2::from_shape_fn((b, h), |rc| pattern(rc, 3) / 6.0);
+    let w = Array2::from_shape_fn((b, h), |rc| pattern(rc, 4) / 4.0);
+    let mut tape = Tape::<f32>::new();
+    let (uv, sv) = (tape.variable(u.view())?, tape.variable(s.view())?);
+    let hv = tape.variable(h0.view())?;
+    let next = tape.gru_cell(RowsOf(uv, 0..b), sv, hv)?;
+    let wv = tape.constant(w.clone())?;
+    let weighted = tape.mul(next, wv)?;
+    let loss = tape.sum(weighted)?;
+    tape.backward(loss)?;
+    let got = tape.value(next)?.to_owned();
+    let adjoint = |tape: &Tape<f32>, v: Var| -> timetape::Result<Array2<f32>> {
+        Ok(tape.adjoint(v)?.expect("needs a gradient").to_owned())
+    };
+    let (du, ds, dh) = (
+        adjoint(&tape, uv)?,
+        adjoint(&tape, sv)?,
+        adjoint(&tape, hv)?,
+    );
+    let one = 1.0f32;
+    // Equal as IEEE values: bit for bit, except that ū is accumulated onto a zeroed
+    // buffer, where 0 + (−0) = +0.
+    let same = |got: f32, want: f32, what: &str| {
+        assert!(want.is_finite(), "{what}");
+        assert!(got == want, "{what}: {got} vs {want}");
+    };
+    for r in 0..b {
+        for j in 0..h {
+            let (at, hj) = (|k: usize| k * h + j, h0[[r, j]]);
+            let rg = (u[[r, at(0)]] + s[[r, at(0)]]).sigmoid_kernel();
+            let z = (u[[r, at(1)]] + s[[r, at(1)]]).sigmoid_kernel();
+            let n = (u[[r, at(2)]] + rg * s[[r, at(2)]]).tanh_kernel();
+            same(got[[r, j]], n + z * (hj - n), "h′");
+            let dy = w[[r, j]];
+            let dan = dy * (one - z) * (one - n * n);
+            let dar = dan * s[[r, at(2)]] * rg * (one - rg);
+            let daz = dy * (hj - n) * z * (one - z);
+            for (k, want) in [dar, daz, dan].into_iter().enumerate() {
+                same(du[[r, at(k)]], want, "ū");
+            }
+            for (k, want) in [dar, daz, dan * rg].into_iter().enumerate() {
+                same(ds[[r, at(k)]], want, "s̄");
+            }
+            same(dh[[r, j]], dy * z, "h̄");
+        }
+    }
+    Ok(())
+}

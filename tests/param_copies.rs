@@ -76,3 +76,38 @@ fn a_non_finite_entry_written_after_a_registration_is_still_reported() -> timeta
     );
     Ok(())
 }
+
+/// A parameter registered after a clear sits in the buffer of its kept copy, changed or
+/// not (a changed value is copied into it), so that a training loop (clear, register,
+/// backward, optimizer step) holds one copy of each weight and the tape's bytes stay
+/// flat from the second step on. (That an unchanged copy is taken back without copying
+/// is checked inside the crate, in `tape::tests`.)
+#[test]
+fn a_training_loop_holds_one_copy_of_each_weight() -> timetape::Result<()> {
+    let mut params = Params::<f64>::new();
+    let w = params.add("W", Array2::from_elem((64, 64), 0.01))?;
+    let mut tape = Tape::new();
+    let first = tape.param(&params, w)?;
+    let ptr = tape.value(first)?.as_ptr();
+    tape.clear();
+    let again = tape.param(&params, w)?;
+    assert_eq!(
+        tape.value(again)?.as_ptr(),
+        ptr,
+        "the kept buffer is reused"
+    );
+    let mut sgd = timetape::optim::Sgd::new(0.1)?;
+    let mut bytes = Vec::new();
+    for _ in 0..5 {
+        tape.clear();
+        let wv = tape.param(&params, w)?;
+        let x = tape.constant(Array2::from_elem((1, 64), 1.0))?;
+        let y = tape.matmul(x, wv)?;
+        let s = tape.sum(y)?;
+        let grads = tape.backward(s)?;
+        sgd.step(&mut params, &grads)?;
+        bytes.push(tape.stats().bytes);
+    }
+    assert!(bytes[1..].iter().all(|&b| b == bytes[1]), "{bytes:?}");
+    Ok(())
+}

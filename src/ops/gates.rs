@@ -224,32 +224,7 @@ impl<F: Scalar> Tape<F> {
         let non_contiguous = || invalid(op, "non-contiguous buffer");
         let o = out.as_slice_mut().ok_or_else(non_contiguous)?;
         let gs = gates.as_slice_mut().ok_or_else(non_contiguous)?;
-        let w = 3 * n;
-        let rows = o.chunks_mut(n.max(1)).zip(gs.chunks_mut(w.max(1)));
-        crate::simd::vectorized(
-            #[inline(always)]
-            || {
-                for (r, (h_new, gr)) in rows.enumerate() {
-                    let [ur, uz, un] = blocks::<_, 3>(&uv[r * w..(r + 1) * w], n);
-                    let [sr, sz, sn] = blocks::<_, 3>(&sv[r * w..(r + 1) * w], n);
-                    let h = &hv[r * n..(r + 1) * n];
-                    let [rg, z, c] = blocks_mut::<_, 3>(gr, n);
-                    // One pass per gate block: each loop is branch-free and vectorizes.
-                    for (j, o) in rg.iter_mut().enumerate() {
-                        *o = (ur[j] + sr[j]).sigmoid_kernel();
-                    }
-                    for (j, o) in z.iter_mut().enumerate() {
-                        *o = (uz[j] + sz[j]).sigmoid_kernel();
-                    }
-                    for (j, o) in c.iter_mut().enumerate() {
-                        *o = (un[j] + rg[j] * sn[j]).tanh_kernel();
-                    }
-                    for (j, o) in h_new.iter_mut().enumerate() {
-                        *o = c[j] + z[j] * (h[j] - c[j]);
-                    }
-                }
-            },
-        );
+        gru_rows(o, gs, (&uv, &sv, &hv), n);
         let saved = self.side.saved.len();
         self.side.saved.push(gates);
         let ng = self.needs_grad[iu] || self.needs_grad[is] || self.needs_grad[ih];
@@ -261,6 +236,37 @@ impl<F: Scalar> Tape<F> {
         };
         self.push(node, out, ng)
     }
+}
+
+/// The GRU forward of every row: gates `[r z n]` into `gs`, `h′` into `o`, from the rows
+/// of `u`, `s` and `h` (B×3H, B×3H, B×H, flat).
+fn gru_rows<F: Scalar>(o: &mut [F], gs: &mut [F], (uv, sv, hv): (&[F], &[F], &[F]), n: usize) {
+    let w = 3 * n;
+    let rows = o.chunks_mut(n.max(1)).zip(gs.chunks_mut(w.max(1)));
+    crate::simd::vectorized(
+        #[inline(always)]
+        || {
+            for (r, (h_new, gr)) in rows.enumerate() {
+                let [ur, uz, un] = blocks::<_, 3>(&uv[r * w..(r + 1) * w], n);
+                let [sr, sz, sn] = blocks::<_, 3>(&sv[r * w..(r + 1) * w], n);
+                let h = &hv[r * n..(r + 1) * n];
+                let [rg, z, c] = blocks_mut::<_, 3>(gr, n);
+                // One pass per gate block: each loop is branch-free and vectorizes.
+                for (j, o) in rg.iter_mut().enumerate() {
+                    *o = (ur[j] + sr[j]).sigmoid_kernel();
+                }
+                for (j, o) in z.iter_mut().enumerate() {
+                    *o = (uz[j] + sz[j]).sigmoid_kernel();
+                }
+                for (j, o) in c.iter_mut().enumerate() {
+                    *o = (un[j] + rg[j] * sn[j]).tanh_kernel();
+                }
+                for (j, o) in h_new.iter_mut().enumerate() {
+                    *o = c[j] + z[j] * (h[j] - c[j]);
+                }
+            }
+        },
+    );
 }
 
 /// Backward of [`Tape::lstm_cell`]: `ā`, and `[0 c̄_{t−1}]` for the state; `gates` the
@@ -320,26 +326,12 @@ pub(crate) fn gru_cell_vjp<F: Scalar>(
     gates: ArrayView2<'_, F>,
 ) {
     let n = g.ncols();
-    let one = F::one();
     let (gv, gs) = (flat(g), flat(gates));
     let (sv, hv) = (flat(cx.values[s].view()), flat(cx.values[h].view()));
     // [ā_r ā_z ā_n] of every row.
     let mut d: Array2<F> = cx.scratch((g.nrows(), 3 * n));
     if let Some(dv) = d.as_slice_mut() {
-        crate::simd::vectorized(
-            #[inline(always)]
-            || {
-                for (r, dr) in dv.chunks_mut((3 * n).max(1)).enumerate() {
-                    let [rg, z, c] = blocks::<_, 3>(&gs[r * 3 * n..(r + 1) * 3 * n], n);
-                    let [_, _, sn] = blocks::<_, 3>(&sv[r * 3 * n..(r + 1) * 3 * n], n);
-                    let (dy, hr) = (&gv[r * n..(r + 1) * n], &hv[r * n..(r + 1) * n]);
-                    let [dar, daz, dan] = blocks_mut::<_, 3>(dr, n);
-                    emit(dan, true, |j| dy[j] * (one - z[j]) * (one - c[j] * c[j]));
-                    emit(dar, true, |j| dan[j] * sn[j] * rg[j] * (one - rg[j]));
-                    emit(daz, true, |j| dy[j] * (hr[j] - c[j]) * z[j] * (one - z[j]));
-                }
-            },
-        );
+        gru_gate_adjoints(dv, (&gv, &gs), (&sv, &hv), n);
     }
     if let Some((acc, fresh)) = cx.slot(u) {
         if fresh {
@@ -375,4 +367,29 @@ pub(crate) fn gru_cell_vjp<F: Scalar>(
         },
     );
     cx.recycle(d);
+}
+
+/// `[ā_r ā_z ā_n]` of every row into `d` (B×3H, flat), from the output adjoints `gv`,
+/// the saved gates `gs`, and the rows of `s` and `h`.
+fn gru_gate_adjoints<F: Scalar>(
+    d: &mut [F],
+    (gv, gs): (&[F], &[F]),
+    (sv, hv): (&[F], &[F]),
+    n: usize,
+) {
+    let one = F::one();
+    crate::simd::vectorized(
+        #[inline(always)]
+        || {
+            for (r, dr) in d.chunks_mut((3 * n).max(1)).enumerate() {
+                let [rg, z, c] = blocks::<_, 3>(&gs[r * 3 * n..(r + 1) * 3 * n], n);
+                let [_, _, sn] = blocks::<_, 3>(&sv[r * 3 * n..(r + 1) * 3 * n], n);
+                let (dy, hr) = (&gv[r * n..(r + 1) * n], &hv[r * n..(r + 1) * n]);
+                let [dar, daz, dan] = blocks_mut::<_, 3>(dr, n);
+                emit(dan, true, |j| dy[j] * (one - z[j]) * (one - c[j] * c[j]));
+                emit(dar, true, |j| dan[j] * sn[j] * rg[j] * (one - rg[j]));
+                emit(daz, true, |j| dy[j] * (hr[j] - c[j]) * z[j] * (one - z[j]));
+            }
+        },
+    );
 }
