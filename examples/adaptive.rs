@@ -45,22 +45,6 @@ fn weights() -> Vec<f32> {
     (0..T).map(|t| if t >= L { 1.0 } else { 0.0 }).collect()
 }
 
-/// An orthogonal H×H matrix (Gram–Schmidt on a seeded uniform one).
-fn orthogonal(seed: u64) -> Result<Array2<f32>, timetape::Error> {
-    let a = init::uniform::<f64>((H, H), 1.0, &mut init::rng(seed))?;
-    let mut q = Array2::<f64>::zeros((H, H));
-    for j in 0..H {
-        let mut v = a.column(j).to_owned();
-        for i in 0..j {
-            let qi = q.column(i).to_owned();
-            v = &v - &(qi.dot(&v) * &qi);
-        }
-        let norm = v.dot(&v).sqrt();
-        q.column_mut(j).assign(&(v / norm));
-    }
-    Ok(q.mapv(|x| x as f32))
-}
-
 /// Held-out accuracy of the echo over steps L..T.
 fn accuracy(cell: &Rnn, params: &Params<f32>, rng: &mut impl Rng) -> Result<f64, timetape::Error> {
     let (mut correct, mut total) = (0usize, 0usize);
@@ -100,7 +84,10 @@ fn main() -> Result<(), timetape::Error> {
     ] {
         let mut params = Params::<f32>::new();
         let cell = models::m3(&mut params, Sizes::new(2, H, 2), 3)?;
-        params.set(cell.w_hh, orthogonal(5)?.view())?;
+        params.set(
+            cell.w_hh,
+            init::orthogonal::<f32>(H, &mut init::rng(5))?.view(),
+        )?;
         let mut adam = Adam::new(0.005f32)?;
         let (mut data, mut test) = (init::rng(1), init::rng(99));
         let w = weights();

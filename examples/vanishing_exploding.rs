@@ -8,7 +8,7 @@
 //!
 //! `cargo run --release --example vanishing_exploding`
 
-use ndarray::{Array1, Array2, Array3};
+use ndarray::{Array2, Array3};
 use plotters::prelude::*;
 use timetape::bptt;
 
@@ -16,27 +16,9 @@ use timetape::diagnostics::{dh_norms, largest_singular_value, spectral_radius};
 use timetape::rnn::{models, Sequence, SequenceLoss, Sizes};
 use timetape::{Params, Tape};
 
-/// A random orthogonal matrix by Gram–Schmidt on a seeded uniform matrix.
-fn orthogonal(n: usize, seed: u64) -> Array2<f64> {
-    let a: Array2<f64> =
-        timetape::init::uniform((n, n), 1.0, &mut timetape::init::rng(seed)).unwrap();
-    let mut q = Array2::<f64>::zeros((n, n));
-    for j in 0..n {
-        let mut v: Array1<f64> = a.column(j).to_owned();
-        for i in 0..j {
-            let qi = q.column(i).to_owned();
-            let d = qi.dot(&v);
-            v = v - d * &qi;
-        }
-        let norm = v.dot(&v).sqrt();
-        q.column_mut(j).assign(&(v / norm));
-    }
-    q
-}
-
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let (d, h, q_out, t_len) = (4, 16, 3, 60);
-    let q = orthogonal(h, 7);
+    let q: Array2<f64> = timetape::init::orthogonal(h, &mut timetape::init::rng(7))?;
     let xs = Array3::from_shape_fn((t_len, 1, d), |(t, _, k)| ((t * 3 + k) as f64 * 0.7).sin());
     // Loss at the last step only: weights α = (0, …, 0, 1).
     let labels = Array2::from_elem((t_len, 1), 1usize);

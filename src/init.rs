@@ -51,6 +51,50 @@ pub fn uniform<F: Scalar>(
     }))
 }
 
+/// A random n×n orthogonal matrix: Gram–Schmidt on the columns of [`uniform`]`((n, n),
+/// 1, rng)`, in f64, converted with [`Scalar::of`]. Every singular value is 1, so a
+/// recurrent weight started here neither shrinks nor grows the state (the usual start
+/// for long dependencies).
+///
+/// ```
+/// let q = timetape::init::orthogonal::<f64>(8, &mut timetape::init::rng(3))?;
+/// let qtq = q.t().dot(&q);
+/// for ((i, j), x) in qtq.indexed_iter() {
+///     let want = if i == j { 1.0 } else { 0.0 };
+///     assert!((x - want).abs() < 1e-12);
+/// }
+/// assert!(timetape::init::orthogonal::<f64>(0, &mut timetape::init::rng(3)).is_err());
+/// # Ok::<(), timetape::Error>(())
+/// ```
+///
+/// Errors: [`Error::EmptyInput`](crate::Error::EmptyInput) for n = 0;
+/// [`Error::InvalidArgument`](crate::Error::InvalidArgument) for a size that cannot be
+/// allocated, or (with probability zero) a draw whose columns are linearly dependent.
+pub fn orthogonal<F: Scalar>(n: usize, rng: &mut impl Rng) -> Result<Array2<F>> {
+    let op = "init::orthogonal";
+    if n == 0 {
+        return Err(crate::Error::EmptyInput {
+            op,
+            what: "a 0×0 matrix",
+        });
+    }
+    let a = uniform::<f64>((n, n), 1.0, rng)?;
+    let mut q = Array2::<f64>::zeros((n, n));
+    for j in 0..n {
+        let mut v = a.column(j).to_owned();
+        for i in 0..j {
+            let qi = q.column(i);
+            v = &v - &(qi.dot(&v) * &qi);
+        }
+        let norm = v.dot(&v).sqrt();
+        if !(norm > 0.0 && norm.is_finite()) {
+            return Err(invalid(op, format!("column {j} of the draw is dependent")));
+        }
+        q.column_mut(j).assign(&(v / norm));
+    }
+    Ok(q.mapv(F::of))
+}
+
 /// Checks, before anything is allocated, that matrices of these shapes fit in memory
 /// together: no element or byte count overflows, and the operating system grants the
 /// total (reserved and released at once, never touched). A cell asked for an absurd size

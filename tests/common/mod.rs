@@ -150,22 +150,11 @@ pub fn proptest_config(cases: u32, regressions: &'static str) -> Config {
     }
 }
 
-/// A random orthogonal matrix (Gram–Schmidt on a seeded uniform matrix): spectral radius
-/// and every singular value 1.
+/// A random orthogonal matrix (`init::orthogonal`, seeded): spectral radius and every
+/// singular value 1.
 pub fn orthogonal(n: usize, seed: u64) -> ndarray::Array2<f64> {
     use timetape::init;
-    let a: ndarray::Array2<f64> = init::uniform((n, n), 1.0, &mut init::rng(seed)).unwrap();
-    let mut q = ndarray::Array2::<f64>::zeros((n, n));
-    for j in 0..n {
-        let mut v = a.column(j).to_owned();
-        for i in 0..j {
-            let qi = q.column(i).to_owned();
-            v = &v - &(qi.dot(&v) * &qi);
-        }
-        let norm = v.dot(&v).sqrt();
-        q.column_mut(j).assign(&(v / norm));
-    }
-    q
+    init::orthogonal(n, &mut init::rng(seed)).expect("n > 0")
 }
 
 /// The larger of two values, NaN if either is NaN (`f64::max` returns the other operand,
