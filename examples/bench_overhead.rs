@@ -6,8 +6,9 @@
 //! For each job it prints the tape's time (`bptt::Workspace::run`, buffers reused) and
 //! two references:
 //! - **skeleton**: the same matrix products and nothing else (no activation, no loss,
-//!   no copy), by the tape's kernel (`timetape::kernels::matmul_into`): the limit of any
-//!   implementation on this kernel;
+//!   no copy), by the tape's kernel and in the tape's layouts
+//!   (`timetape::kernels::matmul_into`, and `matmul_panels_into` for the recurrent
+//!   weight and its transpose): the limit of any implementation on this kernel;
 //! - **closed form** (tanh RNN only): BPTT written by hand
 //!   (`closed_form::M3Workspace::with_tanh(Scalar::tanh_kernel)`: ndarray's products and
 //!   the tape's f32 tanh kernel, so that both do the same arithmetic).
@@ -27,7 +28,7 @@ use peers::{Size, GATED_SIZES, RNN_SIZES};
 use std::time::Instant;
 use timetape::bptt::{Run, Truncation, Workspace};
 use timetape::closed_form::M3Workspace;
-use timetape::kernels::{matmul_into, Write};
+use timetape::kernels::{matmul_into, matmul_panels_into, Panels, Write};
 use timetape::rnn::{models, Gru, Lstm, Recurrent, Sequence, SequenceLoss, Sizes};
 use timetape::{ParamId, Params, Result};
 
@@ -59,15 +60,23 @@ fn mm(a: ArrayView2<'_, f32>, b: ArrayView2<'_, f32>, c: ArrayViewMut2<'_, f32>,
     matmul_into(a, b, c, w).expect("the skeleton's shapes fit");
 }
 
+/// `c += a b` by the panels of `b` (the shapes fit by construction).
+fn mm_panels(a: ArrayView2<'_, f32>, b: &Panels<f32>, c: ArrayViewMut2<'_, f32>) {
+    matmul_panels_into(a, b, c, Write::Add).expect("the skeleton's shapes fit");
+}
+
 /// The matrix products of full BPTT for a cell with `g` gate blocks and nothing else:
 /// forward `A = X W_x` (all steps), `A_t += h_{t−1} W_h`, `O = H W_hq`; backward
-/// `∂W_hq = Hᵀ ∂O`, `∂H = ∂O W_hqᵀ`, `∂h_{t−1} += ∂A_t W_hᵀ`, `∂W_h = H_prevᵀ ∂A` and
-/// `∂W_x = Xᵀ ∂A` (merged over steps). The states H stay constant: only the products'
-/// shapes and layouts matter.
+/// `∂W_hq = Hᵀ ∂O`, `∂H = ∂O W_hqᵀ`, `∂h_{t−1} += ∂A_t W_hᵀ`, `∂W_h += h_{t−1}ᵀ ∂A_t`
+/// (per step from 8 rows on, as the tape; merged over steps below) and `∂W_x = Xᵀ ∂A`.
+/// `W_h` and `W_hᵀ` are read from column panels, as the tape reads a weight it
+/// multiplies by at every step. The states H stay constant: only the products' shapes
+/// and layouts matter.
 struct Skeleton {
     x: Array2<f32>,
     w_x: Array2<f32>,
-    w_h: Array2<f32>,
+    w_h: Panels<f32>,
+    w_h_t: Panels<f32>,
     w_hq: Array2<f32>,
     a: Array2<f32>,
     hs: Array2<f32>,
@@ -80,10 +89,12 @@ impl Skeleton {
     fn new(s: &Size, g: usize) -> Skeleton {
         let (tb, d, h) = (s.t * s.b, s.d, s.h);
         let fill = |r, c| Array2::from_elem((r, c), 0.01f32);
+        let w_h = fill(h, g * h);
         Skeleton {
             x: fill(tb, d),
             w_x: fill(d, g * h),
-            w_h: fill(h, g * h),
+            w_h: Panels::new(w_h.view()),
+            w_h_t: Panels::new(w_h.t()),
             w_hq: fill(h, d),
             a: fill(tb, g * h),
             hs: fill(tb, h),
@@ -99,6 +110,7 @@ impl Skeleton {
             x,
             w_x,
             w_h,
+            w_h_t,
             w_hq,
             a,
             hs,
@@ -110,7 +122,7 @@ impl Skeleton {
         for step in 1..t {
             let prev = hs.slice(s![(step - 1) * b..step * b, ..]);
             let cur = a.slice_mut(s![step * b..(step + 1) * b, ..]);
-            mm(prev, w_h.view(), cur, Write::Add);
+            mm_panels(prev, w_h, cur);
         }
         mm(hs.view(), w_hq.view(), o.view_mut(), Write::Set);
         mm(hs.t(), o.view(), grads[2].view_mut(), Write::Set);
@@ -118,11 +130,20 @@ impl Skeleton {
         for step in (1..t).rev() {
             let da = a.slice(s![step * b..(step + 1) * b, ..]);
             let prev = dh.slice_mut(s![(step - 1) * b..step * b, ..]);
-            mm(da, w_h.t(), prev, Write::Add);
+            mm_panels(da, w_h_t, prev);
         }
-        let h_prev = hs.slice(s![..(t - 1) * b, ..]);
-        let da = a.slice(s![b.., ..]);
-        mm(h_prev.t(), da, grads[1].view_mut(), Write::Set);
+        if b >= 8 {
+            grads[1].fill(0.0);
+            for step in 1..t {
+                let h_prev = hs.slice(s![(step - 1) * b..step * b, ..]);
+                let da = a.slice(s![step * b..(step + 1) * b, ..]);
+                mm(h_prev.t(), da, grads[1].view_mut(), Write::Add);
+            }
+        } else {
+            let h_prev = hs.slice(s![..(t - 1) * b, ..]);
+            let da = a.slice(s![b.., ..]);
+            mm(h_prev.t(), da, grads[1].view_mut(), Write::Set);
+        }
         mm(x.t(), a.view(), grads[0].view_mut(), Write::Set);
     }
 }

@@ -220,8 +220,13 @@ pub struct Tape<F: Scalar> {
     pub(crate) pool: Pool<F>,
     /// Thin weight-gradient contributions gathered during a backward pass.
     pub(crate) staging: crate::ops::Staging<F>,
-    /// Row-major copies of right factors used transposed in backward rules.
-    pub(crate) transposes: crate::ops::Transposes<F>,
+    /// Column panels of right factors used again and again in forward products.
+    pub(crate) panels: crate::ops::PanelCopies<F>,
+    /// Column panels of the transposes of right factors used again and again in
+    /// backward rules.
+    pub(crate) transposes: crate::ops::PanelCopies<F>,
+    /// Scratch of the products by panels.
+    pub(crate) panel_scratch: Vec<F>,
     /// The parameters bound on this tape: node, key and version of the value copied.
     bound: Vec<(usize, u64, u64)>,
     /// Copies of parameters bound before the last clear, by (key, version): the next
@@ -255,7 +260,9 @@ impl<F: Scalar> Tape<F> {
             side: Default::default(),
             pool: Pool::default(),
             staging: Default::default(),
+            panels: Default::default(),
             transposes: Default::default(),
+            panel_scratch: Vec::new(),
             bound: Vec::new(),
             param_cache: Vec::new(),
             peak_nodes: 0,
@@ -301,6 +308,7 @@ impl<F: Scalar> Tape<F> {
             self.pool.give(a);
         }
         self.side.clear(&mut self.pool);
+        self.panels.clear(&mut self.pool);
         self.transposes.clear(&mut self.pool);
         self.generation += 1;
     }
@@ -311,6 +319,7 @@ impl<F: Scalar> Tape<F> {
     pub fn free_buffers(&mut self) {
         self.pool = Pool::default();
         self.param_cache = Vec::new();
+        self.panel_scratch = Vec::new();
     }
 
     /// Number of nodes on the tape.
@@ -349,7 +358,9 @@ impl<F: Scalar> Tape<F> {
                 .map(|a| a.len())
                 .sum::<usize>()
             + self.side.saved.iter().map(|a| a.len()).sum::<usize>()
+            + self.panels.len()
             + self.transposes.len()
+            + self.panel_scratch.len()
             + self
                 .param_cache
                 .iter()

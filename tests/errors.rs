@@ -95,6 +95,43 @@ fn matmul_into_with_unequal_inner_dimensions_or_a_wrong_destination_is_a_shape_m
 }
 
 #[test]
+fn matmul_panels_into_with_unequal_inner_dimensions_or_a_wrong_destination_is_a_shape_mismatch() {
+    use timetape::kernels::{matmul_panels_into, Panels, Write};
+    let a = zeros(2, 3);
+    let b = Panels::new(zeros(4, 300).view());
+    let mut c = Array2::from_elem((2, 300), 7.0);
+    let e = err(
+        matmul_panels_into(a.view(), &b, c.view_mut(), Write::Set),
+        &["matmul_panels_into", "(2, 3)", "(4, 300)"],
+    );
+    assert!(matches!(
+        e,
+        Error::ShapeMismatch {
+            op: "matmul_panels_into",
+            lhs: (2, 3),
+            rhs: (4, 300)
+        }
+    ));
+    let b = Panels::new(zeros(3, 300).view());
+    let mut wrong = Array2::from_elem((2, 299), 7.0);
+    let e = err(
+        matmul_panels_into(a.view(), &b, wrong.view_mut(), Write::Add),
+        &["matmul_panels_into", "(2, 300)", "(2, 299)"],
+    );
+    assert!(matches!(
+        e,
+        Error::ShapeMismatch {
+            lhs: (2, 300),
+            rhs: (2, 299),
+            ..
+        }
+    ));
+    assert!(wrong.iter().all(|&x| x == 7.0), "a failed product wrote");
+    matmul_panels_into(a.view(), &b, c.view_mut(), Write::Set).unwrap();
+    assert!(c.iter().all(|&x| x == 0.0));
+}
+
+#[test]
 fn matmul_with_unequal_inner_dimensions_is_a_shape_mismatch() {
     let mut tape = Tape::<f64>::new();
     let a = tape.constant(zeros(2, 3)).unwrap();

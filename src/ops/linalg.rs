@@ -11,19 +11,10 @@
 
 use super::{put1, rows_into, Ctx, Op};
 use crate::error::{Error, Result};
-use crate::kernels::gemm;
-use crate::kernels::Write;
+use crate::kernels::{gemm, gemm_panels, Start, Write, PANEL_COLS};
 use crate::scalar::Scalar;
 use crate::tape::{Tape, Var};
-use ndarray::ArrayView2;
-
-fn beta<F: Scalar>(fresh: bool) -> F {
-    if fresh {
-        F::zero()
-    } else {
-        F::one()
-    }
-}
+use ndarray::{Array2, ArrayView2, Axis, Slice};
 
 /// Rows `range` of the matrix `var`, as the addend of [`Tape::affine_rows`].
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -36,13 +27,7 @@ impl<F: Scalar> Tape<F> {
     pub fn matmul(&mut self, a: Var, b: Var) -> Result<Var> {
         let (ia, ib, (m, n)) = self.factors("matmul", a, b)?;
         let mut out = self.pool.take((m, n));
-        gemm(
-            F::one(),
-            &self.values[ia].view(),
-            &self.values[ib].view(),
-            F::zero(),
-            &mut out.view_mut(),
-        );
+        self.product(ia, ib, None, &mut out);
         let ng = self.needs_grad[ia] || self.needs_grad[ib];
         self.push(Op::MatMul(ia, ib), out, ng)
     }
@@ -59,6 +44,39 @@ impl<F: Scalar> Tape<F> {
             });
         }
         Ok((ia, ib, (m, n)))
+    }
+
+    /// `out = c + a b` for nodes `a`, `b` and the addend `c` of an affine map (none for
+    /// a plain product), reading `b` from its column panels once it has them (a right
+    /// factor of more than [`PANEL_COLS`] columns used again and again: see
+    /// `ops::PanelCopies`), which also adds `c` as each panel's product is copied into
+    /// place.
+    fn product(&mut self, a: usize, b: usize, c: Option<(usize, Addend)>, out: &mut Array2<F>) {
+        let m = out.nrows();
+        let (va, vb) = (self.values[a].view(), self.values[b].view());
+        let src = c.map(|(ic, mode)| {
+            let vc = self.values[ic].view();
+            match mode {
+                Addend::Full | Addend::Row => vc,
+                Addend::Rows(s) => vc.slice_axis_move(Axis(0), Slice::from(s..s + m)),
+            }
+        });
+        let panels = (vb.ncols() > PANEL_COLS)
+            .then(|| self.panels.note_use(b, vb, &mut self.pool))
+            .flatten();
+        match panels {
+            Some(p) => {
+                let start = src.map_or(Start::Zero, Start::From);
+                gemm_panels(&va, p, start, &mut out.view_mut(), &mut self.panel_scratch);
+            }
+            None => {
+                if let Some(s) = src {
+                    rows_into(out.view_mut(), s, Write::Set);
+                }
+                let beta = if src.is_some() { F::one() } else { F::zero() };
+                gemm(F::one(), &va, &vb, beta, &mut out.view_mut());
+            }
+        }
     }
 
     /// Transpose `aᵀ` (a copy).
@@ -209,23 +227,7 @@ impl<F: Scalar> Tape<F> {
     ) -> Result<Var> {
         let (ia, ib, (m, n)) = self.factors("affine", a, b)?;
         let mut out = self.pool.take((m, n));
-        if let Some((ic, mode)) = c {
-            let vc = self.values[ic].view();
-            let src = match mode {
-                Addend::Full | Addend::Row => vc,
-                Addend::Rows(s) => {
-                    vc.slice_axis_move(ndarray::Axis(0), ndarray::Slice::from(s..s + m))
-                }
-            };
-            rows_into(out.view_mut(), src, Write::Set);
-        }
-        gemm(
-            F::one(),
-            &self.values[ia].view(),
-            &self.values[ib].view(),
-            beta(c.is_none()),
-            &mut out.view_mut(),
-        );
+        self.product(ia, ib, c, &mut out);
         if act != super::Activation::Identity {
             match out.as_slice_mut() {
                 Some(xs) => act.apply_in_place(xs),
@@ -322,42 +324,65 @@ mod tests {
         Array2::from_shape_fn(shape, |(i, j)| ((i * 5 + j * 3 + seed) % 7) as f64 - 3.0)
     }
 
-    /// A weight used by six products: the first two backward rules read `Wᵀ` as a view,
-    /// the later ones from its row-major copy (`Transposes`). With small integers every
-    /// product is exact, so each x̄_t must equal `ȳ_t Wᵀ` (ȳ_t = 1) to the last bit, as
-    /// must W̄ = Σ_t x_tᵀ 1.
+    /// A weight used by six products and twelve affine maps (with a bias row, and with
+    /// a step's rows of a taller addend): the first two uses in each direction read `W`
+    /// (or `Wᵀ`) itself, the later ones its column panels (`PanelCopies`), for a weight
+    /// of one panel and of three (the last narrower), and a batch of one row (written in
+    /// place) or of nine (through the scratch). With small integers every product is
+    /// exact, so each value must equal `x_t W` (+ the addend) and each x̄_t `3 · 1 Wᵀ`
+    /// to the last bit, as must W̄ = 3 Σ_t x_tᵀ 1 and ū = 1.
     #[test]
-    fn adjoints_through_the_transposed_copy_of_a_weight_are_exact() -> crate::Result<()> {
-        let (b, k, n, steps) = (4, 9, 6, 6);
-        let mut params = Params::<f64>::new();
-        let w_value = small_ints((k, n), 1);
-        let w = params.add("W", w_value.clone())?;
-        let mut tape = Tape::new();
-        let wv = tape.param(&params, w)?;
-        let mut xs = Vec::new();
-        let mut total = None;
-        for t in 0..steps {
-            let x = tape.variable(small_ints((b, k), t + 2).view())?;
-            let y = tape.matmul(x, wv)?;
-            let s = tape.sum(y)?;
-            total = Some(match total {
-                None => s,
-                Some(acc) => tape.add(acc, s)?,
-            });
-            xs.push(x);
+    fn products_through_the_panel_copies_of_a_weight_are_exact() -> crate::Result<()> {
+        let steps = 6;
+        for (b, k, n) in [(4, 9, 6), (9, 37, 300), (1, 37, 300)] {
+            let mut params = Params::<f64>::new();
+            let w_value = small_ints((k, n), 1);
+            let bias_value = small_ints((1, n), 5);
+            let u_value = small_ints((steps * b, n), 6);
+            let w = params.add("W", w_value.clone())?;
+            let bias = params.add("b", bias_value.clone())?;
+            let mut tape = Tape::new();
+            let (wv, bv) = (tape.param(&params, w)?, tape.param(&params, bias)?);
+            let u = tape.variable(u_value.view())?;
+            let mut xs = Vec::new();
+            let mut total = None;
+            for t in 0..steps {
+                let x_value = small_ints((b, k), t + 2);
+                let x = tape.variable(x_value.view())?;
+                let y = tape.matmul(x, wv)?;
+                let z = tape.affine(x, wv, Some(bv), crate::Activation::Identity)?;
+                let rows = super::RowsOf(u, t * b..(t + 1) * b);
+                let v = tape.affine_rows(x, wv, rows, crate::Activation::Identity)?;
+                let xw = x_value.dot(&w_value);
+                assert_eq!(tape.value(y)?, xw);
+                assert_eq!(tape.value(z)?, &xw + &bias_value);
+                let u_t =
+                    u_value.slice_axis(ndarray::Axis(0), ndarray::Slice::from(t * b..(t + 1) * b));
+                assert_eq!(tape.value(v)?, &xw + &u_t);
+                let (sy, sz, sv) = (tape.sum(y)?, tape.sum(z)?, tape.sum(v)?);
+                let s = tape.add(sy, sz)?;
+                let s = tape.add(s, sv)?;
+                total = Some(match total {
+                    None => s,
+                    Some(acc) => tape.add(acc, s)?,
+                });
+                xs.push(x);
+            }
+            let loss = total.expect("steps > 0");
+            let grads = tape.backward(loss)?;
+            let ones = Array2::<f64>::ones((b, n));
+            let want_x = ones.dot(&w_value.t()) * 3.0;
+            for &x in &xs {
+                assert_eq!(tape.adjoint(x)?, Some(want_x.view()), "b={b} n={n}");
+            }
+            let mut want_w = Array2::<f64>::zeros((k, n));
+            for t in 0..steps {
+                want_w = want_w + small_ints((b, k), t + 2).t().dot(&ones) * 3.0;
+            }
+            let want_u = Array2::<f64>::ones((steps * b, n));
+            assert_eq!(tape.adjoint(u)?, Some(want_u.view()), "b={b} n={n}");
+            assert_eq!(grads.get(w)?, want_w, "b={b} n={n}");
         }
-        let loss = total.expect("steps > 0");
-        let grads = tape.backward(loss)?;
-        let ones = Array2::<f64>::ones((b, n));
-        let want_x = ones.dot(&w_value.t());
-        for &x in &xs {
-            assert_eq!(tape.adjoint(x)?, Some(want_x.view()));
-        }
-        let mut want_w = Array2::<f64>::zeros((k, n));
-        for t in 0..steps {
-            want_w = want_w + small_ints((b, k), t + 2).t().dot(&ones);
-        }
-        assert_eq!(grads.get(w)?, want_w);
         Ok(())
     }
 }

@@ -27,11 +27,12 @@ pub use loss::Reduction;
 pub use shape::Along;
 
 use crate::error::{Error, Result};
-use crate::kernels::Write;
+pub(crate) use crate::kernels::rows_into;
+use crate::kernels::{gemm_panels, Panels, Start};
 use crate::params::ParamId;
 use crate::scalar::Scalar;
 use crate::tape::{Pool, Tape};
-use ndarray::{Array2, ArrayView2, ArrayViewMut2, Zip};
+use ndarray::{Array2, ArrayView2, Zip};
 
 /// One recorded operation: what it was and which nodes it read (indices into the tape).
 #[derive(Debug, Clone, Copy)]
@@ -130,7 +131,9 @@ pub(crate) struct Ctx<'a, F: Scalar> {
     parents: &'a mut [Option<Array2<F>>],
     pool: &'a mut Pool<F>,
     staging: &'a mut Staging<F>,
-    transposes: &'a mut Transposes<F>,
+    transposes: &'a mut PanelCopies<F>,
+    /// Scratch for the products by panels.
+    panel_scratch: &'a mut Vec<F>,
     /// The first failure of a rule (an internal shape inconsistency), reported by
     /// [`backward_node`] instead of a panic or a skipped contribution.
     failed: Option<Error>,
@@ -229,48 +232,55 @@ impl<F: Scalar> Staged<F> {
     }
 }
 
-/// A right factor `b` of a product reaches its backward rule as `bᵀ` (`ā += r bᵀ`), a
-/// matrix stored by columns, which the product kernels read more slowly than one stored
-/// by rows. A `b` used by several products (a recurrent weight, once per step) gets a
-/// row-major copy of `bᵀ` at its [`TRANSPOSE_AT_USE`]-th use in a backward pass,
-/// kept until the tape is cleared (values never change once recorded); a `b` used once
-/// or twice (a weight under `Fixed { k: 1 }`) is never copied.
+/// Copies of the right factors that a tape multiplies by again and again (a recurrent
+/// weight, once per step), laid out in column panels ([`Panels`]), which the product
+/// kernel reads faster than the factor itself once it outgrows the core's cache. The
+/// tape keeps two sets: the panels of `b` for the forward products (`Tape::panels`),
+/// made for a `b` of more than [`PANEL_COLS`](crate::kernels::PANEL_COLS) columns, and those of `bᵀ` for the
+/// backward rules (`Tape::transposes`: `ā += r bᵀ` would otherwise read `bᵀ`, a matrix
+/// stored by columns, more slowly still). A copy is made at the [`COPY_AT_USE`]-th use
+/// and kept until the tape is cleared (values never change once recorded), so that a
+/// factor used once or twice (a weight under `Fixed { k: 1 }`) is never copied.
 #[derive(Debug, Default)]
-pub(crate) struct Transposes<F> {
+pub(crate) struct PanelCopies<F> {
     uses: std::collections::HashMap<usize, u32>,
-    copies: Vec<(usize, Array2<F>)>,
+    copies: Vec<(usize, Panels<F>)>,
 }
 
-/// The use at which a right factor gets its transposed copy.
-pub(crate) const TRANSPOSE_AT_USE: u32 = 3;
+/// The use at which a right factor gets its copy.
+pub(crate) const COPY_AT_USE: u32 = 3;
 
-impl<F: Scalar> Transposes<F> {
-    /// Counts a use of node `b` (value `vb`) as a transposed right factor; gives the
-    /// row-major `bᵀ` once it has one.
-    fn note_use(&mut self, b: usize, vb: &Array2<F>, pool: &mut Pool<F>) -> Option<&Array2<F>> {
+impl<F: Scalar> PanelCopies<F> {
+    /// Counts a use of node `b`, whose value (or its transpose, for the backward rules)
+    /// is `vb`; gives the panels of `vb` once it has them.
+    pub(crate) fn note_use(
+        &mut self,
+        b: usize,
+        vb: ArrayView2<'_, F>,
+        pool: &mut Pool<F>,
+    ) -> Option<&Panels<F>> {
         let uses = self.uses.entry(b).or_insert(0);
         *uses += 1;
-        if *uses == TRANSPOSE_AT_USE {
-            let mut t = pool.take((vb.ncols(), vb.nrows()));
-            t.assign(&vb.t());
-            self.copies.push((b, t));
+        if *uses == COPY_AT_USE {
+            let buf = pool.take(vb.dim());
+            self.copies.push((b, Panels::of(vb, buf)));
         }
-        if *uses < TRANSPOSE_AT_USE {
+        if *uses < COPY_AT_USE {
             return None;
         }
-        self.copies.iter().find(|(n, _)| *n == b).map(|(_, t)| t)
+        self.copies.iter().find(|(n, _)| *n == b).map(|(_, p)| p)
     }
 
     /// Entries held in copies.
     pub(crate) fn len(&self) -> usize {
-        self.copies.iter().map(|(_, t)| t.len()).sum()
+        self.copies.iter().map(|(_, p)| p.len()).sum()
     }
 
     /// Forgets every node; the copies go to `pool`.
     pub(crate) fn clear(&mut self, pool: &mut Pool<F>) {
         self.uses.clear();
-        for (_, t) in self.copies.drain(..) {
-            pool.give(t);
+        for (_, p) in self.copies.drain(..) {
+            pool.give(p.into_buffer());
         }
     }
 }
@@ -339,7 +349,8 @@ pub(crate) fn flush_staged<F: Scalar>(tape: &mut Tape<F>, i: usize) -> Result<()
         parents: adjoints,
         pool,
         staging: &mut Staging::default(),
-        transposes: &mut Transposes::default(),
+        transposes: &mut PanelCopies::default(),
+        panel_scratch: &mut Vec::new(),
         failed: None,
     };
     match cx.slot(i) {
@@ -382,8 +393,8 @@ impl<F: Scalar> Ctx<'_, F> {
         }
     }
 
-    /// Adds `r bᵀ` into the adjoint of `a`, reading `bᵀ` from its row-major copy once `b`
-    /// has one (see [`Transposes`]).
+    /// Adds `r bᵀ` into the adjoint of `a`, reading `bᵀ` from its panels once `b` has
+    /// them (see [`PanelCopies`]).
     pub(crate) fn add_r_bt(&mut self, a: usize, r: ArrayView2<'_, F>, b: usize) {
         if !self.needs_grad[a] {
             return;
@@ -393,11 +404,16 @@ impl<F: Scalar> Ctx<'_, F> {
             self.parents[a] = Some(self.pool.take(self.values[a].dim()));
         }
         let vb = &self.values[b];
-        let copy = self.transposes.note_use(b, vb, self.pool);
-        let bt = copy.map_or_else(|| vb.t(), |t| t.view());
+        let copy = self.transposes.note_use(b, vb.t(), self.pool);
         if let Some(acc) = self.parents[a].as_mut() {
-            let beta = if fresh { F::zero() } else { F::one() };
-            crate::kernels::gemm(F::one(), &r, &bt, beta, &mut acc.view_mut());
+            let start = if fresh { Start::Zero } else { Start::Kept };
+            match copy {
+                Some(bt) => gemm_panels(&r, bt, start, &mut acc.view_mut(), self.panel_scratch),
+                None => {
+                    let beta = if fresh { F::zero() } else { F::one() };
+                    crate::kernels::gemm(F::one(), &r, &vb.t(), beta, &mut acc.view_mut());
+                }
+            }
         }
     }
 
@@ -413,36 +429,6 @@ impl<F: Scalar> Ctx<'_, F> {
         }
         self.parents[p].as_mut().map(|a| (a, fresh))
     }
-}
-
-/// `dst = src` or `dst += src`, row by row over contiguous
-/// rows (the tape's buffers and their row or column ranges) without ndarray's general
-/// `Zip`, which costs more than the copy for the rows of one step; a 1×n `src` is
-/// broadcast over the rows of `dst` (a bias).
-pub(crate) fn rows_into<F: Scalar>(
-    mut dst: ArrayViewMut2<'_, F>,
-    src: ArrayView2<'_, F>,
-    write: Write,
-) {
-    let broadcast = src.nrows() == 1 && dst.nrows() != 1;
-    crate::simd::vectorized(
-        #[inline(always)]
-        || {
-            for (i, mut d) in dst.rows_mut().into_iter().enumerate() {
-                let s = src.row(if broadcast { 0 } else { i });
-                match (d.as_slice_mut(), s.as_slice(), write) {
-                    (Some(d), Some(s), Write::Set) => d.copy_from_slice(s),
-                    (Some(d), Some(s), Write::Add) => {
-                        for (d, &s) in d.iter_mut().zip(s) {
-                            *d = *d + s;
-                        }
-                    }
-                    (_, _, Write::Set) => d.assign(&s),
-                    (_, _, Write::Add) => d.zip_mut_with(&s, |d, &s| *d = *d + s),
-                }
-            }
-        },
-    );
 }
 
 /// `acc = f(a)` if fresh, else `acc += f(a)`.
@@ -534,6 +520,7 @@ pub(crate) fn backward_node<F: Scalar>(tape: &mut Tape<F>, i: usize) -> Result<(
         pool,
         staging,
         transposes,
+        panel_scratch,
         ..
     } = tape;
     let (parents, rest) = adjoints.split_at_mut(i);
@@ -549,6 +536,7 @@ pub(crate) fn backward_node<F: Scalar>(tape: &mut Tape<F>, i: usize) -> Result<(
         pool,
         staging,
         transposes,
+        panel_scratch,
         failed: None,
     };
     match ops[i] {
