@@ -136,7 +136,9 @@ impl<F: Scalar> Pool<F> {
         let (_, mut v) = list.pop()?;
         self.bytes -= *cap * std::mem::size_of::<F>();
         v.resize(n, F::zero());
-        Array2::from_shape_vec(shape, v).ok()
+        ndarray::Array1::from_vec(v)
+            .into_shape_with_order(shape)
+            .ok()
     }
 
     pub(crate) fn give(&mut self, a: Array2<F>) {
