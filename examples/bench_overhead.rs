@@ -14,8 +14,9 @@
 //!   the tape's f32 tanh kernel, so that both do the same arithmetic).
 //!
 //! Jobs: the tanh RNN at S1–S4, GRU and LSTM at G1–G3 (the dimensions of S1–S3). Each
-//! timing is the minimum over repeated runs (the least disturbed by other load). Then
-//! the machine's plain matrix-product speed and the peak memory at S4.
+//! timing is the minimum over repeated runs (the least disturbed by other load), as many
+//! as the peer benchmarks take (3 warm-ups, then 2 s worth, at least 21). Then the
+//! machine's plain matrix-product speed and the peak memory at S4.
 //!
 //! `cargo run --release --example bench_overhead` (or `… -- S1 G2` for some jobs only).
 
@@ -32,27 +33,22 @@ use timetape::kernels::{matmul_into, matmul_panels_into, Panels, Write};
 use timetape::rnn::{models, Gru, Lstm, Recurrent, Sequence, SequenceLoss, Sizes};
 use timetape::{ParamId, Params, Result};
 
-/// Minimum wall time of `f` over `reps` runs after one warm-up, in seconds.
-fn time_min(reps: usize, mut f: impl FnMut()) -> f64 {
-    f();
-    (0..reps)
-        .map(|_| {
-            let s = Instant::now();
-            f();
-            s.elapsed().as_secs_f64()
-        })
-        .fold(f64::INFINITY, f64::min)
-}
-
-/// Repetitions for a job of `flops`: fewer for the long ones.
-fn reps(flops: f64) -> usize {
-    if flops > 5e9 {
-        3
-    } else if flops > 5e8 {
-        6
+/// Minimum wall time of `f` in seconds, with the peer benchmarks' policy
+/// (`peers/common.py`): three warm-up runs, then 2 s worth of runs, at least 21 and at
+/// most 2001, so that both sides take the minimum of as many runs.
+fn time_min(mut f: impl FnMut()) -> f64 {
+    let mut once = || {
+        let s = Instant::now();
+        f();
+        s.elapsed().as_secs_f64()
+    };
+    let first = (0..3).map(|_| once()).last().unwrap_or(0.0);
+    let reps = if first > 0.0 {
+        (2.0 / first).clamp(21.0, 2001.0) as usize
     } else {
-        30
-    }
+        21
+    };
+    (0..reps).map(|_| once()).fold(f64::INFINITY, f64::min)
 }
 
 /// `c = a b` or `c += a b` by the tape's kernel (the shapes fit by construction).
@@ -164,8 +160,7 @@ fn tape<C: Recurrent<f32>>(cell: &C, params: &Params<f32>, s: &Size) -> Result<(
     let mut ws = Workspace::new();
     let how = Run::new(Truncation::Full);
     let loss = ws.run(cell, params, &seq, &how)?.loss;
-    let n = reps(s.flops(1));
-    let t = time_min(n, || {
+    let t = time_min(|| {
         let _ = ws.run(cell, params, &seq, &how);
     });
     Ok((t, loss))
@@ -211,12 +206,11 @@ fn rnn_job(s: &Size) -> Result<()> {
         SequenceLoss::classes(labels.view()).mean_over_time(),
     );
     let mut reference = M3Workspace::with_tanh(timetape::Scalar::tanh_kernel);
-    let n = reps(s.flops(1));
-    let closed = time_min(n, || {
+    let closed = time_min(|| {
         let _ = reference.run(&params, &cell, &seq);
     });
     let mut skeleton = Skeleton::new(s, 1);
-    let t_skel = time_min(n, || skeleton.run(s));
+    let t_skel = time_min(|| skeleton.run(s));
     line("tanh", s, measured, (t_skel, Some(closed)));
     if s.name == "S4" {
         let r = Workspace::new().run(&cell, &params, &seq, &Run::new(Truncation::Full))?;
@@ -259,7 +253,7 @@ fn gated_job(s: &Size, kind: Gated) -> Result<()> {
         (tape(&cell, &params, s)?, 3)
     };
     let mut skeleton = Skeleton::new(s, g);
-    let t_skel = time_min(reps(s.flops(g)), || skeleton.run(s));
+    let t_skel = time_min(|| skeleton.run(s));
     let name = if g == 4 { "lstm" } else { "gru" };
     line(name, s, measured, (t_skel, None));
     Ok(())
@@ -280,7 +274,7 @@ fn main() -> Result<()> {
     let a = Array2::<f32>::from_elem((n, n), 0.5);
     let b = Array2::<f32>::from_elem((n, n), 0.25);
     let mut c = Array2::<f32>::zeros((n, n));
-    let t = time_min(10, || general_mat_mul(1.0, &a, &b, 0.0, &mut c));
+    let t = time_min(|| general_mat_mul(1.0, &a, &b, 0.0, &mut c));
     println!(
         "plain matrix product {n}×{n}×{n}: {:.1} GFLOP/s",
         2.0 * (n * n * n) as f64 / t / 1e9
