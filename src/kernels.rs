@@ -511,6 +511,16 @@ mod tests {
         })
     }
 
+    /// `filled` of the given shape, stored by rows or (`by_columns`) by columns: the
+    /// transpose of a row-major matrix, as a `.t()` view of a weight is.
+    fn stored(shape: (usize, usize), seed: usize, by_columns: bool) -> Array2<f64> {
+        if by_columns {
+            filled((shape.1, shape.0), seed).reversed_axes()
+        } else {
+            filled(shape, seed)
+        }
+    }
+
     /// Every branch (row vector with contiguous or transposed b, outer product, faer for
     /// β ∈ {0, 1} and b stored by rows, matrixmultiply otherwise) against ndarray's `dot`,
     /// for β = 0 (over garbage), 1 and 0.5, and a stored by rows and by columns. The inputs are small
@@ -528,27 +538,11 @@ mod tests {
             (40, 70, 50),
         ];
         for (&(m, k, n), transpose_a) in cases.iter().flat_map(|c| [(c, false), (c, true)]) {
-            let a_owned = if transpose_a {
-                filled((k, m), 1)
-            } else {
-                filled((m, k), 1)
-            };
-            let a = if transpose_a {
-                a_owned.t()
-            } else {
-                a_owned.view()
-            };
+            let a_owned = stored((m, k), 1, transpose_a);
+            let a = a_owned.view();
             for transpose_b in [false, true] {
-                let b_owned = if transpose_b {
-                    filled((n, k), 2)
-                } else {
-                    filled((k, n), 2)
-                };
-                let b = if transpose_b {
-                    b_owned.t()
-                } else {
-                    b_owned.view()
-                };
+                let b_owned = stored((k, n), 2, transpose_b);
+                let b = b_owned.view();
                 for beta in [0.0, 1.0, 0.5] {
                     let c0 = if beta == 0.0 {
                         Array2::from_elem((m, n), f64::NAN)
@@ -589,16 +583,8 @@ mod tests {
         ] {
             let a = filled((m, k), 1);
             for transposed in [false, true] {
-                let b_owned = if transposed {
-                    filled((n, k), 2)
-                } else {
-                    filled((k, n), 2)
-                };
-                let b = if transposed {
-                    b_owned.t()
-                } else {
-                    b_owned.view()
-                };
+                let b_owned = stored((k, n), 2, transposed);
+                let b = b_owned.view();
                 let panels = Panels::of(b, Array2::from_elem((1, k * n), f64::NAN));
                 assert_eq!(panels.len(), k * n);
                 let mut scratch = vec![f64::NAN; 3];
