@@ -129,11 +129,11 @@ impl Skeleton {
             mm_panels(da, w_h_t, prev);
         }
         if b >= 8 {
-            grads[1].fill(0.0);
             for step in 1..t {
                 let h_prev = hs.slice(s![(step - 1) * b..step * b, ..]);
                 let da = a.slice(s![step * b..(step + 1) * b, ..]);
-                mm(h_prev.t(), da, grads[1].view_mut(), Write::Add);
+                let w = if step == 1 { Write::Set } else { Write::Add };
+                mm(h_prev.t(), da, grads[1].view_mut(), w);
             }
         } else {
             let h_prev = hs.slice(s![..(t - 1) * b, ..]);

@@ -13,9 +13,10 @@
 //!   for a row vector or an outer product, and to `matrixmultiply` otherwise.
 //!
 //! A right factor that a tape multiplies by again and again (a recurrent weight in the
-//! forward products, its transpose in the backward rules) is copied once per tape into
-//! column [`Panels`] and multiplied panel by panel ([`matmul_panels_into`]), which faer
-//! reads faster once the factor outgrows the core's cache.
+//! forward products, its transpose in the backward rules) is copied at its third use in
+//! a segment into column [`Panels`] (in the forward products only a factor of more than
+//! [`PANEL_COLS`] columns) and multiplied panel by panel ([`matmul_panels_into`]), which
+//! faer reads faster once the factor outgrows the core's cache.
 //!
 //! Measured per shape on the AVX-512 machine of the benchmarks (`examples/bench_overhead`
 //! times the whole jobs): faer is 1.1–1.4× faster than `matrixmultiply` on the per-step
@@ -246,32 +247,51 @@ impl<F: Scalar> Panels<F> {
         (self.rows, self.cols)
     }
 
-    /// The panels of `b`, written into `buf` (k·n entries, arbitrary contents).
+    /// The panels of `b`, written into `buf` (k·n entries stored as one slice, arbitrary
+    /// contents; a buffer of another size is replaced).
     pub(crate) fn of(b: ArrayView2<'_, F>, mut buf: ndarray::Array2<F>) -> Self {
         let (rows, cols) = b.dim();
-        debug_assert_eq!(buf.len(), rows * cols);
-        if rows == 0 {
-            return Panels { buf, rows, cols };
+        if buf.len() != rows * cols || buf.as_slice().is_none() {
+            buf = ndarray::Array2::from_elem((1, rows * cols), F::zero());
         }
-        if let Some(dst) = buf.as_slice_mut() {
-            for (j, chunk) in dst.chunks_mut(rows * PANEL_COLS).enumerate() {
-                let c0 = j * PANEL_COLS;
-                let w = chunk.len() / rows.max(1);
-                let src = b.slice_axis(ndarray::Axis(1), ndarray::Slice::from(c0..c0 + w));
-                for (d, s) in chunk.iter_mut().zip(src.iter()) {
-                    *d = *s;
-                }
+        let mut panels = Panels { buf, rows, cols };
+        for j in 0..panels.count() {
+            let (c0, w) = panels.columns(j);
+            let src = b.slice_axis(ndarray::Axis(1), ndarray::Slice::from(c0..c0 + w));
+            let dst = panels
+                .buf
+                .as_slice_mut()
+                .and_then(|d| d.get_mut(rows * c0..rows * (c0 + w)));
+            match dst {
+                Some(dst) => dst.iter_mut().zip(src.iter()).for_each(|(d, &s)| *d = s),
+                None => unreachable!("the buffer holds k·n entries in one slice"),
             }
         }
-        Panels { buf, rows, cols }
+        panels
     }
 
-    /// Panel `j` (columns `j·w ..`) as a k×w matrix stored by rows.
-    fn panel(&self, j: usize) -> Option<ArrayView2<'_, F>> {
-        let (k, c0) = (self.rows, j * PANEL_COLS);
-        let w = PANEL_COLS.min(self.cols.checked_sub(c0)?);
-        let s = self.buf.as_slice()?.get(k * c0..k * (c0 + w))?;
-        ArrayView2::from_shape((k, w), s).ok()
+    /// Number of panels.
+    fn count(&self) -> usize {
+        self.cols.div_ceil(PANEL_COLS)
+    }
+
+    /// First column and width of panel `j`.
+    fn columns(&self, j: usize) -> (usize, usize) {
+        let c0 = j * PANEL_COLS;
+        (c0, PANEL_COLS.min(self.cols - c0))
+    }
+
+    /// Panel `j` (of [`Panels::count`]) as a k×w matrix stored by rows.
+    fn panel(&self, j: usize) -> ArrayView2<'_, F> {
+        let (k, (c0, w)) = (self.rows, self.columns(j));
+        let s = self
+            .buf
+            .as_slice()
+            .and_then(|s| s.get(k * c0..k * (c0 + w)));
+        match s.map(|s| ArrayView2::from_shape((k, w), s)) {
+            Some(Ok(v)) => v,
+            _ => unreachable!("panel j of the k·n entries is k×w"),
+        }
     }
 
     /// Entries held.
@@ -329,41 +349,51 @@ pub(crate) fn gemm_panels<F: Scalar>(
     scratch: &mut Vec<F>,
 ) {
     let m = a.nrows();
-    let mut j = 0;
-    while let Some(panel) = b.panel(j) {
-        let (c0, w) = (j * PANEL_COLS, panel.ncols());
+    for j in 0..b.count() {
+        let (panel, (c0, w)) = (b.panel(j), b.columns(j));
         let cols = ndarray::Slice::from(c0..c0 + w);
         let mut part = c.slice_axis_mut(ndarray::Axis(1), cols);
-        let src = match start {
-            Start::From(s) => Some(s.slice_axis_move(ndarray::Axis(1), cols)),
-            _ => None,
+        let start = match start {
+            Start::From(s) => Start::From(s.slice_axis_move(ndarray::Axis(1), cols)),
+            other => other,
         };
         if m == 1 || w == b.cols {
-            let beta = match (start, src) {
-                (Start::Zero, _) => F::zero(),
-                (_, Some(s)) => {
-                    rows_into(part.view_mut(), s, Write::Set);
-                    F::one()
-                }
-                _ => F::one(),
-            };
-            gemm(F::one(), a, &panel, beta, &mut part);
-        } else {
-            if scratch.len() < m * w {
-                scratch.resize(m * w, F::zero());
-            }
-            let s = ArrayViewMut2::from_shape((m, w), &mut scratch[..m * w]);
-            if let Ok(mut s) = s {
-                gemm(F::one(), a, &panel, F::zero(), &mut s);
-                match (start, src) {
-                    (Start::Zero, _) => rows_into(part, s.view(), Write::Set),
-                    (_, Some(src)) => sum_rows_into(part, src, s.view()),
-                    _ => rows_into(part, s.view(), Write::Add),
-                }
-            }
+            gemm_onto(a, &panel, start, &mut part);
+            continue;
         }
-        j += 1;
+        if scratch.len() < m * w {
+            scratch.resize(m * w, F::zero());
+        }
+        let mut s = match ArrayViewMut2::from_shape((m, w), &mut scratch[..m * w]) {
+            Ok(s) => s,
+            Err(_) => unreachable!("m·w entries are an m×w matrix"),
+        };
+        gemm(F::one(), a, &panel, F::zero(), &mut s);
+        match start {
+            Start::Zero => rows_into(part, s.view(), Write::Set),
+            Start::Kept => rows_into(part, s.view(), Write::Add),
+            Start::From(src) => sum_rows_into(part, src, s.view()),
+        }
     }
+}
+
+/// `c = start + a b` for a right factor `b` as it is stored: the addend of
+/// [`Start::From`] is copied into `c` first.
+pub(crate) fn gemm_onto<F: Scalar>(
+    a: &ArrayView2<'_, F>,
+    b: &ArrayView2<'_, F>,
+    start: Start<'_, F>,
+    c: &mut ArrayViewMut2<'_, F>,
+) {
+    let beta = match start {
+        Start::Zero => F::zero(),
+        Start::Kept => F::one(),
+        Start::From(s) => {
+            rows_into(c.view_mut(), s, Write::Set);
+            F::one()
+        }
+    };
+    gemm(F::one(), a, b, beta, c);
 }
 
 /// `dst = x + y`, row by row over contiguous rows; a 1×n `x` is broadcast over the rows

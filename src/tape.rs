@@ -316,8 +316,8 @@ impl<F: Scalar> Tape<F> {
     }
 
     /// Drops the free list of recycled buffers (after a run with unusually long segments,
-    /// say) and the kept copies of parameters, returning their memory; later ops
-    /// allocate again as needed.
+    /// say), the kept copies of parameters and the scratch of the products by column
+    /// panels, returning their memory; later ops allocate again as needed.
     pub fn free_buffers(&mut self) {
         self.pool = Pool::default();
         self.param_cache = Vec::new();
@@ -362,7 +362,7 @@ impl<F: Scalar> Tape<F> {
             + self.side.saved.iter().map(|a| a.len()).sum::<usize>()
             + self.panels.len()
             + self.transposes.len()
-            + self.panel_scratch.len()
+            + self.panel_scratch.capacity()
             + self
                 .param_cache
                 .iter()

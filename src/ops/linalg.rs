@@ -11,7 +11,7 @@
 
 use super::{put1, rows_into, Ctx, Op};
 use crate::error::{Error, Result};
-use crate::kernels::{gemm, gemm_panels, Start, Write, PANEL_COLS};
+use crate::kernels::{gemm_onto, gemm_panels, Start, Write, PANEL_COLS};
 use crate::scalar::Scalar;
 use crate::tape::{Tape, Var};
 use ndarray::{Array2, ArrayView2, Axis, Slice};
@@ -64,18 +64,10 @@ impl<F: Scalar> Tape<F> {
         let panels = (vb.ncols() > PANEL_COLS)
             .then(|| self.panels.note_use(b, vb, &mut self.pool))
             .flatten();
+        let start = src.map_or(Start::Zero, Start::From);
         match panels {
-            Some(p) => {
-                let start = src.map_or(Start::Zero, Start::From);
-                gemm_panels(&va, p, start, &mut out.view_mut(), &mut self.panel_scratch);
-            }
-            None => {
-                if let Some(s) = src {
-                    rows_into(out.view_mut(), s, Write::Set);
-                }
-                let beta = if src.is_some() { F::one() } else { F::zero() };
-                gemm(F::one(), &va, &vb, beta, &mut out.view_mut());
-            }
+            Some(p) => gemm_panels(&va, p, start, &mut out.view_mut(), &mut self.panel_scratch),
+            None => gemm_onto(&va, &vb, start, &mut out.view_mut()),
         }
     }
 
@@ -368,8 +360,16 @@ mod tests {
                 });
                 xs.push(x);
             }
+            // The copies were made (so the later products went through them).
+            let forward_copy = if n > crate::kernels::PANEL_COLS {
+                k * n
+            } else {
+                0
+            };
+            assert_eq!(tape.panels.len(), forward_copy, "b={b} n={n}");
             let loss = total.expect("steps > 0");
             let grads = tape.backward(loss)?;
+            assert_eq!(tape.transposes.len(), k * n, "b={b} n={n}");
             let ones = Array2::<f64>::ones((b, n));
             let want_x = ones.dot(&w_value.t()) * 3.0;
             for &x in &xs {

@@ -28,7 +28,7 @@ pub use shape::Along;
 
 use crate::error::{Error, Result};
 pub(crate) use crate::kernels::rows_into;
-use crate::kernels::{gemm_panels, Panels, Start};
+use crate::kernels::{gemm_onto, gemm_panels, Panels, Start};
 use crate::params::ParamId;
 use crate::scalar::Scalar;
 use crate::tape::{Pool, Tape};
@@ -236,9 +236,11 @@ impl<F: Scalar> Staged<F> {
 /// weight, once per step), laid out in column panels ([`Panels`]), which the product
 /// kernel reads faster than the factor itself once it outgrows the core's cache. The
 /// tape keeps two sets: the panels of `b` for the forward products (`Tape::panels`),
-/// made for a `b` of more than [`PANEL_COLS`](crate::kernels::PANEL_COLS) columns, and those of `bᵀ` for the
-/// backward rules (`Tape::transposes`: `ā += r bᵀ` would otherwise read `bᵀ`, a matrix
-/// stored by columns, more slowly still). A copy is made at the [`COPY_AT_USE`]-th use
+/// made only for a `b` of more than [`PANEL_COLS`](crate::kernels::PANEL_COLS) columns
+/// (narrower, the one panel would be `b` itself), and those of `bᵀ` for the backward
+/// rules (`Tape::transposes`, for every width: `ā += r bᵀ` would otherwise read `bᵀ`, a
+/// matrix stored by columns, more slowly; up to 128 columns the one panel is the
+/// row-major `bᵀ`). A copy is made at the [`COPY_AT_USE`]-th use
 /// and kept until the tape is cleared (values never change once recorded), so that a
 /// factor used once or twice (a weight under `Fixed { k: 1 }`) is never copied.
 #[derive(Debug, Default)]
@@ -409,10 +411,7 @@ impl<F: Scalar> Ctx<'_, F> {
             let start = if fresh { Start::Zero } else { Start::Kept };
             match copy {
                 Some(bt) => gemm_panels(&r, bt, start, &mut acc.view_mut(), self.panel_scratch),
-                None => {
-                    let beta = if fresh { F::zero() } else { F::one() };
-                    crate::kernels::gemm(F::one(), &r, &vb.t(), beta, &mut acc.view_mut());
-                }
+                None => gemm_onto(&r, &vb.t(), start, &mut acc.view_mut()),
             }
         }
     }
