@@ -468,6 +468,12 @@ fn faer_view<'a, T>(v: &ArrayView2<'a, T>) -> Option<faer::MatRef<'a, T>> {
 
 /// `c ← α a b + β c` by faer (one thread), for β ∈ {0, 1} and operands that are single
 /// slices (row-major `c`); `false`, leaving `c` untouched, otherwise.
+///
+/// `c` must be one slice, not a column block of a wider matrix: faer 0.24's `matmul`, on
+/// gemm 0.19's AVX-512 kernels, crashes (a segmentation fault through its safe API, in
+/// debug and release builds) writing a 64×512·512×128 product into the first 128
+/// columns of a 64×2048 row-major matrix. The products by column panels write each panel's product into a scratch
+/// buffer and copy it into place for that reason ([`gemm_panels`]).
 pub(crate) fn faer_gemm<T: faer::traits::ComplexField + Copy + PartialEq>(
     alpha: T,
     a: &ArrayView2<'_, T>,
