@@ -333,7 +333,8 @@ pub(crate) enum Start<'a, F> {
     /// `c += a b`.
     Kept,
     /// `c = s + a b`, for an `s` of the shape of `c` or one row broadcast over its rows
-    /// (the addend of an affine map, added as each panel's product is copied into place).
+    /// (the addend of an affine map, copied into place panel by panel, each panel's
+    /// product then added onto it while both are in cache).
     From(ArrayView2<'a, F>),
 }
 
@@ -353,8 +354,17 @@ pub(crate) fn gemm_panels<F: Scalar>(
         let (panel, (c0, w)) = (b.panel(j), b.columns(j));
         let cols = ndarray::Slice::from(c0..c0 + w);
         let mut part = c.slice_axis_mut(ndarray::Axis(1), cols);
+        // The addend's columns are copied into place first; the panel's product is then
+        // added onto them.
         let start = match start {
-            Start::From(s) => Start::From(s.slice_axis_move(ndarray::Axis(1), cols)),
+            Start::From(s) => {
+                rows_into(
+                    part.view_mut(),
+                    s.slice_axis_move(ndarray::Axis(1), cols),
+                    Write::Set,
+                );
+                Start::Kept
+            }
             other => other,
         };
         if m == 1 || w == b.cols {
@@ -369,11 +379,11 @@ pub(crate) fn gemm_panels<F: Scalar>(
             Err(_) => unreachable!("m·w entries are an m×w matrix"),
         };
         gemm(F::one(), a, &panel, F::zero(), &mut s);
-        match start {
-            Start::Zero => rows_into(part, s.view(), Write::Set),
-            Start::Kept => rows_into(part, s.view(), Write::Add),
-            Start::From(src) => sum_rows_into(part, src, s.view()),
-        }
+        let write = match start {
+            Start::Zero => Write::Set,
+            _ => Write::Add,
+        };
+        rows_into(part, s.view(), write);
     }
 }
 
@@ -394,35 +404,6 @@ pub(crate) fn gemm_onto<F: Scalar>(
         }
     };
     gemm(F::one(), a, b, beta, c);
-}
-
-/// `dst = x + y`, row by row over contiguous rows; a 1×n `x` is broadcast over the rows
-/// of `dst` (a bias).
-fn sum_rows_into<F: Scalar>(
-    mut dst: ArrayViewMut2<'_, F>,
-    x: ArrayView2<'_, F>,
-    y: ArrayView2<'_, F>,
-) {
-    let broadcast = x.nrows() == 1 && dst.nrows() != 1;
-    crate::simd::vectorized(
-        #[inline(always)]
-        || {
-            for (i, mut d) in dst.rows_mut().into_iter().enumerate() {
-                let (xr, yr) = (x.row(if broadcast { 0 } else { i }), y.row(i));
-                match (d.as_slice_mut(), xr.as_slice(), yr.as_slice()) {
-                    (Some(d), Some(xs), Some(ys)) => {
-                        for ((d, &x), &y) in d.iter_mut().zip(xs).zip(ys) {
-                            *d = x + y;
-                        }
-                    }
-                    _ => ndarray::Zip::from(&mut d)
-                        .and(&xr)
-                        .and(&yr)
-                        .for_each(|d, &x, &y| *d = x + y),
-                }
-            }
-        },
-    );
 }
 
 /// `dst = src` or `dst += src`, row by row over contiguous
@@ -472,8 +453,9 @@ fn faer_view<'a, T>(v: &ArrayView2<'a, T>) -> Option<faer::MatRef<'a, T>> {
 /// `c` must be one slice, not a column block of a wider matrix: faer 0.24's `matmul`, on
 /// gemm 0.19's AVX-512 kernels, crashes (a segmentation fault through its safe API, in
 /// debug and release builds) writing a 64×512·512×128 product into the first 128
-/// columns of a 64×2048 row-major matrix. The products by column panels write each panel's product into a scratch
-/// buffer and copy it into place for that reason ([`gemm_panels`]).
+/// columns of a 64×2048 row-major matrix. The products by column panels write each
+/// panel's product into a scratch buffer and copy it into place for that reason
+/// ([`gemm_panels`]).
 pub(crate) fn faer_gemm<T: faer::traits::ComplexField + Copy + PartialEq>(
     alpha: T,
     a: &ArrayView2<'_, T>,

@@ -49,8 +49,8 @@ impl<F: Scalar> Tape<F> {
     /// `out = c + a b` for nodes `a`, `b` and the addend `c` of an affine map (none for
     /// a plain product), reading `b` from its column panels once it has them (a right
     /// factor of more than [`PANEL_COLS`] columns used again and again: see
-    /// `ops::PanelCopies`), which also adds `c` as each panel's product is copied into
-    /// place.
+    /// `ops::PanelCopies`), which also writes `c` panel by panel, just before the panel's
+    /// product is added onto it.
     fn product(&mut self, a: usize, b: usize, c: Option<(usize, Addend)>, out: &mut Array2<F>) {
         let m = out.nrows();
         let (va, vb) = (self.values[a].view(), self.values[b].view());
