@@ -64,11 +64,14 @@ fn mm_panels(a: ArrayView2<'_, f32>, b: &Panels<f32>, c: ArrayViewMut2<'_, f32>)
 /// The matrix products of full BPTT for a cell with `g` gate blocks and nothing else:
 /// forward `A = X W_x` (all steps), `A_t += h_{t−1} W_h`, `O = H W_hq`; backward
 /// `∂W_hq = Hᵀ ∂O`, `∂H = ∂O W_hqᵀ`, `∂h_{t−1} += ∂A_t W_hᵀ`, `∂W_h += h_{t−1}ᵀ ∂A_t`
-/// (per step from 8 rows on, as the tape; merged over steps below) and `∂W_x = Xᵀ ∂A`.
+/// (per step from 8 rows on, as the tape; merged over steps below, and for the LSTM at
+/// every size, as the tape's `lstm_step`) and `∂W_x = Xᵀ ∂A`.
 /// `W_h` and `W_hᵀ` are read from column panels, as the tape reads a weight it
 /// multiplies by at every step. The states H stay constant: only the products' shapes
 /// and layouts matter.
 struct Skeleton {
+    /// Gate blocks: 1 (tanh RNN), 3 (GRU) or 4 (LSTM).
+    g: usize,
     x: Array2<f32>,
     w_x: Array2<f32>,
     w_h: Panels<f32>,
@@ -87,6 +90,7 @@ impl Skeleton {
         let fill = |r, c| Array2::from_elem((r, c), 0.01f32);
         let w_h = fill(h, g * h);
         Skeleton {
+            g,
             x: fill(tb, d),
             w_x: fill(d, g * h),
             w_h: Panels::new(w_h.view()),
@@ -103,6 +107,7 @@ impl Skeleton {
     fn run(&mut self, s: &Size) {
         let (b, t) = (s.b, s.t);
         let Skeleton {
+            g,
             x,
             w_x,
             w_h,
@@ -128,7 +133,9 @@ impl Skeleton {
             let prev = dh.slice_mut(s![(step - 1) * b..step * b, ..]);
             mm_panels(da, w_h_t, prev);
         }
-        if b >= 8 {
+        // Per step from 8 rows on, as the tape does for the GRU and the tanh RNN; merged
+        // over the steps below 8 rows and for the LSTM, as the tape's `lstm_step`.
+        if b >= 8 && *g != 4 {
             for step in 1..t {
                 let h_prev = hs.slice(s![(step - 1) * b..step * b, ..]);
                 let da = a.slice(s![step * b..(step + 1) * b, ..]);

@@ -216,6 +216,9 @@ pub struct Tape<F: Scalar> {
     check_finite: bool,
     flush_subnormals: bool,
     pub(crate) adjoints: Vec<Option<Array2<F>>>,
+    /// The one adjoint being written step by step from its last rows up, and the weight
+    /// gradient deferred on its rows (`ops::Ctx::rows_slot`, `ops::Ctx::defer_at_b`).
+    pub(crate) row_blocks: Option<crate::ops::RowBlocks<F>>,
     /// The side lists that ops index into (concat parents, labels, weights, saved
     /// intermediates).
     pub(crate) side: crate::ops::Side<F>,
@@ -259,6 +262,7 @@ impl<F: Scalar> Tape<F> {
             check_finite: false,
             flush_subnormals: false,
             adjoints: Vec::new(),
+            row_blocks: None,
             side: Default::default(),
             pool: Pool::default(),
             staging: Default::default(),
@@ -308,6 +312,9 @@ impl<F: Scalar> Tape<F> {
         }
         for a in self.adjoints.drain(..).flatten() {
             self.pool.give(a);
+        }
+        if let Some(rb) = self.row_blocks.take() {
+            rb.drop_into(&mut self.pool);
         }
         self.side.clear(&mut self.pool);
         self.panels.clear(&mut self.pool);
@@ -598,8 +605,14 @@ impl<F: Scalar> Tape<F> {
             self.pool.give(a);
         }
         self.adjoints.resize_with(self.ops.len(), || None);
+        if let Some(rb) = self.row_blocks.take() {
+            rb.drop_into(&mut self.pool);
+        }
         self.seed(seeds);
-        self.sweep(top, grads)?;
+        let swept = self.sweep(top, grads);
+        let (adjoints, pool) = (&mut self.adjoints, &mut self.pool);
+        crate::ops::settle_rows(adjoints, pool, &mut self.row_blocks, None);
+        swept?;
         self.note_peak_bytes();
         // One check of what is handed out: an overflow in the sweep, in the sum over a
         // parameter's registrations, or in gradients added into earlier ones.
@@ -669,6 +682,10 @@ impl<F: Scalar> Tape<F> {
     /// adjoint is complete; parameters add theirs into `grads`.
     fn sweep(&mut self, top: usize, grads: &mut Grads<F>) -> Result<()> {
         for i in (0..=top).rev() {
+            // Every contribution to node i is in: an adjoint written by row blocks gets
+            // zeros in the rows none of them reached.
+            let (adjoints, pool) = (&mut self.adjoints, &mut self.pool);
+            crate::ops::settle_rows(adjoints, pool, &mut self.row_blocks, Some(i));
             crate::ops::flush_staged(self, i)?;
             if !self.needs_grad[i] || self.adjoints[i].is_none() {
                 continue;

@@ -1,4 +1,5 @@
-//! The fused gated-cell ops (`Tape::lstm_cell`, `Tape::gru_cell`): against central finite
+//! The fused gated-cell ops (`Tape::lstm_cell`, `Tape::lstm_step`, `Tape::gru_cell`):
+//! against central finite
 //! differences (1e-6: f64 central differences with eps = 1e-5, truncation error ~1e-10,
 //! rounding ~1e-11 relative on O(1) values), and against the same step written with the
 //! tape's elementwise ops (the same functions composed node by node: equal up to the
@@ -152,6 +153,146 @@ fn gru_cell_on_rows_of_a_taller_input_part_matches_the_unfused_step_on_the_slice
     compare(&params, fused, unfused);
 }
 
+/// How [`lstm_steps`] runs: steps over row blocks of `u` (one per step, in that order)
+/// and other uses of `u` and `W_h` recorded between two steps.
+struct Steps {
+    blocks: Vec<usize>,
+    /// After which step `u` and `W_h` are used by another op too (never: `usize::MAX`).
+    other_use_after: usize,
+}
+
+/// `T` LSTM steps from the state `s0` over row blocks of `u` with the recurrent weight
+/// `w`, each step's state weighted into the loss: fused (`lstm_step`) or node by node
+/// (slice, product, sum, the unfused step).
+fn lstm_steps(
+    tape: &mut Tape<f64>,
+    (u, w, s0): (Var, Var, Var),
+    (b, h): (usize, usize),
+    how: &Steps,
+    fused: bool,
+) -> timetape::Result<Var> {
+    let mut state = s0;
+    let mut loss = tape.constant(Array2::zeros((1, 1)))?;
+    for (t, &k) in how.blocks.iter().enumerate() {
+        let rows = k * b..(k + 1) * b;
+        state = if fused {
+            tape.lstm_step(RowsOf(u, rows), w, state)?
+        } else {
+            let h_prev = tape.slice_cols(state, 0..h)?;
+            let hw = tape.matmul(h_prev, w)?;
+            let ut = tape.slice_rows(u, rows)?;
+            let a = tape.add(hw, ut)?;
+            lstm_unfused_h(tape, a, state, h)?
+        };
+        let term = weighted_sum(tape, state, 20 + t as u64)?;
+        loss = tape.add(loss, term)?;
+        if t == how.other_use_after {
+            for m in [u, w] {
+                let extra = weighted_sum(tape, m, 40)?;
+                loss = tape.add(loss, extra)?;
+            }
+        }
+    }
+    Ok(loss)
+}
+
+/// [`lstm_unfused`] for a hidden width `h`.
+fn lstm_unfused_h(tape: &mut Tape<f64>, a: Var, state: Var, h: usize) -> timetape::Result<Var> {
+    let c_prev = tape.slice_cols(state, h..2 * h)?;
+    let gate = |tape: &mut Tape<f64>, k: usize| tape.slice_cols(a, k * h..(k + 1) * h);
+    let (i, f, g, o) = (
+        gate(tape, 0)?,
+        gate(tape, 1)?,
+        gate(tape, 2)?,
+        gate(tape, 3)?,
+    );
+    let (i, f, g, o) = (
+        tape.sigmoid(i)?,
+        tape.sigmoid(f)?,
+        tape.tanh(g)?,
+        tape.sigmoid(o)?,
+    );
+    let fc = tape.mul(f, c_prev)?;
+    let ig = tape.mul(i, g)?;
+    let c = tape.add(fc, ig)?;
+    let tc = tape.tanh(c)?;
+    let hn = tape.mul(o, tc)?;
+    tape.concat_cols(&[hn, c])
+}
+
+/// The fused step's program and the node-by-node one on `params` (`u`, `W_h`, `s0`).
+fn lstm_step_programs<'a>(
+    params: &Params<f64>,
+    (b, h): (usize, usize),
+    how: &'a Steps,
+) -> [impl Fn(&mut Tape<f64>, &Params<f64>) -> timetape::Result<Var> + 'a; 2] {
+    let ids: Vec<_> = params.ids().collect();
+    [true, false].map(move |fused| {
+        let ids = ids.clone();
+        move |tape: &mut Tape<f64>, p: &Params<f64>| {
+            let vars = (
+                tape.param(p, ids[0])?,
+                tape.param(p, ids[1])?,
+                tape.param(p, ids[2])?,
+            );
+            lstm_steps(tape, vars, (b, h), how, fused)
+        }
+    })
+}
+
+/// `lstm_step` over the steps of a segment (its input part read in place, its
+/// pre-activations never kept, ā written into ū's rows and `W̄_h` summed in one product
+/// over the steps) against finite differences and against the same steps node by node.
+#[test]
+fn lstm_steps_match_finite_differences_and_the_unfused_steps() {
+    let params = store(&[
+        ("u", (4 * B, 4 * H)),
+        ("w_h", (H, 4 * H)),
+        ("s0", (B, 2 * H)),
+    ]);
+    let how = Steps {
+        blocks: vec![0, 1, 2, 3],
+        other_use_after: usize::MAX,
+    };
+    let [fused, unfused] = lstm_step_programs(&params, (B, H), &how);
+    let report = gradcheck(&params, GradcheckOptions::default(), &fused).unwrap();
+    assert!(report.passes(FD), "{report}");
+    compare(&params, fused, unfused);
+}
+
+/// Every order in which the steps can reach `u`'s adjoint gives the gradients of the
+/// node-by-node steps: the usual one (the last rows first, each block ending where the
+/// one before began: written in place, `W̄_h` deferred), blocks that leave `u`'s last
+/// rows out, blocks out of order, a repeated block, and other uses of `u` and `W_h`
+/// recorded between two steps (their contributions arrive while the steps' rows are
+/// being written). With H = 40 the products go through the column panels (4H > 128).
+#[test]
+fn lstm_steps_in_any_order_and_with_other_uses_match_the_unfused_steps() {
+    for (b, h) in [(B, H), (5, 40)] {
+        let params = store(&[
+            ("u", (5 * b, 4 * h)),
+            ("w_h", (h, 4 * h)),
+            ("s0", (b, 2 * h)),
+        ]);
+        let cases = [
+            (vec![0, 1, 2, 3, 4], usize::MAX),
+            (vec![0, 1, 2, 3, 4], 2),
+            (vec![0, 1, 2, 3, 4], 0),
+            (vec![0, 1, 2], usize::MAX),
+            (vec![1, 0, 3, 4, 2], 3),
+            (vec![3, 4, 4, 2], usize::MAX),
+        ];
+        for (blocks, other_use_after) in cases {
+            let how = Steps {
+                blocks,
+                other_use_after,
+            };
+            let [fused, unfused] = lstm_step_programs(&params, (b, h), &how);
+            compare(&params, fused, unfused);
+        }
+    }
+}
+
 /// A loss built on a tape from the parameters.
 type Program<'a> = &'a dyn Fn(&mut Tape<f64>, &Params<f64>) -> timetape::Result<Var>;
 
@@ -190,6 +331,42 @@ fn gate_shape_errors_name_the_op() {
             e,
             Error::ShapeMismatch {
                 op: "lstm_cell",
+                ..
+            }
+        ),
+        "{e}"
+    );
+    let lstm_step_error = |tape: &mut Tape<f64>, u: (usize, usize), rows, w, s| {
+        let u = tape.constant(Array2::zeros(u)).unwrap();
+        let w = tape.constant(Array2::zeros(w)).unwrap();
+        let s = tape.constant(Array2::zeros(s)).unwrap();
+        tape.lstm_step(RowsOf(u, rows), w, s).unwrap_err()
+    };
+    // W_h not H×4H; state of odd width; a step of 3 rows for a state of 2; rows outside u.
+    for (u, rows, w, s) in [
+        ((4, 8), 0..2, (2, 6), (2, 4)),
+        ((4, 8), 0..2, (2, 8), (2, 5)),
+        ((4, 8), 0..3, (2, 8), (2, 4)),
+        ((4, 6), 0..2, (2, 8), (2, 4)),
+    ] {
+        let e = lstm_step_error(&mut tape, u, rows, w, s);
+        assert!(
+            matches!(
+                e,
+                Error::ShapeMismatch {
+                    op: "lstm_step",
+                    ..
+                }
+            ),
+            "{e}"
+        );
+    }
+    let e = lstm_step_error(&mut tape, (4, 8), 3..5, (2, 8), (2, 4));
+    assert!(
+        matches!(
+            e,
+            Error::InvalidArgument {
+                op: "lstm_step",
                 ..
             }
         ),

@@ -47,13 +47,9 @@ impl<F: Scalar> Tape<F> {
     }
 
     /// `out = c + a b` for nodes `a`, `b` and the addend `c` of an affine map (none for
-    /// a plain product), reading `b` from its column panels once it has them (a right
-    /// factor of more than [`PANEL_COLS`] columns used again and again: see
-    /// `ops::PanelCopies`), which also writes `c` panel by panel, just before the panel's
-    /// product is added onto it.
+    /// a plain product): [`product_into`].
     fn product(&mut self, a: usize, b: usize, c: Option<(usize, Addend)>, out: &mut Array2<F>) {
         let m = out.nrows();
-        let (va, vb) = (self.values[a].view(), self.values[b].view());
         let src = c.map(|(ic, mode)| {
             let vc = self.values[ic].view();
             match mode {
@@ -61,14 +57,14 @@ impl<F: Scalar> Tape<F> {
                 Addend::Rows(s) => vc.slice_axis_move(Axis(0), Slice::from(s..s + m)),
             }
         });
-        let panels = (vb.ncols() > PANEL_COLS)
-            .then(|| self.panels.note_use(b, vb, &mut self.pool))
-            .flatten();
         let start = src.map_or(Start::Zero, Start::From);
-        match panels {
-            Some(p) => gemm_panels(&va, p, start, &mut out.view_mut(), &mut self.panel_scratch),
-            None => gemm_onto(&va, &vb, start, &mut out.view_mut()),
-        }
+        let (va, vb) = (self.values[a].view(), self.values[b].view());
+        let f = Factor {
+            panels: &mut self.panels,
+            pool: &mut self.pool,
+            scratch: &mut self.panel_scratch,
+        };
+        product_into(f, va, (b, vb), start, out);
     }
 
     /// Transpose `aᵀ` (a copy).
@@ -79,6 +75,33 @@ impl<F: Scalar> Tape<F> {
         out.assign(&self.values[ia].t());
         let ng = self.needs_grad[ia];
         self.push(Op::Transpose(ia), out, ng)
+    }
+}
+
+/// The tape's parts a forward product writes besides its output (see [`product_into`]).
+pub(crate) struct Factor<'t, F> {
+    pub(crate) panels: &'t mut super::PanelCopies<F>,
+    pub(crate) pool: &'t mut crate::tape::Pool<F>,
+    pub(crate) scratch: &'t mut Vec<F>,
+}
+
+/// `out = start + a b` for a left factor `a` and node `b` of value `vb`, reading `b`
+/// from its column panels once it has them (a right factor of more than [`PANEL_COLS`]
+/// columns used again and again: see `ops::PanelCopies`), which also writes an addend
+/// panel by panel, just before the panel's product is added onto it.
+pub(crate) fn product_into<F: Scalar>(
+    f: Factor<'_, F>,
+    a: ArrayView2<'_, F>,
+    (b, vb): (usize, ArrayView2<'_, F>),
+    start: Start<'_, F>,
+    out: &mut Array2<F>,
+) {
+    let panels = (vb.ncols() > PANEL_COLS)
+        .then(|| f.panels.note_use(b, vb, f.pool))
+        .flatten();
+    match panels {
+        Some(p) => gemm_panels(&a, p, start, &mut out.view_mut(), f.scratch),
+        None => gemm_onto(&a, &vb, start, &mut out.view_mut()),
     }
 }
 
@@ -280,11 +303,17 @@ fn affine_contributions<F: Scalar>(
     b: usize,
     c: Option<(usize, Addend)>,
 ) {
-    if let Some((ic, mode)) = c {
-        if let Some((acc, fresh)) = cx.slot(ic) {
-            match mode {
-                Addend::Full => put1(acc, fresh, r, |r| r),
-                Addend::Row => {
+    match c {
+        Some((ic, Addend::Rows(s))) => {
+            if let Some((part, fresh)) = cx.rows_slot(ic, s..s + r.nrows()) {
+                rows_into(part, r, if fresh { Write::Set } else { Write::Add });
+            }
+        }
+        Some((ic, mode)) => {
+            if let Some((acc, fresh)) = cx.slot(ic) {
+                if mode == Addend::Full {
+                    put1(acc, fresh, r, |r| r);
+                } else {
                     if fresh {
                         acc.fill(F::zero());
                     }
@@ -292,16 +321,9 @@ fn affine_contributions<F: Scalar>(
                         rows_into(acc.view_mut(), rr.insert_axis(ndarray::Axis(0)), Write::Add);
                     }
                 }
-                Addend::Rows(s) => {
-                    if fresh {
-                        acc.fill(F::zero());
-                    }
-                    let rows = ndarray::Slice::from(s..s + r.nrows());
-                    let part = acc.slice_axis_mut(ndarray::Axis(0), rows);
-                    rows_into(part, r, Write::Add);
-                }
             }
         }
+        None => {}
     }
     cx.add_r_bt(a, r, b);
     cx.add_at_b(b, cx.values[a].view(), r);

@@ -28,11 +28,11 @@ pub use shape::Along;
 
 use crate::error::{Error, Result};
 pub(crate) use crate::kernels::rows_into;
-use crate::kernels::{gemm_onto, gemm_panels, Panels, Start};
+use crate::kernels::{gemm_onto, gemm_panels, Panels, Start, Write};
 use crate::params::ParamId;
 use crate::scalar::Scalar;
 use crate::tape::{Pool, Tape};
-use ndarray::{Array2, ArrayView2, Zip};
+use ndarray::{Array2, ArrayView2, Axis, Slice, Zip};
 
 /// One recorded operation: what it was and which nodes it read (indices into the tape).
 #[derive(Debug, Clone, Copy)]
@@ -80,6 +80,14 @@ pub(crate) enum Op<F> {
         state: usize,
         saved: usize,
     },
+    /// One fused LSTM step with its product: the input part (node, first row), `W_h`,
+    /// the state `[h c]`.
+    LstmStep {
+        u: (usize, usize),
+        w: usize,
+        state: usize,
+        saved: usize,
+    },
     /// One fused GRU step: input part (node, first row), state part and the state `h`.
     GruCell {
         u: (usize, usize),
@@ -116,6 +124,7 @@ impl<F: Scalar> Op<F> {
             Op::SquaredError(_) => "squared_error",
             Op::GatherRows { .. } => "gather_rows",
             Op::LstmCell { .. } => "lstm_cell",
+            Op::LstmStep { .. } => "lstm_step",
             Op::GruCell { .. } => "gru_cell",
             Op::Detach => "detach",
             Op::ScaleGrad(..) => "scale_grad",
@@ -129,6 +138,8 @@ pub(crate) struct Ctx<'a, F: Scalar> {
     pub(crate) values: &'a [Array2<F>],
     needs_grad: &'a [bool],
     parents: &'a mut [Option<Array2<F>>],
+    /// The one adjoint being written from its last rows up (see [`Ctx::rows_slot`]).
+    row_blocks: &'a mut Option<RowBlocks<F>>,
     pool: &'a mut Pool<F>,
     staging: &'a mut Staging<F>,
     transposes: &'a mut PanelCopies<F>,
@@ -349,6 +360,7 @@ pub(crate) fn flush_staged<F: Scalar>(tape: &mut Tape<F>, i: usize) -> Result<()
         values,
         needs_grad,
         parents: adjoints,
+        row_blocks: &mut None,
         pool,
         staging: &mut Staging::default(),
         transposes: &mut PanelCopies::default(),
@@ -365,6 +377,22 @@ impl<F: Scalar> Ctx<'_, F> {
     /// A scratch buffer for a rule's intermediate (give it back with [`Ctx::recycle`]).
     pub(crate) fn scratch(&mut self, shape: (usize, usize)) -> Array2<F> {
         self.pool.take(shape)
+    }
+
+    /// Whether node `p` needs a gradient.
+    pub(crate) fn needs_grad(&self, p: usize) -> bool {
+        self.needs_grad[p]
+    }
+
+    /// Takes the adjoint buffer of parent `p` out, to read it while other adjoints are
+    /// written (give it back with [`Ctx::put_adjoint`] before the rule returns).
+    pub(crate) fn take_adjoint(&mut self, p: usize) -> Option<Array2<F>> {
+        self.parents[p].take()
+    }
+
+    /// Puts back the adjoint buffer of parent `p` taken by [`Ctx::take_adjoint`].
+    pub(crate) fn put_adjoint(&mut self, p: usize, a: Array2<F>) {
+        self.parents[p] = Some(a);
     }
 
     /// Returns a scratch buffer to the free list.
@@ -401,18 +429,29 @@ impl<F: Scalar> Ctx<'_, F> {
         if !self.needs_grad[a] {
             return;
         }
+        settle_rows(self.parents, self.pool, self.row_blocks, Some(a));
         let fresh = self.parents[a].is_none();
-        if fresh {
-            self.parents[a] = Some(self.pool.take(self.values[a].dim()));
-        }
+        let mut acc = match self.parents[a].take() {
+            Some(acc) => acc,
+            None => self.pool.take(self.values[a].dim()),
+        };
+        let start = if fresh { Start::Zero } else { Start::Kept };
+        self.r_bt_into(r, b, start, &mut acc);
+        self.parents[a] = Some(acc);
+    }
+
+    /// `dst = start + r bᵀ`, reading `bᵀ` from its panels once `b` has them.
+    pub(crate) fn r_bt_into(
+        &mut self,
+        r: ArrayView2<'_, F>,
+        b: usize,
+        start: Start<'_, F>,
+        dst: &mut Array2<F>,
+    ) {
         let vb = &self.values[b];
-        let copy = self.transposes.note_use(b, vb.t(), self.pool);
-        if let Some(acc) = self.parents[a].as_mut() {
-            let start = if fresh { Start::Zero } else { Start::Kept };
-            match copy {
-                Some(bt) => gemm_panels(&r, bt, start, &mut acc.view_mut(), self.panel_scratch),
-                None => gemm_onto(&r, &vb.t(), start, &mut acc.view_mut()),
-            }
+        match self.transposes.note_use(b, vb.t(), self.pool) {
+            Some(bt) => gemm_panels(&r, bt, start, &mut dst.view_mut(), self.panel_scratch),
+            None => gemm_onto(&r, &vb.t(), start, &mut dst.view_mut()),
         }
     }
 
@@ -422,11 +461,184 @@ impl<F: Scalar> Ctx<'_, F> {
         if !self.needs_grad[p] {
             return None;
         }
+        settle_rows(self.parents, self.pool, self.row_blocks, Some(p));
         let fresh = self.parents[p].is_none();
         if fresh {
             self.parents[p] = Some(self.pool.take(self.values[p].dim()));
         }
         self.parents[p].as_mut().map(|a| (a, fresh))
+    }
+
+    /// Rows `rows` of the adjoint buffer of parent `p` and whether they are fresh
+    /// (arbitrary contents: write, not add). `None` if `p` needs no gradient.
+    ///
+    /// The recurrent steps of a segment contribute to the adjoint of its input
+    /// projection one row block each, from the last step back. The first contribution
+    /// into the last rows of a fresh buffer does not zero-fill the rest: the buffer
+    /// remembers the first row written ([`RowBlocks`]), and each next block that ends
+    /// there is written, not added. Anything else that touches the buffer, or the sweep
+    /// reaching its node, first fills the rows above with zeros ([`settle_rows`]). One
+    /// buffer at a time is written this way.
+    pub(crate) fn rows_slot(
+        &mut self,
+        p: usize,
+        rows: std::ops::Range<usize>,
+    ) -> Option<(ndarray::ArrayViewMut2<'_, F>, bool)> {
+        if !self.needs_grad[p] {
+            return None;
+        }
+        let current = self.row_blocks.as_ref().map(|rb| (rb.node, rb.first));
+        let fresh = match (current, self.parents[p].is_none()) {
+            (_, true) if rows.end == self.values[p].nrows() => {
+                settle_rows(self.parents, self.pool, self.row_blocks, None);
+                self.parents[p] = Some(self.pool.take(self.values[p].dim()));
+                *self.row_blocks = Some(RowBlocks {
+                    node: p,
+                    first: rows.end,
+                    deferred: None,
+                });
+                true
+            }
+            (Some((q, first)), false) => q == p && rows.end == first,
+            _ => false,
+        };
+        match self.row_blocks.as_mut() {
+            Some(rb) if fresh => rb.first = rows.start,
+            _ => {
+                if let Some((acc, new)) = self.slot(p) {
+                    if new {
+                        acc.fill(F::zero());
+                    }
+                }
+            }
+        }
+        let acc = self.parents[p].as_mut()?;
+        Some((acc.slice_axis_mut(Axis(0), Slice::from(rows)), fresh))
+    }
+
+    /// Defers `W̄ += hᵀ ā` for the step whose `ā` was just written into the fresh rows
+    /// `rows` of the adjoint of `u` (through [`Ctx::rows_slot`]), `w` being the node of
+    /// `W`: `h`'s rows are kept beside those of the adjoint, and one product over every
+    /// deferred step, `W̄ += Hᵀ Ā`, is added when the rows are complete ([`settle_rows`]).
+    /// One product with as many rows as the segment runs faster than one per step, and
+    /// reads `Ā` where it already is. `false` (nothing deferred: add the product now)
+    /// unless those rows are the last written and join the blocks deferred so far for
+    /// the same `w`.
+    pub(crate) fn defer_at_b(
+        &mut self,
+        w: usize,
+        u: usize,
+        rows: std::ops::Range<usize>,
+        h: ArrayView2<'_, F>,
+    ) -> bool {
+        let Some(rb) = self.row_blocks.as_mut() else {
+            return false;
+        };
+        // Deferred blocks stay contiguous, for one weight: any other block is added now.
+        let joins = rb
+            .deferred
+            .as_ref()
+            .is_none_or(|d| d.target == w && d.from == rows.end);
+        if (rb.node, rb.first) != (u, rows.start) || !self.needs_grad[w] || !joins {
+            return false;
+        }
+        let d = rb.deferred.get_or_insert_with(|| Deferred {
+            target: w,
+            h: self.pool.take((self.values[u].nrows(), h.ncols())),
+            from: rows.end,
+            end: rows.end,
+        });
+        d.from = rows.start;
+        rows_into(
+            d.h.slice_axis_mut(Axis(0), Slice::from(rows)),
+            h,
+            Write::Set,
+        );
+        true
+    }
+}
+
+/// An adjoint written by row blocks from its last rows up (see [`Ctx::rows_slot`]), and
+/// the weight gradient deferred on those rows (see [`Ctx::defer_at_b`]).
+#[derive(Debug)]
+pub(crate) struct RowBlocks<F> {
+    /// The node whose adjoint is written this way.
+    node: usize,
+    /// The first row written: rows above it hold arbitrary contents.
+    first: usize,
+    deferred: Option<Deferred<F>>,
+}
+
+/// `W̄ += Hᵀ Ā` over rows `from..end` of an adjoint `Ā`, waiting for those rows to be
+/// complete.
+#[derive(Debug)]
+struct Deferred<F> {
+    /// The node of `W`.
+    target: usize,
+    /// `H`, row for row with the adjoint (only rows `from..end` are set).
+    h: Array2<F>,
+    from: usize,
+    end: usize,
+}
+
+impl<F: Scalar> RowBlocks<F> {
+    /// Gives its buffer back without adding anything (a pass that ended early).
+    pub(crate) fn drop_into(self, pool: &mut Pool<F>) {
+        if let Some(d) = self.deferred {
+            pool.give(d.h);
+        }
+    }
+}
+
+impl<F: Scalar> Deferred<F> {
+    /// Adds `Hᵀ Ā` over its rows into the adjoint of `W` (written if that is fresh), `Ā`
+    /// being the adjoint of node `node`, and gives `H` back.
+    fn add_into(self, adjoints: &mut [Option<Array2<F>>], pool: &mut Pool<F>, node: usize) {
+        let rows = Slice::from(self.from..self.end);
+        // The adjoint is there: it is taken out only inside `lstm_step_vjp`, which never
+        // settles it meanwhile (`u` is neither `W_h` nor the state there).
+        let Some(a_bar) = adjoints.get_mut(node).and_then(Option::take) else {
+            unreachable!("a deferred weight gradient outlived the adjoint it reads")
+        };
+        let (h, r) = (
+            self.h.slice_axis(Axis(0), rows),
+            a_bar.slice_axis(Axis(0), rows),
+        );
+        let fresh = adjoints[self.target].is_none();
+        let acc = adjoints[self.target].get_or_insert_with(|| pool.take((h.ncols(), r.ncols())));
+        let beta = if fresh { F::zero() } else { F::one() };
+        crate::kernels::gemm(F::one(), &h.t(), &r, beta, &mut acc.view_mut());
+        adjoints[node] = Some(a_bar);
+        pool.give(self.h);
+    }
+}
+
+/// Completes the adjoint being written from its last rows up (see [`Ctx::rows_slot`]),
+/// if it is `p`'s or `p` is the target of its deferred weight gradient (any node's for
+/// `None`): adds the deferred product, fills with zeros the rows no contribution
+/// reached, and ends that state.
+pub(crate) fn settle_rows<F: Scalar>(
+    adjoints: &mut [Option<Array2<F>>],
+    pool: &mut Pool<F>,
+    row_blocks: &mut Option<RowBlocks<F>>,
+    p: Option<usize>,
+) {
+    let Some(rb) = row_blocks.as_ref() else {
+        return;
+    };
+    let target = rb.deferred.as_ref().map(|d| d.target);
+    if p.is_some_and(|p| p != rb.node && Some(p) != target) {
+        return;
+    }
+    let Some(rb) = row_blocks.take() else {
+        return;
+    };
+    if let Some(d) = rb.deferred {
+        d.add_into(adjoints, pool, rb.node);
+    }
+    if let Some(acc) = adjoints.get_mut(rb.node).and_then(Option::as_mut) {
+        acc.slice_axis_mut(Axis(0), Slice::from(..rb.first))
+            .fill(F::zero());
     }
 }
 
@@ -515,6 +727,7 @@ pub(crate) fn backward_node<F: Scalar>(tape: &mut Tape<F>, i: usize) -> Result<(
         values,
         needs_grad,
         adjoints,
+        row_blocks,
         side,
         pool,
         staging,
@@ -532,6 +745,7 @@ pub(crate) fn backward_node<F: Scalar>(tape: &mut Tape<F>, i: usize) -> Result<(
         values,
         needs_grad,
         parents,
+        row_blocks,
         pool,
         staging,
         transposes,
@@ -562,6 +776,9 @@ pub(crate) fn backward_node<F: Scalar>(tape: &mut Tape<F>, i: usize) -> Result<(
         }
         Op::LstmCell { a, state, saved } => {
             gates::lstm_cell_vjp(&mut cx, g, (a, state), side.saved[saved].view())
+        }
+        Op::LstmStep { u, w, state, saved } => {
+            gates::lstm_step_vjp(&mut cx, g, (u, w, state), side.saved[saved].view())
         }
         Op::GruCell { u, s, h, saved } => {
             gates::gru_cell_vjp(&mut cx, g, (u, s, h), side.saved[saved].view())

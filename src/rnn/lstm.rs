@@ -195,10 +195,8 @@ impl<F: Scalar> Projection<F, LstmBound> for Lstm {
         u: RowsOf,
         state: Var,
     ) -> Result<Var> {
-        // Three nodes a step: h of the state, the gate pre-activations (one product
-        // plus the step's projected inputs), and the fused gates and state update.
-        let h = tape.slice_cols(state, 0..self.hidden)?;
-        let a = tape.affine_rows(h, b.w_h, u, crate::Activation::Identity)?;
-        tape.lstm_cell(a, state)
+        // One node a step: the product onto the step's projected inputs, the gates and
+        // the state update.
+        tape.lstm_step(u, b.w_h, state)
     }
 }
