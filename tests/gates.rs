@@ -162,11 +162,11 @@ struct Steps {
 }
 
 /// `T` LSTM steps from the state `s0` over row blocks of `u` with the recurrent weight
-/// `w`, each step's state weighted into the loss: fused (`lstm_step`) or node by node
-/// (slice, product, sum, the unfused step).
+/// `w` and the bias `b`, each step's state weighted into the loss: fused (`lstm_step`)
+/// or node by node (slice, product, sums, the unfused step).
 fn lstm_steps(
     tape: &mut Tape<f64>,
-    (u, w, s0): (Var, Var, Var),
+    (u, w, bias, s0): (Var, Var, Var, Var),
     (b, h): (usize, usize),
     how: &Steps,
     fused: bool,
@@ -176,18 +176,21 @@ fn lstm_steps(
     for (t, &k) in how.blocks.iter().enumerate() {
         let rows = k * b..(k + 1) * b;
         state = if fused {
-            tape.lstm_step(RowsOf(u, rows), w, state)?
+            tape.lstm_step(RowsOf(u, rows), w, Some(bias), state)?
         } else {
             let h_prev = tape.slice_cols(state, 0..h)?;
             let hw = tape.matmul(h_prev, w)?;
             let ut = tape.slice_rows(u, rows)?;
             let a = tape.add(hw, ut)?;
+            let ones = tape.constant(Array2::ones((b, 1)))?;
+            let bias_rows = tape.matmul(ones, bias)?;
+            let a = tape.add(a, bias_rows)?;
             lstm_unfused_h(tape, a, state, h)?
         };
         let term = weighted_sum(tape, state, 20 + t as u64)?;
         loss = tape.add(loss, term)?;
         if t == how.other_use_after {
-            for m in [u, w] {
+            for m in [u, w, bias] {
                 let extra = weighted_sum(tape, m, 40)?;
                 loss = tape.add(loss, extra)?;
             }
@@ -220,7 +223,8 @@ fn lstm_unfused_h(tape: &mut Tape<f64>, a: Var, state: Var, h: usize) -> timetap
     tape.concat_cols(&[hn, c])
 }
 
-/// The fused step's program and the node-by-node one on `params` (`u`, `W_h`, `s0`).
+/// The fused step's program and the node-by-node one on `params` (`u`, `W_h`, `b`,
+/// `s0`).
 fn lstm_step_programs<'a>(
     params: &Params<f64>,
     (b, h): (usize, usize),
@@ -234,20 +238,23 @@ fn lstm_step_programs<'a>(
                 tape.param(p, ids[0])?,
                 tape.param(p, ids[1])?,
                 tape.param(p, ids[2])?,
+                tape.param(p, ids[3])?,
             );
             lstm_steps(tape, vars, (b, h), how, fused)
         }
     })
 }
 
-/// `lstm_step` over the steps of a segment (its input part read in place, its
-/// pre-activations never kept, ā written into ū's rows and `W̄_h` summed in one product
-/// over the steps) against finite differences and against the same steps node by node.
+/// `lstm_step` over the steps of a segment (its input part read in place, its bias added
+/// in the step, its pre-activations never kept, ā written into ū's rows and `W̄_h` summed
+/// in one product over the steps) against finite differences and against the same steps
+/// node by node.
 #[test]
 fn lstm_steps_match_finite_differences_and_the_unfused_steps() {
     let params = store(&[
         ("u", (4 * B, 4 * H)),
         ("w_h", (H, 4 * H)),
+        ("b", (1, 4 * H)),
         ("s0", (B, 2 * H)),
     ]);
     let how = Steps {
@@ -263,7 +270,7 @@ fn lstm_steps_match_finite_differences_and_the_unfused_steps() {
 /// Every order in which the steps can reach `u`'s adjoint gives the gradients of the
 /// node-by-node steps: the usual one (the last rows first, each block ending where the
 /// one before began: written in place, `W̄_h` deferred), blocks that leave `u`'s last
-/// rows out, blocks out of order, a repeated block, and other uses of `u` and `W_h`
+/// rows out, blocks out of order, a repeated block, and other uses of `u`, `W_h` and `b`
 /// recorded between two steps (their contributions arrive while the steps' rows are
 /// being written). With H = 40 the products go through the column panels (4H > 128).
 #[test]
@@ -272,6 +279,7 @@ fn lstm_steps_in_any_order_and_with_other_uses_match_the_unfused_steps() {
         let params = store(&[
             ("u", (5 * b, 4 * h)),
             ("w_h", (h, 4 * h)),
+            ("b", (1, 4 * h)),
             ("s0", (b, 2 * h)),
         ]);
         let cases = [
@@ -336,18 +344,21 @@ fn gate_shape_errors_name_the_op() {
         ),
         "{e}"
     );
-    let lstm_step_error = |tape: &mut Tape<f64>, u: (usize, usize), rows, w, s| {
+    let lstm_step_error = |tape: &mut Tape<f64>, u: (usize, usize), rows, (w, b), s| {
         let u = tape.constant(Array2::zeros(u)).unwrap();
         let w = tape.constant(Array2::zeros(w)).unwrap();
+        let b = tape.constant(Array2::zeros(b)).unwrap();
         let s = tape.constant(Array2::zeros(s)).unwrap();
-        tape.lstm_step(RowsOf(u, rows), w, s).unwrap_err()
+        tape.lstm_step(RowsOf(u, rows), w, Some(b), s).unwrap_err()
     };
-    // W_h not H×4H; state of odd width; a step of 3 rows for a state of 2; rows outside u.
+    // W_h not H×4H; state of odd width; a step of 3 rows for a state of 2; u of the wrong
+    // width; a bias of the wrong width.
     for (u, rows, w, s) in [
-        ((4, 8), 0..2, (2, 6), (2, 4)),
-        ((4, 8), 0..2, (2, 8), (2, 5)),
-        ((4, 8), 0..3, (2, 8), (2, 4)),
-        ((4, 6), 0..2, (2, 8), (2, 4)),
+        ((4, 8), 0..2, ((2, 6), (1, 8)), (2, 4)),
+        ((4, 8), 0..2, ((2, 8), (1, 8)), (2, 5)),
+        ((4, 8), 0..3, ((2, 8), (1, 8)), (2, 4)),
+        ((4, 6), 0..2, ((2, 8), (1, 8)), (2, 4)),
+        ((4, 8), 0..2, ((2, 8), (1, 6)), (2, 4)),
     ] {
         let e = lstm_step_error(&mut tape, u, rows, w, s);
         assert!(
@@ -361,7 +372,7 @@ fn gate_shape_errors_name_the_op() {
             "{e}"
         );
     }
-    let e = lstm_step_error(&mut tape, (4, 8), 3..5, (2, 8), (2, 4));
+    let e = lstm_step_error(&mut tape, (4, 8), 3..5, ((2, 8), (1, 8)), (2, 4));
     assert!(
         matches!(
             e,

@@ -10,9 +10,9 @@
 //! | `c = f c_{t−1} + i g` | `ā_g = c̄_t i (1 − g²)`, `ā_o = h̄ tanh(c) o (1 − o)` |
 //! | `h = o tanh c`, output `[h c]` | `c̄_{t−1} = c̄_t f` (the state's `h` part gets nothing: `h_{t−1}` enters through `a`) |
 //!
-//! `lstm_step` adds the step's product, `a = u[rows] + h_{t−1} W_h`, inside the node:
-//! backward, `ū[rows] += ā`, `W̄_h += h_{t−1}ᵀ ā` and `h̄_{t−1} = ā W_hᵀ` besides the rule
-//! above.
+//! `lstm_step` adds the step's product and bias, `a = u[rows] + h_{t−1} W_h + b`, inside
+//! the node: backward, `ū[rows] += ā`, `b̄ += Σ_rows ā`, `W̄_h += h_{t−1}ᵀ ā` and
+//! `h̄_{t−1} = ā W_hᵀ` besides the rule above.
 //!
 //! GRU, input part `u = [u_r u_z u_n]` and state part `s = [s_r s_z s_n]` (B×3H each,
 //! `s = h_{t−1} W_h + b_h`), state `h_{t−1}` (B×H):
@@ -157,16 +157,18 @@ impl<F: Scalar> Tape<F> {
     }
 
     /// One LSTM step with its product in one node: the gate pre-activations
-    /// `a = u[rows] + h_{t−1} W_h` (the step's rows of the input projection of a segment,
-    /// as in [`Tape::affine_rows`], plus one product by `W_h`, H×4H, with `h_{t−1}` read
-    /// from the state `[h_{t−1} c_{t−1}]`), then the gates and the state update of
-    /// [`Tape::lstm_cell`]. The same values and gradients as
-    /// `lstm_cell(affine_rows(h_{t−1}, W_h, u[rows]), state)`, in one node where that
-    /// records three (with the slice of `h_{t−1}`). No backward rule reads `a`, so it
-    /// lives in a scratch buffer: the tape keeps 7H numbers a row and step (the state and
-    /// the saved gates) where the three nodes keep 12H.
+    /// `a = u[rows] + h_{t−1} W_h + b` (the step's rows of the input projection of a
+    /// segment, as in [`Tape::affine_rows`], plus one product by `W_h`, H×4H, with
+    /// `h_{t−1}` read from the state `[h_{t−1} c_{t−1}]`, plus a 1×4H bias `b` if given),
+    /// then the gates and the state update of [`Tape::lstm_cell`]. The same values and
+    /// gradients as `lstm_cell(affine_rows(h_{t−1}, W_h, u[rows]) + b, state)`, in one
+    /// node where that records three or four (with the slice of `h_{t−1}`). No backward
+    /// rule reads `a`, so it lives in a scratch buffer: the tape keeps 7H numbers a row
+    /// and step (the state and the saved gates) where the separate nodes keep 12H. The
+    /// bias is added to the step's rows while they are in cache, so a projection need
+    /// not carry it over all the steps.
     ///
-    /// Backward, with `ā` as in [`Tape::lstm_cell`]: `ū[rows] += ā`,
+    /// Backward, with `ā` as in [`Tape::lstm_cell`]: `ū[rows] += ā`, `b̄ += Σ_rows ā`,
     /// `W̄_h += h_{t−1}ᵀ ā`, and `[ā W_hᵀ, c̄_t f]` for the state. When the steps of a
     /// segment reach `ū` from its last rows up (the recurrent runners), `ā` is written
     /// straight into `ū`'s rows, and `W̄_h` gets one product over all the steps,
@@ -181,23 +183,25 @@ impl<F: Scalar> Tape<F> {
     /// let mut tape = Tape::<f64>::new();
     /// let u = tape.variable(array![[0.0, 0.0, 0.0, 0.0], [1.0, 1.0, 1.0, 1.0]].view())?;
     /// let w_h = tape.variable(array![[1.0, -1.0, 0.0, 2.0]].view())?; // H = 1
+    /// let b = tape.variable(array![[0.0, 0.0, 0.0, 0.0]].view())?;
     /// let s = tape.variable(array![[0.0, 1.0]].view())?; // h = 0, c = 1
-    /// let next = tape.lstm_step(RowsOf(u, 0..1), w_h, s)?;
-    /// // h = 0: a = u[0] = 0, so i = f = o = ½, g = 0: c = ½, h = ½ tanh ½
+    /// let next = tape.lstm_step(RowsOf(u, 0..1), w_h, Some(b), s)?;
+    /// // h = 0: a = u[0] + b = 0, so i = f = o = ½, g = 0: c = ½, h = ½ tanh ½
     /// let v = tape.value(next)?;
     /// assert!((v[[0, 1]] - 0.5).abs() < 1e-15);
     /// assert!((v[[0, 0]] - 0.5 * 0.5f64.tanh()).abs() < 1e-15);
     /// # Ok::<(), timetape::Error>(())
     /// ```
     ///
-    /// Errors: [`Error::ShapeMismatch`] unless the state is B×2H, `W_h` H×4H and the rows
-    /// of `u` B×4H; [`Error::InvalidArgument`] for rows outside `u`;
+    /// Errors: [`Error::ShapeMismatch`] unless the state is B×2H, `W_h` H×4H, the rows
+    /// of `u` B×4H and `b` 1×4H; [`Error::InvalidArgument`] for rows outside `u`;
     /// [`Error::ForeignVar`] or [`Error::StaleVar`] for a `Var` that is not a live `Var`
     /// of this tape.
-    pub fn lstm_step(&mut self, u: RowsOf, w_h: Var, state: Var) -> Result<Var> {
+    pub fn lstm_step(&mut self, u: RowsOf, w_h: Var, b: Option<Var>, state: Var) -> Result<Var> {
         let op = "lstm_step";
         let RowsOf(u, rows) = u;
         let (iu, iw, is) = (self.idx(op, u)?, self.idx(op, w_h)?, self.idx(op, state)?);
+        let ib = b.map(|b| self.idx(op, b)).transpose()?;
         let (su, sw, (b, ws)) = (
             self.values[iu].dim(),
             self.values[iw].dim(),
@@ -221,6 +225,12 @@ impl<F: Scalar> Tape<F> {
                 lhs: (b, 4 * n),
                 rhs: (rows.len(), su.1),
             });
+        }
+        if let Some(sb) = ib.map(|ib| self.values[ib].dim()) {
+            if sb != (1, 4 * n) {
+                let (lhs, rhs) = ((1, 4 * n), sb);
+                return Err(Error::ShapeMismatch { op, lhs, rhs });
+            }
         }
         // h_{t−1} (copied out of the state, for the product) and a, in scratch buffers.
         let (mut h, mut a) = (self.pool.take((b, n)), self.pool.take((b, 4 * n)));
@@ -252,6 +262,9 @@ impl<F: Scalar> Tape<F> {
                 Start::From(ur),
                 &mut a,
             );
+            if let Some(ib) = ib {
+                rows_into(a.view_mut(), values[ib].view(), Write::Add);
+            }
         }
         let (mut out, mut gates) = (self.pool.take((b, ws)), self.pool.take((b, 5 * n)));
         let (av, sv) = (flat(a.view()), flat(self.values[is].view()));
@@ -264,10 +277,14 @@ impl<F: Scalar> Tape<F> {
         self.pool.give(a);
         let saved = self.side.saved.len();
         self.side.saved.push(gates);
-        let ng = self.needs_grad[iu] || self.needs_grad[iw] || self.needs_grad[is];
+        let ng = self.needs_grad[iu]
+            || self.needs_grad[iw]
+            || self.needs_grad[is]
+            || ib.is_some_and(|ib| self.needs_grad[ib]);
         let node = Op::LstmStep {
             u: (iu, u_start),
             w: iw,
+            b: ib,
             state: is,
             saved,
         };
@@ -478,7 +495,7 @@ pub(crate) fn lstm_cell_vjp<F: Scalar>(
 pub(crate) fn lstm_step_vjp<F: Scalar>(
     cx: &mut Ctx<'_, F>,
     g: ArrayView2<'_, F>,
-    ((u, start), w, state): ((usize, usize), usize, usize),
+    ((u, start), (w, bias), state): ((usize, usize), (usize, Option<usize>), usize),
     gates: ArrayView2<'_, F>,
 ) {
     let (b, n) = (g.nrows(), g.ncols() / 2);
@@ -510,6 +527,9 @@ pub(crate) fn lstm_step_vjp<F: Scalar>(
         );
     }
     let d = d.view();
+    if let Some(ib) = bias {
+        super::linalg::add_column_sums(cx, ib, d);
+    }
     if !fresh {
         if let Some((part, fresh)) = cx.rows_slot(u, start..start + b) {
             rows_into(part, d, if fresh { Write::Set } else { Write::Add });

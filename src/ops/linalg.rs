@@ -295,6 +295,19 @@ pub(crate) fn affine_vjp<F: Scalar>(
     }
 }
 
+/// `c̄ += Σ_i r_i`, the column sums of `r`, for a 1×n row `c` broadcast over the rows of
+/// `r` (a bias).
+pub(crate) fn add_column_sums<F: Scalar>(cx: &mut Ctx<'_, F>, c: usize, r: ArrayView2<'_, F>) {
+    if let Some((acc, fresh)) = cx.slot(c) {
+        if fresh {
+            acc.fill(F::zero());
+        }
+        for rr in r.rows() {
+            rows_into(acc.view_mut(), rr.insert_axis(Axis(0)), Write::Add);
+        }
+    }
+}
+
 /// The three contributions of the affine rule, given `r = ȳ ⊙ φ′(y)`.
 fn affine_contributions<F: Scalar>(
     cx: &mut Ctx<'_, F>,
@@ -309,20 +322,12 @@ fn affine_contributions<F: Scalar>(
                 rows_into(part, r, if fresh { Write::Set } else { Write::Add });
             }
         }
-        Some((ic, mode)) => {
+        Some((ic, Addend::Full)) => {
             if let Some((acc, fresh)) = cx.slot(ic) {
-                if mode == Addend::Full {
-                    put1(acc, fresh, r, |r| r);
-                } else {
-                    if fresh {
-                        acc.fill(F::zero());
-                    }
-                    for rr in r.rows() {
-                        rows_into(acc.view_mut(), rr.insert_axis(ndarray::Axis(0)), Write::Add);
-                    }
-                }
+                put1(acc, fresh, r, |r| r);
             }
         }
+        Some((ic, Addend::Row)) => add_column_sums(cx, ic, r),
         None => {}
     }
     cx.add_r_bt(a, r, b);

@@ -81,10 +81,11 @@ pub(crate) enum Op<F> {
         saved: usize,
     },
     /// One fused LSTM step with its product: the input part (node, first row), `W_h`,
-    /// the state `[h c]`.
+    /// the bias, the state `[h c]`.
     LstmStep {
         u: (usize, usize),
         w: usize,
+        b: Option<usize>,
         state: usize,
         saved: usize,
     },
@@ -777,9 +778,13 @@ pub(crate) fn backward_node<F: Scalar>(tape: &mut Tape<F>, i: usize) -> Result<(
         Op::LstmCell { a, state, saved } => {
             gates::lstm_cell_vjp(&mut cx, g, (a, state), side.saved[saved].view())
         }
-        Op::LstmStep { u, w, state, saved } => {
-            gates::lstm_step_vjp(&mut cx, g, (u, w, state), side.saved[saved].view())
-        }
+        Op::LstmStep {
+            u,
+            w,
+            b,
+            state,
+            saved,
+        } => gates::lstm_step_vjp(&mut cx, g, (u, (w, b), state), side.saved[saved].view()),
         Op::GruCell { u, s, h, saved } => {
             gates::gru_cell_vjp(&mut cx, g, (u, s, h), side.saved[saved].view())
         }

@@ -184,8 +184,10 @@ impl<F: Scalar> Recurrent<F> for Lstm {
 }
 
 impl<F: Scalar> Projection<F, LstmBound> for Lstm {
+    /// `X W_x` for every step; the bias is added in each step ([`Tape::lstm_step`]), to
+    /// the step's rows while they are in cache, instead of over the whole projection.
     fn project_inputs(&self, tape: &mut Tape<F>, b: &LstmBound, xs: Var) -> Result<Var> {
-        tape.affine(xs, b.w_x, Some(b.b), crate::Activation::Identity)
+        tape.matmul(xs, b.w_x)
     }
 
     fn step_projected(
@@ -197,6 +199,6 @@ impl<F: Scalar> Projection<F, LstmBound> for Lstm {
     ) -> Result<Var> {
         // One node a step: the product onto the step's projected inputs, the gates and
         // the state update.
-        tape.lstm_step(u, b.w_h, state)
+        tape.lstm_step(u, b.w_h, Some(b.b), state)
     }
 }
