@@ -617,8 +617,25 @@ impl<F: Scalar> Deferred<F> {
 /// Completes the adjoint being written from its last rows up (see [`Ctx::rows_slot`]),
 /// if it is `p`'s or `p` is the target of its deferred weight gradient (any node's for
 /// `None`): adds the deferred product, fills with zeros the rows no contribution
-/// reached, and ends that state.
+/// reached, and ends that state. Inlined down to one test when there is no such
+/// adjoint, as on every node of a tape without recurrent steps.
+#[inline]
 pub(crate) fn settle_rows<F: Scalar>(
+    adjoints: &mut [Option<Array2<F>>],
+    pool: &mut Pool<F>,
+    row_blocks: &mut Option<RowBlocks<F>>,
+    p: Option<usize>,
+) {
+    if row_blocks.is_some() {
+        settle_if_concerned(adjoints, pool, row_blocks, p);
+    }
+}
+
+/// [`settle_rows`] when there is an adjoint written by row blocks: out of line, so that
+/// the test above is all the other nodes pay.
+#[cold]
+#[inline(never)]
+fn settle_if_concerned<F: Scalar>(
     adjoints: &mut [Option<Array2<F>>],
     pool: &mut Pool<F>,
     row_blocks: &mut Option<RowBlocks<F>>,
@@ -627,19 +644,24 @@ pub(crate) fn settle_rows<F: Scalar>(
     let Some(rb) = row_blocks.as_ref() else {
         return;
     };
-    let target = rb.deferred.as_ref().map(|d| d.target);
-    if p.is_some_and(|p| p != rb.node && Some(p) != target) {
-        return;
+    let concerned = |p: usize| p == rb.node || rb.deferred.as_ref().is_some_and(|d| d.target == p);
+    if p.is_none_or(concerned) {
+        if let Some(rb) = row_blocks.take() {
+            rb.settle(adjoints, pool);
+        }
     }
-    let Some(rb) = row_blocks.take() else {
-        return;
-    };
-    if let Some(d) = rb.deferred {
-        d.add_into(adjoints, pool, rb.node);
-    }
-    if let Some(acc) = adjoints.get_mut(rb.node).and_then(Option::as_mut) {
-        acc.slice_axis_mut(Axis(0), Slice::from(..rb.first))
-            .fill(F::zero());
+}
+
+impl<F: Scalar> RowBlocks<F> {
+    /// [`settle_rows`] once it is this adjoint's turn.
+    fn settle(self, adjoints: &mut [Option<Array2<F>>], pool: &mut Pool<F>) {
+        if let Some(d) = self.deferred {
+            d.add_into(adjoints, pool, self.node);
+        }
+        if let Some(acc) = adjoints.get_mut(self.node).and_then(Option::as_mut) {
+            acc.slice_axis_mut(Axis(0), Slice::from(..self.first))
+                .fill(F::zero());
+        }
     }
 }
 
