@@ -39,26 +39,7 @@ fn store(shapes: &[(&str, (usize, usize))]) -> Params<f64> {
 
 /// The LSTM step node by node: slices, activations, products, sums, a concat.
 fn lstm_unfused(tape: &mut Tape<f64>, a: Var, state: Var) -> timetape::Result<Var> {
-    let c_prev = tape.slice_cols(state, H..2 * H)?;
-    let gate = |tape: &mut Tape<f64>, k: usize| tape.slice_cols(a, k * H..(k + 1) * H);
-    let (i, f, g, o) = (
-        gate(tape, 0)?,
-        gate(tape, 1)?,
-        gate(tape, 2)?,
-        gate(tape, 3)?,
-    );
-    let (i, f, g, o) = (
-        tape.sigmoid(i)?,
-        tape.sigmoid(f)?,
-        tape.tanh(g)?,
-        tape.sigmoid(o)?,
-    );
-    let fc = tape.mul(f, c_prev)?;
-    let ig = tape.mul(i, g)?;
-    let c = tape.add(fc, ig)?;
-    let tc = tape.tanh(c)?;
-    let h = tape.mul(o, tc)?;
-    tape.concat_cols(&[h, c])
+    lstm_unfused_h(tape, a, state, H)
 }
 
 /// The GRU step node by node.
