@@ -23,7 +23,7 @@
 //! | `n = tanh(u_n + r s_n)` | `ā_n = n̄ (1 − n²)`, `ā_r = ā_n s_n r (1 − r)`, `ā_z = z̄ z (1 − z)` |
 //! | `h′ = n + z (h − n)` | `ū = [ā_r ā_z ā_n]`, `s̄ = [ā_r ā_z ā_n r]` |
 
-use super::linalg::{product_into, Factor};
+use super::linalg::{check_rows, product_into, Factor};
 use super::{rows_into, Ctx, Op};
 use crate::error::{invalid, Error, Result};
 use crate::kernels::{Start, Write};
@@ -207,10 +207,7 @@ impl<F: Scalar> Tape<F> {
             self.values[iw].dim(),
             self.values[is].dim(),
         );
-        if rows.end > su.0 || rows.start > rows.end {
-            let what = format!("rows {rows:?} outside a matrix of {} rows", su.0);
-            return Err(invalid(op, what));
-        }
+        check_rows(op, &rows, su.0)?;
         let n = ws / 2;
         if ws % 2 != 0 || sw != (n, 4 * n) {
             return Err(Error::ShapeMismatch {
@@ -311,10 +308,7 @@ impl<F: Scalar> Tape<F> {
         let (iu, is, ih) = (self.idx(op, u)?, self.idx(op, s)?, self.idx(op, h)?);
         let (su, ss) = (self.values[iu].dim(), self.values[is].dim());
         let (b, n) = self.values[ih].dim();
-        if rows.end > su.0 || rows.start > rows.end {
-            let what = format!("rows {rows:?} outside a matrix of {} rows", su.0);
-            return Err(invalid(op, what));
-        }
+        check_rows(op, &rows, su.0)?;
         let su = (rows.len(), su.1);
         if su != ss || su != (b, 3 * n) {
             return Err(Error::ShapeMismatch {

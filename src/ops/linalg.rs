@@ -20,6 +20,20 @@ use ndarray::{Array2, ArrayView2, Axis, Slice};
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RowsOf(pub Var, pub std::ops::Range<usize>);
 
+/// [`Error::InvalidArgument`] naming `op` unless `rows` is a range of a matrix of
+/// `nrows` rows (the rows of a [`RowsOf`]).
+pub(crate) fn check_rows(
+    op: &'static str,
+    rows: &std::ops::Range<usize>,
+    nrows: usize,
+) -> Result<()> {
+    if rows.end > nrows || rows.start > rows.end {
+        let what = format!("rows {rows:?} outside a matrix of {nrows} rows");
+        return Err(crate::error::invalid(op, what));
+    }
+    Ok(())
+}
+
 impl<F: Scalar> Tape<F> {
     /// Matrix product `a b` of an m×k and a k×n matrix.
     ///
@@ -217,12 +231,7 @@ impl<F: Scalar> Tape<F> {
         let (ia, ib, ic) = (self.idx(op, a)?, self.idx(op, b)?, self.idx(op, c)?);
         let shape = (self.values[ia].nrows(), self.values[ib].ncols());
         let sc = self.values[ic].dim();
-        if rows.end > sc.0 || rows.start > rows.end {
-            return Err(crate::error::invalid(
-                op,
-                format!("rows {rows:?} outside a matrix of {} rows", sc.0),
-            ));
-        }
+        check_rows(op, &rows, sc.0)?;
         if (rows.end - rows.start, sc.1) != shape {
             return Err(Error::ShapeMismatch {
                 op,
